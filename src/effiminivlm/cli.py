@@ -26,8 +26,123 @@ def _root() -> None:
 # (prepare, fetch-images, synth)
 
 
+@app.command("prepare")
+def prepare_cmd(
+    inputs: list[str] = typer.Argument(..., help="meta_<Category>.jsonl[.gz] files, raw_meta_<Category> parquet "
+                                       "shards or folders, or globs (quote them)."),
+    out: str = typer.Option(..., "--out", help="Output folder: data.parquet + summary.json."),
+    frac: float = typer.Option(0.2, help="Fraction of each category to sample."),
+    min_per_category: int = typer.Option(10_000, help="Sample at least this many per category (capped at n)."),
+    seed: int = typer.Option(0, help="Seed of the sample and the split."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row instead of counting it."),
+    require_fields: bool = typer.Option(True, "--require-fields/--no-require-fields",
+                                        help="Drop rows with empty category, title, features or description."),
+    min_text_chars: int = typer.Option(30, help="Drop rows whose title+features+description are at most this "
+                                       "long (0: off)."),
+    require_image: bool = typer.Option(True, "--require-image/--no-require-image",
+                                       help="Drop rows without an image reference."),
+    rare_threshold: int = typer.Option(50, help="Ratings with at most this many items share one stratum."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset at --out."),
+) -> None:
+    """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
+    from effiminivlm.data.prepare import prepare, print_summary
+
+    summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
+                      require_fields=require_fields, min_text_chars=min_text_chars, require_image=require_image,
+                      rare_threshold=rare_threshold, overwrite=overwrite, progress=True)
+    print_summary(summary)
+    typer.echo(f"wrote {summary['kept']:,} rows to {out}")
+
+
 # ---------------------------------------------------------------------------------------------- model stage
 # (recipes, train, evaluate, predict)
+
+
+@app.command("train")
+def train_cmd(
+    data: str = typer.Option(..., "--data", help="Prepared dataset folder (effiminivlm prepare)."),
+    out: str = typer.Option(..., "--out", help="Run folder: model/, metrics.jsonl, checkpoint/, recipe.yaml."),
+    recipe: str = typer.Option("offline", "--recipe", help="Packaged recipe name or a YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=1e-4 (repeat)."),
+    epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+    batch_size: int | None = typer.Option(None, help="Shortcut for --set train.batch_size=N."),
+    lr: float | None = typer.Option(None, help="Shortcut for --set train.lr=X."),
+    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16 (train.precision)."),
+    freeze_image: bool = typer.Option(False, "--freeze-image", help="Freeze the image encoder."),
+    freeze_text: bool = typer.Option(False, "--freeze-text", help="Freeze the text encoder."),
+    modalities: str | None = typer.Option(None, help="image_text | image | text (ablations)."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
+    from effiminivlm.config import load_recipe
+    from effiminivlm.training.loop import train
+
+    overrides = list(set_)
+    for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr),
+                       ("train.precision", precision), ("model.modalities", modalities)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if freeze_image:
+        overrides.append("train.freeze_image=true")
+    if freeze_text:
+        overrides.append("train.freeze_text=true")
+    summary = train(load_recipe(recipe, overrides), data, out, resume=resume, images_dir=images_dir,
+                    device=device, log=typer.echo)
+    typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
+               f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder (a run's model/)."),
+    data: str = typer.Option(..., "--data", help="Prepared dataset folder."),
+    split: str = typer.Option("test", help="train | val | test."),
+    out: str | None = typer.Option(None, "--out", help="Report folder (default: MODEL/../eval-SPLIT)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    num_workers: int = typer.Option(2, help="DataLoader workers (decode + tokenise)."),
+    min_rating_number: int = typer.Option(10, help="Also report items with at least this many ratings."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
+    from effiminivlm.evaluation.evaluate import evaluate
+
+    result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
+                      batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
+                      min_rating_number=min_rating_number)
+    typer.echo(result["markdown"])
+    for kind, path in result["paths"].items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    out: str = typer.Option("submission.csv", "--out", help="Submission CSV (item_id, score, params, flops)."),
+    split: str | None = typer.Option(None, help="Only this split of a prepared folder."),
+    images_dir: str | None = typer.Option(None, help="Images folder of input.csv (default: its images/), or "
+                                          "the fetch-images cache."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    num_workers: int = typer.Option(2, help="DataLoader workers (decode + tokenise)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+) -> None:
+    """Score products and write a LoViF submission.csv."""
+    import json
+
+    from effiminivlm.serving.predict import predict
+
+    summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
+                      batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
+                      strict=strict)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("recipes")

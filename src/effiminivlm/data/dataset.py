@@ -1,0 +1,178 @@
+"""Prepared rows -> model inputs: a torch Dataset and a collate function that tokenises the batch.
+
+Why here and not in training: evaluation, prediction and the runtime benchmark read products exactly the way
+training does (same text template, same image choice, same preprocessing), or a model is scored on inputs it
+never saw. Images are decoded and text is tokenised inside DataLoader workers; every sample carries the
+status of its image so the main process can count fallbacks ("no image", decode errors) across workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from effiminivlm.data.images import ImageStore, load_image_with_reason
+from effiminivlm.data.text import product_text
+
+TEXT_COLUMNS = ("category", "title", "features", "description")
+
+
+def default_image_cache(data_dir: str | Path) -> Path | None:
+    """`fetch-images` downloads into PREPARED/images by default; use that cache when it is there."""
+    cache = Path(data_dir) / "images"
+    return cache if cache.is_dir() else None
+
+
+def rating_weight_mu(rating_numbers: Sequence[int] | Any) -> float:
+    """mu = mean(log(1 + r)) over the TRAIN split: the normaliser of the paper's loss weights."""
+    t = torch.as_tensor(list(rating_numbers) if not torch.is_tensor(rating_numbers) else rating_numbers,
+                        dtype=torch.float64)
+    if t.numel() == 0:
+        raise ValueError("cannot compute the loss-weight normaliser mu of an empty training split")
+    mu = float(torch.log1p(t.clamp(min=0)).mean())
+    return mu if mu > 0 else 1.0  # every item unrated: all weights 0/1 = 0 would stop learning; use 1
+
+
+@dataclass
+class Sample:
+    """One product, ready for collate."""
+
+    item_id: str
+    category: str
+    text: str
+    images: list[torch.Tensor]  # 0 (no usable image), 1 ("first") or several ("mean")
+    image_status: str  # ok | fallback (a later image was used) | no_ref | unresolved | <load failure reason>
+    target: float
+    rating_number: float
+
+
+class ProductDataset(torch.utils.data.Dataset[Sample]):
+    """Random access over a prepared (or LoViF) Arrow table.
+
+    `images="first"` uses the first reference that resolves and decodes (the main image: MAIN variant first);
+    `"mean"` loads up to `max_images` usable images (the model averages their features); `"none"` skips images
+    (text-only models never decode a file).
+    """
+
+    def __init__(self, table: pa.Table, transform: Callable[[Image.Image], torch.Tensor] | None,
+                 store: ImageStore | None = None, images: str = "first", max_images: int = 8) -> None:
+        if images not in ("first", "mean", "none"):
+            raise ValueError(f"images must be first, mean or none, got {images!r}")
+        if images != "none" and transform is None:
+            raise ValueError("an image transform is required unless images='none'")
+        missing = [c for c in ("parent_asin", *TEXT_COLUMNS, "images") if c not in table.column_names]
+        if missing:
+            raise ValueError(f"table lacks column(s) {', '.join(missing)}")
+        self.table = table.combine_chunks()
+        self.n = self.table.num_rows
+        self.transform = transform
+        self.store = store if store is not None else ImageStore(None)
+        self.mode = images
+        self.max_images = max_images
+        self._cols = {c: self.table.column(c) for c in ("parent_asin", *TEXT_COLUMNS, "images")}
+        names = set(self.table.column_names)
+        self._target = self.table.column("average_rating") if "average_rating" in names else None
+        self._count = self.table.column("rating_number") if "rating_number" in names else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def text(self, i: int) -> str:
+        """The model's text for row i (the paper's template)."""
+        return product_text(*(self._cols[c][i].as_py() or "" for c in TEXT_COLUMNS))
+
+    def _load_images(self, refs: list[str]) -> tuple[list[torch.Tensor], str]:
+        if self.mode == "none":
+            return [], "skipped"
+        if not refs:
+            return [], "no_ref"
+        out: list[torch.Tensor] = []
+        first_failure = None
+        for k, ref in enumerate(refs):
+            path = self.store.resolve(ref)
+            if path is None:
+                first_failure = first_failure or "unresolved"
+                continue
+            img, reason = load_image_with_reason(path)
+            if img is None:
+                first_failure = first_failure or (reason or "load_failed")
+                continue
+            out.append(self.transform(img))  # type: ignore[misc]
+            if self.mode == "first":
+                return out, "ok" if k == 0 else "fallback"
+            if len(out) >= self.max_images:
+                break
+        if out:
+            return out, "ok"
+        return [], first_failure or "unresolved"
+
+    def __getitem__(self, i: int) -> Sample:
+        refs = self._cols["images"][i].as_py() or []
+        images, status = self._load_images(refs)
+        target = self._target[i].as_py() if self._target is not None else None
+        count = self._count[i].as_py() if self._count is not None else None
+        return Sample(item_id=str(self._cols["parent_asin"][i].as_py()),
+                      category=self._cols["category"][i].as_py() or "",
+                      text=self.text(i), images=images, image_status=status,
+                      target=math.nan if target is None else float(target),
+                      rating_number=0.0 if count is None else float(count))
+
+
+class Collator:
+    """Tokenises a batch (pad to the longest, truncate at max_length) and stacks its images.
+
+    Returns a dict with `input_ids`, `attention_mask`, `pixel_values` ([B,3,H,W], each item's first usable
+    image, zeros where `has_image` is False; None when no item has one), `has_image` [B], `target` [B],
+    `rating_number` [B], the python lists `item_id`, `category`, `image_status`, and, when some item carries
+    several images ("mean" mode), `all_pixel_values` [N_img,3,H,W] with `image_index` [N_img] (owner item).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, pad_to_max: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_to_max = pad_to_max
+
+    def __call__(self, batch: list[Sample]) -> dict[str, Any]:
+        enc = self.tokenizer([s.text for s in batch], padding="max_length" if self.pad_to_max else "longest",
+                             truncation=True, max_length=self.max_length, return_tensors="pt")
+        first = next((s.images[0] for s in batch if s.images), None)
+        out: dict[str, Any] = {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": None if first is None else torch.stack(
+                [s.images[0] if s.images else torch.zeros_like(first) for s in batch]),
+            "has_image": torch.tensor([bool(s.images) for s in batch]),
+            "target": torch.tensor([s.target for s in batch], dtype=torch.float32),
+            "rating_number": torch.tensor([s.rating_number for s in batch], dtype=torch.float32),
+            "item_id": [s.item_id for s in batch],
+            "category": [s.category for s in batch],
+            "image_status": [s.image_status for s in batch],
+        }
+        if any(len(s.images) > 1 for s in batch):
+            out["all_pixel_values"] = torch.stack([img for s in batch for img in s.images])
+            out["image_index"] = torch.tensor([i for i, s in enumerate(batch) for _ in s.images])
+        return out
+
+
+def count_status(counter: Counter[str], batch: dict[str, Any]) -> None:
+    """Add a batch's image statuses to a running counter (for the run's report)."""
+    counter.update(batch["image_status"])
+
+
+def mean_token_length(dataset: ProductDataset, tokenizer: Any, max_length: int, limit: int = 2000) -> float:
+    """Mean token count (after truncation) over up to `limit` evenly spaced rows: the typical text cost."""
+    n = len(dataset)
+    if n == 0:
+        return float("nan")
+    step = max(1, n // limit)
+    texts = [dataset.text(i) for i in range(0, n, step)]
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return float(sum(len(ids) for ids in enc["input_ids"]) / len(texts))

@@ -1,0 +1,181 @@
+"""The LoViF 2026 test layout: `input.csv` + an images folder, read into the prepared-dataset schema.
+
+Why a separate reader: the challenge ships its test items as a CSV (`parent_asin, main_category, title,
+features, description, image_paths`, with `;`-separated image paths relative to an images folder) and the
+ground truth apart. Reading it into the same table `prepare` writes lets evaluation and prediction run one
+code path. The paths come from a file we did not write, so a path that would leave the images folder
+(`..`, absolute, a symlink pointing outside) is refused and counted, never opened.
+
+`features` / `description` cells may be plain text or a JSON / Python list literal (`["a", "b"]`); lists are
+joined with " " exactly like `prepare` joins the official schema's lists.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from effiminivlm.data.text import clean_text
+from effiminivlm.errors import DataError
+
+INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
+
+# The prepared-dataset schema of docs/ARCHITECTURE.md (the contract `prepare` writes).
+PREPARED_SCHEMA = pa.schema([
+    ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
+    ("features", pa.string()), ("description", pa.string()), ("details", pa.string()),
+    ("average_rating", pa.float32()), ("rating_number", pa.int64()), ("images", pa.list_(pa.string())),
+    ("split", pa.string()), ("source", pa.string()),
+])
+
+
+@dataclass
+class LovifStats:
+    """What reading the layout found; `refused` paths tried to leave the images folder."""
+
+    rows: int = 0
+    images_found: int = 0
+    images_missing: int = 0
+    images_refused: int = 0
+    rows_without_image: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.rows} items, {self.images_found} images found, {self.images_missing} missing, "
+                f"{self.images_refused} refused (outside the images folder), "
+                f"{self.rows_without_image} items without any image")
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line, row)]) with clear DataErrors for unreadable files."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # descriptions can exceed the 128 KiB default
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV: {e}") from None
+    return header, rows
+
+
+def _require(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header) or 'none'}")
+
+
+def _text_cell(value: str | None) -> str:
+    """A text cell that may hold a list literal -> one cleaned string."""
+    s = (value or "").strip()
+    if s.startswith("[") and s.endswith("]"):
+        parsed = None
+        try:
+            parsed = json.loads(s)
+        except json.JSONDecodeError:
+            try:
+                parsed = ast.literal_eval(s)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                parsed = None
+        if isinstance(parsed, list):
+            s = " ".join(str(x) for x in parsed if x is not None)
+    return clean_text(s)
+
+
+def _safe_image(images_root: Path, rel: str) -> tuple[str | None, str]:
+    """(absolute path, "found") or (None, "missing" | "refused") for one relative path."""
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        return None, "refused"
+    candidate = (images_root / rel).resolve()  # follows symlinks, so a link out of the folder is caught
+    if not candidate.is_relative_to(images_root):
+        return None, "refused"
+    if not candidate.is_file():
+        return None, "missing"
+    return str(candidate), "found"
+
+
+def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[str] | None = None,
+               ) -> tuple[pa.Table, LovifStats]:
+    """Read `input_csv` (images relative to `images_dir`, default `<its folder>/images`) as a prepared table.
+
+    Rows keep the file's order; `average_rating` / `rating_number` are null, `split` is "test" and
+    `source` is `input.csv:<line>`. A row without a parent_asin, or a parent_asin seen twice, is a
+    DataError (predictions are matched to truth by that id).
+    """
+    path = Path(input_csv)
+    images_root = (Path(images_dir) if images_dir is not None else path.parent / "images").resolve()
+    header, rows = _csv_rows(path)
+    _require(path, header, INPUT_COLUMNS)
+    stats = LovifStats()
+    cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        asin = (row.get("parent_asin") or "").strip()
+        if not asin:
+            raise DataError(f"{path}:{line}: empty parent_asin")
+        if asin in seen:
+            raise DataError(f"{path}:{line}: parent_asin {asin!r} already on line {seen[asin]}")
+        seen[asin] = line
+        images = []
+        for rel in (row.get("image_paths") or "").split(";"):
+            rel = rel.strip()
+            if not rel:
+                continue
+            found, status = _safe_image(images_root, rel)
+            if found is not None:
+                images.append(found)
+            setattr(stats, f"images_{status}", getattr(stats, f"images_{status}") + 1)
+        stats.rows += 1
+        stats.rows_without_image += int(not images)
+        cols["parent_asin"].append(asin)
+        cols["category"].append(clean_text(row.get("main_category") or ""))
+        cols["title"].append(_text_cell(row.get("title")))
+        cols["features"].append(_text_cell(row.get("features")))
+        cols["description"].append(_text_cell(row.get("description")))
+        cols["details"].append("")
+        cols["average_rating"].append(None)
+        cols["rating_number"].append(None)
+        cols["images"].append(images)
+        cols["split"].append("test")
+        cols["source"].append(f"{path.name}:{line}")
+    return pa.table(cols, schema=PREPARED_SCHEMA), stats
+
+
+def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:
+    """id -> average_rating from a truth CSV with `parent_asin` (or `item_id`) and `average_rating` columns.
+
+    Ratings must be finite numbers in [1, 5] and ids unique; anything else is a DataError naming the line,
+    because a silently skipped truth row would change the score.
+    """
+    path = Path(truth_csv)
+    header, rows = _csv_rows(path)
+    id_col = "parent_asin" if "parent_asin" in header else "item_id"
+    _require(path, header, (id_col, "average_rating"))
+    truth: dict[str, float] = {}
+    for line, row in rows:
+        key = (row.get(id_col) or "").strip()
+        raw = (row.get("average_rating") or "").strip()
+        if not key:
+            raise DataError(f"{path}:{line}: empty {id_col}")
+        if key in truth:
+            raise DataError(f"{path}:{line}: {id_col} {key!r} appears twice")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DataError(f"{path}:{line}: average_rating {raw!r} is not a number") from None
+        if not math.isfinite(value) or not 1.0 <= value <= 5.0:
+            raise DataError(f"{path}:{line}: average_rating {raw!r} is outside [1, 5]")
+        truth[key] = value
+    return truth

@@ -1,0 +1,367 @@
+"""A synthetic product catalog in the official Amazon meta schema, with real image files: the embedded
+default dataset for examples, tests and the README's main job (no download, no licence question).
+
+Why it is built this way: a rating dataset is only a useful test bed for a *multimodal* model if neither
+modality alone can explain it. Each item has two hidden attributes with equal effect sizes:
+
+  * its **colour** (6 hues), drawn in the image and never written anywhere in the text;
+  * its **quality tier** (6 tiers), written in the title, features, description and details (material and
+    construction words) and never visible in the image (the drawing does not depend on it).
+
+    rating = clip(3.85 + category offset + 0.75 * colour effect + 0.75 * tier effect + N(0, 0.25), 1, 5)
+
+rounded to one decimal like the real data. The effect levels are -1, -0.6, -0.2, 0.2, 0.6, 1 for both, so
+each modality alone can explain at most ~45 % of the variance and both together ~90 %. Colour is what an
+ImageNet CNN sees first and quality words are what a sentence encoder reads first, so a few thousand items
+are enough. Pattern (solid / stripes / dots), pose, background and brand vary but carry no signal.
+
+Layout written by `write_synth(out, n)`:
+  out/meta_Synthetic.jsonl   official meta schema; image refs are RELATIVE paths (`images/<asin>.jpg`) that
+                             `prepare` resolves against the meta file's folder
+  out/images/                JPEG (and some PNG, half of them with a transparent background) files
+  out/latent.csv             the hidden attributes per item (for analysis and tests; never a model input)
+  out/lovif/input.csv        the same items in the LoViF 2026 test layout; `image_paths` are relative to
+  out/lovif/images/          this folder, which holds hard links to (or copies of) out/images/ files
+  out/lovif/truth.csv        parent_asin, average_rating
+
+Item i is generated from its own seed sequence ``(seed, i)``: the same seed gives byte-identical files,
+and a smaller `n` gives a prefix of a larger catalog.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+LEVELS = (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)
+BASE_RATING, EFFECT_SCALE, NOISE_STD = 3.85, 0.75, 0.25
+META_NAME = "meta_Synthetic.jsonl"
+LATENT_FIELDS = ["parent_asin", "category", "product", "colour", "pattern", "tier", "image_effect", "text_effect",
+                 "noise", "average_rating"]
+# Colour -> effect level index; deliberately not monotone in hue, so the model must learn the mapping.
+COLOURS = {"red": ((196, 38, 44), 3), "orange": ((236, 136, 28), 0), "yellow": ((228, 204, 44), 4),
+           "green": ((48, 148, 64), 2), "blue": ((38, 80, 200), 5), "purple": ((128, 48, 160), 1)}
+CATEGORY_OFFSET = {"AMAZON FASHION": 0.05, "Home": -0.1, "Sports & Outdoors": 0.0}
+# (main_category, product noun, drawn shape, material family, audiences)
+PRODUCTS = [
+    ("AMAZON FASHION", "Tote Bag", "bag", "textile", ("Women", "Everyone")),
+    ("AMAZON FASHION", "Crossbody Purse", "bag", "textile", ("Women", "Girls")),
+    ("AMAZON FASHION", "Crew Neck T-Shirt", "tshirt", "textile", ("Men", "Women", "Kids")),
+    ("AMAZON FASHION", "Running Sneakers", "shoe", "footwear", ("Men", "Women")),
+    ("AMAZON FASHION", "Baseball Cap", "cap", "textile", ("Men", "Everyone")),
+    ("Home", "Throw Pillow Cover", "pillow", "textile", ("Living Room", "Bedroom")),
+    ("Home", "Coffee Mug", "mug", "hardgoods", ("Kitchen", "Office")),
+    ("Sports & Outdoors", "Insulated Water Bottle", "bottle", "hardgoods", ("Gym", "Hiking", "Everyone")),
+    ("Sports & Outdoors", "Gym Duffel Bag", "bag", "textile", ("Men", "Women", "Everyone")),
+]
+MATERIALS = {  # by tier, worst first
+    "textile": ("Thin Polyester", "Poly Blend", "Cotton Blend", "Heavy Canvas", "Organic Ring-Spun Cotton",
+                "Full-Grain Leather Trim"),
+    "footwear": ("Molded Plastic", "Synthetic", "Knit Textile", "Engineered Mesh", "Premium Suede",
+                 "Full-Grain Leather"),
+    "hardgoods": ("Thin Recycled Plastic", "BPA-Free Plastic", "Glazed Stoneware", "Borosilicate Glass",
+                  "18/8 Stainless Steel", "Surgical-Grade Stainless Steel"),
+}
+TITLE_WORDS = (("Cheap", "Flimsy Budget"), ("Economy", "Basic"), ("Classic", "Everyday"),
+               ("Durable", "Sturdy"), ("Premium", "Professional-Grade"), ("Luxury Handcrafted", "Heirloom-Quality"))
+QUALITY_FEATURES = (
+    ("Thin, flimsy build; may show defects out of the box", "Low-cost construction with rough, uneven edges",
+     "Budget build that may wear out after a few uses"),
+    ("Lightweight basic construction for occasional use", "Entry-level build with simple finishing",
+     "Economy materials; not intended for heavy daily use"),
+    ("Standard construction suitable for regular use", "Ordinary finish with standard components",
+     "Average build quality for everyday needs"),
+    ("Sturdy construction with reinforced stress points", "Durable build that holds up to daily use",
+     "Solid components and a clean, even finish"),
+    ("Heavy-duty reinforced construction, quality checked by hand", "Premium components built for years of use",
+     "Precision finishing with tight tolerances and no rough edges"),
+    ("Master-crafted heirloom build, inspected piece by piece", "Top-grade components engineered to last decades",
+     "Backed by a lifetime craftsmanship warranty and free repairs"),
+)
+QUALITY_DESCRIPTIONS = (
+    ("A bargain option made with the cheapest available materials; expect a short lifespan.",
+     "Made to hit the lowest possible price, so corners were cut on materials and finishing."),
+    ("A simple, economical piece with basic materials, fine for light or occasional use.",
+     "Keeps costs down with entry-level materials and a no-frills finish."),
+    ("A dependable everyday piece made from standard materials.",
+     "Balanced between price and build, with ordinary materials and finishing."),
+    ("Built with durable materials and reinforced where it matters, it holds up to daily use.",
+     "Sturdy materials and careful assembly give it a solid feel and a long life."),
+    ("Crafted from premium materials with reinforced construction and hand inspection.",
+     "Premium materials and meticulous finishing make it a long-term favourite."),
+    ("An heirloom piece, handcrafted by skilled artisans from the finest materials available.",
+     "Built without compromise from top-grade materials and finished entirely by hand."),
+)
+NEUTRAL_FEATURES = (
+    "Imported", "Ships in a recyclable box", "Easy to clean: wipe with a damp cloth",
+    "Makes a thoughtful gift for birthdays, holidays and anniversaries",
+    "Suitable for travel, work, weekends and everyday errands", "Compact design saves space at home",
+    "Designed in our studio and tested by our team", "Satisfaction guaranteed: contact us with any questions",
+)
+NEUTRAL_DESCRIPTIONS = (
+    "{brand} designs everyday products for modern homes and busy lives.",
+    "Every {brand} order ships within two business days.",
+    "Please allow slight variation in size due to manual measurement.",
+    "Our team is based in Portland and answers every message within a day.",
+)
+BRANDS = ("Northwind", "Larkspur & Co", "Velora", "Trailmark", "Casa Bella", "Urban Nest", "Peakline",
+          "Maple Row", "Kestrel Goods", "Solenne")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+
+
+def _pick(rng: np.random.Generator, options: tuple[Any, ...] | list[Any]) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def asin_for(seed: int, index: int) -> str:
+    """A stable 10-character ASIN-like id, unique per (seed, index) for practical purposes."""
+    digest = int.from_bytes(hashlib.sha256(f"synth:{seed}:{index}".encode()).digest()[:8], "big")
+    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = ""
+    for _ in range(8):
+        digest, r = divmod(digest, 36)
+        out += chars[r]
+    return "B0" + out
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+
+def _shape_mask(shape: str, size: int, box: tuple[float, float, float, float]) -> Image.Image:
+    """A white-on-black mask of the product silhouette inside `box` (pixels)."""
+    mask = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(mask)
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+
+    def p(u: float, v: float) -> tuple[float, float]:
+        return x0 + u * w, y0 + v * h
+
+    def r(u0: float, v0: float, u1: float, v1: float) -> list[float]:
+        return [*p(u0, v0), *p(u1, v1)]
+
+    line = max(2, int(0.07 * w))
+    if shape == "bag":
+        d.rounded_rectangle(r(0.05, 0.35, 0.95, 1.0), radius=0.08 * w, fill=255)
+        d.arc(r(0.25, 0.02, 0.75, 0.68), 180, 360, fill=255, width=line)
+    elif shape == "tshirt":
+        d.polygon([p(0.3, 0), p(0.42, 0.07), p(0.58, 0.07), p(0.7, 0), p(1.0, 0.2), p(0.88, 0.42), p(0.78, 0.36),
+                   p(0.78, 1.0), p(0.22, 1.0), p(0.22, 0.36), p(0.12, 0.42), p(0, 0.2)], fill=255)
+    elif shape == "shoe":
+        d.polygon([p(0, 0.88), p(0, 0.45), p(0.25, 0.4), p(0.4, 0.12), p(0.6, 0.12), p(0.7, 0.45), p(1.0, 0.62),
+                   p(1.0, 0.88)], fill=255)
+    elif shape == "cap":
+        d.pieslice(r(0.05, 0.2, 0.8, 1.2), 180, 360, fill=255)
+        d.ellipse(r(0.45, 0.6, 1.0, 0.8), fill=255)
+    elif shape == "pillow":
+        d.rounded_rectangle(r(0.05, 0.1, 0.95, 0.9), radius=0.2 * w, fill=255)
+    elif shape == "mug":
+        d.rectangle(r(0.1, 0.1, 0.72, 1.0), fill=255)
+        d.ellipse(r(0.58, 0.3, 0.95, 0.78), outline=255, width=line)
+    elif shape == "bottle":
+        d.rounded_rectangle(r(0.3, 0.25, 0.7, 1.0), radius=0.08 * w, fill=255)
+        d.rectangle(r(0.38, 0.1, 0.62, 0.26), fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return mask
+
+
+def draw_product(rng: np.random.Generator, shape: str, rgb: tuple[int, int, int], pattern: str, size: int,
+                 transparent: bool = False) -> Image.Image:
+    """One product photo: the coloured silhouette, a nuisance pattern, jittered pose and background."""
+    jitter = rng.integers(-18, 19, size=3)
+    colour = tuple(int(c) for c in np.clip(np.asarray(rgb) + jitter, 0, 255))
+    shade = tuple(int(c * 0.72) for c in colour)
+    scale = float(rng.uniform(0.6, 0.86)) * size
+    cx, cy = (float(rng.uniform(0.42, 0.58)) * size for _ in range(2))
+    box = (cx - scale / 2, cy - scale / 2, cx + scale / 2, cy + scale / 2)
+    mask = _shape_mask(shape, size, box)
+    if rng.random() < 0.5:
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    fill = Image.new("RGB", (size, size), colour)
+    d = ImageDraw.Draw(fill)
+    step = max(4, size // int(rng.integers(6, 11)))
+    if pattern == "stripes":
+        for k in range(-size, 2 * size, step):
+            d.line([(k, 0), (k + size, size)], fill=shade, width=max(1, step // 3))
+    elif pattern == "dots":
+        rad = max(1, step // 4)
+        for yy in range(step // 2, size, step):
+            for xx in range(step // 2, size, step):
+                d.ellipse([xx - rad, yy - rad, xx + rad, yy + rad], fill=shade)
+    grey = int(rng.integers(228, 256))
+    if transparent:
+        image = Image.new("RGBA", (size, size), (255, 255, 255, 0))
+        image.paste(fill.convert("RGBA"), (0, 0), mask)
+        return image
+    image = Image.new("RGB", (size, size), (grey, grey, min(255, grey + int(rng.integers(0, 6)))))
+    image.paste(fill, (0, 0), mask)
+    return image
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(buf, "JPEG", quality=90)
+    else:
+        image.save(buf, "PNG", optimize=False)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- items
+
+
+@dataclass
+class SynthItem:
+    """One generated product: the meta record, its latent attributes and its encoded image files."""
+
+    record: dict[str, Any]
+    latent: dict[str, Any]
+    images: list[tuple[str, bytes]]  # (path relative to the catalog folder, file bytes)
+
+
+def make_item(index: int, seed: int = 0, image_size: int = 96) -> SynthItem:
+    """Item `index` of the catalog for `seed` (independent of how many items are generated)."""
+    rng = np.random.default_rng([seed, index])
+    category, noun, shape, family, audiences = _pick(rng, PRODUCTS)
+    colour = _pick(rng, sorted(COLOURS))
+    tier = int(rng.integers(len(LEVELS)))
+    pattern = _pick(rng, ("solid", "solid", "stripes", "dots"))
+    brand, audience = _pick(rng, BRANDS), _pick(rng, audiences)
+    asin = asin_for(seed, index)
+
+    image_effect, text_effect = LEVELS[COLOURS[colour][1]], LEVELS[tier]
+    noise = float(rng.normal(0.0, NOISE_STD))
+    raw = BASE_RATING + CATEGORY_OFFSET[category] + EFFECT_SCALE * (image_effect + text_effect) + noise
+    rating = round(min(5.0, max(1.0, raw)), 1)
+    rating_number = max(1, int(round(float(np.exp(rng.normal(3.2, 1.3))))))
+
+    material = MATERIALS[family][tier]
+    title = f"{brand} {_pick(rng, TITLE_WORDS[tier])} {material} {noun} for {audience}"
+    if rng.random() < 0.5:
+        title += f", {_pick(rng, ('Pack of 1', 'Gift Ready', 'New Edition', 'Classic Fit', 'Standard Size'))}"
+    dims = [round(float(rng.uniform(3, 20)), 1) for _ in range(3)]
+    quality = [QUALITY_FEATURES[tier][j] for j in sorted(rng.choice(3, size=2, replace=False))]
+    neutral = [NEUTRAL_FEATURES[j] for j in sorted(rng.choice(len(NEUTRAL_FEATURES), size=3, replace=False))]
+    features = [f"Made of {material.lower()}", *quality,
+                f"Dimensions: {dims[0]} x {dims[1]} x {dims[2]} inches", *neutral]
+    description: list[str] = []
+    if rng.random() < 0.7:  # like the real data, some items have no description at all
+        description = [_pick(rng, QUALITY_DESCRIPTIONS[tier])]
+        extra = rng.choice(len(NEUTRAL_DESCRIPTIONS), size=int(rng.integers(0, 3)), replace=False)
+        description += [NEUTRAL_DESCRIPTIONS[j].format(brand=brand) for j in extra]
+
+    fmt = "PNG" if rng.random() < 0.2 else "JPEG"
+    ext = "png" if fmt == "PNG" else "jpg"
+    names = [f"images/{asin}.{ext}"] + ([f"images/{asin}_PT01.{ext}"] if rng.random() < 0.5 else [])
+    files, refs = [], []
+    for k, name in enumerate(names):
+        transparent = fmt == "PNG" and k == 0 and rng.random() < 0.5
+        img = draw_product(rng, shape, COLOURS[colour][0], pattern, image_size, transparent=transparent)
+        files.append((name, _encode(img, fmt)))
+        hi_res = name if rng.random() < 0.8 else None
+        refs.append({"thumb": name, "large": name, "variant": "MAIN" if k == 0 else f"PT{k:02d}", "hi_res": hi_res})
+
+    price = None if rng.random() < 0.3 else round(float(8 * (1 + 0.35 * tier) * np.exp(rng.normal(0, 0.3))), 2)
+    record = {
+        "main_category": category, "title": title, "average_rating": rating, "rating_number": rating_number,
+        "features": features, "description": description, "price": price, "images": refs, "videos": [],
+        "store": brand, "categories": [],
+        "details": {"Brand": brand, "Material": material, "Department": audience,
+                    "Package Dimensions": f"{dims[0]} x {dims[1]} x {dims[2]} inches",
+                    "Item model number": f"{brand[:3].upper()}-{int(rng.integers(1000, 10000))}",
+                    "Date First Available": f"{_pick(rng, MONTHS)} {int(rng.integers(1, 29))}, "
+                                            f"{int(rng.integers(2015, 2024))}"},
+        "parent_asin": asin, "bought_together": None,
+    }
+    latent = {"parent_asin": asin, "category": category, "product": noun, "colour": colour, "pattern": pattern,
+              "tier": tier, "image_effect": image_effect, "text_effect": text_effect, "noise": round(noise, 4),
+              "average_rating": rating}
+    return SynthItem(record=record, latent=latent, images=files)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+@dataclass
+class SynthSummary:
+    """What `write_synth` wrote."""
+
+    out: Path
+    items: int
+    images: int
+    image_bytes: int
+    seconds: float
+
+    @property
+    def meta_path(self) -> Path:
+        return self.out / META_NAME
+
+    def __str__(self) -> str:
+        return (f"{self.items} items, {self.images} images ({self.image_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s"
+                f" -> {self.meta_path}; LoViF layout in {self.out / 'lovif'}")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link keeps the LoViF folder free (a symlink would be refused as leaving the folder)."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: int = 96,
+                progress: bool = True) -> SynthSummary:
+    """Write an `n`-item catalog (meta JSONL, images, latent.csv, LoViF layout) to `out`; overwrites files."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    if n < 1:
+        raise ValueError(f"synth: --n must be at least 1, got {n}")
+    if image_size < 32:
+        raise ValueError(f"synth: --image-size must be at least 32 pixels, got {image_size}")
+    start = time.perf_counter()
+    root = Path(out)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "lovif" / "images").mkdir(parents=True, exist_ok=True)
+    n_images = n_bytes = 0
+    with (root / META_NAME).open("w", encoding="utf-8") as meta, \
+            (root / "latent.csv").open("w", encoding="utf-8", newline="") as latent_f, \
+            (root / "lovif" / "input.csv").open("w", encoding="utf-8", newline="") as input_f, \
+            (root / "lovif" / "truth.csv").open("w", encoding="utf-8", newline="") as truth_f:
+        latent_w = csv.DictWriter(latent_f, fieldnames=LATENT_FIELDS, lineterminator="\n")
+        latent_w.writeheader()
+        input_w = csv.writer(input_f, lineterminator="\n")
+        input_w.writerow(["parent_asin", "main_category", "title", "features", "description", "image_paths"])
+        truth_w = csv.writer(truth_f, lineterminator="\n")
+        truth_w.writerow(["parent_asin", "average_rating"])
+        for i in tqdm(range(n), desc="synth", unit="item", disable=not progress):
+            item = make_item(i, seed, image_size)
+            rec = item.record
+            meta.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            latent_w.writerow(item.latent)
+            names = []
+            for rel, data in item.images:
+                (root / rel).write_bytes(data)
+                name = Path(rel).name
+                _link_or_copy(root / rel, root / "lovif" / "images" / name)
+                names.append(name)
+                n_images, n_bytes = n_images + 1, n_bytes + len(data)
+            # features / description as list literals, the way a pandas export of the meta lists reads
+            input_w.writerow([rec["parent_asin"], rec["main_category"], rec["title"], str(rec["features"]),
+                              str(rec["description"]), ";".join(names)])
+            truth_w.writerow([rec["parent_asin"], rec["average_rating"]])
+    return SynthSummary(root, n, n_images, n_bytes, time.perf_counter() - start)

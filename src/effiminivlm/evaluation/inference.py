@@ -1,0 +1,79 @@
+"""Batched inference over a DataLoader of collated products: the one prediction loop.
+
+Why shared: validation during training, `evaluate`, `predict` and the runtime benchmark must run the model
+the same way (same precision, same image handling), so their numbers agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from effiminivlm.runtime import autocast
+
+
+@dataclass
+class InferenceResult:
+    """Predictions with the identifiers and targets of the rows they belong to."""
+
+    item_id: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    pred: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    rating_number: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    image_status: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def forward_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Model output [B] for a collated batch. With several images per item ("mean"), the item's image vector
+    is the mean of its images' pooled features, in the same single forward pass."""
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    has_image = batch["has_image"].to(device)
+    if "all_pixel_values" not in batch or getattr(model, "image_encoder", None) is None:
+        pixels = batch["pixel_values"]
+        return model(pixels.to(device) if pixels is not None else None, ids, mask, has_image)
+    feats = model.image_encoder(batch["all_pixel_values"].to(device))  # [N_img, D]
+    index = batch["image_index"].to(device)
+    b = ids.shape[0]
+    summed = feats.new_zeros(b, feats.shape[-1]).index_add_(0, index, feats)
+    counts = torch.bincount(index, minlength=b).clamp(min=1).unsqueeze(-1).to(feats.dtype)
+    parts = [summed / counts]
+    if model.text_encoder is not None:
+        parts.append(model.text_encoder(ids, mask).to(feats.dtype))
+    return model.head(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, precision: str = "fp32",
+                  progress: bool = True, desc: str = "predict") -> InferenceResult:
+    """Predict every batch of `loader` in eval mode; returns predictions in loader order."""
+    was_training = model.training
+    model.eval()
+    res = InferenceResult()
+    preds, targets, counts = [], [], []
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        with autocast(device, precision):
+            out = forward_batch(model, batch, device)
+        preds.append(out.float().cpu().numpy())
+        targets.append(batch["target"].numpy())
+        counts.append(batch["rating_number"].numpy())
+        res.item_id.extend(batch["item_id"])
+        res.category.extend(batch["category"])
+        res.image_status.update(batch["image_status"])
+    res.seconds = time.perf_counter() - start
+    if preds:
+        res.pred = np.concatenate(preds).astype(np.float64)
+        res.target = np.concatenate(targets).astype(np.float64)
+        res.rating_number = np.concatenate(counts).astype(np.float64)
+    model.train(was_training)
+    return res

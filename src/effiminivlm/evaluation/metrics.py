@@ -1,0 +1,158 @@
+"""Rating-regression metrics: PLCC, SRCC, RMSE, MAE, Huber, overall, per category and for well-rated items.
+
+Why these rules: a benchmark number has to be honest about when it is undefined. A correlation of a
+constant prediction, or of fewer than two items, does not exist, so PLCC/SRCC are NaN there (written as
+``null`` in JSON), never a silent 0 that would look like a real, bad score. A NaN or inf prediction means
+the model or the pipeline broke; averaging it away would hide that, so it raises a ``ValueError`` that says
+how many there are.
+
+`compute_metrics` returns the dict every later stage reads::
+
+    {"overall": {"n", "plcc", "plcc_plus", "srcc", "rmse", "mae", "huber"},
+     "per_category": {category: {...same keys...}},        # only when categories are given
+     "rating_number_ge_10": {...same keys...}}             # only when rating numbers are given
+
+The efficiency protocol's CES reads ``metrics["overall"]["plcc"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+#: Keys of one metrics group, in reporting order.
+METRIC_KEYS: tuple[str, ...] = ("n", "plcc", "plcc_plus", "srcc", "rmse", "mae", "huber")
+
+
+def _as_vector(values: Any, name: str) -> np.ndarray:
+    """A 1-D float64 array, or ValueError naming the argument (shape errors surface early, not as NaN)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 2 and 1 in arr.shape:  # a (N, 1) model output is a common, harmless shape
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
+    return arr
+
+
+def check_predictions(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate predictions and targets together: same length, all finite (counted when not)."""
+    p = _as_vector(pred, "pred")
+    t = _as_vector(true, "true")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and true differ in length: {p.shape[0]} vs {t.shape[0]}")
+    for arr, name in ((p, "predictions"), (t, "targets")):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(bad.sum()) - n_nan
+            raise ValueError(f"{int(bad.sum())} of {arr.size} {name} are not finite "
+                             f"({n_nan} NaN, {n_inf} inf); fix the model or the data before scoring")
+    return p, t
+
+
+def _undefined_correlation(p: np.ndarray, t: np.ndarray) -> bool:
+    """True when a correlation does not exist: fewer than two items or either side constant."""
+    return p.size < 2 or bool(np.ptp(p) == 0.0) or bool(np.ptp(t) == 0.0)
+
+
+def plcc(pred: Any, true: Any) -> float:
+    """Pearson linear correlation; NaN when undefined (< 2 items or a constant side)."""
+    p, t = check_predictions(pred, true)
+    if _undefined_correlation(p, t):
+        return math.nan
+    return float(stats.pearsonr(p, t).statistic)
+
+
+def srcc(pred: Any, true: Any) -> float:
+    """Spearman rank correlation (ties get average ranks); NaN when undefined."""
+    p, t = check_predictions(pred, true)
+    if _undefined_correlation(p, t):
+        return math.nan
+    return float(stats.spearmanr(p, t).statistic)
+
+
+def rmse(pred: Any, true: Any) -> float:
+    """Root mean squared error; NaN for no items."""
+    p, t = check_predictions(pred, true)
+    return float(np.sqrt(np.mean((p - t) ** 2))) if p.size else math.nan
+
+
+def mae(pred: Any, true: Any) -> float:
+    """Mean absolute error; NaN for no items."""
+    p, t = check_predictions(pred, true)
+    return float(np.mean(np.abs(p - t))) if p.size else math.nan
+
+
+def huber(pred: Any, true: Any, delta: float = 1.0) -> float:
+    """Unweighted mean Huber loss (0.5 e^2 inside |e| <= delta, linear outside), as torch's HuberLoss.
+
+    Unweighted on purpose: training weights items by rating count, but an evaluation number must not
+    depend on that choice.
+    """
+    if delta <= 0:
+        raise ValueError(f"huber delta must be > 0, got {delta}")
+    p, t = check_predictions(pred, true)
+    if not p.size:
+        return math.nan
+    err = np.abs(p - t)
+    loss = np.where(err <= delta, 0.5 * err**2, delta * (err - 0.5 * delta))
+    return float(np.mean(loss))
+
+
+def metric_group(pred: Any, true: Any) -> dict[str, float | int]:
+    """All metrics for one set of items, keyed as `METRIC_KEYS`. PLCC+ = max(0, PLCC), NaN stays NaN."""
+    p, t = check_predictions(pred, true)
+    r = plcc(p, t)
+    return {
+        "n": int(p.size),
+        "plcc": r,
+        "plcc_plus": r if math.isnan(r) else max(0.0, r),
+        "srcc": srcc(p, t),
+        "rmse": rmse(p, t),
+        "mae": mae(p, t),
+        "huber": huber(p, t),
+    }
+
+
+def rating_number_key(min_rating_number: int) -> str:
+    """The result key of the well-rated subset, e.g. ``rating_number_ge_10``."""
+    return f"rating_number_ge_{int(min_rating_number)}"
+
+
+def compute_metrics(
+    pred: Any,
+    true: Any,
+    categories: Sequence[str] | np.ndarray | None = None,
+    rating_numbers: Sequence[int] | np.ndarray | None = None,
+    min_rating_number: int = 10,
+) -> dict[str, Any]:
+    """Metrics overall, per category and on items with at least `min_rating_number` ratings.
+
+    Why the subsets: an average of two ratings is mostly noise, so the well-rated subset shows how the
+    model does where the target is trustworthy; per-category rows show whether one category carries the
+    overall number. Categories are listed by item count (largest first), then name. Groups absent from the
+    input (no `categories`, no `rating_numbers`) are left out of the result rather than faked.
+    """
+    p, t = check_predictions(pred, true)
+    out: dict[str, Any] = {"overall": metric_group(p, t)}
+    if categories is not None:
+        cats = np.asarray(categories, dtype=object).reshape(-1)
+        if cats.shape != p.shape:
+            raise ValueError(f"categories has {cats.shape[0]} items, predictions {p.shape[0]}")
+        names, counts = np.unique(cats.astype(str), return_counts=True)
+        order = sorted(zip(names.tolist(), counts.tolist(), strict=True), key=lambda nc: (-nc[1], nc[0]))
+        cat_str = cats.astype(str)
+        out["per_category"] = {name: metric_group(p[cat_str == name], t[cat_str == name]) for name, _ in order}
+    if rating_numbers is not None:
+        rn = _as_vector(rating_numbers, "rating_numbers")
+        if rn.shape != p.shape:
+            raise ValueError(f"rating_numbers has {rn.shape[0]} items, predictions {p.shape[0]}")
+        if np.isnan(rn).any():
+            raise ValueError(f"{int(np.isnan(rn).sum())} rating_numbers are NaN")
+        keep = rn >= min_rating_number
+        out[rating_number_key(min_rating_number)] = metric_group(p[keep], t[keep])
+    return out

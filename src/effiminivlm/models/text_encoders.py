@@ -1,0 +1,144 @@
+"""Text towers, created by name: ``(input_ids, attention_mask) [B,L] -> pooled features [B, num_features]``.
+
+Why BertModel with its pooler kept: the paper loads MiniLM with ``AutoModel`` (which includes BERT's pooler
+layer) and its 27.7M parameter count includes it, so the efficiency protocol must count it too; the feature
+we regress on is the CLS token of the last hidden state, not the pooler output.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from effiminivlm.config import TextEncoderCfg
+from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.models.weights import (
+    find_weights_file,
+    hf_hub_help,
+    load_into,
+    parse_source,
+    read_hf_config,
+    read_state_dict_file,
+    resolve_source,
+)
+from effiminivlm.registry import Registry
+
+TEXT_ENCODERS: Registry = Registry("text encoder")
+POOLINGS = ("cls", "mean")  # cls: the paper's; mean: what all-MiniLM-L6-v2 was trained with (ablation)
+
+
+class BertTextEncoder(nn.Module):
+    """A transformers BertModel (pooler kept) whose last hidden state is pooled by CLS or masked mean."""
+
+    def __init__(self, bert: BertModel, pooling: str = "cls") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise EffiMiniVLMError(f"text_encoder.pooling must be one of {', '.join(POOLINGS)}, "
+                                   f"got {pooling!r}")
+        self.bert = bert
+        self.pooling = pooling
+        self.num_features: int = bert.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def architecture(self) -> dict[str, Any]:
+        """The BertConfig values needed to rebuild this tower without its weight source (for saving)."""
+        keep = _bert_keys()  # drops bookkeeping and legacy keys such as position_embedding_type
+        return {k: v for k, v in self.bert.config.to_dict().items() if k in keep}
+
+
+_NOT_ARCHITECTURE = {"transformers_version", "architectures", "dtype", "model_type", "_name_or_path",
+                     "id2label", "label2id", "problem_type", "return_dict", "output_attentions",
+                     "output_hidden_states"}
+
+
+def _bert_keys() -> set[str]:
+    """BertConfig keys that describe the network (what a recipe may set and a saved model records)."""
+    return set(BertConfig().to_dict()) - _NOT_ARCHITECTURE
+
+
+def _check_config_keys(config: dict[str, Any]) -> None:
+    """A typo such as `hiden_size` would silently build a default-size BERT: refuse unknown keys."""
+    known = _bert_keys()
+    unknown = sorted(set(config) - known)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        words = [f"{k} (did you mean {h[0]}?)" if h else k for k, h in hints.items()]
+        raise EffiMiniVLMError(f"unknown BERT config key(s) in model.text_encoder.config: {', '.join(words)}")
+
+
+def _random_bert(config: dict[str, Any]) -> BertModel:
+    """A randomly initialised BertModel (pooler kept, SDPA attention) from config.json-style values."""
+    return BertModel(BertConfig.from_dict(config, attn_implementation="sdpa"), add_pooling_layer=True)
+
+
+def _bert_from_folder(folder: Path, overrides: dict[str, Any], what: str) -> BertModel:
+    """`BertModel.from_pretrained` on a local HF folder, offline, float32, failing on any missing weight."""
+    try:
+        model, info = BertModel.from_pretrained(str(folder), add_pooling_layer=True,
+                                                attn_implementation="sdpa", dtype=torch.float32,
+                                                local_files_only=True, output_loading_info=True, **overrides)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"cannot load BERT weights for {what} from {folder}: {e}") from None
+    bad = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if bad or info.get("error_msgs"):
+        raise WeightsError(f"weights for {what} do not match the architecture: {bad or info['error_msgs']}")
+    return model
+
+
+@TEXT_ENCODERS.register("bert")
+def bert(config: dict[str, Any] | None = None, source: str | None = None, pooling: str = "cls",
+         config_source: str | None = None) -> BertTextEncoder:
+    """BERT/MiniLM with the pooler layer kept.
+
+    Without `source`: random init from `config`, or, when `config` is empty, from the config.json of
+    `config_source` (so a preset builds at its real size without loading its weights). With `source`: the
+    architecture comes from the source's config.json (the recipe's `config` overrides single values, as
+    `from_pretrained` kwargs) and every weight must load; a bare state-dict file needs `config`.
+    """
+    config = dict(config or {})
+    _check_config_keys(config)
+    if source is None:
+        if not config and config_source:
+            config = read_hf_config(config_source)
+        if not config:
+            raise EffiMiniVLMError("model.text_encoder.config is empty and no weights are loaded: set its "
+                                   "hidden_size, num_hidden_layers, ... (or a weight source)")
+        return BertTextEncoder(_random_bert(config), pooling)
+    kind, value = parse_source(source)
+    if kind == "hf-hub":  # the real transformers hub path; needs internet or the HF cache
+        try:
+            model = BertModel.from_pretrained(value, add_pooling_layer=True, attn_implementation="sdpa",
+                                              dtype=torch.float32, **config)
+        except (OSError, ValueError) as e:
+            raise WeightsError(hf_hub_help(value, e)) from None
+        return BertTextEncoder(model, pooling)
+    path = resolve_source(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        return BertTextEncoder(_bert_from_folder(path, config, source), pooling)
+    # A bare state dict (file, or folder without config.json): the architecture must come from `config`.
+    encoder = BertTextEncoder(_random_bert(config or read_hf_config(source)), pooling)
+    state = read_state_dict_file(find_weights_file(path) if path.is_dir() else path)
+    state = {k.removeprefix("bert."): v for k, v in state.items()}
+    load_into(encoder.bert, state, f"bert from {source}")
+    return encoder
+
+
+def create_text_encoder(cfg: TextEncoderCfg, pretrained: bool = True) -> nn.Module:
+    """Build `cfg.name` from the registry; load `cfg.pretrained` only when `pretrained` (else random init,
+    with the architecture read from the weight source when `cfg.config` is empty)."""
+    source = cfg.pretrained if pretrained else None
+    return TEXT_ENCODERS.build(cfg.name, config=dict(cfg.config), source=source, pooling=cfg.pooling,
+                               config_source=None if pretrained else cfg.pretrained)

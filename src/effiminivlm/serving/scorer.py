@@ -1,0 +1,99 @@
+"""One scoring API: a saved model folder -> product scores (pyiqa-style `create_scorer`).
+
+Python users, `effiminivlm evaluate`, `effiminivlm predict` and the runtime benchmark all score through
+`Scorer`, so a score is the same number whichever door it came through. Canonical inference: fixed image
+size, fixed text truncation, one forward pass, no test-time augmentation; scores are clipped to [1, 5].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from effiminivlm.data.dataset import Collator, ProductDataset
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.text import clean_text
+from effiminivlm.evaluation.inference import InferenceResult, run_inference
+from effiminivlm.models.factory import create_transforms, load_model
+from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
+
+SCORE_RANGE = (1.0, 5.0)
+
+
+class Scorer:
+    """Scores products with a trained EffiMiniVLM. `images`: "first" (main image) or "mean" (the mean of
+    the item's image features; still one forward pass per batch)."""
+
+    lower_better = False
+    score_range = SCORE_RANGE
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, device: str | None = None,
+                 precision: str = "auto", images: str = "first", batch_size: int = 64,
+                 num_workers: int = 0) -> None:
+        if images not in ("first", "mean"):
+            raise ValueError(f"images must be first or mean, got {images!r}")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.images = images if model.image_encoder is not None else "none"
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers(num_workers)
+        self.transform = (create_transforms(model.cfg.image_encoder, train=False)
+                          if model.image_encoder is not None else None)
+        self.max_length = model.cfg.text_encoder.max_length
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
+        """Load a folder written by `save_pretrained` (offline)."""
+        model, tokenizer = load_model(model_dir)
+        return cls(model, tokenizer, **kwargs)
+
+    def loader(self, table: pa.Table, store: ImageStore | None = None) -> DataLoader:
+        """A DataLoader of collated batches over `table` (prepared or LoViF schema)."""
+        ds = ProductDataset(table, self.transform, store, self.images)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=Collator(self.tokenizer, self.max_length))
+
+    def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True
+                    ) -> InferenceResult:
+        """Predictions (clipped to [1, 5]) for every row of `table`, in row order."""
+        res = run_inference(self.model, self.loader(table, store), self.device, self.precision,
+                            progress=progress, desc="score")
+        res.pred = np.clip(res.pred, *SCORE_RANGE)
+        return res
+
+    def score(self, products: Sequence[dict[str, Any]], progress: bool = False) -> np.ndarray:
+        """Scores for plain dicts with `title`, `features`, `description`, `category` (or `main_category`) and
+        optional `images` (list of local paths / file:// URLs / fetched URLs)."""
+        return self.score_table(products_table(products), progress=progress).pred
+
+
+def products_table(products: Sequence[dict[str, Any]]) -> pa.Table:
+    """Plain product dicts -> a table in the prepared schema (text cleaned as `prepare` does)."""
+    def text(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            value = " ".join(str(v) for v in value)
+        return clean_text(str(value or ""))
+
+    rows = [{
+        "parent_asin": str(p.get("parent_asin", p.get("item_id", i))),
+        "category": text(p.get("category", p.get("main_category", ""))),
+        "title": text(p.get("title")), "features": text(p.get("features")),
+        "description": text(p.get("description")),
+        "images": [str(r) for r in (p.get("images") or [])],
+    } for i, p in enumerate(products)]
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
+        ("features", pa.string()), ("description", pa.string()), ("images", pa.list_(pa.string()))]))
+
+
+def create_scorer(model_dir: str | Path, **kwargs: Any) -> Scorer:
+    """The uniform entry point: `create_scorer("runs/x/model").score([...])`."""
+    return Scorer.from_pretrained(model_dir, **kwargs)

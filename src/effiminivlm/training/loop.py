@@ -1,0 +1,260 @@
+"""Train EffiMiniVLM on a prepared dataset: the paper's loss and schedule, resumable, early-stopped on PLCC.
+
+Run folder (`--out`):
+    recipe.yaml       the resolved recipe (every value the run used)
+    metrics.jsonl     one JSON line per epoch (train loss, val metrics, lr, throughput, image fallbacks)
+    checkpoint/last.pt  full training state after the last finished epoch (for --resume)
+    model/            the best epoch by validation PLCC, as a Hugging Face-style folder (the run's output)
+    train_summary.json  best epoch, its metrics, stop reason, counters
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
+
+from effiminivlm.config import Recipe, from_dict
+from effiminivlm.data.dataset import Collator, ProductDataset, default_image_cache, rating_weight_mu
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.prepare import read_prepared
+from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.inference import forward_batch, run_inference
+from effiminivlm.evaluation.metrics import compute_metrics
+from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
+from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
+from effiminivlm.training.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    replace_dir,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from effiminivlm.training.losses import create_loss
+
+MAX_NONFINITE_STEPS = 20
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0
+    best_plcc: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    nonfinite_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases and normalisation weights (1-d tensors), as BERT/timm recipes do."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int, *, shuffle_seed: int | None
+            ) -> DataLoader:
+    sampler = None
+    if shuffle_seed is not None:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed))
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
+                      num_workers=workers, persistent_workers=False)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    ckpt = out / "checkpoint" / CHECKPOINT_NAME
+    if resume:
+        if not ckpt.is_file():
+            raise EffiMiniVLMError(f"--resume: no checkpoint at {ckpt}")
+    elif out.exists() and any(out.iterdir()):
+        raise EffiMiniVLMError(f"--out {out} is not empty; pass --resume to continue that run, "
+                               "or choose a new --out")
+
+
+def train(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+          images_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, validate each epoch, keep the best model by val PLCC; returns the run summary."""
+    out = Path(out_dir)
+    _check_out(out, resume)
+    ckpt_path = out / "checkpoint" / CHECKPOINT_NAME
+    checkpoint = load_checkpoint(ckpt_path) if resume else None
+    if checkpoint is not None:  # the run continues with the recipe it started with
+        recipe = from_dict(Recipe, checkpoint["recipe"])
+    tc = recipe.train
+    dev = resolve_device(device)
+    precision = resolve_precision(tc.precision, dev)
+    seed_everything(tc.seed)
+
+    train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
+    if train_rows.num_rows == 0 or val_rows.num_rows == 0:
+        raise DataError(f"{data_dir}: training needs non-empty train and val splits "
+                        f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
+    mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
+    store = ImageStore(images_dir if images_dir is not None else default_image_cache(data_dir))
+
+    model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
+    model.freeze(image=tc.freeze_image, text=tc.freeze_text)
+    tokenizer = create_tokenizer(recipe.model.text_encoder)
+    mode = "none" if recipe.model.modalities == "text" else "first"
+    img_cfg = recipe.model.image_encoder
+    train_ds = ProductDataset(train_rows, create_transforms(img_cfg, True, recipe.data.augment), store, mode)
+    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, mode)
+    collate = Collator(tokenizer, recipe.model.text_encoder.max_length)
+    workers = default_num_workers(recipe.data.num_workers)
+    val_loader = _loader(val_ds, collate, tc.eval_batch_size, workers, shuffle_seed=None)
+
+    steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
+    if tc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+    total_steps = steps_per_epoch * tc.epochs
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    loss_fn = create_loss(tc.loss, mu=mu, delta=tc.huber_delta, cap=tc.weight_cap)
+
+    state = TrainState()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = TrainState(**checkpoint["state"])
+        set_rng_state(checkpoint["rng"])
+        log(f"resumed {out} after epoch {state.epoch} (step {state.step}, best val PLCC "
+            f"{state.best_plcc:.4f} at epoch {state.best_epoch})")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(recipe.to_yaml())
+        _init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
+    log(f"train {len(train_ds)} / val {len(val_ds)} items, mu={mu:.4f}, {steps_per_epoch} steps/epoch, "
+        f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
+        f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)")
+
+    stop_reason = "max_epochs"
+    if state.bad_epochs >= tc.patience and state.epoch > 0:
+        stop_reason = "early_stopping"
+    while state.epoch < tc.epochs and stop_reason != "early_stopping":
+        epoch = state.epoch + 1
+        loader = _loader(train_ds, collate, tc.batch_size, workers, shuffle_seed=tc.seed + epoch)
+        model.train()
+        t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+        statuses: Counter[str] = Counter()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
+                   disable=not progress)
+        for i, batch in enumerate(bar):
+            if i >= steps_per_epoch:
+                break
+            statuses.update(batch["image_status"])
+            with autocast(dev, precision):
+                pred = forward_batch(model, batch, dev)
+            loss = loss_fn(pred, batch["target"].to(dev), batch["rating_number"].to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
+                if state.nonfinite_steps > MAX_NONFINITE_STEPS:
+                    raise EffiMiniVLMError(f"loss was not finite in {state.nonfinite_steps} steps; "
+                                           "lower train.lr or use train.precision=fp32")
+                scheduler.step()
+                continue
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state.step += 1
+            n_steps += 1
+            seen += len(batch["item_id"])
+            loss_sum += float(loss.detach())
+            bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
+                            samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+
+        val = run_inference(model, val_loader, dev, precision, progress=progress, desc="validate")
+        metrics = compute_metrics(val.pred, val.target)["overall"]
+        plcc = metrics["plcc"]
+        improved = not math.isnan(plcc) and plcc > state.best_plcc
+        record = {
+            "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / max(n_steps, 1), "train_samples": seen,
+            "train_seconds": round(train_seconds, 3),
+            "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
+            "val_loss": metrics["huber"], **{f"val_{k}": v for k, v in metrics.items() if k != "huber"},
+            "best": improved, "image_status": dict(statuses), "val_image_status": dict(val.image_status),
+            "nonfinite_steps": state.nonfinite_steps,
+        }
+        if improved:
+            state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
+            tmp = out / ".model.tmp"
+            model.save_pretrained(tmp, tokenizer=tokenizer)
+            replace_dir(tmp, out / "model")
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        state.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_plcc")})
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "state": state.__dict__, "rng": rng_state(), "recipe": recipe.to_dict(),
+        })
+        log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['huber']:.4f}, "
+            f"val PLCC {plcc:.4f}{' (best)' if improved else ''}, {record['samples_per_s']} samples/s")
+        if state.bad_epochs >= tc.patience:
+            stop_reason = "early_stopping"
+
+    if state.best_epoch == 0:
+        raise EffiMiniVLMError("no epoch produced a defined validation PLCC (constant predictions?); "
+                               "no model was saved")
+    summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
+               "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
+               "device": str(dev), "model_dir": str(out / "model"), "history": state.history}
+    (out / "train_summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    return summary
+
+
+def _init_output_bias(model: torch.nn.Module, value: float) -> None:
+    """Start the head's last Linear at the train-split mean rating instead of 0: the first steps then learn
+    differences between products rather than spending the warmup climbing from 0 to ~4."""
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if last.bias is not None:
+        with torch.no_grad():
+            last.bias.fill_(value)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj

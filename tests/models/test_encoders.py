@@ -1,0 +1,121 @@
+"""Every registered encoder and head builds small and runs forward; encoder-specific behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effiminivlm.config import HeadCfg, TextEncoderCfg
+from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.models import HEADS, IMAGE_ENCODERS, TEXT_ENCODERS, create_head, create_text_encoder
+from effiminivlm.models.image_encoders import lite0_state_dict_to_timm
+
+# Small build arguments per registry entry; a new entry without one here fails test_every_entry_has_a_case.
+IMAGE_CASES = {
+    "timm": {"model_name": "test_efficientnet"},
+    "tf_efficientnet_lite0": {},
+    "efficientnet_b0": {},
+}
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "vocab_size": 200, "max_position_embeddings": 32}
+TEXT_CASES = {"bert": {"config": TINY_BERT}}
+HEAD_CASES = {"mlp": {"hidden_dims": [8, 4], "dropout": 0.1}}
+
+
+def test_every_entry_has_a_case() -> None:
+    assert set(IMAGE_ENCODERS.names()) == set(IMAGE_CASES)
+    assert set(TEXT_ENCODERS.names()) == set(TEXT_CASES)
+    assert set(HEADS.names()) == set(HEAD_CASES)
+
+
+@pytest.mark.parametrize("name", IMAGE_ENCODERS.names())
+def test_image_encoder_forward(name: str) -> None:
+    torch.manual_seed(0)
+    encoder = IMAGE_ENCODERS.build(name, source=None, **IMAGE_CASES[name]).eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, encoder.num_features)
+    assert torch.isfinite(out).all()
+    if name != "timm":
+        assert encoder.num_features == 1280  # the paper's pooled EfficientNet vector
+
+
+@pytest.mark.parametrize("name", TEXT_ENCODERS.names())
+def test_text_encoder_forward(name: str) -> None:
+    torch.manual_seed(0)
+    encoder = TEXT_ENCODERS.build(name, source=None, **TEXT_CASES[name]).eval()
+    ids = torch.randint(0, 200, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        out = encoder(ids, mask)
+    assert out.shape == (2, encoder.num_features)
+    # Padding must not leak into row 1's features: changing its padded tokens changes nothing.
+    ids2 = ids.clone()
+    ids2[1, 5:] = 7
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(ids2, mask), out)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_head_forward(name: str) -> None:
+    head = HEADS.build(name, in_dim=12, **HEAD_CASES[name])
+    assert head(torch.randn(5, 12)).shape == (5, 1)
+
+
+def test_mlp_head_is_the_papers_layout() -> None:
+    head = create_head(HeadCfg(hidden_dims=[512, 256], dropout=0.1), in_dim=1280 + 384)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Linear", "LayerNorm", "GELU", "Dropout"] * 2 + ["Linear"]
+    assert [(m.in_features, m.out_features) for m in head if isinstance(m, torch.nn.Linear)] == [
+        (1664, 512), (512, 256), (256, 1)]
+    assert head[3].p == 0.1
+
+
+def test_bert_keeps_the_pooler_and_returns_cls() -> None:
+    torch.manual_seed(0)
+    encoder = TEXT_ENCODERS.build("bert", config=TINY_BERT).eval()
+    assert encoder.bert.pooler is not None  # counted by the protocol, as in the paper's AutoModel
+    assert encoder.bert.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 200, (2, 6))
+    with torch.no_grad():
+        hidden = encoder.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        torch.testing.assert_close(encoder(ids, torch.ones_like(ids)), hidden[:, 0])
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    torch.manual_seed(0)
+    encoder = TEXT_ENCODERS.build("bert", config=TINY_BERT, pooling="mean").eval()
+    ids = torch.randint(0, 200, (1, 6))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        hidden = encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(encoder(ids, mask), hidden[:, :3].mean(1))
+
+
+def test_bert_config_typo_fails_with_a_suggestion() -> None:
+    with pytest.raises(EffiMiniVLMError, match="hiden_size.*did you mean hidden_size"):
+        TEXT_ENCODERS.build("bert", config={**TINY_BERT, "hiden_size": 32})
+
+
+def test_bert_without_config_or_source_refuses_to_guess() -> None:
+    with pytest.raises(EffiMiniVLMError, match="text_encoder.config is empty"):
+        create_text_encoder(TextEncoderCfg(config={}, pretrained=None), pretrained=False)
+
+
+def test_unknown_pooling_and_unknown_names() -> None:
+    with pytest.raises(EffiMiniVLMError, match="pooling"):
+        TEXT_ENCODERS.build("bert", config=TINY_BERT, pooling="max")
+    with pytest.raises(KeyError, match="did you mean efficientnet_b0"):
+        IMAGE_ENCODERS.get("efficientnet_b1")
+    with pytest.raises(EffiMiniVLMError, match="kwargs.model_name"):
+        IMAGE_ENCODERS.build("timm", source=None)
+    with pytest.raises(EffiMiniVLMError, match="no model"):
+        IMAGE_ENCODERS.build("timm", source=None, model_name="not_a_timm_model")
+
+
+def test_lite0_mapping_rejects_unknown_keys() -> None:
+    with pytest.raises(WeightsError, match="_blocks.0._se_reduce"):
+        lite0_state_dict_to_timm({"_conv_stem.weight": torch.zeros(1), "_blocks.0._se_reduce.weight": torch.zeros(1)})
+    with pytest.raises(WeightsError, match="_blocks.16"):
+        lite0_state_dict_to_timm({"_blocks.16._bn0.weight": torch.zeros(1)})
