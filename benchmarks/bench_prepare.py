@@ -20,15 +20,20 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
-WORDS = ("soft cotton women men casual fit slim stretch waist pocket zipper leather strap adjustable size "
-         "color black white blue navy red lightweight breathable comfortable durable travel gift daily wear "
-         "machine wash imported polyester spandex sleeve collar button crossbody wallet canvas vintage classic "
-         "summer winter outdoor running sport elegant party wedding cute pattern print design quality").split()
+WORDS = [
+    "soft", "cotton", "women", "men", "casual", "fit", "slim", "stretch", "waist", "pocket",
+    "zipper", "leather", "strap", "adjustable", "size", "color", "black", "white", "blue", "navy",
+    "red", "lightweight", "breathable", "comfortable", "durable", "travel", "gift", "daily", "wear",
+    "machine", "wash", "imported", "polyester", "spandex", "sleeve", "collar", "button",
+    "crossbody", "wallet", "canvas", "vintage", "classic", "summer", "winter", "outdoor", "running",
+    "sport", "elegant", "party", "wedding", "cute", "pattern", "print", "design",
+]
 VARIANTS = ["MAIN"] + [f"PT{i:02d}" for i in range(1, 9)]
 
 
@@ -38,10 +43,9 @@ def _sentence(rng: random.Random, n_words: int) -> str:
 
 def _record(rng: random.Random, i: int, pool: list[str]) -> dict:
     n_img = rng.choice([1, 1, 2, 3, 4, 5, 5, 6, 6, 7, 7, 7, 8, 9, 0])  # ~7% without images
-    images = [{"thumb": f"https://m.media-amazon.com/images/I/{i:08d}{k}._AC_US40_.jpg",
-               "large": f"https://m.media-amazon.com/images/I/{i:08d}{k}._AC_.jpg",
-               "variant": VARIANTS[k],
-               "hi_res": f"https://m.media-amazon.com/images/I/{i:08d}{k}X._AC_UL1500_.jpg" if k % 4 else None}
+    url = "https://m.media-amazon.com/images/I/"
+    images = [{"thumb": f"{url}{i:08d}{k}._AC_US40_.jpg", "large": f"{url}{i:08d}{k}._AC_.jpg",
+               "variant": VARIANTS[k], "hi_res": f"{url}{i:08d}{k}X._AC_UL1500_.jpg" if k % 4 else None}
               for k in range(n_img)]
     features = rng.sample(pool, rng.choice([0, 3, 4, 5, 5, 6, 7])) if rng.random() > 0.05 else []
     description = rng.sample(pool, rng.randint(1, 3)) if rng.random() > 0.4 else []
@@ -62,7 +66,8 @@ def _record(rng: random.Random, i: int, pool: list[str]) -> dict:
 
 def generate(path: Path, rows: int, seed: int = 0) -> None:
     rng = random.Random(seed)
-    pool = [_sentence(rng, rng.randint(8, 14)) + ": " + _sentence(rng, rng.randint(6, 16)) for _ in range(5000)]
+    pool = [f"{_sentence(rng, rng.randint(8, 14))}: {_sentence(rng, rng.randint(6, 16))}"
+            for _ in range(5000)]
     tmp = path.with_suffix(".tmp")
     with gzip.open(tmp, "wb", compresslevel=1) as f:
         for i in range(rows):
@@ -73,7 +78,8 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--workdir", type=Path, default=Path("bench-data"))
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "effiminivlm-bench",
+                    help="where the generated file (cached) and the prepared output go")
     args = ap.parse_args()
     src = args.workdir / f"meta_Bench_{args.rows}.jsonl.gz"
     args.workdir.mkdir(parents=True, exist_ok=True)

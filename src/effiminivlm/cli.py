@@ -28,28 +28,29 @@ def _root() -> None:
 
 @app.command("prepare")
 def prepare_cmd(
-    inputs: list[str] = typer.Argument(..., help="meta_<Category>.jsonl[.gz] files, raw_meta_<Category> parquet "
-                                       "shards or folders, or globs (quote them)."),
+    inputs: list[str] = typer.Argument(..., help="meta_<Category>.jsonl[.gz] files, raw_meta_<Category> "
+                                       "parquet shards or folders, or globs (quote them)."),
     out: str = typer.Option(..., "--out", help="Output folder: data.parquet + summary.json."),
     frac: float = typer.Option(0.2, help="Fraction of each category to sample."),
-    min_per_category: int = typer.Option(10_000, help="Sample at least this many per category (capped at n)."),
+    min_per_category: int = typer.Option(10_000, help="Sample at least this many per category, capped at n"),
     seed: int = typer.Option(0, help="Seed of the sample and the split."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row instead of counting it."),
     require_fields: bool = typer.Option(True, "--require-fields/--no-require-fields",
-                                        help="Drop rows with empty category, title, features or description."),
+                                        help="Drop rows with empty category, title, features or description"),
     min_text_chars: int = typer.Option(30, help="Drop rows whose title+features+description are at most this "
                                        "long (0: off)."),
     require_image: bool = typer.Option(True, "--require-image/--no-require-image",
                                        help="Drop rows without an image reference."),
     rare_threshold: int = typer.Option(50, help="Ratings with at most this many items share one stratum."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset at --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already at --out."),
 ) -> None:
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
     from effiminivlm.data.prepare import prepare, print_summary
 
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
-                      require_fields=require_fields, min_text_chars=min_text_chars, require_image=require_image,
-                      rare_threshold=rare_threshold, overwrite=overwrite, progress=True)
+                      require_fields=require_fields, min_text_chars=min_text_chars,
+                      require_image=require_image, rare_threshold=rare_threshold, overwrite=overwrite,
+                      progress=True)
     print_summary(summary)
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 
@@ -61,9 +62,9 @@ def prepare_cmd(
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Prepared dataset folder (effiminivlm prepare)."),
-    out: str = typer.Option(..., "--out", help="Run folder: model/, metrics.jsonl, checkpoint/, recipe.yaml."),
+    out: str = typer.Option(..., "--out", help="Run folder (model/, metrics.jsonl, ...)."),
     recipe: str = typer.Option("offline", "--recipe", help="Packaged recipe name or a YAML file."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=1e-4 (repeat)."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. train.lr=1e-4 (repeat)."),
     epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
     batch_size: int | None = typer.Option(None, help="Shortcut for --set train.batch_size=N."),
     lr: float | None = typer.Option(None, help="Shortcut for --set train.lr=X."),
@@ -72,7 +73,7 @@ def train_cmd(
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Freeze the text encoder."),
     modalities: str | None = typer.Option(None, help="image_text | image | text (ablations)."),
     images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out from its last checkpoint."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
@@ -123,7 +124,7 @@ def evaluate_cmd(
 def predict_cmd(
     inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
     model: str = typer.Option(..., "--model", help="Saved model folder."),
-    out: str = typer.Option("submission.csv", "--out", help="Submission CSV (item_id, score, params, flops)."),
+    out: str = typer.Option("submission.csv", "--out", help="Submission CSV (item_id,score,params,flops)."),
     split: str | None = typer.Option(None, help="Only this split of a prepared folder."),
     images_dir: str | None = typer.Option(None, help="Images folder of input.csv (default: its images/), or "
                                           "the fetch-images cache."),
@@ -156,6 +157,43 @@ def recipes_cmd() -> None:
 
 # ------------------------------------------------------------------------------------------- protocol stage
 # (profile, score, benchmark)
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    data: list[str] = typer.Option(..., "--data", help="A prepared folder, a LoViF input.csv, or meta files "
+                                   "(repeat --data for several)."),
+    model: str | None = typer.Option(None, "--model", help="Saved model folder."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Time a recipe's architecture, random init (no "
+                                      "weights needed) instead of --model."),
+    split: str | None = typer.Option(None, help="Split of a prepared folder (default test; all: every row)."),
+    images_dir: str | None = typer.Option(None, help="Images of input.csv, or the fetch-images cache."),
+    batch_size: int = typer.Option(32, help="Batch size."),
+    warmup: int = typer.Option(2, help="Warmup batches, run before the clock starts and never counted."),
+    batches: int | None = typer.Option(None, help="Measured batches (default: every row after warmup)."),
+    max_samples: int | None = typer.Option(None, help="Measured samples instead of --batches."),
+    scope: str = typer.Option("end_to_end", help="end_to_end (read + decode + tokenize + forward) | model "
+                              "(forward on pre-collated batches) | both."),
+    precision: str = typer.Option("auto", help="fp32 | bf16 | fp16 | auto | both (fp32 and bf16)."),
+    pad_to_max: bool = typer.Option(False, "--pad-to-max", help="Pad every text to max_length (the canonical "
+                                    "input) instead of to the longest in the batch."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    num_workers: int = typer.Option(0, help="DataLoader workers (0: load in the main process)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's)."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision)."""
+    from effiminivlm.evaluation.benchmark import print_report, run_benchmark
+
+    results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
+                            scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
+                            batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
+                            num_workers=num_workers, device=device, images=images, threads=threads,
+                            json_out=json_out, log=lambda msg: typer.echo(msg, err=True))
+    print_report(results)
+    if json_out is not None:
+        typer.echo(f"json: {json_out}")
 
 
 def main(argv: list[str] | None = None) -> int:

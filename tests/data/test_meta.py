@@ -11,12 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from effiminivlm.data.meta import (
+    ROW_SCHEMA,
     InputLog,
     category_from_path,
     expand_inputs,
     image_refs,
     iter_meta,
     normalize_record,
+    read_meta_table,
 )
 from effiminivlm.errors import DataError
 
@@ -25,7 +27,8 @@ def record(asin: str, **over: object) -> dict:
     """A valid record in the official meta schema (images as a list of structs)."""
     rec = {
         "main_category": "AMAZON FASHION", "title": f"Linen shirt {asin}", "average_rating": 4.3,
-        "rating_number": 12, "features": ["100% linen", "Machine wash"], "description": ["A <b>light</b> shirt."],
+        "rating_number": 12, "features": ["100% linen", "Machine wash"],
+        "description": ["A <b>light</b> shirt."],
         "price": 19.99, "store": "Acme", "categories": [], "videos": [], "bought_together": None,
         "details": {"Department": "Men", "Item model number": "X-1"},
         "images": [
@@ -56,7 +59,8 @@ def write_parquet(path: Path, recs: list[dict], struct_of_lists: bool) -> Path:
     for r in recs:
         r = dict(r)
         if struct_of_lists:
-            r["images"] = {k: [im.get(k) for im in r["images"]] for k in ("hi_res", "large", "thumb", "variant")}
+            keys = ("hi_res", "large", "thumb", "variant")
+            r["images"] = {k: [im.get(k) for im in r["images"]] for k in keys}
             r["details"] = json.dumps(r["details"])
         rows.append(r)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +82,13 @@ def test_category_from_path() -> None:
 
 
 def test_normalisation_of_text_fields(tmp_path: Path) -> None:
-    raw = record("A1", title="Shirt\tfor\r\nmen  <br/>", features=["Soft<br>cotton", "see https://x.io/a?b=1"],
+    raw = record("A1", title="Shirt\tfor\r\nmen  <br/>",
+                 features=["Soft<br>cotton", "see https://x.io/a?b=1", "fits sizes < 5 and > 2 &lt;i&gt;"],
                  description=["Line one\nline two", "<p>Visit www.shop.com now &amp; save</p>"],
                  details={"Size": "M\n", "Color": ["red", "blue"], "Dims": {"w": 1}})
     rec = normalize_record(raw, base_dir=tmp_path, file_category="X", source="f:1")
     assert rec["title"] == "Shirt for men"
-    assert rec["features"] == "Soft cotton see"
+    assert rec["features"] == "Soft cotton see fits sizes < 5 and > 2"
     assert rec["description"] == "Line one line two Visit now & save"
     assert rec["details"] == "Size: M; Color: red, blue; Dims: w: 1"
     assert (rec["category"], rec["category_from_file"]) == ("AMAZON FASHION", False)
@@ -118,8 +123,8 @@ def test_image_refs_main_first_hi_res_else_large_relative_resolved(tmp_path: Pat
 def test_all_formats_give_the_same_records(tmp_path: Path) -> None:
     recs = [record(f"A{i}", main_category="" if i == 2 else "AMAZON FASHION",
                    images=[{"large": f"images/{i}.jpg", "variant": "MAIN"}]) for i in range(4)]
-    files = [write_jsonl(tmp_path / "j" / "meta_Amazon_Fashion.jsonl", recs) if (tmp_path / "j").mkdir() is None
-             else None,
+    (tmp_path / "j").mkdir()
+    files = [write_jsonl(tmp_path / "j" / "meta_Amazon_Fashion.jsonl", recs),
              write_jsonl(tmp_path / "meta_Amazon_Fashion.jsonl.gz", recs),
              write_parquet(tmp_path / "raw_meta_Amazon_Fashion" / "full-00000-of-00001.parquet", recs, True),
              write_parquet(tmp_path / "p" / "meta_Amazon_Fashion.parquet", recs, False)]
@@ -210,3 +215,18 @@ def test_expand_inputs(tmp_path: Path) -> None:
         expand_inputs([tmp_path / "emptydir"])
     with pytest.raises(DataError, match="no input files"):
         expand_inputs([])
+
+
+def test_read_meta_table_for_scoring(tmp_path: Path) -> None:
+    unrated = {k: v for k, v in record("U1").items() if k not in ("average_rating", "rating_number")}
+    path = write_jsonl(tmp_path / "meta_X.jsonl", [record("A1"), unrated, record("A1", title="again"),
+                                                   record("B1", average_rating=9.0)])
+    table, log = read_meta_table([path], require_rating=False)
+    assert table.schema.equals(ROW_SCHEMA)
+    rows = table.to_pylist()
+    assert [r["parent_asin"] for r in rows] == ["A1", "U1"] and rows[0]["title"] == "Linen shirt A1"
+    assert rows[1]["average_rating"] is None and rows[1]["rating_number"] is None
+    assert log.bad == {"duplicate_parent_asin": 1, "bad_rating": 1}
+    assert log.as_dict()["examples"]["duplicate_parent_asin"] == [f"{path}:3: parent_asin A1 read before"]
+    table, log = read_meta_table([path])
+    assert table.column("parent_asin").to_pylist() == ["A1"] and log.bad["missing_field"] == 1

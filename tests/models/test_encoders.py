@@ -116,6 +116,7 @@ def test_unknown_pooling_and_unknown_names() -> None:
 
 def test_lite0_mapping_rejects_unknown_keys() -> None:
     with pytest.raises(WeightsError, match="_blocks.0._se_reduce"):
-        lite0_state_dict_to_timm({"_conv_stem.weight": torch.zeros(1), "_blocks.0._se_reduce.weight": torch.zeros(1)})
+        lite0_state_dict_to_timm({"_conv_stem.weight": torch.zeros(1),
+                                  "_blocks.0._se_reduce.weight": torch.zeros(1)})
     with pytest.raises(WeightsError, match="_blocks.16"):
         lite0_state_dict_to_timm({"_blocks.16._bn0.weight": torch.zeros(1)})

@@ -56,6 +56,8 @@ def test_has_image_shape_is_checked(tiny_model, tiny_cfg, batch_for) -> None:
     batch = batch_for(tiny_cfg)
     with pytest.raises(ValueError, match="has_image must have shape"):
         tiny_model(**batch, has_image=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="pixel_values is None"):
+        tiny_model(None, batch["input_ids"], batch["attention_mask"], torch.tensor([True, False, False]))
 
 
 @pytest.mark.parametrize("modalities", ["image_text", "image", "text"])

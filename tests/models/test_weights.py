@@ -65,7 +65,8 @@ def test_local_file_safetensors_and_pth_load(tmp_path) -> None:
     torch.save(state, tmp_path / "w.pth")
     for name in ("w.safetensors", "w.pth"):
         torch.manual_seed(1)  # a different random init, which the weights must overwrite
-        loaded = IMAGE_ENCODERS.build("timm", source=f"local-file:{tmp_path / name}", model_name="test_efficientnet")
+        source = f"local-file:{tmp_path / name}"
+        loaded = IMAGE_ENCODERS.build("timm", source=source, model_name="test_efficientnet")
         for key, value in loaded.model.state_dict().items():
             torch.testing.assert_close(value, state[key], msg=f"{name}: {key}")
 

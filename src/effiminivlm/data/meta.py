@@ -5,15 +5,13 @@ Reads the official `meta_<Category>.jsonl` / `.jsonl.gz` files and the Hugging F
 memory stays flat however large the category. The format is sniffed from the first bytes (gzip magic,
 `PAR1`), not trusted from the suffix.
 
-Why a log object instead of exceptions: real dumps carry the odd broken line, and one bad row must not
-sink a 30 GB run. Every bad row or file is counted by kind with `file:line` examples (`InputLog`); with
-`strict=True` the first one raises `DataError` naming file and line instead. Nothing is dropped silently.
-
-Bad input (counted here): `invalid_json`, `not_object`, `missing_field` (no `parent_asin`,
-`average_rating` or `rating_number`: without them a row has no identity, target or weight), `bad_type`,
-`bad_rating` (average rating NaN or outside [1, 5], negative rating count), and file-level `empty_file`,
-`not_json`, `not_parquet`, `unreadable_file`. Empty or null text fields are not bad input: they are what
-the paper's `require_fields` filter (in `prepare`) is about, so records carry them as "".
+Why a log instead of exceptions: one broken line must not sink a 30 GB run. Every bad row or file is
+counted by kind with `file:line` examples (`InputLog`); with `strict=True` the first one raises `DataError`
+naming file and line instead. Nothing is dropped silently. Kinds: `invalid_json`, `not_object`,
+`missing_field` (no `parent_asin`, `average_rating` or `rating_number`: no identity, target or weight),
+`bad_type`, `bad_rating` (NaN or outside [1, 5], negative count); per file `empty_file`, `not_json`,
+`not_parquet`, `unreadable_file`. Empty text fields are not bad input: the paper's `require_fields` filter
+(in `prepare`) is about them, so records carry them as "".
 """
 
 from __future__ import annotations
@@ -43,6 +41,13 @@ META_COLUMNS = ("parent_asin", "main_category", "title", "average_rating", "rati
 _CATEGORY = re.compile(r"^(?:raw_)?meta_(.+?)(?:[-_]\d{5}-of-\d{5})?$")
 _CHUNK = 1 << 22  # bytes read at a time from (decompressed) JSON Lines
 Progress = Callable[[int], None]
+# The prepared dataset's columns but `split` (docs/ARCHITECTURE.md); `prepare` adds the split.
+ROW_SCHEMA = pa.schema([
+    ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
+    ("features", pa.string()), ("description", pa.string()), ("details", pa.string()),
+    ("average_rating", pa.float32()), ("rating_number", pa.int64()), ("images", pa.list_(pa.string())),
+    ("source", pa.string()),
+])
 
 
 class BadRow(Exception):
@@ -106,8 +111,10 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 out.extend(found)
             else:
                 out.append(p)
-    seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique: dict[Path, Path] = {}  # the same file named twice (a path and a glob) is read once
+    for p in out:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
 def category_from_path(path: Path) -> str:
@@ -123,13 +130,33 @@ def category_from_path(path: Path) -> str:
     return ""
 
 
-def iter_meta(paths: Sequence[Path], log: InputLog, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+def read_meta_table(inputs: Sequence[str | os.PathLike[str]], *, require_rating: bool = True,
+                    strict: bool = False) -> tuple[pa.Table, InputLog]:
+    """All normalised rows of `inputs` in memory (`ROW_SCHEMA`), for scoring products rather than training.
+
+    No paper filters and no sampling; a repeated `parent_asin` is dropped (first wins) and counted as
+    `duplicate_parent_asin`. With `require_rating=False` rows without ratings are kept (ratings null).
+    """
+    log = InputLog(strict=strict)
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in iter_meta(expand_inputs(inputs), log, require_rating=require_rating):
+        asin = rec["parent_asin"]
+        if asin in rows:
+            log.record("duplicate_parent_asin", rec["source"], f"parent_asin {asin} read before")
+        else:
+            rows[asin] = rec
+    return pa.Table.from_pylist(list(rows.values()), schema=ROW_SCHEMA), log
+
+
+def iter_meta(paths: Sequence[Path], log: InputLog, progress: Progress | None = None,
+              require_rating: bool = True) -> Iterator[dict[str, Any]]:
     """Normalised records of every file in order (see `normalize_record`); bad input goes to `log`."""
     for path in paths:
-        yield from iter_meta_file(path, log, progress)
+        yield from iter_meta_file(path, log, progress, require_rating)
 
 
-def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None,
+                   require_rating: bool = True) -> Iterator[dict[str, Any]]:
     """Normalised records of one JSON Lines (plain or gzip) or parquet file; `progress(n)` gets raw bytes."""
     info: dict[str, Any] = {"path": str(path), "category_from_name": category_from_path(path), "rows_read": 0,
                             "bad_rows": 0}
@@ -138,28 +165,29 @@ def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None) 
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except OSError as e:
-        log.record("unreadable_file", str(path), f"cannot open: {e.strerror or e}")
+        _file_error(log, info, "unreadable_file", str(path), f"cannot open: {e.strerror or e}")
         return
     info["format"] = "parquet" if magic == b"PAR1" else "jsonl.gz" if magic[:2] == b"\x1f\x8b" else "jsonl"
     if path.name.endswith(".parquet") and info["format"] != "parquet":
-        if path.stat().st_size == 0:
-            log.record("empty_file", str(path), "empty file")
-        else:
-            log.record("not_parquet", str(path), "not a parquet file (no PAR1 magic bytes)")
+        kind, msg = ("empty_file", "empty file") if not magic else ("not_parquet", "not a parquet file")
+        _file_error(log, info, kind, str(path), msg)
         return
     base_dir = path.absolute().parent
-    rows = _parquet_rows(path, log, progress) if info["format"] == "parquet" else _jsonl_rows(path, info, log,
-                                                                                              progress)
-    bad_before = sum(log.bad.values())
-    for source, obj in rows:
+    reader = _parquet_rows if info["format"] == "parquet" else _jsonl_rows
+    for source, obj in reader(path, info, log, progress):
         info["rows_read"] += 1
         log.rows_read += 1
         try:
             yield normalize_record(obj, base_dir=base_dir, file_category=info["category_from_name"],
-                                   source=source, log=log)
+                                   source=source, log=log, require_rating=require_rating)
         except BadRow as e:
+            info["bad_rows"] += 1
             log.record(e.kind, source, str(e))
-    info["bad_rows"] = sum(log.bad.values()) - bad_before
+
+
+def _file_error(log: InputLog, info: dict[str, Any], kind: str, source: str, message: str) -> None:
+    info["error"] = f"{kind}: {message}"
+    log.record(kind, source, message)
 
 
 def _jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
@@ -172,7 +200,8 @@ def _jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
             try:
                 chunk = next(chunks, b"")
             except (OSError, EOFError, zlib.error) as e:
-                log.record("unreadable_file", f"{path}:{lineno + 1}", f"stopped reading after line {lineno}: {e}")
+                _file_error(log, info, "unreadable_file", f"{path}:{lineno + 1}",
+                            f"stopped reading after line {lineno}: {e}")
                 return
             if progress is not None:
                 progress(raw.tell() - pos)
@@ -181,7 +210,7 @@ def _jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
                 first = False
                 chunk = chunk.lstrip().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM is not data
                 if not chunk.startswith(b"{"):
-                    log.record("not_json", str(path), "not a JSON Lines file (first character is not '{')")
+                    _file_error(log, info, "not_json", str(path), "not JSON Lines (does not start with '{')")
                     return
             if not chunk:
                 break
@@ -195,7 +224,7 @@ def _jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
         lineno += 1
         yield f"{path}:{lineno}", _parse_line(rest)
     if first:
-        log.record("empty_file", str(path), "empty file (no JSON lines)")
+        _file_error(log, info, "empty_file", str(path), "empty file (no JSON lines)")
 
 
 def _chunks(raw: Any, gz: bool) -> Iterator[bytes]:
@@ -235,17 +264,18 @@ def _parse_line(line: bytes) -> Any:
             return BadRow("invalid_json", f"invalid JSON: {e}")
 
 
-def _parquet_rows(path: Path, log: InputLog, progress: Progress | None) -> Iterator[tuple[str, Any]]:
+def _parquet_rows(path: Path, info: dict[str, Any], log: InputLog,
+                  progress: Progress | None) -> Iterator[tuple[str, Any]]:
     """(`file:row`, row dict) per parquet row, reading only the metadata columns in record batches."""
     try:
         pf = pq.ParquetFile(path)
         columns = [c for c in META_COLUMNS if c in pf.schema_arrow.names]
         total = max(pf.metadata.num_rows, 1)
     except (pa.ArrowException, OSError) as e:
-        log.record("not_parquet", str(path), f"not a readable parquet file: {e}")
+        _file_error(log, info, "not_parquet", str(path), f"not a readable parquet file: {e}")
         return
     if pf.metadata.num_rows == 0:
-        log.record("empty_file", str(path), "empty parquet file (0 rows)")
+        _file_error(log, info, "empty_file", str(path), "empty parquet file (0 rows)")
         return
     size, row = path.stat().st_size, 0
     try:
@@ -256,11 +286,11 @@ def _parquet_rows(path: Path, log: InputLog, progress: Progress | None) -> Itera
             if progress is not None:
                 progress(size * batch.num_rows // total)
     except (pa.ArrowException, OSError) as e:
-        log.record("unreadable_file", f"{path}:{row + 1}", f"stopped reading after row {row}: {e}")
+        _file_error(log, info, "unreadable_file", f"{path}:{row + 1}", f"stopped after row {row}: {e}")
 
 
 def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: str,
-                     log: InputLog | None = None) -> dict[str, Any]:
+                     log: InputLog | None = None, require_rating: bool = True) -> dict[str, Any]:
     """One raw metadata object -> the prepared-row fields (docs/ARCHITECTURE.md); raises `BadRow`.
 
     Text fields go through `clean_text` (lists joined with " ", `details` as "key: value" joined with "; ").
@@ -277,21 +307,22 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
         raise BadRow("missing_field", "missing parent_asin")
     if not isinstance(asin, str):
         raise BadRow("bad_type", f"parent_asin must be a string, got {type(asin).__name__}")
-    rating = obj.get("average_rating")
-    if rating is None:
+    rating, count = obj.get("average_rating"), obj.get("rating_number")
+    if rating is None and require_rating:
         raise BadRow("missing_field", "missing average_rating")
-    if isinstance(rating, bool) or not isinstance(rating, int | float):
-        raise BadRow("bad_type", f"average_rating must be a number, got {type(rating).__name__}")
-    if not (math.isfinite(rating) and 1.0 <= rating <= 5.0):
-        raise BadRow("bad_rating", f"average_rating {rating!r} is not in [1, 5]")
-    count = obj.get("rating_number")
-    if count is None:
+    if rating is not None:
+        if isinstance(rating, bool) or not isinstance(rating, int | float):
+            raise BadRow("bad_type", f"average_rating must be a number, got {type(rating).__name__}")
+        if not (math.isfinite(rating) and 1.0 <= rating <= 5.0):
+            raise BadRow("bad_rating", f"average_rating {rating!r} is not in [1, 5]")
+        rating = float(rating)
+    if count is None and require_rating:
         raise BadRow("missing_field", "missing rating_number")
     if isinstance(count, float) and count.is_integer():
         count = int(count)
-    if isinstance(count, bool) or not isinstance(count, int):
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
         raise BadRow("bad_type", f"rating_number must be an integer, got {count!r}")
-    if count < 0:
+    if count is not None and count < 0:
         raise BadRow("bad_rating", f"rating_number {count} is negative")
     main_category = clean_text(_string(obj, "main_category"))
     return {
@@ -302,7 +333,7 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
         "features": clean_text(" ".join(_strings(obj, "features"))),
         "description": clean_text(" ".join(_strings(obj, "description"))),
         "details": clean_text(_details(obj.get("details"))),
-        "average_rating": float(rating),
+        "average_rating": rating,
         "rating_number": count,
         "images": image_refs(obj.get("images"), base_dir, log),
         "source": source,
@@ -311,11 +342,9 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
 
 def _string(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
         raise BadRow("bad_type", f"{key} must be a string, got {type(value).__name__}")
-    return value
+    return value or ""
 
 
 def _strings(obj: dict[str, Any], key: str) -> list[str]:
@@ -350,7 +379,7 @@ def _details(value: Any) -> str:
     if not isinstance(value, dict):
         raise BadRow("bad_type", f"details must be an object, got {type(value).__name__}")
     pairs = ((k, (v if isinstance(v, str) else _flat(v)).strip()) for k, v in value.items() if v is not None)
-    return "; ".join(f"{k}: {v}" for k, v in pairs if v)  # "M\n" must not leave "M ;" after whitespace folding
+    return "; ".join(f"{k}: {v}" for k, v in pairs if v)  # strip: "M\n" must not end up as "M ;"
 
 
 def _flat(value: Any) -> str:
@@ -368,18 +397,16 @@ def image_refs(images: Any, base_dir: Path, log: InputLog | None = None) -> list
     lists). Relative local paths are resolved against the meta file's folder and stored absolute, so the
     prepared dataset works from any working directory.
     """
-    if images is None:
-        return []
     if isinstance(images, dict):  # HF parquet: {hi_res: [...], large: [...], thumb: [...], variant: [...]}
         cols = [images.get(k) or [] for k in ("hi_res", "large", "variant")]
         if not all(isinstance(c, list) for c in cols):
             raise BadRow("bad_type", "images struct must hold lists")
         images = [{"hi_res": h, "large": la, "variant": v} for h, la, v in zip_longest(*cols)]
-    if not isinstance(images, list):
+    if not isinstance(images, list | None):
         raise BadRow("bad_type", f"images must be a list, got {type(images).__name__}")
     main: list[str] = []
     rest: list[str] = []
-    for im in images:
+    for im in images or []:
         if isinstance(im, str):
             ref, variant = im, None
         elif isinstance(im, dict):

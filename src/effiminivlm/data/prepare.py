@@ -1,4 +1,4 @@
-"""Metadata files -> the prepared dataset: the paper's filters, per-category sampling, a stratified 8:1:1 split.
+"""Metadata files -> prepared dataset: the paper's filters, per-category sampling, a stratified 8:1:1 split.
 
 Two streaming passes keep memory bounded by the row count times a few bytes, not by the text:
 
@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from effiminivlm.data.meta import InputLog, expand_inputs, iter_meta
+from effiminivlm.data.meta import ROW_SCHEMA, InputLog, expand_inputs, iter_meta
 from effiminivlm.errors import DataError, EffiMiniVLMError
 
 SPLITS = ("train", "val", "test")
@@ -43,15 +43,9 @@ FILE_ERRORS = frozenset({"empty_file", "not_json", "not_parquet", "unreadable_fi
 RULES = ("require_fields", "min_text_chars", "require_image", "duplicate_parent_asin")
 ESSENTIAL = ("category", "title", "features", "description")  # ratings are checked as schema in data.meta
 HIST_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
-SCHEMA = pa.schema([
-    ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
-    ("features", pa.string()), ("description", pa.string()), ("details", pa.string()),
-    ("average_rating", pa.float32()), ("rating_number", pa.int64()), ("images", pa.list_(pa.string())),
-    ("split", pa.string()), ("source", pa.string()),
-])
-_ROW_COLUMNS = [n for n in SCHEMA.names if n != "split"]
-_SPILL_SCHEMA = pa.schema([SCHEMA.field(n) for n in _ROW_COLUMNS]
-                          + [("h_sample", pa.uint64()), ("h_split", pa.uint64())])
+SCHEMA = ROW_SCHEMA.insert(ROW_SCHEMA.get_field_index("source"), pa.field("split", pa.string()))
+_ROW_COLUMNS = ROW_SCHEMA.names
+_SPILL_SCHEMA = ROW_SCHEMA.append(pa.field("h_sample", pa.uint64())).append(pa.field("h_split", pa.uint64()))
 _BATCH = 16_384  # spill rows per row group; bigger batches cost RSS (allocator retention), not speed
 
 
@@ -98,7 +92,8 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
         log = InputLog(strict=strict)
         spill = tmp / "spill.parquet"
         total = sum(p.stat().st_size for p in paths)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="prepare: reading", disable=not progress) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="prepare: reading",
+                  disable=not progress) as bar:
             cats, dropped_ex = _read_and_filter(paths, spill, log, options, bar.update)
         summary = _sample_split_write(spill, tmp / "data.parquet", cats, options, progress)
         spill.unlink()
@@ -260,12 +255,13 @@ def _sample_split_write(spill: Path, dest: Path, cats: dict[str, Counter[str]], 
         r = rating[code == i]
         hist = np.histogram(r, bins=HIST_EDGES)[0] if len(r) else np.zeros(len(HIST_EDGES) - 1, int)
         per_split[s] = {"rows": int(len(r)), "mean_rating": round(float(r.mean()), 4) if len(r) else None,
-                        "rating_histogram": {f"{lo:.1f}-{hi:.1f}": int(h)
-                                             for lo, hi, h in zip(HIST_EDGES, HIST_EDGES[1:], hist, strict=False)}}
+                        "rating_histogram": {f"{lo:.1f}-{hi:.1f}": int(h) for lo, hi, h
+                                             in zip(HIST_EDGES, HIST_EDGES[1:], hist, strict=False)}}
     dropped = {r: sum(c[r] for c in cats.values()) for r in RULES[:3]}
     dropped["duplicate_parent_asin"] = int(len(dup))
     kept = int(len(sel))
-    return {"dropped": dropped, "kept_after_filters": int(len(kept_idx)), "not_sampled": int(len(kept_idx)) - kept,
+    return {"dropped": dropped, "kept_after_filters": int(len(kept_idx)),
+            "not_sampled": int(len(kept_idx)) - kept,
             "kept": kept, "per_split": per_split, "per_category": dict(sorted(by_cat.items())),
             "strata": {"count": int(np.count_nonzero(counts > options["rare_threshold"])) + bool(rare.any()),
                        "rare_bucket_items": int(np.count_nonzero(rare)),
@@ -292,29 +288,45 @@ def _dup_sources(pf: pq.ParquetFile, t: pa.Table, rows: np.ndarray) -> list[tupl
 
 
 def _write_rows(pf: pq.ParquetFile, dest: Path, code: np.ndarray, progress: bool) -> None:
-    """Stream the spill's selected rows, with their split, into the final Parquet file."""
+    """Stream the spill's selected rows, with their split, into the final Parquet file.
+
+    Small read batches keep RSS low (the allocator holds on to big ones); kept rows are gathered into row
+    groups of about `_BATCH` rows so readers do not pay for thousands of tiny row groups.
+    """
     names = np.array(SPLITS, dtype=object)
-    offset = 0
+    offset, pending, n_pending = 0, [], 0
     with pq.ParquetWriter(dest, SCHEMA, compression="zstd") as writer, \
             tqdm(total=len(code), unit="row", desc="prepare: writing", disable=not progress) as bar:
         for batch in pf.iter_batches(batch_size=8192, columns=_ROW_COLUMNS, use_threads=False):
             c = code[offset: offset + batch.num_rows]
             offset += batch.num_rows
-            mask = c >= 0
-            if mask.any():
-                rows = pa.Table.from_batches([batch]).filter(pa.array(mask))
-                rows = rows.add_column(SCHEMA.get_field_index("split"), SCHEMA.field("split"),
-                                       pa.array(names[c[mask]], type=pa.string()))
-                writer.write_table(rows)
             bar.update(batch.num_rows)
+            mask = c >= 0
+            if not mask.any():
+                continue
+            rows = pa.Table.from_batches([batch]).filter(pa.array(mask))
+            pending.append(rows.add_column(SCHEMA.get_field_index("split"), SCHEMA.field("split"),
+                                           pa.array(names[c[mask]], type=pa.string())))
+            n_pending += rows.num_rows
+            if n_pending >= _BATCH:
+                writer.write_table(pa.concat_tables(pending))
+                pending, n_pending = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
 
 
 def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     """Render a prepare summary as rich tables: rows through each rule, per category, per split."""
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: rich would assume 80 columns and elide the numbers
+            console.width = max(console.width, 132)
+    compact = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
     flow = Table(title="prepare: rows", show_header=False)
     flow.add_row("rows read", f"{summary['rows_read']:,}")
     for kind, n in summary["bad_input"]["by_kind"].items():
@@ -325,25 +337,27 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     flow.add_row("kept", f"{summary['kept']:,}", style="bold")
     console.print(flow)
 
-    cols = ["rows_read", *RULES, "available", "kept", *SPLITS]
-    per_cat = Table(title="per category")
-    per_cat.add_column("category")
-    for c in cols:
-        per_cat.add_column(c.replace("_parent_asin", "").replace("_", " "), justify="right")
+    heads = {"rows_read": "read", "require_fields": "-fields", "min_text_chars": "-text",
+             "require_image": "-image", "duplicate_parent_asin": "-dup", "available": "avail", "kept": "kept",
+             **{s: s for s in SPLITS}}
+    per_cat = Table(title="per category (read: valid rows; -rule: dropped by it)", **compact)
+    per_cat.add_column("category", no_wrap=True, overflow="ellipsis", max_width=24)
+    for head in heads.values():
+        per_cat.add_column(head, justify="right", no_wrap=True)
     for name, row in summary["per_category"].items():
-        per_cat.add_row(name or "(none)", *(f"{row[c]:,}" for c in cols))
+        per_cat.add_row(name or "(none)", *(f"{row[c]:,}" for c in heads))
     console.print(per_cat)
 
-    per_split = Table(title="per split (rating histogram)")
-    per_split.add_column("split")
-    per_split.add_column("rows", justify="right")
-    per_split.add_column("mean", justify="right")
+    per_split = Table(title="per split: rating histogram, bins [x, x+0.5)", **compact)
+    for head in ("split", "rows", "mean"):
+        per_split.add_column(head, justify="left" if head == "split" else "right", no_wrap=True)
     bins = list(summary["per_split"]["train"]["rating_histogram"])
     for b in bins:
-        per_split.add_column(b, justify="right")
+        per_split.add_column(b.split("-")[0], justify="right", no_wrap=True)
     for name, row in summary["per_split"].items():
         mean = "-" if row["mean_rating"] is None else f"{row['mean_rating']:.3f}"
         per_split.add_row(name, f"{row['rows']:,}", mean, *(f"{row['rating_histogram'][b]:,}" for b in bins))
     console.print(per_split)
     for kind, examples in summary["bad_input"]["examples"].items():
-        console.print(f"[yellow]{kind}[/yellow] e.g. " + "; ".join(examples[:2]), soft_wrap=True)
+        console.print(f"[yellow]{kind}[/yellow] e.g. " + escape("; ".join(examples[:2])), soft_wrap=True,
+                      highlight=False)

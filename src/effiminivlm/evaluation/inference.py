@@ -45,10 +45,7 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.d
     b = ids.shape[0]
     summed = feats.new_zeros(b, feats.shape[-1]).index_add_(0, index, feats)
     counts = torch.bincount(index, minlength=b).clamp(min=1).unsqueeze(-1).to(feats.dtype)
-    parts = [summed / counts]
-    if model.text_encoder is not None:
-        parts.append(model.text_encoder(ids, mask).to(feats.dtype))
-    return model.head(torch.cat(parts, dim=-1)).squeeze(-1)
+    return model(None, ids, mask, has_image, image_features=summed / counts)
 
 
 @torch.no_grad()

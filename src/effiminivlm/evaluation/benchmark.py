@@ -1,0 +1,412 @@
+"""`effiminivlm benchmark`: the runtime report (EffiMiniVLM's Table 3): how fast scoring is, and on what.
+
+Why a dedicated, explicit benchmark: a "ms per sample" means nothing without the scope it timed and the
+machine it ran on. Every run records both:
+
+- **scope** `end_to_end`: iterate the DataLoader (read row, resolve + decode + resize the image, build the
+  text, tokenise, collate) and run the model, as `predict` does; `model`: the forward pass only, on batches
+  collated (and moved to the device) before the clock starts. The two differ by the data pipeline's cost.
+- **warmup** batches run before the clock starts (allocator, oneDNN kernel selection, worker start-up) and
+  are never counted; every measured batch is timed with `time.perf_counter` after a CUDA synchronise.
+- **padding**: the collator pads each batch to its longest text ("dynamic", what `predict` runs);
+  `pad_to_max` times the protocol's canonical fixed-length input instead. Real tokens (attention-mask sum)
+  and padded positions are both reported, so ms/token can be read either way.
+- **memory**: on CUDA the max allocated / reserved bytes since a peak reset right before the timed region;
+  on CPU the process's peak RSS (a lifetime maximum: the OS cannot reset it, so in a multi-run report it
+  covers every earlier run too) and the RSS change across the timed region. DataLoader workers' memory is
+  not included.
+- **environment**: device name (CPU model / CUDA device), torch version, intra/inter-op threads, the
+  1-minute load average before the run and `cpu_busy` (main-process CPU seconds per wall second, about the
+  thread count when undisturbed): on a shared machine torch's threads wait for descheduled peers and small
+  models can slow down 10-100x; these two fields say when a number was taken under contention.
+
+Reuses the one scoring path: `Scorer` (device, precision, transforms), `ProductDataset` + `Collator`,
+`forward_batch` under `torch.inference_mode` and `runtime.autocast`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from effiminivlm.config import Recipe
+from effiminivlm.data.dataset import Collator, ProductDataset
+from effiminivlm.data.images import ImageStore
+from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.inference import forward_batch
+from effiminivlm.runtime import PRECISIONS, autocast, peak_rss_mb
+from effiminivlm.serving.scorer import Scorer
+
+SCOPES = ("end_to_end", "model")
+SCOPE_MEANING = {
+    "end_to_end": "read + decode + tokenize + collate + forward (DataLoader iteration and model)",
+    "model": "forward only, on batches collated and moved to the device before the clock starts",
+}
+
+#: The clock every timing reads; a module attribute so tests can observe when the timed region starts/ends.
+_clock: Callable[[], float] = time.perf_counter
+
+
+@dataclass
+class BenchmarkResult:
+    """One timed run: one (scope, precision) combination. Times in seconds / ms, memory in MB."""
+
+    scope: str
+    precision: str
+    model: str
+    params_m: float
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+    interop_threads: int
+    load_avg_1m: float | None
+    num_workers: int
+    batch_size: int
+    padding: str
+    max_length: int
+    images: str
+    inputs: list[str]
+    split: str | None
+    rows_available: int
+    warmup_batches: int
+    measured_batches: int
+    samples: int
+    samples_with_image: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+    cpu_busy: float  # main-process CPU s / wall s: about `threads` when undisturbed, lower on shared cores
+    ms_per_sample: float
+    ms_per_token: float | None
+    samples_per_s: float
+    tokens_per_s: float
+    ms_per_batch_median: float
+    ms_per_batch_max: float
+    peak_rss_mb: float | None = None
+    rss_increase_mb: float | None = None
+    cuda_max_allocated_mb: float | None = None
+    cuda_max_reserved_mb: float | None = None
+    timing: str = ""
+    batch_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+def device_name(device: torch.device) -> str:
+    """CUDA device name, or the CPU model name (from /proc/cpuinfo on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size of this process now (Linux /proc/self/statm); None where unavailable."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+def expand_choice(value: str, choices: tuple[str, ...], what: str, both: tuple[str, ...] | None = None
+                  ) -> list[str]:
+    """`value` as a list of runs: one choice, or `both` -> the pair; anything else is a clear error."""
+    if both is not None and value == "both":
+        return list(both)
+    if value not in choices:
+        allowed = ", ".join((*choices, "both") if both is not None else choices)
+        raise EffiMiniVLMError(f"--{what} must be one of {allowed}, got {value!r}")
+    return [value]
+
+
+def check_run_options(batch_size: int, warmup: int, batches: int | None, max_samples: int | None) -> None:
+    """Refuse impossible sizes before anything is loaded."""
+    if batch_size < 1 or warmup < 0:
+        raise EffiMiniVLMError(f"--batch-size must be >= 1 and --warmup >= 0 (got {batch_size}, {warmup})")
+    if batches is not None and max_samples is not None:
+        raise EffiMiniVLMError("give --batches or --max-samples, not both")
+    if (batches is not None and batches < 1) or (max_samples is not None and max_samples < 1):
+        raise EffiMiniVLMError("--batches and --max-samples must be >= 1")
+
+
+def plan_rows(rows: int, batch_size: int, warmup: int, batches: int | None = None,
+              max_samples: int | None = None) -> tuple[int, int]:
+    """(rows to read, measured batches). Warmup takes the first `warmup` full batches; the measured region
+    is `batches` full batches, or `max_samples` rows, or everything left; the last batch may be partial."""
+    check_run_options(batch_size, warmup, batches, max_samples)
+    warm_rows = warmup * batch_size
+    wanted = (batches * batch_size if batches is not None else max_samples if max_samples is not None
+              else rows - warm_rows)
+    if wanted < 1 or warm_rows + wanted > rows:
+        what = "leave nothing to measure" if wanted < 1 else f"plus {wanted} measured rows do not fit"
+        raise DataError(f"the input has {rows} rows: {warmup} warmup batch(es) of {batch_size} {what}; use "
+                        "more data (e.g. --split all), fewer --batches / --warmup or a smaller --batch-size")
+    return warm_rows + wanted, math.ceil(wanted / batch_size)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------- one run
+
+def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: ImageStore | None = None,
+                    *, scope: str = "end_to_end", precision: str = "auto", batch_size: int = 32,
+                    warmup: int = 2, batches: int | None = None, max_samples: int | None = None,
+                    pad_to_max: bool = False, num_workers: int = 0, device: str | None = None,
+                    images: str = "first", model_label: str = "", inputs: list[str] | None = None,
+                    split: str | None = None) -> BenchmarkResult:
+    """Time one (scope, precision) run of `model` over the first rows of `table` (see the module doc)."""
+    expand_choice(scope, SCOPES, "scope")
+    if table.num_rows == 0:
+        raise DataError("no rows to benchmark: the table is empty")
+    n_rows, n_measured = plan_rows(table.num_rows, batch_size, warmup, batches, max_samples)
+    scorer = Scorer(model, tokenizer, device=device, precision=precision, images=images,
+                    batch_size=batch_size, num_workers=num_workers)
+    dev, prec = scorer.device, scorer.precision
+    loader = DataLoader(ProductDataset(table.slice(0, n_rows), scorer.transform, store, scorer.images),
+                        batch_size=batch_size, shuffle=False, num_workers=scorer.num_workers,
+                        collate_fn=Collator(tokenizer, scorer.max_length, pad_to_max=pad_to_max))
+    counts = {"samples": 0, "with_image": 0, "tokens": 0, "padded": 0}
+
+    def count(batch: dict[str, Any]) -> None:
+        counts["samples"] += len(batch["item_id"])
+        counts["with_image"] += int(batch["has_image"].sum())
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["padded"] += batch["input_ids"].numel()
+
+    def forward(batch: dict[str, Any]) -> None:
+        with autocast(dev, prec):
+            forward_batch(scorer.model, batch, dev)
+        _sync(dev)
+
+    batch_s: list[float] = []
+    mem: dict[str, Any] = {}
+
+    def start_clock() -> float:
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        mem["rss_before"] = current_rss_mb()
+        mem["cpu_before"] = time.process_time()
+        return _clock()
+
+    load_avg = _load_avg()
+    with torch.inference_mode():
+        # scope model: every batch read, decoded, tokenised, collated and moved to the device, untimed
+        source = iter([_to_device(b, dev) for b in loader]) if scope == "model" else iter(loader)
+        start = t = start_clock() if warmup == 0 else 0.0  # warmup 0 times a cold first batch
+        for i in range(warmup + n_measured):
+            batch = next(source)
+            forward(batch)
+            if i < warmup:
+                if i == warmup - 1:
+                    start = t = start_clock()
+                continue
+            now = _clock()
+            batch_s.append(now - t)
+            t = now
+            count(batch)
+        seconds = t - start
+        cpu_seconds = time.process_time() - mem["cpu_before"]
+        del source  # DataLoader workers shut down outside the timed region
+    rss_after = current_rss_mb()
+    if dev.type == "cuda":
+        mem["cuda_alloc"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        mem["cuda_reserved"] = torch.cuda.max_memory_reserved(dev) / 2**20
+    before = mem.get("rss_before")
+    n, tokens = counts["samples"], counts["tokens"]
+    ms = [round(s * 1e3, 3) for s in batch_s]
+    return BenchmarkResult(
+        scope=scope, precision=prec, model=model_label, params_m=round(scorer.model.num_params() / 1e6, 3),
+        device=str(dev), device_name=device_name(dev), torch_version=torch.__version__,
+        threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
+        load_avg_1m=load_avg, num_workers=scorer.num_workers, batch_size=batch_size,
+        padding=(f"canonical: every text padded to max_length={scorer.max_length}" if pad_to_max else
+                 f"dynamic: padded to the longest text in the batch (truncated at {scorer.max_length})"),
+        max_length=scorer.max_length, images=scorer.images, inputs=list(inputs or []), split=split,
+        rows_available=table.num_rows, warmup_batches=warmup, measured_batches=len(batch_s), samples=n,
+        samples_with_image=counts["with_image"], tokens=tokens, padded_tokens=counts["padded"],
+        seconds=round(seconds, 6), cpu_busy=round(cpu_seconds / seconds, 3),
+        ms_per_sample=round(seconds * 1e3 / n, 4),
+        ms_per_token=round(seconds * 1e3 / tokens, 5) if tokens else None,
+        samples_per_s=round(n / seconds, 3), tokens_per_s=round(tokens / seconds, 1),
+        ms_per_batch_median=round(statistics.median(ms), 3), ms_per_batch_max=max(ms),
+        peak_rss_mb=round(peak_rss_mb(), 1) if dev.type == "cpu" else None,
+        rss_increase_mb=(round(rss_after - before, 1) if dev.type == "cpu" and None not in (rss_after, before)
+                         else None),
+        cuda_max_allocated_mb=_round(mem.get("cuda_alloc")),
+        cuda_max_reserved_mb=_round(mem.get("cuda_reserved")),
+        timing=SCOPE_MEANING[scope], batch_ms=ms)
+
+
+def _round(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+def _is_prepared(inputs: list[str]) -> bool:
+    return len(inputs) == 1 and (Path(inputs[0]) / "summary.json").is_file()
+
+
+def _check_model_choice(model_dir: Any, recipe: Any) -> None:
+    if (model_dir is None) == (recipe is None):
+        raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
+
+
+def load_benchmark_model(model_dir: str | Path | None = None, recipe: str | Recipe | None = None
+                         ) -> tuple[torch.nn.Module, Any, str]:
+    """(model, tokenizer, label) from a saved folder, or a recipe's architecture with random init (timing
+    does not depend on the weights' values, so presets whose weights are absent can be benchmarked)."""
+    _check_model_choice(model_dir, recipe)
+    if model_dir is not None:
+        from effiminivlm.models.factory import load_model
+
+        model, tokenizer = load_model(model_dir)
+        return model, tokenizer, str(model_dir)
+    from effiminivlm.config import load_recipe
+    from effiminivlm.models.factory import create_model, create_tokenizer
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
+    model = create_model(rec.model, pretrained=False)
+    tokenizer = create_tokenizer(rec.model.text_encoder) if model.text_encoder is not None else None
+    return model, tokenizer, f"recipe {rec.name} (random init)"
+
+
+def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
+                  recipe: str | Recipe | None = None, split: str | None = None,
+                  images_dir: str | None = None, scope: str = "end_to_end",
+                  precision: str = "auto", batch_size: int = 32, warmup: int = 2, batches: int | None = None,
+                  max_samples: int | None = None, pad_to_max: bool = False, num_workers: int = 0,
+                  device: str | None = None, images: str = "first", threads: int | None = None,
+                  json_out: str | Path | None = None, log: Callable[[str], None] | None = None
+                  ) -> list[BenchmarkResult]:
+    """Read `inputs` (a prepared folder — its `split`, default test, "all" for every row — a LoViF input.csv
+    or meta files), load the model once, and time every (scope, precision) combination asked for.
+    `threads` sets torch's intra-op threads for these runs (restored afterwards)."""
+    from effiminivlm.serving.predict import read_inputs
+
+    scopes = expand_choice(scope, SCOPES, "scope", both=SCOPES)
+    precisions = expand_choice(precision, PRECISIONS, "precision", both=("fp32", "bf16"))
+    check_run_options(batch_size, warmup, batches, max_samples)
+    _check_model_choice(model_dir, recipe)
+    if threads is not None and threads < 1:
+        raise EffiMiniVLMError(f"--threads must be >= 1, got {threads}")
+    if _is_prepared(inputs):
+        split = split or "test"
+    elif split not in (None, "all"):
+        raise DataError("--split applies to a prepared dataset folder only")
+    src = read_inputs(inputs, split=None if split == "all" else split, images_dir=images_dir)
+    if src.table.num_rows == 0:
+        empty = f" (split {split!r} is empty)" if split else ""
+        raise DataError(f"no rows to benchmark in {', '.join(inputs)}{empty} "
+                        f"(skipped while reading: {src.skipped or 'none'})")
+    model, tokenizer, label = load_benchmark_model(model_dir, recipe)
+    results = []
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for sc in scopes:
+            for prec in precisions:
+                if log is not None:
+                    log(f"benchmark: scope={sc} precision={prec} batch_size={batch_size} warmup={warmup}")
+                results.append(benchmark_model(
+                    model, tokenizer, src.table, src.store, scope=sc, precision=prec, batch_size=batch_size,
+                    warmup=warmup, batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
+                    num_workers=num_workers, device=device, images=images, model_label=label,
+                    inputs=list(inputs), split=split))
+    finally:
+        torch.set_num_threads(old_threads)
+    if json_out is not None:
+        write_json(results, json_out)
+    return results
+
+
+def write_json(results: list[BenchmarkResult], path: str | Path) -> Path:
+    """{"runs": [...]} with every field of every run, written atomically."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"runs": [r.to_dict() for r in results]}, indent=2) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def render_table(results: list[BenchmarkResult]) -> Any:
+    """A rich Table: one row per (scope, precision), the shared setup in the title and caption."""
+    from rich import box
+    from rich.table import Table
+
+    first = results[0]
+    cuda = first.device.startswith("cuda")
+    table = Table(box=box.SIMPLE_HEAD, title=(
+        f"EffiMiniVLM runtime: {first.model}, {first.params_m:.2f} M params\n{first.device}: "
+        f"{first.device_name}, torch {first.torch_version}, {first.threads} threads, "
+        f"load avg {first.load_avg_1m}"))
+    memory = "CUDA MB\nalloc/reserved" if cuda else "peak RSS\nMB (run)"
+    heads = ["scope", "precision", "batches", "samples", "tokens\nreal/padded", "total\ns", "ms/\nsample",
+             "ms/\ntoken", "samples\n/s", "tokens\n/s", "CPU\nbusy", memory]
+    for name in heads:
+        table.add_column(name, justify="left" if name in ("scope", "precision") else "right")
+    for r in results:
+        mem = (f"{r.cuda_max_allocated_mb}/{r.cuda_max_reserved_mb}" if cuda
+               else f"{r.peak_rss_mb} ({r.rss_increase_mb:+})" if r.rss_increase_mb is not None
+               else f"{r.peak_rss_mb}")
+        table.add_row(r.scope, r.precision, str(r.measured_batches), str(r.samples),
+                      f"{r.tokens}/{r.padded_tokens}", f"{r.seconds:.3f}", f"{r.ms_per_sample:.2f}",
+                      "-" if r.ms_per_token is None else f"{r.ms_per_token:.4f}", f"{r.samples_per_s:.1f}",
+                      f"{r.tokens_per_s:.0f}", f"{r.cpu_busy:.2f}", mem)
+    split = f" (split {first.split})" if first.split else ""
+    table.caption = (
+        f"batch size {first.batch_size}, {first.warmup_batches} warmup batch(es) excluded, "
+        f"{first.num_workers} DataLoader worker(s), images: {first.images}; padding {first.padding}.\n"
+        f"end_to_end = {SCOPE_MEANING['end_to_end']}.\nmodel = {SCOPE_MEANING['model']}.\n"
+        f"data: {', '.join(first.inputs)}{split}, {first.rows_available} rows available.")
+    return table
+
+
+def print_report(results: list[BenchmarkResult], console: Any = None) -> None:
+    """Print the table (to stdout unless a rich Console is given); wide when piped, so no column is cut."""
+    import sys
+
+    from rich.console import Console
+
+    (console or Console(width=None if sys.stdout.isatty() else 150)).print(render_table(results))

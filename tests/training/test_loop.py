@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from effiminivlm.errors import EffiMiniVLMError
+from effiminivlm.training import loop
+from effiminivlm.training.checkpoint import load_checkpoint
+
+
+def _train(recipe, prepared: Path, out: Path, **kw):
+    return loop.train(recipe, prepared, out, progress=False, log=lambda _: None, **kw)
+
+
+def test_train_writes_a_run_folder_and_best_model(tiny_recipe, prepared, tmp_path):
+    out = tmp_path / "run"
+    summary = _train(tiny_recipe, prepared, out)
+    assert summary["epochs_run"] == 2 and summary["steps"] == 6
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for x in lines:
+        assert x["train_samples"] == 24  # 3 steps of 8
+        assert -1 <= x["val_plcc"] <= 1 and x["val_loss"] > 0
+        assert sum(x["image_status"].values()) == 24 and x["image_status"].get("ok", 0) > 0
+    best = max(lines, key=lambda x: x["val_plcc"])
+    assert summary["best_epoch"] == best["epoch"] and best["best"]
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert (out / "recipe.yaml").read_text().startswith("name: tiny")
+    assert json.loads((out / "train_summary.json").read_text())["best_val_plcc"] == pytest.approx(
+        best["val_plcc"])
+
+
+def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tiny_recipe, prepared, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(EffiMiniVLMError, match="not empty"):
+        _train(tiny_recipe, prepared, out)
+    with pytest.raises(EffiMiniVLMError, match="no checkpoint"):
+        _train(tiny_recipe, prepared, out, resume=True)
+
+
+def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(tiny_recipe, prepared, tmp_path,
+                                                                           monkeypatch):
+    straight = tmp_path / "straight"
+    _train(tiny_recipe, prepared, straight)
+
+    crashed = tmp_path / "crashed"
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt("simulated crash after epoch 1")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_recipe, prepared, crashed)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert load_checkpoint(crashed / "checkpoint" / "last.pt")["state"]["epoch"] == 1
+
+    summary = _train(tiny_recipe, prepared, crashed, resume=True)
+    assert summary["epochs_run"] == 2
+    a = load_checkpoint(straight / "checkpoint" / "last.pt")["model"]
+    b = load_checkpoint(crashed / "checkpoint" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    lines = (crashed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    sa = load_file(straight / "model" / "model.safetensors")
+    sb = load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_recipe, prepared, tmp_path,
+                                                                       monkeypatch):
+    from effiminivlm.config import load_recipe
+
+    recipe = load_recipe(tiny_recipe.to_dict(), ["train.epochs=6", "train.patience=1",
+                                                 "train.max_steps_per_epoch=1"])
+    plccs = iter([0.5, 0.4, 0.9, 0.1])
+    real = loop.compute_metrics
+
+    def fake_metrics(pred, true, *a, **k):
+        out = real(pred, true, *a, **k)
+        out["overall"]["plcc"] = next(plccs)
+        return out
+
+    monkeypatch.setattr(loop, "compute_metrics", fake_metrics)
+    summary = _train(recipe, prepared, tmp_path / "run")
+    assert summary["epochs_run"] == 2 and summary["stop_reason"] == "early_stopping"
+    assert summary["best_epoch"] == 1 and summary["best_val_plcc"] == 0.5
+
+
+def test_frozen_text_encoder_does_not_change(tiny_recipe, prepared, tmp_path):
+    from effiminivlm.config import load_recipe
+    from effiminivlm.models.factory import load_model
+
+    recipe = load_recipe(tiny_recipe.to_dict(), ["train.freeze_text=true", "train.epochs=1"])
+    torch.manual_seed(recipe.train.seed)
+    _train(recipe, prepared, tmp_path / "run")
+    model, _ = load_model(tmp_path / "run" / "model")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    n_opt = sum(len(g["params"]) for g in groups)
+    assert n_opt == sum(1 for p in model.image_encoder.parameters()) + sum(1 for p in model.head.parameters())
