@@ -18,9 +18,20 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
+# The main job on the embedded default: synthetic catalog -> prepare -> train -> evaluate -> predict -> score.
 demo: setup
+	rm -rf $(DEMO)
 	$(BIN)/effiminivlm synth --n 1500 --out $(DEMO)/catalog --seed 0
-	$(BIN)/effiminivlm prepare $(DEMO)/catalog/meta_Synthetic.jsonl --out $(DEMO)/prepared --min-per-category 0 --frac 1.0
+	$(BIN)/effiminivlm prepare $(DEMO)/catalog/meta_Synthetic.jsonl --out $(DEMO)/prepared --frac 1.0 --min-per-category 0
+	$(BIN)/effiminivlm train --data $(DEMO)/prepared --out $(DEMO)/run --recipe demo
+	$(BIN)/effiminivlm evaluate --model $(DEMO)/run/model --data $(DEMO)/prepared --split test --out $(DEMO)/report
+	$(BIN)/effiminivlm predict $(DEMO)/prepared --split test --model $(DEMO)/run/model --out $(DEMO)/submission.csv
+	$(BIN)/effiminivlm score --predictions $(DEMO)/submission.csv --truth $(DEMO)/prepared --plot $(DEMO)/report/leaderboard.png
+	@echo
+	@echo "report:      $(DEMO)/report/metrics.md (json: metrics.json)"
+	@echo "plots:       $(DEMO)/report/pred_vs_true.png, $(DEMO)/report/leaderboard.png"
+	@echo "model:       $(DEMO)/run/model (training log: $(DEMO)/run/metrics.jsonl)"
+	@echo "submission:  $(DEMO)/submission.csv"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -30,6 +41,7 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -238,11 +238,12 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
     if not isinstance(data, dict):
         raise ValueError(f"recipe {name_or_path} must be a mapping")
     base = data.pop("base", None)
+    name = data.get("name") or (path.stem if path.suffix else name_or_path)  # the recipe's own, not its base's
     if base:
         if base in _seen:
             raise ValueError(f"recipe base cycle: {' -> '.join((*_seen, base))}")
         data = _merge(_read_recipe_dict(base, (*_seen, name_or_path)), data)
-    data.setdefault("name", path.stem if path.suffix else name_or_path)
+    data["name"] = name
     return data
 
 
