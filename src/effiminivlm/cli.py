@@ -55,6 +55,39 @@ def prepare_cmd(
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 
 
+@app.command("fetch-images")
+def fetch_images_cmd(
+    prepared: str = typer.Argument(..., help="Prepared dataset folder (effiminivlm prepare)."),
+    cache: str | None = typer.Option(None, "--cache", help="Image cache folder (default PREPARED/images, "
+                                     "where train / evaluate / predict look by default)."),
+    workers: int = typer.Option(16, help="Parallel downloads."),
+    timeout: float = typer.Option(10.0, help="Seconds per connect / read."),
+    retries: int = typer.Option(3, help="Retries of a transient failure (timeout, 5xx, 429), with backoff."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Try earlier runs' failures again."),
+) -> None:
+    """Download every image URL of a prepared dataset once into a content-addressed cache (resumable)."""
+    from effiminivlm.data.images import fetch_images
+
+    typer.echo(str(fetch_images(prepared, cache, workers=workers, timeout=timeout, retries=retries,
+                                retry_failed=retry_failed, progress=True)))
+
+
+@app.command("synth")
+def synth_cmd(
+    n: int = typer.Option(..., "--n", help="Number of items."),
+    out: str = typer.Option(..., "--out", help="Output folder (meta JSONL, images/, latent.csv, lovif/)."),
+    seed: int = typer.Option(0, help="Seed: same seed, same bytes; a smaller --n gives a prefix."),
+    image_size: int = typer.Option(96, help="Image side in pixels."),
+    missing_description_frac: float = typer.Option(0.0, help="Fraction of items written with an empty "
+                                                   "description (prepare's default filters drop them)."),
+) -> None:
+    """Write a synthetic catalog in the official meta schema, with real images and the LoViF layout."""
+    from effiminivlm.data.synth import write_synth
+
+    typer.echo(str(write_synth(out, n, seed=seed, image_size=image_size,
+                               missing_description_frac=missing_description_frac, progress=True)))
+
+
 # ---------------------------------------------------------------------------------------------- model stage
 # (recipes, train, evaluate, predict)
 

@@ -23,18 +23,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from effiminivlm.data.prepare import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
 
 INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
 
-# The prepared-dataset schema of docs/ARCHITECTURE.md (the contract `prepare` writes).
-PREPARED_SCHEMA = pa.schema([
-    ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
-    ("features", pa.string()), ("description", pa.string()), ("details", pa.string()),
-    ("average_rating", pa.float32()), ("rating_number", pa.int64()), ("images", pa.list_(pa.string())),
-    ("split", pa.string()), ("source", pa.string()),
-])
 
 
 @dataclass
@@ -74,7 +68,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 def _require(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
     missing = [c for c in needed if c not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header) or 'none'}")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
+                        f"found: {', '.join(header) or 'none'}")
 
 
 def _text_cell(value: str | None) -> str:
@@ -98,7 +93,10 @@ def _safe_image(images_root: Path, rel: str) -> tuple[str | None, str]:
     """(absolute path, "found") or (None, "missing" | "refused") for one relative path."""
     if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
         return None, "refused"
-    candidate = (images_root / rel).resolve()  # follows symlinks, so a link out of the folder is caught
+    try:
+        candidate = (images_root / rel).resolve()  # follows symlinks, so a link out of the folder is caught
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        return None, "refused"
     if not candidate.is_relative_to(images_root):
         return None, "refused"
     if not candidate.is_file():
@@ -161,8 +159,10 @@ def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:
     """
     path = Path(truth_csv)
     header, rows = _csv_rows(path)
-    id_col = "parent_asin" if "parent_asin" in header else "item_id"
+    id_col = next((c for c in ("parent_asin", "item_id") if c in header), "parent_asin or item_id")
     _require(path, header, (id_col, "average_rating"))
+    if not rows:
+        raise DataError(f"{path}: no rows")
     truth: dict[str, float] = {}
     for line, row in rows:
         key = (row.get(id_col) or "").strip()

@@ -25,7 +25,9 @@ Layout written by `write_synth(out, n)`:
   out/lovif/truth.csv        parent_asin, average_rating
 
 Item i is generated from its own seed sequence ``(seed, i)``: the same seed gives byte-identical files,
-and a smaller `n` gives a prefix of a larger catalog.
+and a smaller `n` gives a prefix of a larger catalog. Every item passes `prepare`'s default filters (all
+essential fields, > 30 characters of text, an image), so `n` items give `n` prepared rows; real data's
+empty descriptions are opt-in (`missing_description_frac`).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from effiminivlm.errors import DataError, EffiMiniVLMError
+
 LEVELS = (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)
 BASE_RATING, EFFECT_SCALE, NOISE_STD = 3.85, 0.75, 0.25
 META_NAME = "meta_Synthetic.jsonl"
-LATENT_FIELDS = ["parent_asin", "category", "product", "colour", "pattern", "tier", "image_effect", "text_effect",
-                 "noise", "average_rating"]
+LATENT_FIELDS = ["parent_asin", "category", "product", "colour", "pattern", "tier", "image_effect",
+                 "text_effect", "noise", "average_rating"]
 # Colour -> effect level index; deliberately not monotone in hue, so the model must learn the mapping.
 COLOURS = {"red": ((196, 38, 44), 3), "orange": ((236, 136, 28), 0), "yellow": ((228, 204, 44), 4),
            "green": ((48, 148, 64), 2), "blue": ((38, 80, 200), 5), "purple": ((128, 48, 160), 1)}
@@ -73,7 +77,8 @@ MATERIALS = {  # by tier, worst first
                   "18/8 Stainless Steel", "Surgical-Grade Stainless Steel"),
 }
 TITLE_WORDS = (("Cheap", "Flimsy Budget"), ("Economy", "Basic"), ("Classic", "Everyday"),
-               ("Durable", "Sturdy"), ("Premium", "Professional-Grade"), ("Luxury Handcrafted", "Heirloom-Quality"))
+               ("Durable", "Sturdy"), ("Premium", "Professional-Grade"),
+               ("Luxury Handcrafted", "Heirloom-Quality"))
 QUALITY_FEATURES = (
     ("Thin, flimsy build; may show defects out of the box", "Low-cost construction with rough, uneven edges",
      "Budget build that may wear out after a few uses"),
@@ -83,9 +88,11 @@ QUALITY_FEATURES = (
      "Average build quality for everyday needs"),
     ("Sturdy construction with reinforced stress points", "Durable build that holds up to daily use",
      "Solid components and a clean, even finish"),
-    ("Heavy-duty reinforced construction, quality checked by hand", "Premium components built for years of use",
+    ("Heavy-duty reinforced construction, quality checked by hand",
+     "Premium components built for years of use",
      "Precision finishing with tight tolerances and no rough edges"),
-    ("Master-crafted heirloom build, inspected piece by piece", "Top-grade components engineered to last decades",
+    ("Master-crafted heirloom build, inspected piece by piece",
+     "Top-grade components engineered to last decades",
      "Backed by a lifetime craftsmanship warranty and free repairs"),
 )
 QUALITY_DESCRIPTIONS = (
@@ -116,6 +123,7 @@ NEUTRAL_DESCRIPTIONS = (
 )
 BRANDS = ("Northwind", "Larkspur & Co", "Velora", "Trailmark", "Casa Bella", "Urban Nest", "Peakline",
           "Maple Row", "Kestrel Goods", "Solenne")
+_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 
@@ -124,14 +132,21 @@ def _pick(rng: np.random.Generator, options: tuple[Any, ...] | list[Any]) -> Any
     return options[int(rng.integers(len(options)))]
 
 
+_ID_SPACE = 36**8
+_ID_STEP = 323_553_491_989  # coprime to 36 (odd, not a multiple of 3): index -> id is a bijection
+
+
 def asin_for(seed: int, index: int) -> str:
-    """A stable 10-character ASIN-like id, unique per (seed, index) for practical purposes."""
-    digest = int.from_bytes(hashlib.sha256(f"synth:{seed}:{index}".encode()).digest()[:8], "big")
-    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    """A 10-character ASIN-like id ("B0" + 8 base-36 digits), distinct for every index of one seed.
+
+    An affine map modulo 36**8 with a step coprime to 36 is a permutation, so ids never collide within a
+    catalog of any size up to 2.8e12 items (a hash would start colliding around a million items)."""
+    offset = int.from_bytes(hashlib.sha256(f"synth:{seed}".encode()).digest()[:8], "big")
+    value = (offset + _ID_STEP * index) % _ID_SPACE
     out = ""
     for _ in range(8):
-        digest, r = divmod(digest, 36)
-        out += chars[r]
+        value, r = divmod(value, 36)
+        out += _ID_CHARS[r]
     return "B0" + out
 
 
@@ -156,11 +171,12 @@ def _shape_mask(shape: str, size: int, box: tuple[float, float, float, float]) -
         d.rounded_rectangle(r(0.05, 0.35, 0.95, 1.0), radius=0.08 * w, fill=255)
         d.arc(r(0.25, 0.02, 0.75, 0.68), 180, 360, fill=255, width=line)
     elif shape == "tshirt":
-        d.polygon([p(0.3, 0), p(0.42, 0.07), p(0.58, 0.07), p(0.7, 0), p(1.0, 0.2), p(0.88, 0.42), p(0.78, 0.36),
-                   p(0.78, 1.0), p(0.22, 1.0), p(0.22, 0.36), p(0.12, 0.42), p(0, 0.2)], fill=255)
+        d.polygon([p(0.3, 0), p(0.42, 0.07), p(0.58, 0.07), p(0.7, 0), p(1.0, 0.2), p(0.88, 0.42),
+                   p(0.78, 0.36), p(0.78, 1.0), p(0.22, 1.0), p(0.22, 0.36), p(0.12, 0.42), p(0, 0.2)],
+                  fill=255)
     elif shape == "shoe":
-        d.polygon([p(0, 0.88), p(0, 0.45), p(0.25, 0.4), p(0.4, 0.12), p(0.6, 0.12), p(0.7, 0.45), p(1.0, 0.62),
-                   p(1.0, 0.88)], fill=255)
+        d.polygon([p(0, 0.88), p(0, 0.45), p(0.25, 0.4), p(0.4, 0.12), p(0.6, 0.12), p(0.7, 0.45),
+                   p(1.0, 0.62), p(1.0, 0.88)], fill=255)
     elif shape == "cap":
         d.pieslice(r(0.05, 0.2, 0.8, 1.2), 180, 360, fill=255)
         d.ellipse(r(0.45, 0.6, 1.0, 0.8), fill=255)
@@ -231,8 +247,12 @@ class SynthItem:
     images: list[tuple[str, bytes]]  # (path relative to the catalog folder, file bytes)
 
 
-def make_item(index: int, seed: int = 0, image_size: int = 96) -> SynthItem:
-    """Item `index` of the catalog for `seed` (independent of how many items are generated)."""
+def make_item(index: int, seed: int = 0, image_size: int = 96, missing_description_frac: float = 0.0
+              ) -> SynthItem:
+    """Item `index` of the catalog for `seed` (independent of how many items are generated).
+
+    Every item passes `prepare`'s default filters unless `missing_description_frac` > 0: that fraction gets
+    an empty description, like part of the real data, and is then dropped by `prepare --require-fields`."""
     rng = np.random.default_rng([seed, index])
     category, noun, shape, family, audiences = _pick(rng, PRODUCTS)
     colour = _pick(rng, sorted(COLOURS))
@@ -257,7 +277,7 @@ def make_item(index: int, seed: int = 0, image_size: int = 96) -> SynthItem:
     features = [f"Made of {material.lower()}", *quality,
                 f"Dimensions: {dims[0]} x {dims[1]} x {dims[2]} inches", *neutral]
     description: list[str] = []
-    if rng.random() < 0.7:  # like the real data, some items have no description at all
+    if rng.random() >= missing_description_frac:  # one draw either way: the stream does not depend on it
         description = [_pick(rng, QUALITY_DESCRIPTIONS[tier])]
         extra = rng.choice(len(NEUTRAL_DESCRIPTIONS), size=int(rng.integers(0, 3)), replace=False)
         description += [NEUTRAL_DESCRIPTIONS[j].format(brand=brand) for j in extra]
@@ -271,9 +291,11 @@ def make_item(index: int, seed: int = 0, image_size: int = 96) -> SynthItem:
         img = draw_product(rng, shape, COLOURS[colour][0], pattern, image_size, transparent=transparent)
         files.append((name, _encode(img, fmt)))
         hi_res = name if rng.random() < 0.8 else None
-        refs.append({"thumb": name, "large": name, "variant": "MAIN" if k == 0 else f"PT{k:02d}", "hi_res": hi_res})
+        refs.append({"thumb": name, "large": name, "variant": "MAIN" if k == 0 else f"PT{k:02d}",
+                     "hi_res": hi_res})
 
-    price = None if rng.random() < 0.3 else round(float(8 * (1 + 0.35 * tier) * np.exp(rng.normal(0, 0.3))), 2)
+    price = (None if rng.random() < 0.3
+             else round(float(8 * (1 + 0.35 * tier) * np.exp(rng.normal(0, 0.3))), 2))
     record = {
         "main_category": category, "title": title, "average_rating": rating, "rating_number": rating_number,
         "features": features, "description": description, "price": price, "images": refs, "videos": [],
@@ -285,9 +307,9 @@ def make_item(index: int, seed: int = 0, image_size: int = 96) -> SynthItem:
                                             f"{int(rng.integers(2015, 2024))}"},
         "parent_asin": asin, "bought_together": None,
     }
-    latent = {"parent_asin": asin, "category": category, "product": noun, "colour": colour, "pattern": pattern,
-              "tier": tier, "image_effect": image_effect, "text_effect": text_effect, "noise": round(noise, 4),
-              "average_rating": rating}
+    latent = {"parent_asin": asin, "category": category, "product": noun, "colour": colour,
+              "pattern": pattern, "tier": tier, "image_effect": image_effect, "text_effect": text_effect,
+              "noise": round(noise, 4), "average_rating": rating}
     return SynthItem(record=record, latent=latent, images=files)
 
 
@@ -303,14 +325,19 @@ class SynthSummary:
     images: int
     image_bytes: int
     seconds: float
+    missing_descriptions: int = 0
 
     @property
     def meta_path(self) -> Path:
+        """The meta JSONL to give `prepare`."""
         return self.out / META_NAME
 
     def __str__(self) -> str:
-        return (f"{self.items} items, {self.images} images ({self.image_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s"
-                f" -> {self.meta_path}; LoViF layout in {self.out / 'lovif'}")
+        text = (f"{self.items} items, {self.images} images ({self.image_bytes / 1e6:.1f} MB) in "
+                f"{self.seconds:.1f} s -> {self.meta_path}; LoViF layout in {self.out / 'lovif'}")
+        if self.missing_descriptions:
+            text += f"; {self.missing_descriptions} items without a description (prepare drops them)"
+        return text
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -322,22 +349,46 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _prepare_out(root: Path) -> None:
+    """An empty folder, or an earlier catalog whose image folders are cleared (stale files of a bigger or
+    differently seeded run would otherwise linger beside the new ones). Anything else is refused."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"synth: --out {root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / META_NAME).is_file():
+            raise DataError(f"synth: --out {root} is not empty and holds no synthetic catalog ({META_NAME}); "
+                            "refusing to write into it")
+        for folder in (root / "images", root / "lovif" / "images"):
+            shutil.rmtree(folder, ignore_errors=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "lovif" / "images").mkdir(parents=True, exist_ok=True)
+
+
 def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: int = 96,
-                progress: bool = True) -> SynthSummary:
-    """Write an `n`-item catalog (meta JSONL, images, latent.csv, LoViF layout) to `out`; overwrites files."""
+                missing_description_frac: float = 0.0, progress: bool = True) -> SynthSummary:
+    """Write an `n`-item catalog (meta JSONL, images, latent.csv, LoViF layout) to `out`.
+
+    `out` must be empty, new, or an earlier catalog (regenerated in place). With the default
+    `missing_description_frac=0` every item survives `prepare`'s default filters, so `n` items give `n`
+    prepared rows.
+    """
     import time
 
     from tqdm.auto import tqdm
 
     if n < 1:
-        raise ValueError(f"synth: --n must be at least 1, got {n}")
+        raise EffiMiniVLMError(f"synth: --n must be at least 1, got {n}")
+    if seed < 0:
+        raise EffiMiniVLMError(f"synth: --seed must be >= 0, got {seed}")
     if image_size < 32:
-        raise ValueError(f"synth: --image-size must be at least 32 pixels, got {image_size}")
+        raise EffiMiniVLMError(f"synth: --image-size must be at least 32 pixels, got {image_size}")
+    if not 0.0 <= missing_description_frac <= 1.0:
+        raise EffiMiniVLMError(f"synth: --missing-description-frac must be in [0, 1], got "
+                               f"{missing_description_frac}")
     start = time.perf_counter()
     root = Path(out)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "lovif" / "images").mkdir(parents=True, exist_ok=True)
-    n_images = n_bytes = 0
+    _prepare_out(root)
+    n_images = n_bytes = n_missing = 0
     with (root / META_NAME).open("w", encoding="utf-8") as meta, \
             (root / "latent.csv").open("w", encoding="utf-8", newline="") as latent_f, \
             (root / "lovif" / "input.csv").open("w", encoding="utf-8", newline="") as input_f, \
@@ -349,8 +400,9 @@ def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: 
         truth_w = csv.writer(truth_f, lineterminator="\n")
         truth_w.writerow(["parent_asin", "average_rating"])
         for i in tqdm(range(n), desc="synth", unit="item", disable=not progress):
-            item = make_item(i, seed, image_size)
+            item = make_item(i, seed, image_size, missing_description_frac)
             rec = item.record
+            n_missing += not rec["description"]
             meta.write(json.dumps(rec, ensure_ascii=False) + "\n")
             latent_w.writerow(item.latent)
             names = []
@@ -364,4 +416,4 @@ def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: 
             input_w.writerow([rec["parent_asin"], rec["main_category"], rec["title"], str(rec["features"]),
                               str(rec["description"]), ";".join(names)])
             truth_w.writerow([rec["parent_asin"], rec["average_rating"]])
-    return SynthSummary(root, n, n_images, n_bytes, time.perf_counter() - start)
+    return SynthSummary(root, n, n_images, n_bytes, time.perf_counter() - start, n_missing)

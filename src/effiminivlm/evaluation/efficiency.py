@@ -13,7 +13,8 @@ fvcore counts one FLOP per multiply-add, half the protocol's convention. The rul
   FlopCounterMode's ``custom_mapping``; the MHA fast path is switched off while counting (same maths, in
   ops the counter sees).
 - No silent fallback: every op that ran is recorded, and an op with a known cost (a matmul, convolution,
-  attention or RNN kernel) that no formula covered is reported in ``uncounted_ops``; `profile` prints it.
+  attention, RNN, FFT, distance or solver kernel, or any op outside aten whose cost we cannot know) that
+  no formula covered is reported in ``uncounted_ops``; `profile` prints it as a warning.
 - Params = every parameter, frozen ones included (trainable reported separately).
 Softmax, normalisation, activations and bias adds are not counted, by the convention of torch, fvcore and
 the leaderboard (they are a few percent of a transformer's multiply-adds).
@@ -83,12 +84,23 @@ EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten.addbmm: _addbmm_flop,
 }
 
-#: Leaf ops that multiply-add: if one runs with no formula, the count is incomplete and we say so.
-_COSTLY_OP = re.compile(
-    r"^aten\.(_?(addmm|addmv|addbmm|baddbmm|bmm|mm|mv|dot|vdot|matmul|linear|einsum|tensordot)\b"
-    r"|.*(attention|convolution|conv\d|_mm\b|mm_|rnn|lstm|gru|_transformer_encoder))"
+#: Name pieces (an op's name split at "_") of kernels that multiply-add: such an op running with no formula
+#: means the count is incomplete. Whole pieces, so cheap ops such as ``mvlgamma`` or ``_convert_indices``
+#: do not match; ``linalg_vector_norm`` has no solver piece either.
+_COSTLY_PIECE = re.compile(
+    r"(add|b|addb|badd)?mm|(add)?mv|v?dot|matmul|linear|trilinear|einsum|tensordot|cdist"
+    r"|conv(\d+d)?|convolution|attention|transformer|rnn|lstm|gru|fft|cholesky|svd|solve|lstsq|eigh?|qr|inv"
 )
 _ATTENTION_OP = re.compile(r"attention")
+
+
+def _is_costly(op: Any) -> bool:
+    """True for an op whose cost matters: a multiply-add kernel by name, or any non-aten op (a custom or
+    extension kernel: we cannot know what it costs, so it must not pass unseen)."""
+    namespace, _, name = str(op).partition(".")
+    if namespace not in ("aten", "prims", "prim"):
+        return True
+    return any(_COSTLY_PIECE.fullmatch(piece) for piece in name.split("_") if piece)
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -105,13 +117,14 @@ class _OpRecorder(TorchDispatchMode):
 
 @dataclass
 class FlopCount:
-    """One counted forward pass: total, per module (direct children of the root) and per op."""
+    """One counted forward pass: total, per module (direct children of the root), per op, per module and op."""
 
     total: int
     by_module: dict[str, int]
     by_op: dict[str, int]
     attention: int
     uncounted_ops: dict[str, int] = field(default_factory=dict)
+    by_module_op: dict[str, dict[str, int]] = field(default_factory=dict)
     method: str = FLOP_METHOD
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,19 +142,22 @@ def _mha_fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-def _flops_by_child(model: nn.Module, counts: dict[str, dict[Any, int]]) -> dict[str, int]:
-    """Total per direct child from FlopCounterMode's per-module table (keys ``Root.child.grandchild``).
+def _flops_by_child(model: nn.Module, counts: dict[str, dict[Any, int]]) -> dict[str, dict[str, int]]:
+    """{child: {op: FLOPs}} from FlopCounterMode's per-module table (keys ``Root.child.grandchild``).
 
     A container child (nn.ModuleList) is never called itself, so its FLOPs are the sum over its outermost
     called descendants; nested keys are skipped so nothing is counted twice.
     """
     root = type(model).__name__
-    out = {}
+    out: dict[str, dict[str, int]] = {}
     for name, _ in model.named_children():
         prefix = f"{root}.{name}"
         keys = [k for k in counts if k == prefix or k.startswith(prefix + ".")]
         outer = [k for k in keys if not any(k != o and k.startswith(o + ".") for o in keys)]
-        out[name] = int(sum(sum(counts[k].values()) for k in outer))
+        ops: Counter[str] = Counter()
+        for k in outer:
+            ops.update({str(op): int(n) for op, n in counts[k].items()})
+        out[name] = dict(ops.most_common())
     return out
 
 
@@ -162,16 +178,18 @@ def count_flops(model: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, 
         model.train(was_training)
     counts = counter.get_flop_counts()
     total = counter.get_total_flops()
-    by_module = _flops_by_child(model, counts)
-    rest = total - sum(by_module.values())
-    if rest:
-        by_module["(root)"] = rest
     by_op = {str(op): int(n) for op, n in sorted(counts.get("Global", {}).items(), key=lambda kv: -kv[1])}
+    by_module_op = _flops_by_child(model, counts)
+    root_ops = Counter(by_op)
+    for ops in by_module_op.values():
+        root_ops.subtract(ops)
+    if any(root_ops.values()):  # ops run by the root's own forward (outside every child)
+        by_module_op["(root)"] = {op: n for op, n in root_ops.most_common() if n}
+    by_module = {name: sum(ops.values()) for name, ops in by_module_op.items()}
     attention = sum(n for op, n in by_op.items() if _ATTENTION_OP.search(op))
     registry = set(flop_registry) | set(EXTRA_FLOP_FORMULAS)
-    uncounted = {str(op): n for op, n in recorder.calls.items()
-                 if op not in registry and _COSTLY_OP.match(str(op))}
-    return FlopCount(int(total), by_module, by_op, int(attention), uncounted)
+    uncounted = {str(op): n for op, n in recorder.calls.items() if op not in registry and _is_costly(op)}
+    return FlopCount(int(total), by_module, by_op, int(attention), uncounted, by_module_op)
 
 
 @dataclass
@@ -195,3 +213,265 @@ def count_params(model: nn.Module) -> ParamCount:
         by_module["(root)"] = own
     return ParamCount(sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
                       by_module)
+
+
+# ------------------------------------------------------------------------------------------------- profile
+
+
+@dataclass
+class ModelProfile:
+    """Everything the protocol needs about one model: P, F, C, E (and CES once a PLCC is attached).
+
+    ``flops_g`` is the canonical count that C uses; ``flops_g_mean_length`` is the same pass with the text at
+    the dataset's mean real token count (``mean_length`` tokens, the rounded ``mean_tokens``): what a
+    typical product costs when padding is not counted. It is informational and never enters C.
+    """
+
+    label: str
+    params: int
+    params_m: float
+    trainable_m: float
+    flops: int
+    flops_g: float
+    flops_g_mean_length: float | None
+    modalities: str
+    image_size: int | None
+    max_length: int | None
+    mean_tokens: float | None
+    mean_length: int | None
+    params_by_module_m: dict[str, float]
+    flops_by_module_g: dict[str, float]
+    flops_by_module_g_mean_length: dict[str, float] | None
+    flops_by_op_g: dict[str, float]
+    attention_g: float
+    c: float
+    e: float
+    method: str
+    uncounted_ops: dict[str, int]
+    protocol: dict[str, float]
+    mean_tokens_source: str | None = None
+    plcc: float | None = None
+    plcc_source: str | None = None
+    ces: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _canonical_inputs(model: nn.Module, image_size: int | None, length: int | None) -> tuple[Any, ...]:
+    """(pixel_values, input_ids, attention_mask, has_image) for batch 1: every token attended, an image."""
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    pixels = has_image = ids = mask = None
+    if image_size is not None:
+        pixels = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
+        has_image = torch.ones(1, dtype=torch.bool, device=device)
+    if length is not None:  # the ids' values do not change the cost; 1 is in every vocabulary
+        ids = torch.ones(1, length, dtype=torch.long, device=device)
+        mask = torch.ones(1, length, dtype=torch.long, device=device)
+    return pixels, ids, mask, has_image
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EffiMiniVLMError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _count_canonical(model: nn.Module, image_size: int | None, length: int | None, what: str) -> FlopCount:
+    try:
+        return count_flops(model, _canonical_inputs(model, image_size, length))
+    except (RuntimeError, IndexError, ValueError) as e:  # e.g. more tokens than position embeddings
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EffiMiniVLMError(f"cannot run the model on {what}: {reason}") from None
+
+
+def profile_model(model: nn.Module, image_size: int | None = None, max_length: int | None = None,
+                  mean_tokens: float | None = None, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
+                  label: str | None = None) -> ModelProfile:
+    """Params, canonical FLOPs (and at `mean_tokens` when given), C and E of an EffiMiniVLM-like model.
+
+    `image_size` / `max_length` default to the model's own (``model.cfg``): the canonical input is batch 1,
+    one image of that size and the text padded/truncated to ``max_length`` with every token attended, so
+    the number depends on the architecture only, not on the data. A tower the model lacks (image-only or
+    text-only ablations) gets no input. Needs no weights: a random-init model gives the same counts.
+    """
+    mcfg = getattr(model, "cfg", None)
+    has_image = getattr(model, "image_encoder", None) is not None
+    has_text = getattr(model, "text_encoder", None) is not None
+    if image_size is None and has_image:
+        image_size = mcfg.image_encoder.image_size
+    if max_length is None and has_text:
+        max_length = mcfg.text_encoder.max_length
+    size = _positive_int(image_size, "image size") if has_image else None
+    length = _positive_int(max_length, "max length") if has_text else None
+    canonical = _count_canonical(model, size, length, f"the canonical input (image {size}, {length} tokens)")
+
+    mean_length = per_module_mean = flops_mean = None
+    if mean_tokens is not None:
+        mean_tokens = float(mean_tokens)
+        if not (math.isfinite(mean_tokens) and mean_tokens > 0):
+            raise EffiMiniVLMError(f"mean token length must be a positive number, got {mean_tokens!r}")
+        if length is not None and mean_tokens > length + 1e-9:
+            raise EffiMiniVLMError(f"mean token length {mean_tokens:.1f} exceeds max length {length}; "
+                                   "texts are truncated to max length before counting")
+        mean_length = max(1, round(mean_tokens)) if has_text else None
+        at_mean = (_count_canonical(model, size, mean_length, f"{mean_length} tokens") if has_text
+                   else canonical)  # no text tower: the cost does not depend on the text
+        flops_mean = at_mean.total / 1e9
+        per_module_mean = {k: v / 1e9 for k, v in at_mean.by_module.items()}
+
+    params = count_params(model)
+    params_m, flops_g = params.total / 1e6, canonical.total / 1e9
+    score = protocol_score(params_m, flops_g, cfg=cfg)
+    return ModelProfile(
+        label=label or type(model).__name__, params=params.total, params_m=params_m,
+        trainable_m=params.trainable / 1e6, flops=canonical.total, flops_g=flops_g,
+        flops_g_mean_length=flops_mean, modalities=getattr(mcfg, "modalities", "image_text"),
+        image_size=size, max_length=length, mean_tokens=mean_tokens, mean_length=mean_length,
+        params_by_module_m={k: v / 1e6 for k, v in params.by_module.items()},
+        flops_by_module_g={k: v / 1e9 for k, v in canonical.by_module.items()},
+        flops_by_module_g_mean_length=per_module_mean,
+        flops_by_op_g={k: v / 1e9 for k, v in canonical.by_op.items()}, attention_g=canonical.attention / 1e9,
+        c=score.c, e=score.e, method=canonical.method, uncounted_ops=canonical.uncounted_ops,
+        protocol=cfg.to_dict())
+
+
+def with_plcc(profile: ModelProfile, plcc: float, source: str, cfg: ProtocolCfg = DEFAULT_PROTOCOL
+              ) -> ModelProfile:
+    """The profile with a PLCC and its CES (NaN when the PLCC is undefined, e.g. constant predictions)."""
+    score = protocol_score(profile.params_m, profile.flops_g, plcc, cfg)
+    return dataclasses.replace(profile, plcc=score.plcc, plcc_source=source, ces=score.ces)
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+
+def load_profile_model(model_dir: str | Path | None = None, recipe: str | None = None,
+                       overrides: list[str] | tuple[str, ...] = ()) -> tuple[nn.Module, str, Callable[[], Any]]:
+    """(model, label, tokenizer loader) from a saved folder, or a recipe's architecture with random init.
+
+    Counting needs no weights, so a recipe is built with ``pretrained=False`` (presets whose weights are
+    unreachable still profile); the tokenizer is loaded only when asked (for the mean token length).
+    """
+    if (model_dir is None) == (recipe is None):
+        raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
+    if model_dir is not None:
+        if overrides:
+            raise EffiMiniVLMError("--set overrides a recipe; it cannot change a saved model (use --recipe)")
+        from effiminivlm.models.factory import load_model
+        from effiminivlm.models.regressor import EffiMiniVLM
+
+        return (EffiMiniVLM.from_pretrained(model_dir), str(model_dir),
+                lambda: load_model(model_dir)[1])
+    from effiminivlm.config import load_recipe
+    from effiminivlm.models.factory import create_model, create_tokenizer
+
+    rec = load_recipe(recipe, list(overrides))
+    return (create_model(rec.model, pretrained=False), f"recipe {rec.name} (random init)",
+            lambda: create_tokenizer(rec.model.text_encoder))
+
+
+def data_mean_tokens(data: str | Path, tokenizer: Any, max_length: int) -> tuple[float, str]:
+    """The mean real token count (after truncation to `max_length`) of a prepared folder (all splits), a
+    LoViF input.csv or meta files, and a label saying what it was measured on."""
+    from effiminivlm.data.dataset import ProductDataset, mean_token_length
+    from effiminivlm.serving.predict import read_inputs
+
+    table = read_inputs([str(data)]).table
+    if table.num_rows == 0:
+        raise DataError(f"{data}: no rows to measure the mean token length on")
+    dataset = ProductDataset(table, None, images="none")
+    mean = mean_token_length(dataset, tokenizer, max_length)
+    sampled = len(range(0, len(dataset), max(1, len(dataset) // 2000)))
+    return mean, f"{data} ({sampled:,} of {len(dataset):,} rows, truncated to {max_length} tokens)"
+
+
+def run_profile(model_dir: str | Path | None = None, recipe: str | None = None,
+                overrides: list[str] | tuple[str, ...] = (), *, image_size: int | None = None,
+                max_length: int | None = None, plcc: float | None = None, report: str | Path | None = None,
+                data: str | Path | None = None, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
+                json_out: str | Path | None = None, plot_out: str | Path | None = None) -> ModelProfile:
+    """`effiminivlm profile`: load, count, attach a PLCC (given, or an evaluation report's) and write the
+    JSON / the PLCC-vs-C plot when asked."""
+    if plcc is not None and report is not None:
+        raise EffiMiniVLMError("give the PLCC once: --plcc or --report, not both")
+    source = None
+    if report is not None:
+        plcc, source = read_report_plcc(report), str(report)
+    elif plcc is not None:
+        source = "--plcc"
+    model, label, load_tokenizer = load_profile_model(model_dir, recipe, overrides)
+    mean_tokens = mean_source = None
+    if data is not None:
+        if model.text_encoder is None:
+            raise EffiMiniVLMError("--data gives the mean token length, but this model has no text tower")
+        length = max_length if max_length is not None else model.cfg.text_encoder.max_length
+        mean_tokens, mean_source = data_mean_tokens(data, load_tokenizer(), _positive_int(length, "max length"))
+    profile = profile_model(model, image_size, max_length, mean_tokens, cfg, label=label)
+    profile = dataclasses.replace(profile, mean_tokens_source=mean_source)
+    if plcc is not None:
+        profile = with_plcc(profile, plcc, source or "", cfg)
+    if json_out is not None:
+        write_json(profile.to_dict(), json_out)
+    if plot_out is not None:
+        from effiminivlm.evaluation.plots import PlotPoint, plot_protocol
+
+        plot_protocol(plot_out, [PlotPoint(label, profile.c, profile.plcc)], cfg=cfg)
+    return profile
+
+
+def render_profile(p: ModelProfile) -> Any:
+    """A rich Table: params and FLOPs per part, then C, E (and PLCC, CES); the counting rules as caption."""
+    from rich import box
+    from rich.table import Table
+
+    mean = p.flops_by_module_g_mean_length
+    table = Table(box=box.SIMPLE_HEAD, title=f"EffiMiniVLM profile: {p.label} ({p.modalities})")
+    for name in ("part", "params (M)", "trainable (M)", "GFLOPs canonical",
+                 *([f"GFLOPs at {p.mean_length} tokens"] if mean is not None else [])):
+        table.add_column(name, justify="left" if name == "part" else "right")
+    for part in dict.fromkeys([*p.params_by_module_m, *p.flops_by_module_g]):
+        table.add_row(part, f"{p.params_by_module_m.get(part, 0.0):.3f}", "",
+                      f"{p.flops_by_module_g.get(part, 0.0):.3f}",
+                      *([f"{mean.get(part, 0.0):.3f}"] if mean is not None else []))
+    table.add_section()
+    table.add_row("[bold]total[/]", f"[bold]{p.params_m:.3f}[/]", f"{p.trainable_m:.3f}",
+                  f"[bold]{p.flops_g:.3f}[/]", *([f"{p.flops_g_mean_length:.3f}"] if mean is not None else []))
+    table.add_row("  of which attention", "", "", f"{p.attention_g:.3f}", *([""] if mean is not None else []))
+    table.add_section()
+    blank = [""] * (len(table.columns) - 2)
+    cap = " (capped)" if p.c <= cap_cost(ProtocolCfg(**p.protocol)) else ""
+    table.add_row("C", f"[bold]{p.c:.4f}[/]", *blank)
+    table.add_row("E", f"[bold]{p.e:.4f}[/]{cap}", *blank)
+    if p.plcc is not None:
+        ces = "undefined (PLCC undefined)" if p.ces is None or math.isnan(p.ces) else f"[bold]{p.ces:.4f}[/]"
+        table.add_row("PLCC", "n/a" if math.isnan(p.plcc) else f"{p.plcc:.4f}", *blank)
+        table.add_row("CES", ces, *blank)
+    inputs = [f"{p.image_size}x{p.image_size} image" if p.image_size else "no image tower",
+              f"text padded to {p.max_length} tokens, all attended" if p.max_length else "no text tower"]
+    lines = [f"canonical FLOPs: batch 1, {', '.join(inputs)}; {p.method}.",
+             f"P = all {p.params:,} parameters (frozen included); C = (P/{p.protocol['params_target_m']:g}M)"
+             f"^{p.protocol['params_weight']:g} x (F/{p.protocol['flops_target_g']:g}G)"
+             f"^{p.protocol['flops_weight']:g} from the canonical FLOPs."]
+    if p.mean_tokens is not None:
+        lines.append(f"mean length: {p.mean_tokens:.1f} real tokens"
+                     f"{f' in {p.mean_tokens_source}' if p.mean_tokens_source else ''}, counted at {p.mean_length}.")
+    if p.plcc_source:
+        lines.append(f"PLCC from {p.plcc_source}; CES = max(0, PLCC) x E.")
+    if p.uncounted_ops:
+        ops = ", ".join(f"{op} (x{n})" for op, n in p.uncounted_ops.items())
+        lines.append(f"[bold red]WARNING: ops with a cost but no FLOP formula ran and are NOT counted: {ops}; "
+                     "the FLOPs are a lower bound.[/]")
+    table.caption = "\n".join(lines)
+    return table
+
+
+def print_profile(profile: ModelProfile, console: Any = None) -> None:
+    """Print the table (to stdout unless a rich Console is given); wide when piped, so nothing is cut."""
+    import sys
+
+    from rich.console import Console
+
+    (console or Console(width=None if sys.stdout.isatty() else 130)).print(render_profile(profile))
