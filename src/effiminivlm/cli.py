@@ -192,6 +192,52 @@ def recipes_cmd() -> None:
 # (profile, score, benchmark)
 
 
+@app.command("profile")
+def profile_cmd(
+    model: str | None = typer.Option(None, "--model", help="Saved model folder."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Profile a recipe's architecture, random init "
+                                      "(no weights needed) instead of --model."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. model.image_encoder.image_size="
+                                   "256 (repeat; with --recipe)."),
+    image_size: int | None = typer.Option(None, help="Canonical image size (default: the model's)."),
+    max_length: int | None = typer.Option(None, help="Canonical text length (default: the model's)."),
+    plcc: float | None = typer.Option(None, help="PLCC of the model, for its CES."),
+    report: str | None = typer.Option(None, "--report", help="Evaluation report (metrics.json of evaluate) "
+                                      "to take the PLCC from, instead of --plcc."),
+    data: str | None = typer.Option(None, "--data", help="Prepared folder (all splits) or LoViF input.csv: "
+                                    "also count FLOPs at its mean token length."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the profile as JSON here."),
+    plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
+) -> None:
+    """Params, FLOPs, resource cost C, efficiency E (and CES) by the LoViF 2026 protocol."""
+    from effiminivlm.evaluation.efficiency import run_profile
+    from effiminivlm.evaluation.plots import print_profile
+
+    print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
+                              report=report, data=data, json_out=json_out, plot_out=plot))
+    for kind, path in (("json", json_out), ("plot", plot)):
+        if path is not None:
+            typer.echo(f"{kind}: {path}")
+
+
+@app.command("score")
+def score_cmd(
+    predictions: str = typer.Option(..., "--predictions", help="Submission CSV: item_id,score,params,flops."),
+    truth: str = typer.Option(..., "--truth", help="Truth CSV (parent_asin or item_id, average_rating), or a "
+                              "prepared folder (its test split)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
+) -> None:
+    """Score a submission as the leaderboard does: PLCC, C, E, CES and the would-be rank."""
+    from effiminivlm.evaluation.plots import print_score
+    from effiminivlm.evaluation.protocol import run_score
+
+    print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot))
+    for kind, path in (("json", json_out), ("plot", plot)):
+        if path is not None:
+            typer.echo(f"{kind}: {path}")
+
+
 @app.command("benchmark")
 def benchmark_cmd(
     data: list[str] = typer.Option(..., "--data", help="A prepared folder, a LoViF input.csv, or meta files "

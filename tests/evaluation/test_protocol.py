@@ -9,20 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effiminivlm.cli import main
+from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.protocol import (
     ProtocolCfg,
     cap_cost,
     efficiency,
+    leaderboard_rank,
     load_leaderboard,
     plcc_for_ces,
     plcc_plus,
     protocol_score,
+    read_report_plcc,
     resource_cost,
     score_submission,
+    write_json,
 )
 
-DEV_DATA = Path(__file__).resolve().parents[3] / "shared/data/amazon2023-fashion-dev/meta_Amazon_Fashion.jsonl"
+DEV_DATA = (Path(__file__).resolve().parents[3]
+            / "shared/data/amazon2023-fashion-dev/meta_Amazon_Fashion.jsonl")
 LEADERBOARD = load_leaderboard()
 
 
@@ -44,8 +50,8 @@ def test_every_leaderboard_row_is_reproduced(entry) -> None:
 def test_rounded_plcc_explains_the_ces_gaps() -> None:
     by_team = {e.team: e for e in LEADERBOARD}
     olac, wleach = by_team["olacnqoddchl"], by_team["wleach"]
-    assert round(protocol_score(olac.params_m, olac.flops_g, olac.plcc).ces, 3) == 0.425  # published 0.43
-    assert round(protocol_score(wleach.params_m, wleach.flops_g, wleach.plcc).ces, 3) == 0.393  # published 0.40
+    assert round(protocol_score(olac.params_m, olac.flops_g, olac.plcc).ces, 3) == 0.425  # published: 0.43
+    assert round(protocol_score(wleach.params_m, wleach.flops_g, wleach.plcc).ces, 3) == 0.393  # 0.40
 
 
 def test_only_the_log_form_fits_the_leaderboard() -> None:
@@ -122,7 +128,8 @@ def _truth(path: Path) -> dict[str, float]:
 
 
 def _submission(path: Path, scores: dict[str, float], params: str = "27.7", flops: str = "6.8") -> Path:
-    return _write(path, "item_id,score,params,flops", [f"{k},{v},{params},{flops}" for k, v in scores.items()])
+    rows = [f"{k},{v},{params},{flops}" for k, v in scores.items()]
+    return _write(path, "item_id,score,params,flops", rows)
 
 
 def test_score_submission_matches_direct_computation(tmp_path: Path, truth_csv: Path) -> None:
@@ -155,7 +162,7 @@ def test_score_submission_errors(tmp_path: Path, truth_csv: Path) -> None:
         score_submission(_submission(sub, bad), truth_csv)
 
     extra = dict(good) | {"ZZZ1": 3.0, "ZZZ2": 4.0}
-    with pytest.raises(DataError, match=r"2 submission id\(s\) are not in the truth.*40 of 42 submission ids"):
+    with pytest.raises(DataError, match=r"2 submission id\(s\) are not in the truth.*40 of 42 submission"):
         score_submission(_submission(sub, extra), truth_csv)
 
     partial = dict(list(good.items())[:30])
@@ -168,8 +175,13 @@ def test_score_submission_errors(tmp_path: Path, truth_csv: Path) -> None:
 
     with pytest.raises(DataError, match="missing column.*flops"):
         score_submission(_write(sub, "item_id,score,params", ["a,1,2"]), truth_csv)
-    with pytest.raises(DataError, match="no id column"):
+    with pytest.raises(DataError, match=r"t.csv: missing column\(s\) parent_asin or item_id"):
         score_submission(_submission(sub, good), _write(tmp_path / "t.csv", "asin,average_rating", ["a,1"]))
+    with pytest.raises(DataError, match=r"t.csv:3: average_rating '7' is outside \[1, 5\]"):
+        score_submission(_submission(sub, good), _write(tmp_path / "t.csv", "item_id,average_rating",
+                                                        ["a,1", "b,7"]))
+    with pytest.raises(DataError, match="t.csv: no (truth )?rows"):
+        score_submission(_submission(sub, good), _write(tmp_path / "t.csv", "item_id,average_rating", []))
     with pytest.raises(DataError, match="file not found"):
         score_submission(tmp_path / "nope.csv", truth_csv)
 
@@ -184,7 +196,85 @@ def test_score_against_real_ratings(tmp_path: Path) -> None:
                        [f"{k},{v}" for k, v in truth.items()])
     rng = np.random.default_rng(2)
     scores = {k: v + rng.normal(0, 0.85) for k, v in truth.items()}  # noise ~ the ratings' own std
-    out = score_submission(_submission(tmp_path / "sub.csv", scores, params="152.12", flops="31.14"), truth_csv)
+    sub = _submission(tmp_path / "sub.csv", scores, params="152.12", flops="31.14")
+    out = score_submission(sub, truth_csv)
     assert out["n_items"] == len(truth) > 900
     assert 0.5 < out["plcc"] < 0.9
     assert round(out["c"], 2) == 0.49 and round(out["e"], 2) == 1.04
+
+
+def test_score_against_a_prepared_folder(tmp_path: Path, prepared: Path) -> None:
+    """A prepared dataset as truth: its test split, and only it, is what a submission must cover."""
+    test = read_prepared(prepared, split="test")
+    truth = dict(zip(test.column("parent_asin").to_pylist(), test.column("average_rating").to_pylist(),
+                     strict=True))
+    scores = {k: 6.0 - v for k, v in truth.items()}  # perfectly anti-correlated: PLCC -1, CES 0
+    out = score_submission(_submission(tmp_path / "sub.csv", scores), prepared)
+    assert out["n_items"] == len(truth) == test.num_rows and "(test split)" in out["truth"]
+    assert out["plcc"] == pytest.approx(-1.0) and out["plcc_plus"] == 0.0 and out["ces"] == 0.0
+    train_id = read_prepared(prepared, split="train").column("parent_asin")[0].as_py()
+    with pytest.raises(DataError, match="1 submission id"):
+        score_submission(_submission(tmp_path / "sub.csv", scores | {train_id: 3.0}), prepared)
+
+
+# ------------------------------------------------------------------------------------ rank, report, JSON
+
+
+def test_leaderboard_rank() -> None:
+    assert leaderboard_rank(0.5) == 1
+    assert leaderboard_rank(0.0) == len(LEADERBOARD) + 1
+    assert leaderboard_rank(0.396) == 5  # rounds to 0.40: placed after the published 0.40 rows (3 and 4)
+    assert leaderboard_rank(0.41) == 3
+    assert leaderboard_rank(float("nan")) is None
+
+
+def test_read_report_plcc(tmp_path: Path) -> None:
+    report = tmp_path / "metrics.json"
+    report.write_text(json.dumps({"overall": {"n": 5, "plcc": 0.42}, "title": "x"}))
+    assert read_report_plcc(report) == 0.42
+    report.write_text(json.dumps({"overall": {"plcc": None}}))
+    assert math.isnan(read_report_plcc(report))
+    bad_reports = (({"plcc": 0.4}, 'no "overall"'), ({"overall": {"plcc": "high"}}, "expected a number"),
+                   ({"overall": {"plcc": 1.2}}, "expected a number"))
+    for bad, message in bad_reports:
+        report.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            read_report_plcc(report)
+    report.write_text("{not json")
+    with pytest.raises(DataError, match="not a JSON evaluation report"):
+        read_report_plcc(report)
+    with pytest.raises(DataError, match="file not found"):
+        read_report_plcc(tmp_path / "missing.json")
+
+
+def test_write_json_is_strict(tmp_path: Path) -> None:
+    out = write_json({"plcc": float("nan"), "c": 0.1, "path": tmp_path}, tmp_path / "sub" / "x.json")
+    assert json.loads(out.read_text()) == {"plcc": None, "c": 0.1, "path": str(tmp_path)}
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_cli_score(tmp_path: Path, truth_csv: Path, capsys) -> None:
+    truth = _truth(truth_csv)
+    scores = {k: v + 0.5 * np.sin(n) for n, (k, v) in enumerate(truth.items())}
+    sub, out, png = _submission(tmp_path / "sub.csv", scores), tmp_path / "s.json", tmp_path / "s.png"
+    assert main(["score", "--predictions", str(sub), "--truth", str(truth_csv), "--json", str(out),
+                 "--plot", str(png)]) == 0
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(score_submission(sub, truth_csv)))
+    assert data["leaderboard_rank"] == leaderboard_rank(data["ces"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert f"{data['ces']:.4f}" in printed and "would rank" in printed
+
+
+def test_cli_score_bad_input_exits_2(tmp_path: Path, truth_csv: Path, capsys) -> None:
+    partial = dict(list(_truth(truth_csv).items())[:39])
+    sub = _submission(tmp_path / "sub.csv", partial)
+    assert main(["score", "--predictions", str(sub), "--truth", str(truth_csv)]) == 2
+    assert "1 truth id(s) have no prediction" in capsys.readouterr().err
+    assert main(["score", "--predictions", str(tmp_path / "none.csv"), "--truth", str(truth_csv)]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["score", "--predictions", str(sub)]) == 2  # --truth is required (usage error)

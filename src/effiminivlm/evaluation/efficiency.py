@@ -18,22 +18,38 @@ fvcore counts one FLOP per multiply-add, half the protocol's convention. The rul
 - Params = every parameter, frozen ones included (trainable reported separately).
 Softmax, normalisation, activations and bias adds are not counted, by the convention of torch, fvcore and
 the leaderboard (they are a few percent of a transformer's multiply-adds).
+
+`profile_model` applies these rules to an EffiMiniVLM (canonical FLOPs, and optionally FLOPs at a dataset's
+mean real token length, which are informational: padding is what the canonical number fixes) and adds C
+and E; `run_profile` is the `effiminivlm profile` command (saved model or recipe with random init, PLCC
+from the command line or an evaluation report, JSON and plot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, addmm_flop, bmm_flop, flop_registry
+
+from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.protocol import (
+    DEFAULT_PROTOCOL,
+    ProtocolCfg,
+    protocol_score,
+    read_report_plcc,
+    write_json,
+)
 
 aten = torch.ops.aten
 
@@ -53,35 +69,22 @@ def _attention_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: A
     return 2 * math.prod(lead) * length * s * (e + ev)
 
 
-def _mv_flop(mat_shape: Any, vec_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _mv_flop(mat_shape: Any, *args: Any, **kwargs: Any) -> int:
     return 2 * mat_shape[0] * mat_shape[1]
 
 
-def _addmv_flop(self_shape: Any, mat_shape: Any, vec_shape: Any, *args: Any, out_shape: Any = None,
-                **kwargs: Any) -> int:
-    return _mv_flop(mat_shape, vec_shape)
-
-
-def _dot_flop(a_shape: Any, b_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return 2 * a_shape[0]
-
-
-def _addbmm_flop(self_shape: Any, b1_shape: Any, b2_shape: Any, *args: Any, out_shape: Any = None,
-                 **kwargs: Any) -> int:
-    return bmm_flop(b1_shape, b2_shape)
-
-
-#: Ops with a known cost that torch's registry misses, as FlopCounterMode `custom_mapping` entries.
+#: Ops with a known cost that torch's registry misses, as FlopCounterMode `custom_mapping` entries (each
+#: gets the shapes of the op's arguments, in order, and ``out_shape``).
 EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._scaled_dot_product_flash_attention_for_cpu: _attention_flop,
     aten._scaled_dot_product_fused_attention_overrideable: _attention_flop,
     aten._scaled_dot_product_attention_math_for_mps: _attention_flop,
-    aten._addmm_activation: lambda s, a, b, *args, out_shape=None, **kw: addmm_flop(s, a, b),
-    aten.addmv: _addmv_flop,
+    aten._addmm_activation: lambda s, a, b, *args, **kw: addmm_flop(s, a, b),
+    aten.addmv: lambda s, m, *args, **kw: _mv_flop(m),
     aten.mv: _mv_flop,
-    aten.dot: _dot_flop,
-    aten.vdot: _dot_flop,
-    aten.addbmm: _addbmm_flop,
+    aten.dot: lambda a, *args, **kw: 2 * a[0],
+    aten.vdot: lambda a, *args, **kw: 2 * a[0],
+    aten.addbmm: lambda s, b1, b2, *args, **kw: bmm_flop(b1, b2),
 }
 
 #: Name pieces (an op's name split at "_") of kernels that multiply-add: such an op running with no formula
@@ -117,7 +120,7 @@ class _OpRecorder(TorchDispatchMode):
 
 @dataclass
 class FlopCount:
-    """One counted forward pass: total, per module (direct children of the root), per op, per module and op."""
+    """One counted forward pass: total, per direct child of the root, per op, and per child and op."""
 
     total: int
     by_module: dict[str, int]
@@ -161,7 +164,8 @@ def _flops_by_child(model: nn.Module, counts: dict[str, dict[Any, int]]) -> dict
     return out
 
 
-def count_flops(model: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> FlopCount:
+def count_flops(model: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+                ) -> FlopCount:
     """FLOPs of one `model(*args, **kwargs)` in eval mode without gradients (training mode is restored).
 
     ``by_module`` splits the total over the root's direct children, plus ``(root)`` for ops the root's own
@@ -243,6 +247,7 @@ class ModelProfile:
     flops_by_module_g: dict[str, float]
     flops_by_module_g_mean_length: dict[str, float] | None
     flops_by_op_g: dict[str, float]
+    flops_by_module_op: dict[str, dict[str, int]]  # exact canonical FLOPs per part and op
     attention_g: float
     c: float
     e: float
@@ -333,7 +338,8 @@ def profile_model(model: nn.Module, image_size: int | None = None, max_length: i
         params_by_module_m={k: v / 1e6 for k, v in params.by_module.items()},
         flops_by_module_g={k: v / 1e9 for k, v in canonical.by_module.items()},
         flops_by_module_g_mean_length=per_module_mean,
-        flops_by_op_g={k: v / 1e9 for k, v in canonical.by_op.items()}, attention_g=canonical.attention / 1e9,
+        flops_by_op_g={k: v / 1e9 for k, v in canonical.by_op.items()},
+        flops_by_module_op=canonical.by_module_op, attention_g=canonical.attention / 1e9,
         c=score.c, e=score.e, method=canonical.method, uncounted_ops=canonical.uncounted_ops,
         protocol=cfg.to_dict())
 
@@ -349,7 +355,8 @@ def with_plcc(profile: ModelProfile, plcc: float, source: str, cfg: ProtocolCfg 
 
 
 def load_profile_model(model_dir: str | Path | None = None, recipe: str | None = None,
-                       overrides: list[str] | tuple[str, ...] = ()) -> tuple[nn.Module, str, Callable[[], Any]]:
+                       overrides: list[str] | tuple[str, ...] = ()
+                       ) -> tuple[nn.Module, str, Callable[[], Any]]:
     """(model, label, tokenizer loader) from a saved folder, or a recipe's architecture with random init.
 
     Counting needs no weights, so a recipe is built with ``pretrained=False`` (presets whose weights are
@@ -383,8 +390,9 @@ def data_mean_tokens(data: str | Path, tokenizer: Any, max_length: int) -> tuple
     if table.num_rows == 0:
         raise DataError(f"{data}: no rows to measure the mean token length on")
     dataset = ProductDataset(table, None, images="none")
-    mean = mean_token_length(dataset, tokenizer, max_length)
-    sampled = len(range(0, len(dataset), max(1, len(dataset) // 2000)))
+    limit = 2000  # rows tokenised, evenly spaced: the mean is stable long before that
+    mean = mean_token_length(dataset, tokenizer, max_length, limit=limit)
+    sampled = len(range(0, len(dataset), max(1, len(dataset) // limit)))  # the rows mean_token_length reads
     return mean, f"{data} ({sampled:,} of {len(dataset):,} rows, truncated to {max_length} tokens)"
 
 
@@ -407,8 +415,9 @@ def run_profile(model_dir: str | Path | None = None, recipe: str | None = None,
     if data is not None:
         if model.text_encoder is None:
             raise EffiMiniVLMError("--data gives the mean token length, but this model has no text tower")
-        length = max_length if max_length is not None else model.cfg.text_encoder.max_length
-        mean_tokens, mean_source = data_mean_tokens(data, load_tokenizer(), _positive_int(length, "max length"))
+        length = _positive_int(max_length if max_length is not None else model.cfg.text_encoder.max_length,
+                               "max length")
+        mean_tokens, mean_source = data_mean_tokens(data, load_tokenizer(), length)
     profile = profile_model(model, image_size, max_length, mean_tokens, cfg, label=label)
     profile = dataclasses.replace(profile, mean_tokens_source=mean_source)
     if plcc is not None:
@@ -420,58 +429,3 @@ def run_profile(model_dir: str | Path | None = None, recipe: str | None = None,
 
         plot_protocol(plot_out, [PlotPoint(label, profile.c, profile.plcc)], cfg=cfg)
     return profile
-
-
-def render_profile(p: ModelProfile) -> Any:
-    """A rich Table: params and FLOPs per part, then C, E (and PLCC, CES); the counting rules as caption."""
-    from rich import box
-    from rich.table import Table
-
-    mean = p.flops_by_module_g_mean_length
-    table = Table(box=box.SIMPLE_HEAD, title=f"EffiMiniVLM profile: {p.label} ({p.modalities})")
-    for name in ("part", "params (M)", "trainable (M)", "GFLOPs canonical",
-                 *([f"GFLOPs at {p.mean_length} tokens"] if mean is not None else [])):
-        table.add_column(name, justify="left" if name == "part" else "right")
-    for part in dict.fromkeys([*p.params_by_module_m, *p.flops_by_module_g]):
-        table.add_row(part, f"{p.params_by_module_m.get(part, 0.0):.3f}", "",
-                      f"{p.flops_by_module_g.get(part, 0.0):.3f}",
-                      *([f"{mean.get(part, 0.0):.3f}"] if mean is not None else []))
-    table.add_section()
-    table.add_row("[bold]total[/]", f"[bold]{p.params_m:.3f}[/]", f"{p.trainable_m:.3f}",
-                  f"[bold]{p.flops_g:.3f}[/]", *([f"{p.flops_g_mean_length:.3f}"] if mean is not None else []))
-    table.add_row("  of which attention", "", "", f"{p.attention_g:.3f}", *([""] if mean is not None else []))
-    table.add_section()
-    blank = [""] * (len(table.columns) - 2)
-    cap = " (capped)" if p.c <= cap_cost(ProtocolCfg(**p.protocol)) else ""
-    table.add_row("C", f"[bold]{p.c:.4f}[/]", *blank)
-    table.add_row("E", f"[bold]{p.e:.4f}[/]{cap}", *blank)
-    if p.plcc is not None:
-        ces = "undefined (PLCC undefined)" if p.ces is None or math.isnan(p.ces) else f"[bold]{p.ces:.4f}[/]"
-        table.add_row("PLCC", "n/a" if math.isnan(p.plcc) else f"{p.plcc:.4f}", *blank)
-        table.add_row("CES", ces, *blank)
-    inputs = [f"{p.image_size}x{p.image_size} image" if p.image_size else "no image tower",
-              f"text padded to {p.max_length} tokens, all attended" if p.max_length else "no text tower"]
-    lines = [f"canonical FLOPs: batch 1, {', '.join(inputs)}; {p.method}.",
-             f"P = all {p.params:,} parameters (frozen included); C = (P/{p.protocol['params_target_m']:g}M)"
-             f"^{p.protocol['params_weight']:g} x (F/{p.protocol['flops_target_g']:g}G)"
-             f"^{p.protocol['flops_weight']:g} from the canonical FLOPs."]
-    if p.mean_tokens is not None:
-        lines.append(f"mean length: {p.mean_tokens:.1f} real tokens"
-                     f"{f' in {p.mean_tokens_source}' if p.mean_tokens_source else ''}, counted at {p.mean_length}.")
-    if p.plcc_source:
-        lines.append(f"PLCC from {p.plcc_source}; CES = max(0, PLCC) x E.")
-    if p.uncounted_ops:
-        ops = ", ".join(f"{op} (x{n})" for op, n in p.uncounted_ops.items())
-        lines.append(f"[bold red]WARNING: ops with a cost but no FLOP formula ran and are NOT counted: {ops}; "
-                     "the FLOPs are a lower bound.[/]")
-    table.caption = "\n".join(lines)
-    return table
-
-
-def print_profile(profile: ModelProfile, console: Any = None) -> None:
-    """Print the table (to stdout unless a rich Console is given); wide when piped, so nothing is cut."""
-    import sys
-
-    from rich.console import Console
-
-    (console or Console(width=None if sys.stdout.isatty() else 130)).print(render_profile(profile))

@@ -1,10 +1,12 @@
-"""The protocol plot: accuracy (PLCC) against resource cost C, with the leaderboard and iso-CES curves.
+"""How protocol results are shown: the PLCC-vs-C plot, and the terminal tables of `profile` and `score`.
 
 Why this picture: CES = PLCC+ x E(C) trades accuracy against cost in a way a table hides. Curves of equal
 CES show how much PLCC a cheaper or dearer model needs to tie; the flat region left of the E cap shows that
 shrinking a model below C = exp(-(beta - 1) / alpha) earns nothing more, and the shaded region right of
-C = 1 shows where the penalty starts. The published leaderboard is drawn for reference and the user's
-model is highlighted (as a star when its PLCC is known, as a vertical line at its C otherwise).
+C = 1 shows where the penalty starts. The published leaderboard is drawn as numbered points (their rank),
+with the full table beside the axes, so no label covers a point; the user's model is a star with its own
+iso-CES curve and its would-be rank in that table (a vertical line at its C when no PLCC is known yet,
+with the PLCC it would need to reach first place).
 
 Built on a bare `matplotlib.figure.Figure` (Agg canvas, no pyplot global state), so it is safe in tests,
 servers and threads.
@@ -13,9 +15,11 @@ servers and threads.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -26,107 +30,300 @@ from effiminivlm.evaluation.protocol import (
     ProtocolCfg,
     cap_cost,
     efficiency,
+    leaderboard_rank,
     load_leaderboard,
+    plcc_for_ces,
 )
 
-_USER_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+if TYPE_CHECKING:
+    from effiminivlm.evaluation.efficiency import ModelProfile
+
+_USER_COLOURS = ("#d62728", "#1f77b4", "#9467bd", "#ff7f0e")
 
 
 @dataclass(frozen=True)
 class PlotPoint:
-    """A model to highlight: its name, resource cost C and PLCC (None when not evaluated yet)."""
+    """A model to highlight: its name, resource cost C and PLCC (None or NaN when not known)."""
 
     label: str
     c: float
     plcc: float | None = None
 
+    @property
+    def has_plcc(self) -> bool:
+        return self.plcc is not None and math.isfinite(self.plcc)
 
-def _spread_labels(ys: list[float], min_gap: float) -> list[float]:
-    """Nudge label heights (sorted order kept) so neighbours are at least `min_gap` apart."""
-    order = sorted(range(len(ys)), key=lambda i: ys[i])
-    placed = list(ys)
-    for prev, cur in zip(order, order[1:], strict=False):
-        placed[cur] = max(placed[cur], placed[prev] + min_gap)
-    return placed
+
+def _place_labels(ax: Any, anchors: list[tuple[float, float]], texts: list[str]
+                  ) -> list[tuple[int, int, str]]:
+    """Per anchor, an (dx, dy, ha) offset in points that keeps its label clear of every anchor and of the
+    labels placed before it (greedy over four positions; the first stays when none is clear)."""
+    scale = ax.figure.dpi / 72.0
+    pts = ax.transData.transform(np.asarray(anchors, dtype=float))
+    placed: list[np.ndarray] = []
+    out = []
+    for (x, y), text in zip(pts, texts, strict=True):
+        width = 5.5 * len(text) * scale
+        choices = [(6, 3, "left"), (-6, 3, "right"), (0, 8, "center"), (0, -13, "center")]
+        best = choices[0]
+        for dx, dy, ha in choices:
+            cx = x + dx * scale + {"left": width / 2, "right": -width / 2, "center": 0.0}[ha]
+            cy = y + dy * scale + 4 * scale
+            box = np.array([cx, cy])
+            clear_points = all(abs(px - cx) > width / 2 + 4 * scale or abs(py - cy) > 8 * scale
+                               for px, py in pts if (px, py) != (x, y))
+            clear_labels = all(abs(b[0] - cx) > (width + b[2]) / 2 or abs(b[1] - cy) > 10 * scale
+                               for b in placed)
+            if clear_points and clear_labels:
+                best = (dx, dy, ha)
+                placed.append(np.array([*box, width]))
+                break
+        else:
+            placed.append(np.array([x + 6 * scale + width / 2, y + 7 * scale, width]))
+        out.append(best)
+    return out
+
+
+def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoint],
+                cfg: ProtocolCfg) -> float:
+    """The leaderboard as text beside the plot, the user's rows inserted at their would-be rank, then the
+    formulas and one note per user model; returns the height (axes fraction) where the text ends."""
+    ax.axis("off")
+    rows: list[tuple[float, str, str]] = []  # (sort key, text, colour)
+    for rank, e in enumerate(board, 1):
+        name = f"{e.team} ({e.model})" if e.model else e.team
+        text = f"{rank:>2} {name[:25]:<25} {e.plcc:5.2f} {e.c:5.2f} {e.e:5.2f} {e.ces:5.2f}"
+        rows.append((rank, text, "0.15"))
+    notes = []
+    for k, p in enumerate(points):
+        colour = _USER_COLOURS[k % len(_USER_COLOURS)]
+        e = efficiency(p.c, cfg)
+        if p.has_plcc:
+            ces = max(0.0, float(p.plcc)) * e
+            rank = leaderboard_rank(ces, board)
+            rows.append(((rank or len(board) + 1) - 0.5,
+                         f" * {p.label[:25]:<25} {p.plcc:5.2f} {p.c:5.2f} {e:5.2f} {ces:5.2f}", colour))
+            notes.append((f"* {p.label[:32]}: CES {ces:.3f}, rank #{rank} of {len(board) + 1}", colour))
+        elif board:
+            need = plcc_for_ces(board[0].ces, p.c, cfg)
+            notes.append((f"* {p.label[:32]}: C {p.c:.3f}, E {e:.3f}\n"
+                          f"  no PLCC yet; {need:.3f} would tie #1 (CES {board[0].ces:.2f})", colour))
+    lines = [(" # team                       PLCC     C     E   CES", "0.15")]
+    lines += [(text, colour) for _, text, colour in sorted(rows, key=lambda r: r[0])]
+    ax.text(0.0, 1.0, "LoViF 2026 leaderboard (published, rounded)", transform=ax.transAxes, fontsize=9,
+            fontweight="bold", va="top", ha="left")
+    y = 0.94
+    for text, colour in lines:
+        ax.text(0.0, y, text, transform=ax.transAxes, fontsize=7.5, family="monospace", va="top", ha="left",
+                color=colour, fontweight="bold" if colour != "0.15" else "normal")
+        y -= 0.045
+    formula = (f"CES = max(0, PLCC) x E(C)\nE = min(1 + {cfg.alpha:g} ln(1/C), {cfg.beta:.2f}) for C <= 1\n"
+               f"E = 1 / (1 + {cfg.gamma:g} ln C) for C > 1")
+    ax.text(0.0, y - 0.01, formula, transform=ax.transAxes, fontsize=7.5, va="top", ha="left", color="0.35")
+    y -= 0.16
+    for text, colour in notes:
+        ax.text(0.0, y, text, transform=ax.transAxes, fontsize=7.5, family="monospace", va="top",
+                color=colour, fontweight="bold")
+        y -= 0.045 * (1 + text.count("\n")) + 0.015
+    return y
 
 
 def plot_protocol(out: str | Path, points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
                   leaderboard: Sequence[LeaderboardEntry] | None = None, title: str | None = None) -> Path:
     """Write the PLCC-vs-C plot (PNG, or any format matplotlib knows from the suffix) and return its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    protocol_figure(points, cfg=cfg, leaderboard=leaderboard, title=title).savefig(out)
+    return out
+
+
+def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
+                    leaderboard: Sequence[LeaderboardEntry] | None = None, title: str | None = None
+                    ) -> Figure:
+    """The PLCC-vs-C figure: the plot axes first, the leaderboard table (and legend) axes second."""
     board = list(load_leaderboard() if leaderboard is None else leaderboard)
     cs = [e.c for e in board] + [p.c for p in points]
-    plccs = [e.plcc for e in board] + [p.plcc for p in points if p.plcc is not None and math.isfinite(p.plcc)]
-    x_lo = min([*cs, cap_cost(cfg) or 0.1]) / 2.0
-    x_hi = max([*cs, 1.0]) * 2.5
-    y_hi = min(1.0, max([*plccs, 0.3]) + 0.12)
-    y_lo = max(-0.05, min([*plccs, 0.0]) - 0.05)
+    plccs = [e.plcc for e in board] + [float(p.plcc) for p in points if p.has_plcc]
+    c_cap = cap_cost(cfg)
+    x_lo = min([*cs, c_cap or 0.1]) / 1.6
+    x_hi = max([*cs, 1.0]) * 2.2
+    y_hi = min(1.05, max([*plccs, 0.3]) + 0.1)
+    y_lo = max(-0.05, min([*plccs, 0.0]) - 0.03)
 
-    fig = Figure(figsize=(9.0, 6.0), dpi=120)
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(13.5, 6.5), dpi=120)
+    grid_spec = fig.add_gridspec(1, 2, width_ratios=(2.3, 1.0), wspace=0.03, left=0.06, right=0.99, top=0.93,
+                                 bottom=0.09)  # final layout first: label placement reads display coordinates
+    ax = fig.add_subplot(grid_spec[0, 0])
     ax.set_xscale("log")
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
 
-    # iso-CES curves: PLCC = CES / E(C); labelled where they leave the plot on the right
+    # iso-CES curves PLCC = CES / E(C), labelled at the left edge where they are flat (E capped) and apart
     grid = np.geomspace(x_lo, x_hi, 400)
     e_grid = np.array([efficiency(c, cfg) for c in grid])
     step = 0.05 if y_hi - y_lo <= 0.7 else 0.1
     for level in np.arange(step, 1.0 + 1e-9, step):
         ys = level / e_grid
-        if ys.min() > y_hi:
+        if ys[0] > y_hi:
             break
-        ax.plot(grid, ys, color="0.6", lw=0.8, ls="--", zorder=1)
-        inside = np.nonzero(ys <= y_hi - 0.01)[0]
-        i = inside[-1] if ys[-1] > y_hi - 0.01 else len(grid) - 1
-        ax.annotate(f"CES {level:.2f}", (grid[i], min(ys[i], y_hi - 0.01)), xytext=(-2, 2),
-                    textcoords="offset points", ha="right", va="bottom", fontsize=7, color="0.45")
+        ax.plot(grid, ys, color="0.72", lw=0.7, ls="--", zorder=1)
+        if y_lo + 0.01 < ys[0] < y_hi - 0.03:
+            ax.text(x_lo * 1.04, ys[0] + 0.003, f"CES {level:.2f}", fontsize=7, color="0.5", va="bottom",
+                    ha="left", zorder=1)
 
-    c_cap = cap_cost(cfg)
+    box = {"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     if c_cap > x_lo:
-        ax.axvspan(x_lo, c_cap, color="#2ca02c", alpha=0.06, lw=0)
+        ax.axvspan(x_lo, c_cap, color="#2ca02c", alpha=0.07, lw=0)
         ax.axvline(c_cap, color="#2ca02c", lw=0.8, alpha=0.6)
-        ax.text(c_cap, y_hi, f" E capped at {cfg.beta:.2f}\n (C < {c_cap:.3f})", ha="right", va="top",
-                fontsize=7.5, color="#2ca02c")
+        ax.text(c_cap / 1.04, y_lo + 0.015 * (y_hi - y_lo), f"E capped at {cfg.beta:.2f}\n(C < {c_cap:.3f})",
+                ha="right", va="bottom", fontsize=8, color="#2ca02c", bbox=box, zorder=2)
     ax.axvspan(1.0, x_hi, color="#d62728", alpha=0.06, lw=0)
     ax.axvline(1.0, color="#d62728", lw=0.8, alpha=0.6)
-    ax.text(1.0, y_hi, f" C > 1: penalty\n E = 1/(1+{cfg.gamma:g} ln C)", ha="left", va="top", fontsize=7.5,
-            color="#d62728")
+    ax.text(x_hi / 1.03, y_lo + 0.015 * (y_hi - y_lo), f"C > 1: penalty\nE = 1/(1+{cfg.gamma:g} ln C)",
+            ha="right", va="bottom", fontsize=8, color="#d62728", bbox=box, zorder=2)
 
-    # leaderboard
-    ax.scatter([e.c for e in board], [e.plcc for e in board], s=28, color="0.25", zorder=3,
-               label="LoViF 2026 leaderboard")
-    label_y = _spread_labels([e.plcc for e in board], min_gap=(y_hi - y_lo) * 0.028)
-    for e, ly in zip(board, label_y, strict=True):
-        name = f"{e.team} ({e.model})" if e.model else e.team
-        ax.annotate(f"{name}  CES {e.ces:.2f}", (e.c, e.plcc), xytext=(e.c * 1.06, ly), textcoords="data",
-                    fontsize=7, color="0.2", va="center",
-                    arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5} if abs(ly - e.plcc) > 1e-9 else None)
+    # the leaderboard: numbered points, the numbers placed clear of the other points
+    ax.scatter([e.c for e in board], [e.plcc for e in board], s=30, color="0.25", zorder=3,
+               label="LoViF 2026 leaderboard (number = published rank)")
+    anchors = [(e.c, e.plcc) for e in board]
+    for k, (dx, dy, ha) in enumerate(_place_labels(ax, anchors, [str(k + 1) for k in range(len(board))])):
+        ax.annotate(str(k + 1), anchors[k], xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
+                    fontsize=8, color="0.15", zorder=4)
 
     # the user's models
     for k, p in enumerate(points):
         colour = _USER_COLOURS[k % len(_USER_COLOURS)]
         e = efficiency(p.c, cfg)
-        if p.plcc is None or not math.isfinite(p.plcc):
-            ax.axvline(p.c, color=colour, lw=2, zorder=4)
-            ax.text(p.c, y_lo + 0.02 * (y_hi - y_lo), f" {p.label}\n C={p.c:.3f}, E={e:.3f}\n (no PLCC yet)",
-                    color=colour, fontsize=8.5, fontweight="bold", va="bottom", ha="left", zorder=5)
+        if not p.has_plcc:
+            ax.axvline(p.c, color=colour, lw=2, zorder=4,
+                       label=f"{p.label}\nC {p.c:.3f}, E {e:.3f} (no PLCC yet)")
             continue
-        ces = max(0.0, p.plcc) * e
-        ax.scatter([p.c], [p.plcc], marker="*", s=260, color=colour, edgecolor="black", lw=0.6, zorder=6,
-                   label=f"{p.label}: PLCC {p.plcc:.3f}, C {p.c:.3f}, E {e:.3f}, CES {ces:.3f}")
-        ax.plot(grid, ces / e_grid, color=colour, lw=1.2, alpha=0.7, zorder=2)
-        ax.annotate(p.label, (p.c, p.plcc), xytext=(0, -14), textcoords="offset points", ha="center",
-                    va="top", fontsize=8.5, fontweight="bold", color=colour, zorder=6)
+        ces = max(0.0, float(p.plcc)) * e
+        ax.scatter([p.c], [p.plcc], marker="*", s=280, color=colour, edgecolor="black", lw=0.6, zorder=6,
+                   label=f"{p.label}\nPLCC {p.plcc:.3f}, C {p.c:.3f}, E {e:.3f}, CES {ces:.3f}")
+        ax.plot(grid, ces / e_grid, color=colour, lw=1.2, alpha=0.8, zorder=2)
+        ax.annotate(p.label, (p.c, p.plcc), xytext=(0, -16), textcoords="offset points", ha="center",
+                    va="top", fontsize=8.5, fontweight="bold", color=colour, zorder=6, bbox=box)
 
-    ax.set_xlabel("resource cost C = (params / 1000M)^0.5 x (FLOPs / 20G)^0.5   (log scale)"
-                  if (cfg.params_weight, cfg.flops_weight, cfg.params_target_m, cfg.flops_target_g)
-                  == (0.5, 0.5, 1000.0, 20.0) else "resource cost C (log scale)")
+    standard = (cfg.params_weight, cfg.flops_weight, cfg.params_target_m,
+                cfg.flops_target_g) == (0.5, 0.5, 1000.0, 20.0)
+    ax.set_xlabel("resource cost C = (params / 1000M)^0.5 x (FLOPs / 20G)^0.5   (log scale)" if standard
+                  else "resource cost C (log scale)")
     ax.set_ylabel("PLCC")
-    ax.set_title(title or "LoViF 2026 efficiency protocol: CES = max(0, PLCC) x E(C)", fontsize=11)
+    ax.set_title(title or "LoViF 2026 efficiency protocol: accuracy vs resource cost", fontsize=11)
     ax.grid(True, which="major", color="0.92", lw=0.6)
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    side = fig.add_subplot(grid_spec[0, 1])
+    y = _side_table(side, board, points, cfg)
+    side.legend(*ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(-0.02, y), fontsize=7.5,
+                frameon=False)  # beside the axes, so it never hides a point or a region label
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ terminal tables
+
+
+def _console(console: Any = None) -> Any:
+    from rich.console import Console
+
+    return console or Console(width=None if sys.stdout.isatty() else 130)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "undefined" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _protocol_rows(c: float, e: float, plcc: float | None, ces: float | None, protocol: dict[str, float],
+                   plcc_note: str = "") -> list[tuple[str, str, str]]:
+    """(quantity, value, how) rows for C, E and, when a PLCC is known, PLCC and CES with its rank."""
+    cfg = ProtocolCfg(**protocol)
+    c_cap = cap_cost(cfg)
+    rows = [("C", f"{c:.4f}", f"(P/{cfg.params_target_m:g}M)^{cfg.params_weight:g} x "
+                              f"(F/{cfg.flops_target_g:g}G)^{cfg.flops_weight:g}"),
+            ("E", f"{e:.4f}", f"capped at {cfg.beta:.2f} (C < {c_cap:.3f})" if c <= c_cap
+             else f"1 + {cfg.alpha:g} ln(1/C)" if c <= 1
+             else f"1 / (1 + {cfg.gamma:g} ln C): penalty, C > 1")]
+    if plcc is not None:
+        rank = leaderboard_rank(ces) if ces is not None else None
+        rows.append(("PLCC", _fmt(plcc), plcc_note))
+        rows.append(("CES", f"[bold]{_fmt(ces)}[/]", "max(0, PLCC) x E" + (
+            f"; would rank #{rank} of {len(load_leaderboard()) + 1} on the LoViF 2026 leaderboard" if rank
+            else "; undefined because the PLCC is (constant predictions)")))
+    return rows
+
+
+def _kv_table(rows: list[tuple[str, str, str]]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column("quantity", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("how", style="dim")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def render_profile(p: ModelProfile) -> Any:
+    """Rich renderables: params and FLOPs per part, then C, E (and PLCC, CES), then how it was counted."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    mean = p.flops_by_module_g_mean_length
+    title = Text(f"EffiMiniVLM profile: {p.label}, modalities {p.modalities}", style="bold")
+    parts = Table()
+    columns = ["part", "params (M)", "GFLOPs canonical"] + [f"GFLOPs at {p.mean_length} tokens"] * bool(mean)
+    for name in columns:
+        parts.add_column(name, justify="left" if name == "part" else "right")
+    extra = [""] * bool(mean)
+    for part in dict.fromkeys([*p.params_by_module_m, *p.flops_by_module_g]):
+        parts.add_row(part, f"{p.params_by_module_m.get(part, 0.0):.3f}",
+                      f"{p.flops_by_module_g.get(part, 0.0):.3f}",
+                      *([f"{mean.get(part, 0.0):.3f}"] if mean else []))
+    parts.add_section()
+    parts.add_row("[bold]total[/]", f"[bold]{p.params_m:.3f}[/]", f"[bold]{p.flops_g:.3f}[/]",
+                  *([f"[bold]{p.flops_g_mean_length:.3f}[/]"] if mean else []))
+    parts.add_row("  of which trainable", f"{p.trainable_m:.3f}", "", *extra)
+    parts.add_row("  of which attention (QK^T, AV)", "", f"{p.attention_g:.3f}", *extra)
+    protocol = _kv_table(_protocol_rows(p.c, p.e, p.plcc, p.ces, p.protocol, f"from {p.plcc_source}"))
+
+    inputs = [f"{p.image_size}x{p.image_size} image" if p.image_size else "no image tower",
+              f"text padded/truncated to {p.max_length} tokens, all attended" if p.max_length
+              else "no text tower"]
+    lines = [f"Canonical FLOPs: one forward pass, batch 1, {', '.join(inputs)}; counted with {p.method}.",
+             f"P = all {p.params:,} parameters (frozen included); C uses the canonical FLOPs."]
+    if p.mean_tokens is not None:
+        where = f" in {p.mean_tokens_source}" if p.mean_tokens_source else ""
+        lines.append(f"Mean length: {p.mean_tokens:.1f} real tokens{where}; counted at {p.mean_length} "
+                     "tokens (informational, not used for C).")
+    notes = Text("\n".join(lines), style="dim")
+    if p.uncounted_ops:
+        ops = ", ".join(f"{op} (x{n})" for op, n in p.uncounted_ops.items())
+        notes.append(f"\nWARNING: ops with a cost but no FLOP formula ran and are NOT counted: {ops}; the "
+                     "FLOPs above are a lower bound.", style="bold red")
+    return Group(title, parts, protocol, notes)
+
+
+def print_profile(profile: ModelProfile, console: Any = None) -> None:
+    """Print the profile (to stdout unless a rich Console is given); wide when piped."""
+    _console(console).print(render_profile(profile))
+
+
+def render_score(result: dict[str, Any]) -> Any:
+    """Rich renderables of a `score_submission` result: the leaderboard's columns plus the would-be rank."""
+    from rich.console import Group
+    from rich.text import Text
+
+    rows = [("items", f"{result['n_items']:,}", "matched one to one with the truth"),
+            ("params (M)", f"{result['params_m']:.2f}", "as the submission states"),
+            ("FLOPs (G)", f"{result['flops_g']:.2f}", "as the submission states"),
+            *_protocol_rows(result["c"], result["e"], result["plcc"], result["ces"], result["protocol"],
+                            f"PLCC+ = {_fmt(result['plcc_plus'])}")]
+    title = Text(f"LoViF 2026 score: {result['submission']} against {result['truth']}", style="bold")
+    return Group(title, _kv_table(rows))
+
+
+def print_score(result: dict[str, Any], console: Any = None) -> None:
+    """Print the score (to stdout unless a rich Console is given)."""
+    _console(console).print(render_score(result))

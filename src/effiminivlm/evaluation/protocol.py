@@ -9,15 +9,16 @@ three inputs (params, FLOPs, PLCC) with no hidden choices. The formulas, with `P
           = 1 / (1 + 2 * ln C)                 if C  > 1    (penalty for being dearer)
     CES   = PLCC+ * E
 
-Which E: the challenge report's text prints a linear variant (E growing linearly as C falls, such as
-1 + 0.05 (1 - C)), but the official leaderboard's numbers fit only the log form above: a linear variant gives
-E = 1.03 and 1.05 for olacnqoddchl and yinloonkhor where the leaderboard publishes 1.04 and 1.10. The
-packaged `leaderboard.json` holds every published row and the tests reproduce each of them (C and E to two
-decimals, CES within 0.01 because the published PLCC is itself rounded).
+Why the log form of E: it is the one that reproduces the official leaderboard. A linear reward (E growing
+linearly as C falls, e.g. 1 + 0.05 (1 - C)) gives E = 1.03 and 1.05 for olacnqoddchl and yinloonkhor where
+the leaderboard publishes 1.04 and 1.10. The packaged `leaderboard.json` holds every published row and the
+tests reproduce each of them (C and E to two decimals, CES within 0.01 because the published PLCC is itself
+rounded).
 
 `score_submission` runs the leaderboard computation from files: a submission CSV (``item_id, score, params,
-flops``; params in M and FLOPs in G, constant per file) against ground truth (a CSV with ``item_id`` or
-``parent_asin`` and ``average_rating``, or a prepared dataset folder whose test split is used).
+flops``; params in M and FLOPs in G, constant per file) against ground truth (a truth CSV read by
+`data.lovif.read_truth`, or a prepared dataset folder whose test split is used). `read_report_plcc` takes
+the PLCC from an evaluation report instead, for `effiminivlm profile`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -154,6 +156,50 @@ def load_leaderboard() -> list[LeaderboardEntry]:
     return [LeaderboardEntry(**row) for row in data["entries"]]
 
 
+def leaderboard_rank(ces: float, board: list[LeaderboardEntry] | None = None) -> int | None:
+    """The rank a CES would take on the published leaderboard (1 = first; ties go to the published entry,
+    which was there first); None for an undefined CES."""
+    if ces is None or math.isnan(ces):
+        return None
+    return 1 + sum(e.ces >= round(ces, 2) for e in (load_leaderboard() if board is None else board))
+
+
+# --------------------------------------------------------------------------------------------- file helpers
+
+
+def read_report_plcc(path: str | Path) -> float:
+    """``overall.plcc`` of an evaluation report (`effiminivlm evaluate`'s metrics.json); NaN when the report
+    says it is undefined (``null``: constant predictions), a DataError when the file has no such number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected an evaluation report: eval-test/metrics.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON evaluation report ({e})") from None
+    overall = data.get("overall") if isinstance(data, dict) else None
+    if not isinstance(overall, dict) or "plcc" not in overall:
+        raise DataError(f'{path}: no "overall": {{"plcc": ...}} (write it with effiminivlm evaluate)')
+    value = overall["plcc"]
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
+        raise DataError(f"{path}: overall.plcc is {value!r}; expected a number in [-1, 1] or null")
+    return float(value)
+
+
+def write_json(payload: dict[str, Any], path: str | Path) -> Path:
+    """Strict JSON (NaN/inf as null), written atomically so a reader never sees half a file."""
+    from effiminivlm.evaluation.report import to_jsonable
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ scoring files
 
 
@@ -173,7 +219,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
                 if not any(c.strip() for c in cells):
                     continue  # blank line
                 if len(cells) != len(header):
-                    raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, header has {len(header)}")
+                    raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, the header has "
+                                    f"{len(header)}")
                 rows.append((reader.line_num, dict(zip(header, (c.strip() for c in cells), strict=True))))
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable UTF-8 CSV ({e})") from None
@@ -188,13 +235,6 @@ def _number(text: str, where: str, what: str) -> float:
     if not math.isfinite(value):
         raise DataError(f"{where}: {what} is {text!r}; it must be finite")
     return value
-
-
-def _id_column(header: list[str], path: Path, names: tuple[str, ...]) -> str:
-    for name in names:
-        if name in header:
-            return name
-    raise DataError(f"{path}: no id column; expected one of {', '.join(names)} (found: {', '.join(header)})")
 
 
 def _check_columns(header: list[str], path: Path, needed: tuple[str, ...]) -> None:
@@ -231,31 +271,33 @@ def _constant(rows: list[tuple[int, dict[str, str]]], col: str, path: Path) -> f
     return value
 
 
-def read_truth(truth: str | Path) -> tuple[dict[str, float], str]:
+def load_truth(truth: str | Path) -> tuple[dict[str, float], str]:
     """Ground truth as id -> average_rating, and a label of where it came from.
 
-    A CSV needs ``item_id`` or ``parent_asin`` plus ``average_rating``; a folder is read as a prepared
-    dataset (`data.prepare.read_prepared`) and its test split is used.
+    A CSV is read by `data.lovif.read_truth` (``parent_asin`` or ``item_id`` plus ``average_rating``, every
+    rating in [1, 5]); a folder is read as a prepared dataset and its test split is used.
     """
     path = Path(truth)
-    if path.is_dir():
-        from effiminivlm.data.prepare import read_prepared
+    if not path.is_dir():
+        from effiminivlm.data.lovif import read_truth
 
-        table = read_prepared(path, split="test")
-        if table.num_rows == 0:
-            raise DataError(f"{path}: the prepared dataset has no test rows")
-        ids = [str(v) for v in table.column("parent_asin").to_pylist()]
-        ratings = [float(v) for v in table.column("average_rating").to_pylist()]
-        out = dict(zip(ids, ratings, strict=True))
-        if len(out) != len(ids):
-            raise DataError(f"{path}: duplicate parent_asin in the test split")
-        return out, f"{path} (test split)"
-    header, rows = _read_csv(path)
-    id_col = _id_column(header, path, ("item_id", "parent_asin"))
-    _check_columns(header, path, ("average_rating",))
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return _keyed(rows, id_col, "average_rating", path, "average_rating"), str(path)
+        out = read_truth(path)
+        if not out:
+            raise DataError(f"{path}: no truth rows")
+        return out, str(path)
+    from effiminivlm.data.prepare import read_prepared
+
+    table = read_prepared(path, split="test")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the prepared dataset has no test rows")
+    ids = [str(v) for v in table.column("parent_asin").to_pylist()]
+    ratings = table.column("average_rating").to_pylist()
+    if any(r is None for r in ratings):
+        raise DataError(f"{path}: {sum(r is None for r in ratings)} test rows have no average_rating")
+    out = dict(zip(ids, (float(r) for r in ratings), strict=True))
+    if len(out) != len(ids):
+        raise DataError(f"{path}: duplicate parent_asin in the test split")
+    return out, f"{path} (test split)"
 
 
 def score_submission(predictions: str | Path, truth: str | Path,
@@ -276,7 +318,7 @@ def score_submission(predictions: str | Path, truth: str | Path,
     scores = _keyed(rows, "item_id", "score", sub_path, "score")
     params_m = _constant(rows, "params", sub_path)
     flops_g = _constant(rows, "flops", sub_path)
-    truth_map, truth_label = read_truth(truth)
+    truth_map, truth_label = load_truth(truth)
 
     unknown = [i for i in scores if i not in truth_map]
     missing = [i for i in truth_map if i not in scores]
@@ -284,7 +326,8 @@ def score_submission(predictions: str | Path, truth: str | Path,
     if unknown or missing:
         parts = []
         if unknown:
-            parts.append(f"{len(unknown)} submission id(s) are not in the truth (e.g. {', '.join(unknown[:3])})")
+            parts.append(f"{len(unknown)} submission id(s) are not in the truth "
+                         f"(e.g. {', '.join(unknown[:3])})")
         if missing:
             parts.append(f"{len(missing)} truth id(s) have no prediction (e.g. {', '.join(missing[:3])})")
         raise DataError(f"{sub_path} vs {truth_label}: {'; '.join(parts)}; {matched} of {len(scores)} "
@@ -298,5 +341,19 @@ def score_submission(predictions: str | Path, truth: str | Path,
         "n_items": len(ids),
         **result.to_dict(),
         "plcc_defined": not math.isnan(r),
+        "leaderboard_rank": leaderboard_rank(result.ces),
         "protocol": cfg.to_dict(),
     }
+
+
+def run_score(predictions: str | Path, truth: str | Path, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
+              json_out: str | Path | None = None, plot_out: str | Path | None = None) -> dict[str, Any]:
+    """`effiminivlm score`: `score_submission`, then the JSON and the PLCC-vs-C plot when asked."""
+    result = score_submission(predictions, truth, cfg)
+    if json_out is not None:
+        write_json(result, json_out)
+    if plot_out is not None:
+        from effiminivlm.evaluation.plots import PlotPoint, plot_protocol
+
+        plot_protocol(plot_out, [PlotPoint(Path(predictions).name, result["c"], result["plcc"])], cfg=cfg)
+    return result
