@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic catalog with real images, prepared once per test session (per worker)."""
+"""Shared fixtures: a small synthetic catalog with real images, prepared once per session (and worker)."""
 
 from __future__ import annotations
 

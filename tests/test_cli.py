@@ -22,7 +22,8 @@ def test_main_job_end_to_end(tmp_path, capsys):
     assert main(["train", "--data", str(prep), "--out", str(run), "--recipe", "tiny"]) == 2
     assert "not empty" in capsys.readouterr().err
 
-    assert main(["evaluate", "--model", str(run / "model"), "--data", str(prep), "--out", str(tmp_path / "rep"),
+    assert main(["evaluate", "--model", str(run / "model"), "--data", str(prep),
+                 "--out", str(tmp_path / "rep"),
                  "--num-workers", "0", "--precision", "fp32"]) == 0
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == summary["per_split"]["test"]["rows"]

@@ -238,7 +238,8 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
     if not isinstance(data, dict):
         raise ValueError(f"recipe {name_or_path} must be a mapping")
     base = data.pop("base", None)
-    name = data.get("name") or (path.stem if path.suffix else name_or_path)  # the recipe's own, not its base's
+    # the recipe's own name, not its base's
+    name = data.get("name") or (path.stem if path.suffix else name_or_path)
     if base:
         if base in _seen:
             raise ValueError(f"recipe base cycle: {' -> '.join((*_seen, base))}")

@@ -9,6 +9,7 @@ import torch
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.serving.scorer import Scorer, create_scorer, products_table
+from effiminivlm.training.loop import init_output_bias
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,7 @@ def saved_tiny(tmp_path_factory):
     cfg = load_recipe("tiny").model
     torch.manual_seed(0)
     model = create_model(cfg, pretrained=False)
+    init_output_bias(model, 3.0)  # random-init outputs sit near 0 and would all clip to 1
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder, tokenizer=create_tokenizer(cfg.text_encoder))
     return folder
@@ -31,7 +33,8 @@ def test_score_table_matches_a_direct_forward_and_clips(saved_tiny, prepared):
     assert np.all((res.pred >= 1) & (res.pred <= 5))
     assert res.image_status["ok"] == table.num_rows
     # the same rows one by one through the model give the same scores (batching and padding do not leak)
-    single = Scorer.from_pretrained(saved_tiny, precision="fp32", batch_size=1).score_table(table, progress=False)
+    one_by_one = Scorer.from_pretrained(saved_tiny, precision="fp32", batch_size=1)
+    single = one_by_one.score_table(table, progress=False)
     np.testing.assert_allclose(single.pred, res.pred, atol=1e-5)
 
 
@@ -54,7 +57,8 @@ def test_score_plain_dicts_without_images(saved_tiny):
     assert t.column("title")[0].as_py() == "Bold" and t.column("features")[0].as_py() == "a b"
 
 
-def test_predict_writes_a_lovif_submission_from_each_input_kind(saved_tiny, prepared, synth_catalog, tmp_path):
+def test_predict_writes_a_lovif_submission_from_each_input_kind(saved_tiny, prepared, synth_catalog,
+                                                                 tmp_path):
     from effiminivlm.serving.predict import predict
 
     runs = {

@@ -83,7 +83,7 @@ def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_
         w = csv.writer(f)
         w.writerow(["item_id", "score", "params", "flops"])
         for item, score in zip(item_ids, scores, strict=True):
-            w.writerow([item, f"{float(score):.6f}", f"{params_m:.4f}", f"{flops_g:.4f}"])
+            w.writerow([item, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"])
     os.replace(tmp, out)
     return out
 
@@ -103,4 +103,5 @@ def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split:
     path = write_submission(out, res.item_id, res.pred, params_m, flops_g)
     return {"submission": str(path), "items": len(res.item_id), "input_kind": src.kind,
             "skipped_input": src.skipped, "image_status": dict(sorted(res.image_status.items())),
-            "params_m": params_m, "flops_g": flops_g, "images": scorer.images, "seconds": round(res.seconds, 3)}
+            "params_m": params_m, "flops_g": flops_g, "images": scorer.images,
+            "seconds": round(res.seconds, 3)}

@@ -151,7 +151,7 @@ def train(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, resume: 
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
-        _init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
+        init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
     log(f"train {len(train_ds)} / val {len(val_ds)} items, mu={mu:.4f}, {steps_per_epoch} steps/epoch, "
         f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)")
@@ -241,7 +241,7 @@ def train(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, resume: 
     return summary
 
 
-def _init_output_bias(model: torch.nn.Module, value: float) -> None:
+def init_output_bias(model: torch.nn.Module, value: float) -> None:
     """Start the head's last Linear at the train-split mean rating instead of 0: the first steps then learn
     differences between products rather than spending the warmup climbing from 0 to ~4."""
     last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
