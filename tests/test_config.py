@@ -44,6 +44,12 @@ def test_bad_values_fail_naming_the_key(override, message):
         load_recipe("tiny", [override])
 
 
+def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # `make demo` writes into ./demo
+    assert load_recipe("demo").name == "demo"
+
+
 def test_unknown_recipe_and_base_cycle(tmp_path):
     with pytest.raises(KeyError, match="packaged recipes"):
         load_recipe("papr")

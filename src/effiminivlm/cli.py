@@ -206,6 +206,8 @@ def profile_cmd(
                                       "to take the PLCC from, instead of --plcc."),
     data: str | None = typer.Option(None, "--data", help="Prepared folder (all splits) or LoViF input.csv: "
                                     "also count FLOPs at its mean token length."),
+    mean_tokens: float | None = typer.Option(None, "--mean-tokens", help="Also count FLOPs at this mean "
+                                             "token length (instead of measuring it with --data)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the profile as JSON here."),
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
@@ -214,7 +216,8 @@ def profile_cmd(
     from effiminivlm.evaluation.plots import print_profile
 
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
-                              report=report, data=data, json_out=json_out, plot_out=plot))
+                              report=report, data=data, mean_tokens=mean_tokens, json_out=json_out,
+                              plot_out=plot))
     for kind, path in (("json", json_out), ("plot", plot)):
         if path is not None:
             typer.echo(f"{kind}: {path}")

@@ -225,7 +225,7 @@ def list_recipes() -> list[str]:
 
 def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a recipe is not one
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         text = path.read_text()

@@ -233,7 +233,14 @@ def test_cli_profile_recipe_with_plcc(tmp_path, capsys) -> None:
     assert data["image_size"] == 32 and data["plcc"] == 0.3 and data["ces"] == pytest.approx(0.3 * data["e"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
-    assert "recipe tiny (random init)" in text and "torch.utils.flop_counter" in text and "CES" in text
+    assert "recipe tiny (random init)" in text and "CES" in text and "GFLOPs at 20 tokens" not in text
+    assert main(["profile", "--recipe", "tiny", "--mean-tokens", "20.2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["mean_length"], data["mean_tokens_source"]) == (20, "--mean-tokens")
+    assert data["flops_g_mean_length"] < data["flops_g"]
+    text = capsys.readouterr().out
+    assert "GFLOPs at 20 tokens" in text and "torch.utils.flop_counter" in text
+    assert "20.2 real tokens (given with --mean-tokens)" in " ".join(text.split())
 
 
 def test_cli_profile_saved_model_with_report(tmp_path, tiny_model, capsys) -> None:
@@ -262,6 +269,8 @@ def test_cli_profile_saved_model_with_report(tmp_path, tiny_model, capsys) -> No
     (["--recipe", "nosuchrecipe"], "nosuchrecipe"),
     (["--recipe", "tiny", "--max-length", "500"], "cannot run the model"),
     (["--recipe", "tiny", "--data", "/nonexistent/prepared"], "nonexistent"),
+    (["--recipe", "tiny", "--data", "x", "--mean-tokens", "20"], "--data (measured) or --mean-tokens"),
+    (["--recipe", "tiny", "--mean-tokens", "100"], "exceeds max length 64"),
 ])
 def test_cli_profile_bad_input_exits_2(argv: list[str], message: str, capsys) -> None:
     assert main(["profile", *argv]) == 2

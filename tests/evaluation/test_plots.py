@@ -93,6 +93,23 @@ def test_leaderboard_labels_do_not_overlap_points_or_each_other() -> None:
         assert ax.get_window_extent(renderer).contains(box.x0, box.y0)
 
 
+def test_user_label_stays_clear_of_the_leaderboard() -> None:
+    """A model just above EffiMiniVLM's point: its name must not cover that point or its rank number."""
+    fig = protocol_figure([PlotPoint("submission.csv", 0.097, 0.39)])
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (label,) = [t for t in ax.texts if t.get_text() == "submission.csv"]
+    box = label.get_window_extent(renderer)
+    points = ax.transData.transform([(e.c, e.plcc) for e in BOARD])
+    assert not any(box.contains(x, y) for x, y in points)
+    numbers = [t.get_window_extent(renderer) for t in ax.texts if t.get_text().isdigit()]
+    assert not any(box.overlaps(n) for n in numbers)
+    star = ax.transData.transform([(0.097, 0.39)])[0]
+    assert not box.contains(*star)
+
+
 def test_plot_protocol_writes_the_file(tmp_path) -> None:
     png = plot_protocol(tmp_path / "nested" / "p.png", [PlotPoint("mine", 0.2, 0.3)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -399,19 +399,22 @@ def data_mean_tokens(data: str | Path, tokenizer: Any, max_length: int) -> tuple
 def run_profile(model_dir: str | Path | None = None, recipe: str | None = None,
                 overrides: list[str] | tuple[str, ...] = (), *, image_size: int | None = None,
                 max_length: int | None = None, plcc: float | None = None, report: str | Path | None = None,
-                data: str | Path | None = None, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
-                json_out: str | Path | None = None, plot_out: str | Path | None = None) -> ModelProfile:
-    """`effiminivlm profile`: load, count, attach a PLCC (given, or an evaluation report's) and write the
-    JSON / the PLCC-vs-C plot when asked."""
+                data: str | Path | None = None, mean_tokens: float | None = None,
+                cfg: ProtocolCfg = DEFAULT_PROTOCOL, json_out: str | Path | None = None,
+                plot_out: str | Path | None = None) -> ModelProfile:
+    """`effiminivlm profile`: load, count (also at a mean token length: measured on `data`, or given as
+    `mean_tokens`), attach a PLCC (given, or an evaluation report's) and write the JSON / plot when asked."""
     if plcc is not None and report is not None:
         raise EffiMiniVLMError("give the PLCC once: --plcc or --report, not both")
+    if data is not None and mean_tokens is not None:
+        raise EffiMiniVLMError("give the mean length once: --data (measured) or --mean-tokens, not both")
     source = None
     if report is not None:
         plcc, source = read_report_plcc(report), str(report)
     elif plcc is not None:
         source = "--plcc"
     model, label, load_tokenizer = load_profile_model(model_dir, recipe, overrides)
-    mean_tokens = mean_source = None
+    mean_source = None if mean_tokens is None else "--mean-tokens"
     if data is not None:
         if model.text_encoder is None:
             raise EffiMiniVLMError("--data gives the mean token length, but this model has no text tower")

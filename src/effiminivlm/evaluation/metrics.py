@@ -4,7 +4,7 @@ Why these rules: a benchmark number has to be honest about when it is undefined.
 constant prediction, or of fewer than two items, does not exist, so PLCC/SRCC are NaN there (written as
 ``null`` in JSON), never a silent 0 that would look like a real, bad score. A NaN or inf prediction means
 the model or the pipeline broke; averaging it away would hide that, so it raises a ``ValueError`` that says
-how many there are.
+how many there are. Error metrics of an empty set are NaN too.
 
 `compute_metrics` returns the dict every later stage reads::
 
@@ -24,13 +24,18 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from effiminivlm.evaluation.protocol import plcc_plus
+
 #: Keys of one metrics group, in reporting order.
 METRIC_KEYS: tuple[str, ...] = ("n", "plcc", "plcc_plus", "srcc", "rmse", "mae", "huber")
 
 
 def _as_vector(values: Any, name: str) -> np.ndarray:
     """A 1-D float64 array, or ValueError naming the argument (shape errors surface early, not as NaN)."""
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numbers: {e}") from None
     if arr.ndim == 2 and 1 in arr.shape:  # a (N, 1) model output is a common, harmless shape
         arr = arr.reshape(-1)
     if arr.ndim != 1:
@@ -54,37 +59,57 @@ def check_predictions(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
+# The underscored functions take arrays already checked by `check_predictions`, so `metric_group` validates
+# once per group instead of once per metric.
+
 def _undefined_correlation(p: np.ndarray, t: np.ndarray) -> bool:
     """True when a correlation does not exist: fewer than two items or either side constant."""
     return p.size < 2 or bool(np.ptp(p) == 0.0) or bool(np.ptp(t) == 0.0)
 
 
+def _plcc(p: np.ndarray, t: np.ndarray) -> float:
+    return math.nan if _undefined_correlation(p, t) else float(stats.pearsonr(p, t).statistic)
+
+
+def _srcc(p: np.ndarray, t: np.ndarray) -> float:
+    return math.nan if _undefined_correlation(p, t) else float(stats.spearmanr(p, t).statistic)
+
+
+def _rmse(p: np.ndarray, t: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((p - t) ** 2))) if p.size else math.nan
+
+
+def _mae(p: np.ndarray, t: np.ndarray) -> float:
+    return float(np.mean(np.abs(p - t))) if p.size else math.nan
+
+
+def _huber(p: np.ndarray, t: np.ndarray, delta: float = 1.0) -> float:
+    if not delta > 0:
+        raise ValueError(f"huber delta must be > 0, got {delta}")
+    if not p.size:
+        return math.nan
+    err = np.abs(p - t)
+    return float(np.mean(np.where(err <= delta, 0.5 * err**2, delta * (err - 0.5 * delta))))
+
+
 def plcc(pred: Any, true: Any) -> float:
     """Pearson linear correlation; NaN when undefined (< 2 items or a constant side)."""
-    p, t = check_predictions(pred, true)
-    if _undefined_correlation(p, t):
-        return math.nan
-    return float(stats.pearsonr(p, t).statistic)
+    return _plcc(*check_predictions(pred, true))
 
 
 def srcc(pred: Any, true: Any) -> float:
     """Spearman rank correlation (ties get average ranks); NaN when undefined."""
-    p, t = check_predictions(pred, true)
-    if _undefined_correlation(p, t):
-        return math.nan
-    return float(stats.spearmanr(p, t).statistic)
+    return _srcc(*check_predictions(pred, true))
 
 
 def rmse(pred: Any, true: Any) -> float:
     """Root mean squared error; NaN for no items."""
-    p, t = check_predictions(pred, true)
-    return float(np.sqrt(np.mean((p - t) ** 2))) if p.size else math.nan
+    return _rmse(*check_predictions(pred, true))
 
 
 def mae(pred: Any, true: Any) -> float:
     """Mean absolute error; NaN for no items."""
-    p, t = check_predictions(pred, true)
-    return float(np.mean(np.abs(p - t))) if p.size else math.nan
+    return _mae(*check_predictions(pred, true))
 
 
 def huber(pred: Any, true: Any, delta: float = 1.0) -> float:
@@ -93,34 +118,31 @@ def huber(pred: Any, true: Any, delta: float = 1.0) -> float:
     Unweighted on purpose: training weights items by rating count, but an evaluation number must not
     depend on that choice.
     """
-    if delta <= 0:
-        raise ValueError(f"huber delta must be > 0, got {delta}")
-    p, t = check_predictions(pred, true)
-    if not p.size:
-        return math.nan
-    err = np.abs(p - t)
-    loss = np.where(err <= delta, 0.5 * err**2, delta * (err - 0.5 * delta))
-    return float(np.mean(loss))
+    return _huber(*check_predictions(pred, true), delta=delta)
 
 
 def metric_group(pred: Any, true: Any) -> dict[str, float | int]:
     """All metrics for one set of items, keyed as `METRIC_KEYS`. PLCC+ = max(0, PLCC), NaN stays NaN."""
     p, t = check_predictions(pred, true)
-    r = plcc(p, t)
-    return {
-        "n": int(p.size),
-        "plcc": r,
-        "plcc_plus": r if math.isnan(r) else max(0.0, r),
-        "srcc": srcc(p, t),
-        "rmse": rmse(p, t),
-        "mae": mae(p, t),
-        "huber": huber(p, t),
-    }
+    r = _plcc(p, t)
+    return {"n": int(p.size), "plcc": r, "plcc_plus": plcc_plus(r), "srcc": _srcc(p, t),
+            "rmse": _rmse(p, t), "mae": _mae(p, t), "huber": _huber(p, t)}
 
 
 def rating_number_key(min_rating_number: int) -> str:
     """The result key of the well-rated subset, e.g. ``rating_number_ge_10``."""
     return f"rating_number_ge_{int(min_rating_number)}"
+
+
+def _category_labels(categories: Any, n: int) -> np.ndarray:
+    """Categories as a string array of length `n`; a missing (None) category is an error, not a group."""
+    cats = np.asarray(categories, dtype=object).reshape(-1)
+    if cats.shape[0] != n:
+        raise ValueError(f"categories has {cats.shape[0]} items, predictions {n}")
+    missing = int(sum(c is None for c in cats))
+    if missing:
+        raise ValueError(f"{missing} of {n} categories are missing (None); every item needs a category")
+    return cats.astype(str)
 
 
 def compute_metrics(
@@ -135,24 +157,24 @@ def compute_metrics(
     Why the subsets: an average of two ratings is mostly noise, so the well-rated subset shows how the
     model does where the target is trustworthy; per-category rows show whether one category carries the
     overall number. Categories are listed by item count (largest first), then name. Groups absent from the
-    input (no `categories`, no `rating_numbers`) are left out of the result rather than faked.
+    input (no `categories`, no `rating_numbers`) are left out of the result rather than faked; a subset
+    with no items is kept, with n = 0 and NaN metrics, so a reader sees it was asked for.
     """
     p, t = check_predictions(pred, true)
     out: dict[str, Any] = {"overall": metric_group(p, t)}
     if categories is not None:
-        cats = np.asarray(categories, dtype=object).reshape(-1)
-        if cats.shape != p.shape:
-            raise ValueError(f"categories has {cats.shape[0]} items, predictions {p.shape[0]}")
-        names, counts = np.unique(cats.astype(str), return_counts=True)
-        order = sorted(zip(names.tolist(), counts.tolist(), strict=True), key=lambda nc: (-nc[1], nc[0]))
-        cat_str = cats.astype(str)
-        out["per_category"] = {name: metric_group(p[cat_str == name], t[cat_str == name]) for name, _ in order}
+        names, inverse, counts = np.unique(_category_labels(categories, p.size), return_inverse=True,
+                                           return_counts=True)
+        order = sorted(range(len(names)), key=lambda i: (-int(counts[i]), str(names[i])))
+        out["per_category"] = {str(names[i]): metric_group(p[inverse == i], t[inverse == i]) for i in order}
     if rating_numbers is not None:
+        if isinstance(min_rating_number, bool) or int(min_rating_number) != min_rating_number:
+            raise ValueError(f"min_rating_number must be an integer, got {min_rating_number!r}")
         rn = _as_vector(rating_numbers, "rating_numbers")
         if rn.shape != p.shape:
             raise ValueError(f"rating_numbers has {rn.shape[0]} items, predictions {p.shape[0]}")
         if np.isnan(rn).any():
-            raise ValueError(f"{int(np.isnan(rn).sum())} rating_numbers are NaN")
+            raise ValueError(f"{int(np.isnan(rn).sum())} of {rn.size} rating_numbers are NaN")
         keep = rn >= min_rating_number
         out[rating_number_key(min_rating_number)] = metric_group(p[keep], t[keep])
     return out

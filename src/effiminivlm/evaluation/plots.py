@@ -54,17 +54,18 @@ class PlotPoint:
         return self.plcc is not None and math.isfinite(self.plcc)
 
 
-def _place_labels(ax: Any, anchors: list[tuple[float, float]], texts: list[str]
-                  ) -> list[tuple[int, int, str]]:
-    """Per anchor, an (dx, dy, ha) offset in points that keeps its label clear of every anchor and of the
-    labels placed before it (greedy over four positions; the first stays when none is clear)."""
+def _place_labels(ax: Any, anchors: list[tuple[float, float]], texts: list[str],
+                  pads: list[float] | None = None) -> list[tuple[float, float, str]]:
+    """Per anchor, an (dx, dy, ha) offset in points (for a ``va="bottom"`` label) that keeps its label clear
+    of every anchor and of the labels placed before it (greedy over right, left, above, below; the first
+    stays when none is clear). `pads` is each anchor's marker radius in points (6 by default)."""
     scale = ax.figure.dpi / 72.0
     pts = ax.transData.transform(np.asarray(anchors, dtype=float))
     placed: list[np.ndarray] = []
     out = []
-    for (x, y), text in zip(pts, texts, strict=True):
+    for (x, y), text, pad in zip(pts, texts, pads or [6.0] * len(texts), strict=True):
         width = 5.5 * len(text) * scale
-        choices = [(6, 3, "left"), (-6, 3, "right"), (0, 8, "center"), (0, -13, "center")]
+        choices = [(pad, 3, "left"), (-pad, 3, "right"), (0, pad + 2, "center"), (0, -pad - 7, "center")]
         best = choices[0]
         for dx, dy, ha in choices:
             cx = x + dx * scale + {"left": width / 2, "right": -width / 2, "center": 0.0}[ha]
@@ -79,7 +80,7 @@ def _place_labels(ax: Any, anchors: list[tuple[float, float]], texts: list[str]
                 placed.append(np.array([*box, width]))
                 break
         else:
-            placed.append(np.array([x + 6 * scale + width / 2, y + 7 * scale, width]))
+            placed.append(np.array([x + pad * scale + width / 2, y + 7 * scale, width]))
         out.append(best)
     return out
 
@@ -176,19 +177,24 @@ def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFA
         ax.axvspan(x_lo, c_cap, color="#2ca02c", alpha=0.07, lw=0)
         ax.axvline(c_cap, color="#2ca02c", lw=0.8, alpha=0.6)
         ax.text(c_cap / 1.04, y_lo + 0.015 * (y_hi - y_lo), f"E capped at {cfg.beta:.2f}\n(C < {c_cap:.3f})",
-                ha="right", va="bottom", fontsize=8, color="#2ca02c", bbox=box, zorder=2)
+                ha="right", va="bottom", fontsize=8, color="#2ca02c", bbox=box, zorder=5)
     ax.axvspan(1.0, x_hi, color="#d62728", alpha=0.06, lw=0)
     ax.axvline(1.0, color="#d62728", lw=0.8, alpha=0.6)
     ax.text(x_hi / 1.03, y_lo + 0.015 * (y_hi - y_lo), f"C > 1: penalty\nE = 1/(1+{cfg.gamma:g} ln C)",
-            ha="right", va="bottom", fontsize=8, color="#d62728", bbox=box, zorder=2)
+            ha="right", va="bottom", fontsize=8, color="#d62728", bbox=box, zorder=5)
 
     # the leaderboard: numbered points, the numbers placed clear of the other points
     ax.scatter([e.c for e in board], [e.plcc for e in board], s=30, color="0.25", zorder=3,
                label="LoViF 2026 leaderboard (number = published rank)")
-    anchors = [(e.c, e.plcc) for e in board]
-    for k, (dx, dy, ha) in enumerate(_place_labels(ax, anchors, [str(k + 1) for k in range(len(board))])):
-        ax.annotate(str(k + 1), anchors[k], xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
+    # one placement for the rank numbers and the user's labels, so none covers a point or another label
+    starred = [p for p in points if p.has_plcc]
+    anchors = [(e.c, e.plcc) for e in board] + [(p.c, float(p.plcc)) for p in starred]
+    texts = [str(k + 1) for k in range(len(board))] + [p.label for p in starred]
+    offsets = _place_labels(ax, anchors, texts, [6.0] * len(board) + [11.0] * len(starred))
+    for k, (dx, dy, ha) in enumerate(offsets[:len(board)]):
+        ax.annotate(texts[k], anchors[k], xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
                     fontsize=8, color="0.15", zorder=4)
+    user_offsets = dict(zip([id(p) for p in starred], offsets[len(board):], strict=True))
 
     # the user's models
     for k, p in enumerate(points):
@@ -202,8 +208,9 @@ def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFA
         ax.scatter([p.c], [p.plcc], marker="*", s=280, color=colour, edgecolor="black", lw=0.6, zorder=6,
                    label=f"{p.label}\nPLCC {p.plcc:.3f}, C {p.c:.3f}, E {e:.3f}, CES {ces:.3f}")
         ax.plot(grid, ces / e_grid, color=colour, lw=1.2, alpha=0.8, zorder=2)
-        ax.annotate(p.label, (p.c, p.plcc), xytext=(0, -16), textcoords="offset points", ha="center",
-                    va="top", fontsize=8.5, fontweight="bold", color=colour, zorder=6, bbox=box)
+        dx, dy, ha = user_offsets[id(p)]
+        ax.annotate(p.label, (p.c, p.plcc), xytext=(dx, dy), textcoords="offset points", ha=ha,
+                    va="bottom", fontsize=8.5, fontweight="bold", color=colour, zorder=6, bbox=box)
 
     standard = (cfg.params_weight, cfg.flops_weight, cfg.params_target_m,
                 cfg.flops_target_g) == (0.5, 0.5, 1000.0, 20.0)
@@ -294,7 +301,8 @@ def render_profile(p: ModelProfile) -> Any:
     lines = [f"Canonical FLOPs: one forward pass, batch 1, {', '.join(inputs)}; counted with {p.method}.",
              f"P = all {p.params:,} parameters (frozen included); C uses the canonical FLOPs."]
     if p.mean_tokens is not None:
-        where = f" in {p.mean_tokens_source}" if p.mean_tokens_source else ""
+        where = (" (given with --mean-tokens)" if p.mean_tokens_source == "--mean-tokens"
+                 else f" in {p.mean_tokens_source}" if p.mean_tokens_source else "")
         lines.append(f"Mean length: {p.mean_tokens:.1f} real tokens{where}; counted at {p.mean_length} "
                      "tokens (informational, not used for C).")
     notes = Text("\n".join(lines), style="dim")

@@ -30,23 +30,30 @@ RATING_RANGE: tuple[float, float] = (1.0, 5.0)
 
 
 def to_jsonable(value: Any) -> Any:
-    """Recursively turn NaN/inf into None, numpy scalars/arrays and Paths into JSON types."""
+    """Recursively turn NaN/inf into None and numpy values, sets and Paths into JSON types.
+
+    Anything else JSON cannot hold (a device, a dtype in `meta`) becomes its ``str``: a report must never
+    fail at the last step, after the whole evaluation ran, over one context value.
+    """
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=str)
     if isinstance(value, np.ndarray):
         return to_jsonable(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _fmt(key: str, value: Any) -> str:
+    """One Markdown cell: n with thousands separators, metrics to 4 decimals, undefined as "n/a"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if key == "n":
@@ -55,6 +62,7 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def _table(rows: list[tuple[str, dict[str, Any]]], first: str) -> list[str]:
+    """A Markdown table with one row per group; "|" in a name is escaped so it cannot split a row."""
     head = [first, *(label for _, label in _COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(_COLUMNS)]
     for name, group in rows:
@@ -63,11 +71,13 @@ def _table(rows: list[tuple[str, dict[str, Any]]], first: str) -> list[str]:
     return lines
 
 
-def render_markdown(metrics: dict[str, Any], title: str | None = None, meta: dict[str, Any] | None = None) -> str:
+def render_markdown(metrics: dict[str, Any], title: str | None = None,
+                    meta: dict[str, Any] | None = None) -> str:
     """The metrics as Markdown: overall and rating-number subset(s) in one table, categories in another."""
     lines: list[str] = [f"# {title}", ""] if title else []
     for k, v in (meta or {}).items():
-        lines.append(f"- **{k}**: {v if not isinstance(v, dict) else json.dumps(to_jsonable(v))}")
+        text = json.dumps(to_jsonable(v)) if isinstance(v, dict | list | tuple) else str(v)
+        lines.append(f"- **{k}**: {' '.join(text.splitlines())}")  # a newline would end the list item
     if meta:
         lines.append("")
     subsets = [("overall", metrics["overall"])] if "overall" in metrics else []
@@ -83,46 +93,61 @@ def render_markdown(metrics: dict[str, Any], title: str | None = None, meta: dic
     return "\n".join(lines) + "\n"
 
 
-def plot_pred_vs_true(pred: Any, true: Any, path: str | Path, title: str = "Predicted vs true rating",
-                      metrics: dict[str, Any] | None = None, gridsize: int = 40) -> Path:
+def pred_vs_true_figure(pred: Any, true: Any, title: str = "Predicted vs true rating",
+                        metrics: dict[str, Any] | None = None, gridsize: int = 40) -> Figure:
     """Hexbin of predicted (y) against true (x) rating on 1-5 axes, log colour scale, identity line.
 
-    Predictions outside 1-5 are drawn on the border (and counted in the text box) so that no item
-    silently disappears from the picture. `metrics` is a `metric_group` dict; it is computed when absent.
+    Items outside 1-5 (a prediction, or a target of a foreign dataset) are drawn on the border and counted
+    in the text box, so that no item silently disappears from the picture. `metrics` is a `metric_group`
+    dict; it is computed when absent.
     """
     p, t = check_predictions(pred, true)
     group = metrics if metrics is not None else metric_group(p, t)
     lo, hi = RATING_RANGE
-    outside = int(((p < lo) | (p > hi)).sum())
-    fig = Figure(figsize=(6.4, 5.6), dpi=120, layout="constrained")
+    outside = int(((p < lo) | (p > hi) | (t < lo) | (t > hi)).sum())
+    stats = "   ".join([f"n = {group['n']:,}"] + [f"{label} = {_fmt(k, group.get(k))}" for k, label in
+                                                  (("plcc", "PLCC"), ("srcc", "SRCC"), ("rmse", "RMSE"))])
+    if outside:
+        stats += f"\n{outside:,} item(s) outside 1-5 drawn at the edge"
+    fig = Figure(figsize=(6.6, 5.6), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     if p.size:
         hb = ax.hexbin(np.clip(t, lo, hi), np.clip(p, lo, hi), gridsize=gridsize, extent=(lo, hi, lo, hi),
                        mincnt=1, cmap="viridis", norm=LogNorm(), linewidths=0.2)
-        fig.colorbar(hb, ax=ax, label="items per hexagon (log scale)")
+        top = max(float(hb.get_array().max()), 1.0)
+        ticks = [v for v in (m * 10**e for e in range(9) for m in (1, 2, 5)) if v <= top] or [1]
+        if len(ticks) == 1:  # every hexagon holds one item: a flat colour scale still needs a range
+            hb.set_clim(1, 2)
+            ticks = [1, 2]
+        cbar = fig.colorbar(hb, ax=ax, shrink=0.85, ticks=ticks, format="%d",
+                            label="items per hexagon (log scale)")
+        cbar.minorticks_off()  # log minor ticks would add "2x10^0"-style labels between ours
     else:
         ax.text(0.5, 0.5, "no items", ha="center", va="center", transform=ax.transAxes, fontsize=14)
-    ax.plot([lo, hi], [lo, hi], ls="--", lw=1.2, color="tab:red", label="identity (y = x)")
+    ax.plot([lo, hi], [lo, hi], ls="--", lw=1.2, color="tab:red", label="y = x")
     pad = 0.05
     ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), xlabel="True average rating",
-           ylabel="Predicted rating", aspect="equal", title=title)
+           ylabel="Predicted rating", aspect="equal")
+    ax.set_title(f"{title}\n{stats}", fontsize=10.5)
     ax.set_xticks(np.arange(lo, hi + 0.5, 0.5))
     ax.set_yticks(np.arange(lo, hi + 0.5, 0.5))
     ax.grid(True, lw=0.4, alpha=0.4)
     ax.legend(loc="lower right", fontsize=9)
-    lines = [f"n = {group['n']:,}"] + [f"{label} = {_fmt(k, group.get(k))}"
-                                      for k, label in (("plcc", "PLCC"), ("srcc", "SRCC"), ("rmse", "RMSE"))]
-    if outside:
-        lines.append(f"{outside:,} pred. outside 1-5 (shown at edge)")
-    ax.text(0.03, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=10,
-            family="monospace", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    return fig
+
+
+def plot_pred_vs_true(pred: Any, true: Any, path: str | Path, title: str = "Predicted vs true rating",
+                      metrics: dict[str, Any] | None = None, gridsize: int = 40) -> Path:
+    """Save `pred_vs_true_figure` as an image (format from the suffix: PNG in the report); return the path."""
     path = Path(path)
-    fig.savefig(path)  # a bare Figure renders through Agg; no pyplot global state
+    # A bare Figure renders through Agg: no pyplot global state, nothing to close, safe in threads.
+    pred_vs_true_figure(pred, true, title=title, metrics=metrics, gridsize=gridsize).savefig(path)
     return path
 
 
 def write_report(metrics: dict[str, Any], pred: Any, true: Any, out_dir: str | Path,
-                 title: str = "EffiMiniVLM evaluation", meta: dict[str, Any] | None = None) -> dict[str, Path]:
+                 title: str = "EffiMiniVLM evaluation",
+                 meta: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write metrics.json, metrics.md and pred_vs_true.png into `out_dir`; return their paths.
 
     `metrics` is a `compute_metrics` result; `pred`/`true` are the scored arrays for the plot. `meta`
