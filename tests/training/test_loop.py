@@ -108,3 +108,18 @@ def test_frozen_text_encoder_does_not_change(tiny_recipe, prepared, tmp_path):
     groups = ckpt["optimizer"]["param_groups"]
     n_opt = sum(len(g["params"]) for g in groups)
     assert n_opt == sum(1 for p in model.image_encoder.parameters()) + sum(1 for p in model.head.parameters())
+
+
+def test_diverged_validation_is_a_clear_error(tiny_recipe, prepared, tmp_path, monkeypatch):
+    import numpy as np
+
+    real = loop.run_inference
+
+    def nan_inference(*a, **k):
+        res = real(*a, **k)
+        res.pred = np.full_like(res.pred, np.nan)
+        return res
+
+    monkeypatch.setattr(loop, "run_inference", nan_inference)
+    with pytest.raises(EffiMiniVLMError, match="not finite"):
+        _train(tiny_recipe, prepared, tmp_path / "run")

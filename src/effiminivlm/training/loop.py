@@ -198,6 +198,11 @@ def train(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, resume: 
         train_seconds = time.perf_counter() - t0
 
         val = run_inference(model, val_loader, dev, precision, progress=progress, desc="validate")
+        bad = int((~np.isfinite(val.pred)).sum())
+        if bad:
+            raise EffiMiniVLMError(f"epoch {epoch}: {bad} of {len(val.pred)} validation predictions are not "
+                                   "finite (the model diverged); lower train.lr or use train.precision=fp32. "
+                                   f"The last good state is in {ckpt_path}")
         metrics = compute_metrics(val.pred, val.target)["overall"]
         plcc = metrics["plcc"]
         improved = not math.isnan(plcc) and plcc > state.best_plcc
