@@ -21,6 +21,9 @@ def test_main_job_end_to_end(tmp_path, capsys):
     # a second train into the same folder is refused with a clear message, not a traceback
     assert main(["train", "--data", str(prep), "--out", str(run), "--recipe", "tiny"]) == 2
     assert "not empty" in capsys.readouterr().err
+    # --resume alone continues with the run's own recipe (here: nothing left to do) and keeps the model
+    assert main(["train", "--data", str(prep), "--out", str(run), "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().out
 
     assert main(["evaluate", "--model", str(run / "model"), "--data", str(prep),
                  "--out", str(tmp_path / "rep"),

@@ -96,7 +96,8 @@ def synth_cmd(
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Prepared dataset folder (effiminivlm prepare)."),
     out: str = typer.Option(..., "--out", help="Run folder (model/, metrics.jsonl, ...)."),
-    recipe: str = typer.Option("offline", "--recipe", help="Packaged recipe name or a YAML file."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Packaged recipe name or a YAML file "
+                                      "(default: offline; with --resume, the run's own)."),
     set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. train.lr=1e-4 (repeat)."),
     epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
     batch_size: int | None = typer.Option(None, help="Shortcut for --set train.batch_size=N."),
@@ -122,7 +123,9 @@ def train_cmd(
         overrides.append("train.freeze_image=true")
     if freeze_text:
         overrides.append("train.freeze_text=true")
-    summary = train(load_recipe(recipe, overrides), data, out, resume=resume, images_dir=images_dir,
+    keep_own = resume and recipe is None and not overrides  # resume with the recipe stored in the run
+    resolved = None if keep_own else load_recipe(recipe or "offline", overrides)
+    summary = train(resolved, data, out, resume=resume, images_dir=images_dir,
                     device=device, log=typer.echo)
     typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
                f"({summary['stop_reason']}); model saved to {summary['model_dir']}")

@@ -62,7 +62,12 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(tiny_
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     assert load_checkpoint(crashed / "checkpoint" / "last.pt")["state"]["epoch"] == 1
 
-    summary = _train(tiny_recipe, prepared, crashed, resume=True)
+    from effiminivlm.config import load_recipe
+
+    logs: list[str] = []
+    changed = load_recipe(tiny_recipe.to_dict(), ["train.lr=0.5"])
+    summary = loop.train(changed, prepared, crashed, resume=True, progress=False, log=logs.append)
+    assert any("ignoring: train.lr: 0.5 != 0.001" in line for line in logs)
     assert summary["epochs_run"] == 2
     a = load_checkpoint(straight / "checkpoint" / "last.pt")["model"]
     b = load_checkpoint(crashed / "checkpoint" / "last.pt")["model"]

@@ -94,16 +94,25 @@ def _check_out(out: Path, resume: bool) -> None:
                                "or choose a new --out")
 
 
-def train(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           images_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, validate each epoch, keep the best model by val PLCC; returns the run summary."""
+    """Train, validate each epoch, keep the best model by val PLCC; returns the run summary.
+
+    `recipe=None` is allowed with `resume`: the run continues with the recipe stored in its checkpoint.
+    """
     out = Path(out_dir)
     _check_out(out, resume)
     ckpt_path = out / "checkpoint" / CHECKPOINT_NAME
     checkpoint = load_checkpoint(ckpt_path) if resume else None
     if checkpoint is not None:  # the run continues with the recipe it started with
-        recipe = from_dict(Recipe, checkpoint["recipe"])
+        stored = from_dict(Recipe, checkpoint["recipe"])
+        ignored = _diff(recipe.to_dict(), stored.to_dict()) if recipe is not None else []
+        if ignored:
+            log(f"--resume continues with the run's own recipe; ignoring: {', '.join(ignored)}")
+        recipe = stored
+    if recipe is None:
+        raise EffiMiniVLMError("a recipe is needed to start a run (only --resume can do without one)")
     tc = recipe.train
     dev = resolve_device(device)
     precision = resolve_precision(tc.precision, dev)
@@ -253,6 +262,18 @@ def init_output_bias(model: torch.nn.Module, value: float) -> None:
     if last.bias is not None:
         with torch.no_grad():
             last.bias.fill_(value)
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested recipe dicts (`key: a != b`)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} != {vb!r}")
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
