@@ -253,8 +253,9 @@ def _protocol_rows(c: float, e: float, plcc: float | None, ces: float | None, pr
         rank = leaderboard_rank(ces) if ces is not None else None
         rows.append(("PLCC", _fmt(plcc), plcc_note))
         rows.append(("CES", f"[bold]{_fmt(ces)}[/]", "max(0, PLCC) x E" + (
-            f"; would rank #{rank} of {len(load_leaderboard()) + 1} on the LoViF 2026 leaderboard" if rank
-            else "; undefined because the PLCC is (constant predictions)")))
+            f"; would rank #{rank} of {len(load_leaderboard()) + 1} by CES on the LoViF 2026 leaderboard "
+            "(comparable on its test set only)" if rank
+            else "; undefined: the PLCC is undefined (constant predictions)")))
     return rows
 
 
