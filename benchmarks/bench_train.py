@@ -1,8 +1,8 @@
 """Training throughput of a recipe on this machine, fp32 vs bf16, in one run.
 
-Measures optimizer steps (forward + weighted Huber + backward + clip + AdamW) on pre-collated batches of a
-synthetic catalog, so the figure is the model's training cost, not the data pipeline's. Prints samples/s per
-precision and the bf16/fp32 ratio.
+Measures the training loop's own optimizer step (`train_step`: forward + weighted Huber + backward + clip +
+AdamW) on pre-collated batches of a synthetic catalog, so the figure is the model's training cost, not the
+data pipeline's. Prints samples/s per precision and the bf16/fp32 ratio.
 
     .venv/bin/python benchmarks/bench_train.py --recipe offline --batch-size 32 --steps 6
 """
@@ -21,9 +21,8 @@ from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import prepare, read_prepared
 from effiminivlm.data.synth import write_synth
-from effiminivlm.evaluation.inference import forward_batch
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
-from effiminivlm.runtime import autocast
+from effiminivlm.training.loop import train_step
 from effiminivlm.training.losses import create_loss
 
 
@@ -61,17 +60,12 @@ def main() -> None:
         model = create_model(cfg, pretrained=False).train()
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
         loss_fn = create_loss("weighted_huber", mu=2.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
         t0 = 0.0
         for i, batch in enumerate(batches):
             if i == args.warmup:
                 t0 = time.perf_counter()
-            with autocast(dev, precision):
-                pred = forward_batch(model, batch, dev)
-            loss = loss_fn(pred, batch["target"], batch["rating_number"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            train_step(model, batch, dev, precision, loss_fn, opt, scaler, grad_clip=1.0)
         seconds = time.perf_counter() - t0
         results[precision] = args.steps * args.batch_size / seconds
         print(f"{precision}: {seconds:.2f} s for {args.steps * args.batch_size} samples -> "

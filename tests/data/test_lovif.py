@@ -85,7 +85,7 @@ def test_missing_columns_and_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"input.csv: missing column\(s\) image_paths; found: parent_asin"):
         read_lovif(bad)
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(DataError, match="missing column"):
+    with pytest.raises(DataError, match="empty.csv: empty file"):
         read_lovif(tmp_path / "empty.csv")
     with pytest.raises(DataError, match="nope.csv: file not found"):
         read_lovif(tmp_path / "nope.csv")

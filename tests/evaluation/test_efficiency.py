@@ -217,7 +217,7 @@ def test_run_profile_mean_tokens_from_prepared_data(prepared) -> None:
     p = run_profile(recipe="tiny", data=prepared)
     rec = load_recipe("tiny")
     dataset = ProductDataset(read_prepared(prepared), None, images="none")
-    expected = mean_token_length(dataset, create_tokenizer(rec.model.text_encoder), 64)
+    expected, _ = mean_token_length(dataset, create_tokenizer(rec.model.text_encoder), 64)
     assert p.mean_tokens == pytest.approx(expected) and p.mean_length == round(expected)
     assert str(prepared) in p.mean_tokens_source and f"{len(dataset)} rows" in p.mean_tokens_source
 

@@ -16,7 +16,6 @@ from effiminivlm.evaluation.report import (
     plot_pred_vs_true,
     pred_vs_true_figure,
     render_markdown,
-    to_jsonable,
     write_report,
 )
 
@@ -119,15 +118,3 @@ def test_plot_rejects_nonfinite_predictions(tmp_path: Path) -> None:
     assert not (tmp_path / "p.png").exists()
 
 
-def test_to_jsonable() -> None:
-    class Device:
-        def __str__(self) -> str:
-            return "cpu"
-
-    value = {1: np.float32(0.5), "a": [np.int64(3), math.nan, (math.inf, -math.inf)], "p": Path("/x"),
-             "s": {"b", "a"}, "arr": np.array([1.0, np.nan]), "d": Device(), "none": None,
-             "flag": np.bool_(True)}
-    out = to_jsonable(value)
-    assert out == {"1": 0.5, "a": [3, None, [None, None]], "p": "/x", "s": ["a", "b"], "arr": [1.0, None],
-                   "d": "cpu", "none": None, "flag": True}
-    json.dumps(out, allow_nan=False)

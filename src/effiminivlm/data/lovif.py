@@ -13,11 +13,9 @@ joined with " " exactly like `prepare` joins the official schema's lists.
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pyarrow as pa
 from effiminivlm.data.prepare import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
+from effiminivlm.files import read_csv_rows
 
 INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
 
@@ -45,24 +44,6 @@ class LovifStats:
         return (f"{self.rows} items, {self.images_found} images found, {self.images_missing} missing, "
                 f"{self.images_refused} refused (outside the images folder), "
                 f"{self.rows_without_image} items without any image")
-
-
-def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, [(line, row)]) with clear DataErrors for unreadable files."""
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # descriptions can exceed the 128 KiB default
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV: {e}") from None
-    return header, rows
 
 
 def _require(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
@@ -114,7 +95,7 @@ def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[
     """
     path = Path(input_csv)
     images_root = (Path(images_dir) if images_dir is not None else path.parent / "images").resolve()
-    header, rows = _csv_rows(path)
+    header, rows = read_csv_rows(path)
     _require(path, header, INPUT_COLUMNS)
     stats = LovifStats()
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
@@ -158,7 +139,7 @@ def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:
     because a silently skipped truth row would change the score.
     """
     path = Path(truth_csv)
-    header, rows = _csv_rows(path)
+    header, rows = read_csv_rows(path)
     id_col = next((c for c in ("parent_asin", "item_id") if c in header), "parent_asin or item_id")
     _require(path, header, (id_col, "average_rating"))
     if not rows:

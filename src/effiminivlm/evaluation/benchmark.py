@@ -26,7 +26,6 @@ Reuses the one scoring path: `Scorer` (device, precision, transforms), `ProductD
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -39,10 +38,9 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader
 
+from effiminivlm import files
 from effiminivlm.config import Recipe
-from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.inference import forward_batch
@@ -200,9 +198,7 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
     scorer = Scorer(model, tokenizer, device=device, precision=precision, images=images,
                     batch_size=batch_size, num_workers=num_workers)
     dev, prec = scorer.device, scorer.precision
-    loader = DataLoader(ProductDataset(table.slice(0, n_rows), scorer.transform, store, scorer.images),
-                        batch_size=batch_size, shuffle=False, num_workers=scorer.num_workers,
-                        collate_fn=Collator(tokenizer, scorer.max_length, pad_to_max=pad_to_max))
+    loader = scorer.loader(table.slice(0, n_rows), store, pad_to_max=pad_to_max)
     counts = {"samples": 0, "with_image": 0, "tokens": 0, "padded": 0}
 
     def count(batch: dict[str, Any]) -> None:
@@ -362,12 +358,7 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
 
 def write_json(results: list[BenchmarkResult], path: str | Path) -> Path:
     """{"runs": [...]} with every field of every run, written atomically."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"runs": [r.to_dict() for r in results]}, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    return files.write_json({"runs": [r.to_dict() for r in results]}, path)
 
 
 def render_table(results: list[BenchmarkResult]) -> Any:

@@ -23,16 +23,15 @@ the PLCC from an evaluation report instead, for `effiminivlm profile`.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from effiminivlm.errors import DataError
+from effiminivlm.files import read_csv_rows, write_json
 
 
 @dataclass(frozen=True)
@@ -188,43 +187,7 @@ def read_report_plcc(path: str | Path) -> float:
     return float(value)
 
 
-def write_json(payload: dict[str, Any], path: str | Path) -> Path:
-    """Strict JSON (NaN/inf as null), written atomically so a reader never sees half a file."""
-    from effiminivlm.evaluation.report import to_jsonable
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ scoring files
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header (stripped, lower-cased) and (line number, row) pairs of a CSV; DataError if unreadable."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file (expected a header line)")
-            header = [h.strip().lower() for h in header]
-            rows = []
-            for cells in reader:
-                if not any(c.strip() for c in cells):
-                    continue  # blank line
-                if len(cells) != len(header):
-                    raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, the header has "
-                                    f"{len(header)}")
-                rows.append((reader.line_num, dict(zip(header, (c.strip() for c in cells), strict=True))))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable UTF-8 CSV ({e})") from None
-    return header, rows
 
 
 def _number(text: str, where: str, what: str) -> float:
@@ -311,7 +274,7 @@ def score_submission(predictions: str | Path, truth: str | Path,
     from effiminivlm.evaluation.metrics import plcc as pearson
 
     sub_path = Path(predictions)
-    header, rows = _read_csv(sub_path)
+    header, rows = read_csv_rows(sub_path)
     _check_columns(header, sub_path, ("item_id", "score", "params", "flops"))
     if not rows:
         raise DataError(f"{sub_path}: no rows")

@@ -21,35 +21,13 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from effiminivlm.evaluation.metrics import check_predictions, metric_group
+from effiminivlm.files import atomic_write_text, to_jsonable, write_json
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("n", "n"), ("plcc", "PLCC"), ("plcc_plus", "PLCC+"), ("srcc", "SRCC"),
     ("rmse", "RMSE"), ("mae", "MAE"), ("huber", "Huber"),
 )
 RATING_RANGE: tuple[float, float] = (1.0, 5.0)
-
-
-def to_jsonable(value: Any) -> Any:
-    """Recursively turn NaN/inf into None and numpy values, sets and Paths into JSON types.
-
-    Anything else JSON cannot hold (a device, a dtype in `meta`) becomes its ``str``: a report must never
-    fail at the last step, after the whole evaluation ran, over one context value.
-    """
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted((to_jsonable(v) for v in value), key=str)
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -156,9 +134,8 @@ def write_report(metrics: dict[str, Any], pred: Any, true: Any, out_dir: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
-    payload = {**to_jsonable(metrics), "title": title, "meta": to_jsonable(meta)}
     paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "plot": out / "pred_vs_true.png"}
-    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    paths["markdown"].write_text(render_markdown(metrics, title=title, meta=meta))
+    write_json({**metrics, "title": title, "meta": meta}, paths["json"])
+    atomic_write_text(paths["markdown"], render_markdown(metrics, title=title, meta=meta))
     plot_pred_vs_true(pred, true, paths["plot"], title=title, metrics=metrics.get("overall"))
     return paths

@@ -26,6 +26,7 @@ from torch import nn
 
 from effiminivlm.config import ModelCfg, from_dict
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.files import atomic_write_text
 from effiminivlm.models.heads import create_head
 from effiminivlm.models.image_encoders import create_image_encoder
 from effiminivlm.models.text_encoders import create_text_encoder
@@ -149,8 +150,7 @@ class EffiMiniVLM(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
         config = json.dumps(self.config_dict(tokenizer_saved=tokenizer is not None), indent=2)
-        (out / f".{CONFIG_NAME}.tmp").write_text(config + "\n")
-        os.replace(out / f".{CONFIG_NAME}.tmp", out / CONFIG_NAME)
+        atomic_write_text(out / CONFIG_NAME, config + "\n")
         return out
 
     @classmethod

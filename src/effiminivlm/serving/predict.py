@@ -13,7 +13,7 @@ leaves half a submission.
 from __future__ import annotations
 
 import csv
-import os
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pyarrow as pa
 from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError
+from effiminivlm.files import atomic_write_text
 from effiminivlm.serving.scorer import Scorer
 
 
@@ -76,16 +77,12 @@ def model_cost(scorer: Scorer) -> tuple[float, float]:
 def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float
                      ) -> Path:
     """`item_id, score, params, flops` rows, atomically."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["item_id", "score", "params", "flops"])
-        for item, score in zip(item_ids, scores, strict=True):
-            w.writerow([item, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"])
-    os.replace(tmp, out)
-    return out
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["item_id", "score", "params", "flops"])
+    for item, score in zip(item_ids, scores, strict=True):
+        w.writerow([item, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"])
+    return atomic_write_text(path, buf.getvalue())
 
 
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,

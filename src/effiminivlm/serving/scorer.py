@@ -55,11 +55,13 @@ class Scorer:
         model, tokenizer = load_model(model_dir)
         return cls(model, tokenizer, **kwargs)
 
-    def loader(self, table: pa.Table, store: ImageStore | None = None) -> DataLoader:
-        """A DataLoader of collated batches over `table` (prepared or LoViF schema)."""
+    def loader(self, table: pa.Table, store: ImageStore | None = None, pad_to_max: bool = False
+               ) -> DataLoader:
+        """A DataLoader of collated batches over `table` (prepared or LoViF schema). Text is padded to the
+        longest in the batch, or with `pad_to_max` to max_length (the protocol's canonical input)."""
         ds = ProductDataset(table, self.transform, store, self.images)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.tokenizer, self.max_length))
+                          collate_fn=Collator(self.tokenizer, self.max_length, pad_to_max=pad_to_max))
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True
                     ) -> InferenceResult:

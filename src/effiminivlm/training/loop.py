@@ -32,6 +32,7 @@ from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.inference import forward_batch, run_inference
 from effiminivlm.evaluation.metrics import compute_metrics
+from effiminivlm.files import to_jsonable, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
 from effiminivlm.training.checkpoint import (
@@ -82,6 +83,25 @@ def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                       num_workers=workers, persistent_workers=False)
+
+
+def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, precision: str,
+               loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, grad_clip: float) -> float | None:
+    """One optimisation step (forward under autocast, loss, backward, clip, update); returns the loss, or
+    None without touching the weights when the loss is not finite."""
+    with autocast(dev, precision):
+        pred = forward_batch(model, batch, dev)
+    loss = loss_fn(pred, batch["target"].to(dev), batch["rating_number"].to(dev))
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -180,27 +200,18 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             if i >= steps_per_epoch:
                 break
             statuses.update(batch["image_status"])
-            with autocast(dev, precision):
-                pred = forward_batch(model, batch, dev)
-            loss = loss_fn(pred, batch["target"].to(dev), batch["rating_number"].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            loss = train_step(model, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip)
+            scheduler.step()
+            if loss is None:
                 state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
                 if state.nonfinite_steps > MAX_NONFINITE_STEPS:
                     raise EffiMiniVLMError(f"loss was not finite in {state.nonfinite_steps} steps; "
                                            "lower train.lr or use train.precision=fp32")
-                scheduler.step()
                 continue
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
             state.step += 1
             n_steps += 1
             seen += len(batch["item_id"])
-            loss_sum += float(loss.detach())
+            loss_sum += loss
             bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
                             samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
         bar.close()
@@ -234,7 +245,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         state.epoch = epoch
         state.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_plcc")})
         with (out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -251,7 +262,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
                "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
                "device": str(dev), "model_dir": str(out / "model"), "history": state.history}
-    (out / "train_summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    write_json(summary, out / "train_summary.json")
     return summary
 
 
@@ -274,13 +285,3 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} != {vb!r}")
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj

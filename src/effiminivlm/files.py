@@ -1,0 +1,90 @@
+"""Small file helpers every stage uses: atomic text writes, strict JSON, and one CSV reader.
+
+Why one place: reports, submissions, run summaries and benchmark results must never be left half-written by
+a crash (write to a temporary name, then rename), JSON must be strict (NaN/inf as null, numpy values made
+plain), and the CSVs users hand us (LoViF input.csv, truth files, submissions) must fail the same clear way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effiminivlm.errors import DataError
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` via a temporary file and a rename: readers see the old file or the new one, never half."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def to_jsonable(value: Any) -> Any:
+    """Recursively turn NaN/inf into None and numpy values, sets and Paths into JSON types.
+
+    Anything else JSON cannot hold (a device, a dtype in a report's context) becomes its ``str``: a report
+    must never fail at the last step, after the whole evaluation ran, over one context value.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=str)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def write_json(payload: Any, path: str | os.PathLike[str]) -> Path:
+    """Strict, indented JSON (see `to_jsonable`), written atomically."""
+    return atomic_write_text(path, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
+
+
+def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, row)]) of a UTF-8 CSV; header names stripped and lower-cased, cells stripped.
+
+    Blank lines are skipped; a row whose field count differs from the header's, an empty file, bytes that are
+    not UTF-8 or a malformed CSV are a DataError naming the file (and line), never a silent skip.
+    """
+    path = Path(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # product descriptions can exceed the 128 KiB default
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file (expected a header line)")
+            header = [h.strip().lower() for h in header]
+            rows = []
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, the header has "
+                                    f"{len(header)}")
+                rows.append((reader.line_num, dict(zip(header, (c.strip() for c in cells), strict=True))))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV: {e}") from None
+    return header, rows

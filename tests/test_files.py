@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from effiminivlm.errors import DataError
+from effiminivlm.files import atomic_write_text, read_csv_rows, to_jsonable, write_json
+
+
+def test_to_jsonable() -> None:
+    class Device:
+        def __str__(self) -> str:
+            return "cpu"
+
+    value = {1: np.float32(0.5), "a": [np.int64(3), math.nan, (math.inf, -math.inf)], "p": Path("/x"),
+             "s": {"b", "a"}, "arr": np.array([1.0, np.nan]), "d": Device(), "none": None,
+             "flag": np.bool_(True)}
+    out = to_jsonable(value)
+    assert out == {"1": 0.5, "a": [3, None, [None, None]], "p": "/x", "s": ["a", "b"], "arr": [1.0, None],
+                   "d": "cpu", "none": None, "flag": True}
+    json.dumps(out, allow_nan=False)
+
+
+def test_write_json_is_strict_and_atomic(tmp_path: Path) -> None:
+    out = write_json({"plcc": float("nan"), "c": 0.1, "path": tmp_path}, tmp_path / "sub" / "x.json")
+    assert json.loads(out.read_text()) == {"plcc": None, "c": 0.1, "path": str(tmp_path)}
+    assert not list(out.parent.glob(".*.tmp"))
+    atomic_write_text(out, "replaced\n")
+    assert out.read_text() == "replaced\n" and not list(out.parent.glob(".*.tmp"))
+
+
+def test_read_csv_rows(tmp_path: Path) -> None:
+    f = tmp_path / "a.csv"
+    f.write_text('\ufeffItem_ID , Score\nA, 1.5\n\n"B","long ""quoted""\ntext"\n', encoding="utf-8")
+    header, rows = read_csv_rows(f)
+    assert header == ["item_id", "score"]
+    assert rows == [(2, {"item_id": "A", "score": "1.5"}),
+                    (5, {"item_id": "B", "score": 'long "quoted"\ntext'})]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"a,b\n1,2,3\n", "a.csv:2: 3 fields, the header has 2"),
+    (b"a,b\n\xff\xfe,1\n", "not UTF-8"),
+])
+def test_read_csv_rows_errors_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    f = tmp_path / "a.csv"
+    f.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_csv_rows(f)
+    with pytest.raises(DataError, match="file not found"):
+        read_csv_rows(tmp_path / "missing.csv")
