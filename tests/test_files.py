@@ -54,3 +54,25 @@ def test_read_csv_rows_errors_name_the_file(tmp_path: Path, content: bytes, mess
         read_csv_rows(f)
     with pytest.raises(DataError, match="file not found"):
         read_csv_rows(tmp_path / "missing.csv")
+
+
+def test_replace_dir_publishes_and_recovers_from_a_crash_between_renames(tmp_path):
+    from effiminivlm.files import recover_dir, replace_dir
+
+    dest, tmp = tmp_path / "model", tmp_path / ".model.tmp"
+    dest.mkdir()
+    (dest / "w").write_text("old")
+    tmp.mkdir()
+    (tmp / "w").write_text("new")
+    replace_dir(tmp, dest)
+    assert (dest / "w").read_text() == "new" and not tmp.exists()
+    assert not (tmp_path / ".model.old").exists()
+    # crash after the first rename: only the backup is left; it goes back into place
+    (tmp_path / "model").rename(tmp_path / ".model.old")
+    assert recover_dir(dest).startswith("restored")
+    assert (dest / "w").read_text() == "new"
+    # crash after the publish, before the backup was deleted: the stale backup goes
+    (tmp_path / ".model.old").mkdir()
+    assert recover_dir(dest).startswith("removed")
+    assert not (tmp_path / ".model.old").exists() and (dest / "w").read_text() == "new"
+    assert recover_dir(dest) is None

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,45 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def _backup_of(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.old")
+
+
+def replace_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Publish the fully written folder `tmp` at `dest`, keeping the old `dest` until the new one is there.
+
+    Two renames (dest -> .dest.old, tmp -> dest) then the backup is deleted. A crash between the renames
+    leaves no `dest` but a complete `.dest.old`: `recover_dir(dest)` puts it back, so a published model or
+    dataset is never lost, whatever moment the process dies.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    recover_dir(dest)
+    old = _backup_of(dest)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def recover_dir(dest: str | os.PathLike[str]) -> str | None:
+    """Repair what an interrupted `replace_dir` left at `dest`; returns what was done (None: nothing to do).
+
+    No `dest` but a backup: the crash fell between the two renames, the backup goes back into place.
+    Both present: the crash fell after the publish, before the backup was deleted; it is deleted now.
+    """
+    dest = Path(dest)
+    old = _backup_of(dest)
+    if not old.exists():
+        return None
+    if not dest.exists():
+        os.replace(old, dest)
+        return f"restored {dest} from its backup {old.name} (an earlier run stopped while replacing it)"
+    shutil.rmtree(old, ignore_errors=True)
+    return f"removed {old} (left behind by an earlier run that stopped after replacing {dest.name})"
 
 
 def to_jsonable(value: Any) -> Any:

@@ -53,7 +53,7 @@ def is_url(ref: str) -> bool:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """RGB with transparency composited on white (product photos sit on white; black would be a new cue)."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high-bit-depth grayscale: rescale, don't clip
@@ -88,7 +88,7 @@ def load_image_with_reason(path: str | os.PathLike[str]) -> tuple[Image.Image | 
             if min(img.size) < MIN_SIDE:
                 return None, "too_small"
             img.load()
-            return _to_rgb(img), None
+            return to_rgb(img), None
     except FileNotFoundError:
         return None, "missing"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the latter under `-W error`

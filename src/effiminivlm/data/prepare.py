@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from effiminivlm.data.meta import ROW_SCHEMA, InputLog, expand_inputs, iter_meta
 from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.files import replace_dir
 
 SPLITS = ("train", "val", "test")
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
@@ -105,7 +106,7 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
         summary["category_from_file_name"] = sum(c["category_from_file_name"] for c in cats.values())
         summary["unsupported_image_refs"] = log.unsupported_image_refs
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        _publish(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,16 +135,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         if not (out / "summary.json").is_file():
             raise DataError(f"--out {out} is not empty and is not a prepared dataset (no summary.json); "
                             "refusing to delete it even with --overwrite")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _drop_reason(rec: dict[str, Any], options: dict[str, Any]) -> str | None:

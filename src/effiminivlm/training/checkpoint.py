@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +65,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise EffiMiniVLMError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a fully written folder into place, keeping the old one until the new one is there."""
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
