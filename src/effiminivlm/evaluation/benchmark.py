@@ -43,7 +43,7 @@ from effiminivlm import files
 from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.evaluation.inference import forward_batch
+from effiminivlm.inference import forward_batch
 from effiminivlm.runtime import PRECISIONS, autocast, peak_rss_mb
 from effiminivlm.serving.scorer import Scorer
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
-from effiminivlm.evaluation.inference import InferenceResult, run_inference
+from effiminivlm.inference import InferenceResult, run_inference
 from effiminivlm.models.factory import create_transforms, load_model
 from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
 

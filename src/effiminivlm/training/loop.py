@@ -30,7 +30,7 @@ from effiminivlm.data.dataset import Collator, ProductDataset, default_image_cac
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.evaluation.inference import forward_batch, run_inference
+from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import replace_dir, to_jsonable, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
