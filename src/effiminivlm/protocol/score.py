@@ -25,8 +25,8 @@ from effiminivlm.evaluation.metrics import plcc as pearson
 from effiminivlm.files import read_csv_rows, write_json
 from effiminivlm.protocol.formulas import DEFAULT_PROTOCOL, ProtocolCfg, leaderboard_rank, protocol_score
 
-#: A decimal or scientific number: no underscores, no "nan"/"inf", no hex, no spaces inside.
-NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+#: A decimal or scientific number in ASCII digits: no underscores, "nan"/"inf", hex or other scripts.
+NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 #: Largest |score| accepted: squares and sums over millions of items must stay finite in float64.
 MAX_ABS_SCORE = 1e100
 #: Fewer matched items than this get no leaderboard rank (stated in the result and the table).
