@@ -59,7 +59,7 @@ class ModelProfile:
     e: float
     method: str
     uncounted_ops: dict[str, int]
-    protocol: dict[str, float]
+    protocol: dict[str, Any]  # ProtocolCfg.to_dict(): numbers and the penalty form
     mean_tokens_source: str | None = None
     plcc: float | None = None
     plcc_source: str | None = None
