@@ -215,8 +215,8 @@ def profile_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
     """Params, FLOPs, resource cost C, efficiency E (and CES) by the LoViF 2026 protocol."""
-    from effiminivlm.evaluation.efficiency import run_profile
-    from effiminivlm.evaluation.plots import print_profile
+    from effiminivlm.protocol.profile import run_profile
+    from effiminivlm.protocol.tables import print_profile
 
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
                               report=report, data=data, mean_tokens=mean_tokens, json_out=json_out,
@@ -235,8 +235,8 @@ def score_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
     """Score a submission as the leaderboard does: PLCC, C, E, CES and the would-be rank."""
-    from effiminivlm.evaluation.plots import print_score
-    from effiminivlm.evaluation.protocol import run_score
+    from effiminivlm.protocol.score import run_score
+    from effiminivlm.protocol.tables import print_score
 
     print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot))
     for kind, path in (("json", json_out), ("plot", plot)):
@@ -269,7 +269,8 @@ def benchmark_cmd(
     json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision)."""
-    from effiminivlm.evaluation.benchmark import print_report, run_benchmark
+    from effiminivlm.protocol.runtime import run_benchmark
+    from effiminivlm.protocol.tables import print_report
 
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,

@@ -57,7 +57,7 @@ def test_write_report_files_parse_and_agree(tmp_path: Path, scored) -> None:
     assert f"{metrics['overall']['rmse']:.4f}" in md
     assert f"{metrics['rating_number_ge_10']['plcc']:.4f}" in md
     assert "| rating_number >= 10 |" in md
-    assert "| Odd\\|Name | 1 | n/a | n/a | n/a |" in md  # escaped pipe, undefined correlations shown as n/a
+    assert "| Odd\\|Name | 1 | n/a | 0.0000 | n/a |" in md  # escaped pipe; undefined PLCC n/a, its PLCC+ 0
     assert "- **split**: test" in md
     assert md == render_markdown(metrics, title="Test run", meta={"split": "test", "model": tmp_path / "m",
                                                                   "image_status": {"ok": 3}})

@@ -10,13 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.evaluation.report import render_markdown, write_report
-from effiminivlm.serving.scorer import Scorer
+from effiminivlm.inference import SCORE_RANGE, image_mode, make_loader, run_inference
+from effiminivlm.models.factory import load_model
+from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test",
@@ -28,13 +32,18 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     table = read_prepared(data_dir, split)
     if table.num_rows == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty")
-    scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
-                                    batch_size=batch_size, num_workers=num_workers)
+    model, tokenizer = load_model(model_dir)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    mode = image_mode(model, images)
     store = ImageStore(images_dir if images_dir is not None else default_image_cache(data_dir))
-    res = scorer.score_table(table, store, progress=progress)
+    loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
+                         num_workers=default_num_workers(num_workers))
+    res = run_inference(model.to(dev), loader, dev, prec, progress=progress, desc="score")
+    res.pred = np.clip(res.pred, *SCORE_RANGE)  # the same clipping as every served score
     metrics = compute_metrics(res.pred, res.target, res.category, res.rating_number, min_rating_number)
-    meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": scorer.images,
-            "precision": scorer.precision, "device": str(scorer.device),
+    meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": mode,
+            "precision": prec, "device": str(dev),
             "image_status": dict(sorted(res.image_status.items())), "seconds": round(res.seconds, 3)}
     out = Path(out_dir) if out_dir is not None else Path(model_dir).parent / f"eval-{split}"
     title = f"EffiMiniVLM on {Path(data_dir).name} ({split})"

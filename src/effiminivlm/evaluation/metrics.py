@@ -12,7 +12,8 @@ how many there are. Error metrics of an empty set are NaN too.
      "per_category": {category: {...same keys...}},        # only when categories are given
      "rating_number_ge_10": {...same keys...}}             # only when rating numbers are given
 
-The efficiency protocol's CES reads ``metrics["overall"]["plcc"]``.
+The efficiency protocol's CES reads ``metrics["overall"]["plcc"]``; `plcc_plus` is defined here, below the
+protocol, so evaluation never imports a higher stage.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from effiminivlm.evaluation.protocol import plcc_plus
+
+def plcc_plus(plcc: float) -> float:
+    """max(0, PLCC), the LoViF protocol's PLCC+; an undefined PLCC (NaN: constant predictions) gives 0, as
+    the challenge's reference scorer does (the PLCC itself stays NaN, so the report still says why)."""
+    plcc = float(plcc)
+    return 0.0 if math.isnan(plcc) else max(0.0, plcc)
+
 
 #: Keys of one metrics group, in reporting order.
 METRIC_KEYS: tuple[str, ...] = ("n", "plcc", "plcc_plus", "srcc", "rmse", "mae", "huber")

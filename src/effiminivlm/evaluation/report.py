@@ -67,7 +67,8 @@ def render_markdown(metrics: dict[str, Any], title: str | None = None,
     if per_cat:
         lines += ["", "Per category:", ""]
         lines += _table(list(per_cat.items()), "category")
-    lines += ["", "PLCC/SRCC are n/a when a subset has fewer than 2 items or constant predictions/targets."]
+    lines += ["", "PLCC/SRCC are n/a when a subset has fewer than 2 items or constant predictions/targets; "
+              "PLCC+ then counts as 0, as the LoViF reference scorer does."]
     return "\n".join(lines) + "\n"
 
 

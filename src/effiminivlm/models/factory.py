@@ -6,15 +6,15 @@ weights), and a saved model folder must give back all of them (`load_model`) wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from effiminivlm.config import ImageEncoderCfg, ModelCfg, TextEncoderCfg
+from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.regressor import EffiMiniVLM
 from effiminivlm.models.weights import resolve_source
@@ -90,3 +90,38 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
         return model, None
     raise EffiMiniVLMError(f"{folder} has no tokenizer files and its config names no tokenizer source; "
                            "save it with model.save_pretrained(dir, tokenizer=tokenizer)")
+
+
+class LoadedModel(NamedTuple):
+    """A model to measure, its tokenizer (None when not asked for or image-only) and a label for reports."""
+
+    model: EffiMiniVLM
+    tokenizer: Any
+    label: str
+
+
+def load_model_or_recipe(model_dir: str | Path | None = None, recipe: str | Recipe | None = None,
+                         overrides: Sequence[str] = (), *, tokenizer: bool = True) -> LoadedModel:
+    """A saved folder (`load_model`), or a recipe's architecture with random init: the one loader of the
+    commands that measure a model (`profile`, `benchmark`).
+
+    Why random init is enough: parameter/FLOP counts and timings do not depend on the weights' values, so a
+    preset whose weights are absent can still be measured (`pretrained=False`). `overrides` change a recipe
+    (never a saved model); `tokenizer=False` skips the tokenizer, which a recipe may only name by a source
+    that is not available offline.
+    """
+    if (model_dir is None) == (recipe is None):
+        raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
+    if model_dir is not None:
+        if overrides:
+            raise EffiMiniVLMError("--set overrides a recipe; it cannot change a saved model (use --recipe)")
+        if tokenizer:
+            model, tok = load_model(model_dir)
+            return LoadedModel(model, tok, str(model_dir))
+        return LoadedModel(EffiMiniVLM.from_pretrained(Path(model_dir)), None, str(model_dir))
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe), list(overrides))
+    if isinstance(recipe, Recipe) and overrides:
+        rec = load_recipe(rec.to_dict(), list(overrides))
+    model = create_model(rec.model, pretrained=False)
+    tok = create_tokenizer(rec.model.text_encoder) if tokenizer and model.text_encoder is not None else None
+    return LoadedModel(model, tok, f"recipe {rec.name} (random init)")

@@ -16,14 +16,11 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
-from effiminivlm.evaluation.inference import InferenceResult, run_inference
-from effiminivlm.models.factory import create_transforms, load_model
+from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
+from effiminivlm.models.factory import load_model
 from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
-
-SCORE_RANGE = (1.0, 5.0)
 
 
 class Scorer:
@@ -36,17 +33,13 @@ class Scorer:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, device: str | None = None,
                  precision: str = "auto", images: str = "first", batch_size: int = 64,
                  num_workers: int = 0) -> None:
-        if images not in ("first", "mean"):
-            raise ValueError(f"images must be first or mean, got {images!r}")
+        self.images = image_mode(model, images)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.images = images if model.image_encoder is not None else "none"
         self.batch_size = batch_size
         self.num_workers = default_num_workers(num_workers)
-        self.transform = (create_transforms(model.cfg.image_encoder, train=False)
-                          if model.image_encoder is not None else None)
         self.max_length = model.cfg.text_encoder.max_length
 
     @classmethod
@@ -59,9 +52,8 @@ class Scorer:
                ) -> DataLoader:
         """A DataLoader of collated batches over `table` (prepared or LoViF schema). Text is padded to the
         longest in the batch, or with `pad_to_max` to max_length (the protocol's canonical input)."""
-        ds = ProductDataset(table, self.transform, store, self.images)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.tokenizer, self.max_length, pad_to_max=pad_to_max))
+        return make_loader(self.model, self.tokenizer, table, store, images=self.images,
+                           batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max)
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True
                     ) -> InferenceResult:

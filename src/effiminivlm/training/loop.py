@@ -30,9 +30,9 @@ from effiminivlm.data.dataset import Collator, ProductDataset, default_image_cac
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.evaluation.inference import forward_batch, run_inference
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import replace_dir, to_jsonable, write_json
+from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
 from effiminivlm.training.checkpoint import (

@@ -16,16 +16,10 @@ from effiminivlm.config import load_recipe
 from effiminivlm.data.dataset import ProductDataset, mean_token_length
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import EffiMiniVLMError
-from effiminivlm.evaluation.efficiency import (
-    ModelProfile,
-    count_flops,
-    count_params,
-    profile_model,
-    run_profile,
-    with_plcc,
-)
-from effiminivlm.evaluation.protocol import efficiency, resource_cost
 from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.protocol.flops import count_flops, count_params
+from effiminivlm.protocol.formulas import efficiency, resource_cost
+from effiminivlm.protocol.profile import ModelProfile, profile_model, run_profile, with_plcc
 
 SDPA_CPU = "aten._scaled_dot_product_flash_attention_for_cpu"
 
@@ -56,6 +50,7 @@ def tiny_model():
 def test_paper_preset_reports_the_papers_figures(paper_profile: ModelProfile) -> None:
     p = paper_profile
     assert p.params == 27_706_365 and round(p.params_m, 1) == 27.7
+    assert p.flops == 6_811_128_768  # exact: any change to the counting rules or the preset shows here
     assert round(p.flops_g, 1) == 6.8
     assert round(p.c, 3) == 0.097 and round(p.e, 2) == 1.10
     assert p.c == pytest.approx(resource_cost(p.params_m, p.flops_g))
@@ -66,6 +61,16 @@ def test_paper_preset_reports_the_papers_figures(paper_profile: ModelProfile) ->
     assert sum(p.params_by_module_m.values()) == pytest.approx(p.params_m)
     assert sum(p.flops_by_module_g.values()) == pytest.approx(p.flops_g)
     assert set(p.flops_by_module_g) == {"image_encoder", "text_encoder", "head"}
+
+
+def test_cli_profile_paper_recipe_pins_the_exact_counts(tmp_path, capsys) -> None:
+    """`effiminivlm profile --recipe paper`, the command users run: exact parameter and FLOP integers."""
+    out = tmp_path / "paper.json"
+    assert main(["profile", "--recipe", "paper", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["params"], data["flops"]) == (27_706_365, 6_811_128_768)
+    assert data["label"] == "recipe paper (random init)" and data["uncounted_ops"] == {}
+    assert "27.706" in capsys.readouterr().out
 
 
 def test_paper_text_tower_counts_sdpa_attention(paper_profile: ModelProfile) -> None:
@@ -208,7 +213,8 @@ def test_profile_errors(tiny_model) -> None:
 def test_with_plcc_and_json_round_trip(tiny_model) -> None:
     p = with_plcc(profile_model(tiny_model), 0.3, "test")
     assert p.ces == pytest.approx(0.3 * p.e) and p.plcc_source == "test"
-    assert math.isnan(with_plcc(p, float("nan"), "test").ces)
+    undefined = with_plcc(p, float("nan"), "test")  # constant predictions: CES 0, as the reference scorer
+    assert math.isnan(undefined.plcc) and undefined.ces == 0.0
     assert json.loads(json.dumps(p.to_dict()))["flops"] == p.flops
     assert {f.name for f in dataclasses.fields(ModelProfile)} <= set(p.to_dict())
 
@@ -253,10 +259,11 @@ def test_cli_profile_saved_model_with_report(tmp_path, tiny_model, capsys) -> No
     data = json.loads(out.read_text())
     assert data["params"] == count_params(tiny_model).total and data["plcc_source"] == str(report)
     assert data["ces"] == pytest.approx(0.25 * data["e"])
-    report.write_text(json.dumps({"overall": {"plcc": None}}))  # constant predictions: CES undefined
+    report.write_text(json.dumps({"overall": {"plcc": None}}))  # constant predictions: PLCC undefined
     assert main(["profile", "--model", str(model_dir), "--report", str(report), "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["ces"] is None
-    assert "undefined" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["plcc"] is None and data["ces"] == 0.0
+    assert "PLCC undefined (constant predictions)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("argv, message", [

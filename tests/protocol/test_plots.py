@@ -7,20 +7,16 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 from matplotlib.lines import Line2D
-from rich.console import Console
 
-from effiminivlm.evaluation.plots import (
+from effiminivlm.protocol.formulas import ProtocolCfg, efficiency, load_leaderboard
+from effiminivlm.protocol.plots import (
     PlotPoint,
     plot_protocol,
     protocol_figure,
-    render_profile,
-    render_score,
 )
-from effiminivlm.evaluation.protocol import ProtocolCfg, efficiency, load_leaderboard, protocol_score
 
 BOARD = load_leaderboard()
 
@@ -52,10 +48,12 @@ def test_user_model_is_a_star_at_its_c_and_plcc_with_its_iso_ces_curve() -> None
 
 def test_side_table_inserts_the_user_at_its_would_be_rank() -> None:
     side = protocol_figure([PlotPoint("mine", 0.0971, 0.36)]).axes[1]
-    rows = [t for t in _texts(side) if t[:2].strip().isdigit() or t.startswith(" * ")]
+    rows = [t for t in _texts(side) if t[:2].strip().isdigit() or t.startswith((" * ", " B "))]
     order = [r.split()[0] for r in rows]
-    assert order == ["1", "2", "3", "4", "*", "5", "6", "7", "8", "9"]  # CES 0.396 rounds to 0.40: after 3, 4
-    assert any("rank #5 of 10" in t for t in _user_lines(side))
+    # CES 0.396 rounds to 0.40: after yinloonkhor (3); the unranked baseline keeps its place, uncounted
+    assert order == ["1", "2", "B", "3", "*", "4", "5", "6", "7", "8", "9"]
+    assert any("rank #4 of 10" in t for t in _user_lines(side))
+    assert any(t.startswith(" B wleach baseline") for t in rows)
 
 
 def test_model_without_plcc_is_a_vertical_line_with_the_plcc_it_needs() -> None:
@@ -81,8 +79,8 @@ def test_leaderboard_labels_do_not_overlap_points_or_each_other() -> None:
     canvas = FigureCanvasAgg(fig)  # what savefig renders through
     canvas.draw()
     renderer = canvas.get_renderer()
-    labels = [t for t in ax.texts if t.get_text().isdigit()]
-    assert sorted(int(t.get_text()) for t in labels) == list(range(1, len(BOARD) + 1))
+    labels = [t for t in ax.texts if t.get_text().isdigit() or t.get_text() == "B"]
+    assert sorted(t.get_text() for t in labels) == sorted([*map(str, range(1, len(BOARD))), "B"])
     boxes = [t.get_window_extent(renderer) for t in labels]
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b)
@@ -118,61 +116,9 @@ def test_plot_protocol_writes_the_file(tmp_path) -> None:
 
 
 def test_custom_protocol_and_empty_leaderboard() -> None:
-    cfg = ProtocolCfg(params_target_m=100, flops_target_g=5, beta=1.2)
+    cfg = ProtocolCfg(params_target_m=100, flops_target_g=5, gamma=0.2)
     fig = protocol_figure([PlotPoint("mine", 0.5, 0.4), PlotPoint("no plcc", 0.3)], cfg=cfg, leaderboard=[])
     ax, side = fig.axes
     assert ax.get_xlabel() == "resource cost C (log scale)"
     assert any("E capped at 1.20" in t for t in _texts(ax))
     assert any("min(1 + 0.05 ln(1/C), 1.20)" in t for t in _texts(side))
-
-
-# ------------------------------------------------------------------------------------------ terminal tables
-
-
-def _render(renderable) -> str:
-    console = Console(record=True, width=140)
-    console.print(renderable)
-    return console.export_text()
-
-
-def test_render_score_shows_every_number() -> None:
-    s = protocol_score(152.12, 31.14, 0.41)
-    result = {"submission": "sub.csv", "truth": "truth.csv", "n_items": 1234, **s.to_dict(),
-              "plcc_defined": True, "protocol": ProtocolCfg().to_dict()}
-    text = _render(render_score(result))
-    for expected in ("sub.csv", "truth.csv", "1,234", "152.12", "31.14", f"{s.c:.4f}", f"{s.e:.4f}",
-                     f"{s.ces:.4f}", "would rank #3 of 10"):  # 0.4248 rounds to 0.42: after 0.43, 0.42
-        assert expected in text
-    undefined = protocol_score(152.12, 31.14, math.nan)
-    text = _render(render_score({**result, **undefined.to_dict(), "plcc_defined": False}))
-    assert "undefined" in text and "would rank" not in text
-
-
-def test_render_profile_warns_about_uncounted_ops() -> None:
-    from effiminivlm.config import load_recipe
-    from effiminivlm.evaluation.efficiency import profile_model, with_plcc
-    from effiminivlm.models.factory import create_model
-
-    p = profile_model(create_model(load_recipe("tiny").model, pretrained=False), mean_tokens=30, label="tiny")
-    text = _render(render_profile(with_plcc(p, 0.2, "--plcc")))
-    for expected in ("tiny", "image_encoder", "text_encoder", "head", f"{p.params_m:.3f}", f"{p.flops_g:.3f}",
-                     "GFLOPs at 30 tokens", f"{p.c:.4f}", "capped at 1.10", f"{0.2 * p.e:.4f}", p.method,
-                     "64x64 image", "64 tokens"):
-        assert expected in text, expected
-    assert "WARNING" not in text
-    p.uncounted_ops["aten.conv_tbc"] = 2
-    assert "WARNING: ops with a cost but no FLOP formula ran and are NOT counted: aten.conv_tbc (x2)" in \
-        _render(render_profile(p)).replace("\n", " ")
-
-
-@pytest.mark.parametrize("c, phrase", [(0.05, "capped at"), (0.5, "1 + 0.05 ln(1/C)"), (3.0, "penalty")])
-def test_render_profile_names_the_branch_of_e(c: float, phrase: str) -> None:
-    from effiminivlm.evaluation.efficiency import ModelProfile
-
-    fields = {f: None for f in ModelProfile.__dataclass_fields__}
-    p = ModelProfile(**{**fields, "label": "x", "params": 1, "params_m": 1e-6, "trainable_m": 1e-6,
-                        "flops": 1, "flops_g": 1e-9, "modalities": "image_text", "params_by_module_m": {},
-                        "flops_by_module_g": {}, "flops_by_op_g": {}, "flops_by_module_op": {},
-                        "attention_g": 0.0, "c": c, "e": efficiency(c), "method": "m", "uncounted_ops": {},
-                        "protocol": ProtocolCfg().to_dict()})
-    assert phrase in _render(render_profile(p))

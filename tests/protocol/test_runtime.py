@@ -14,13 +14,14 @@ from effiminivlm.cli import main
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.evaluation import benchmark as bm
+from effiminivlm.models.factory import load_model_or_recipe
+from effiminivlm.protocol import runtime as bm
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     """(model, tokenizer, label) of the tiny recipe, random init, built once for the module."""
-    return bm.load_benchmark_model(recipe="tiny")
+    return load_model_or_recipe(recipe="tiny")
 
 
 @pytest.fixture(scope="module")

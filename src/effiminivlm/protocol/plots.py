@@ -1,8 +1,8 @@
-"""How protocol results are shown: the PLCC-vs-C plot, and the terminal tables of `profile` and `score`.
+"""The PLCC-vs-C plot of the protocol (matplotlib only; the terminal tables are in `protocol.tables`).
 
 Why this picture: CES = PLCC+ x E(C) trades accuracy against cost in a way a table hides. Curves of equal
 CES show how much PLCC a cheaper or dearer model needs to tie; the flat region left of the E cap shows that
-shrinking a model below C = exp(-(beta - 1) / alpha) earns nothing more, and the shaded region right of
+shrinking a model below C = exp(-gamma / alpha) earns nothing more, and the shaded region right of
 C = 1 shows where the penalty starts. The published leaderboard is drawn as numbered points (their rank),
 with the full table beside the axes, so no label covers a point; the user's model is a star with its own
 iso-CES curve and its would-be rank in that table (a vertical line at its C when no PLCC is known yet,
@@ -15,7 +15,6 @@ servers and threads.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from effiminivlm.evaluation.protocol import (
+from effiminivlm.protocol.formulas import (
     DEFAULT_PROTOCOL,
     LeaderboardEntry,
     ProtocolCfg,
@@ -33,10 +32,11 @@ from effiminivlm.evaluation.protocol import (
     leaderboard_rank,
     load_leaderboard,
     plcc_for_ces,
+    ranked_count,
 )
 
 if TYPE_CHECKING:
-    from effiminivlm.evaluation.efficiency import ModelProfile
+    pass
 
 _USER_COLOURS = ("#d62728", "#1f77b4", "#9467bd", "#ff7f0e")
 
@@ -91,10 +91,16 @@ def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoi
     formulas and one note per user model; returns the height (axes fraction) where the text ends."""
     ax.axis("off")
     rows: list[tuple[float, str, str]] = []  # (sort key, text, colour)
-    for rank, e in enumerate(board, 1):
+    position = {}  # published rank -> row position (unranked baselines keep their published place)
+    for pos, e in enumerate(board, 1):
         name = f"{e.team} ({e.model})" if e.model else e.team
-        text = f"{rank:>2} {name[:25]:<25} {e.plcc:5.2f} {e.c:5.2f} {e.e:5.2f} {e.ces:5.2f}"
-        rows.append((rank, text, "0.15"))
+        mark = f"{e.rank:>2}" if e.ranked else " B"
+        if e.ranked:
+            position[e.rank] = pos
+        name = name if e.ranked else f"{name} baseline"
+        text = f"{mark} {name[:25]:<25} {e.plcc:5.2f} {e.c:5.2f} {e.e:5.2f} {e.ces:5.2f}"
+        rows.append((pos, text, "0.15"))
+    n_ranked = ranked_count(board)
     notes = []
     for k, p in enumerate(points):
         colour = _USER_COLOURS[k % len(_USER_COLOURS)]
@@ -102,13 +108,14 @@ def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoi
         if p.has_plcc:
             ces = max(0.0, float(p.plcc)) * e
             rank = leaderboard_rank(ces, board)
-            rows.append(((rank or len(board) + 1) - 0.5,
+            rows.append((position.get(rank or 0, len(board) + 1) - 0.5,
                          f" * {p.label[:25]:<25} {p.plcc:5.2f} {p.c:5.2f} {e:5.2f} {ces:5.2f}", colour))
-            notes.append((f"* {p.label[:32]}: CES {ces:.3f}, rank #{rank} of {len(board) + 1}", colour))
-        elif board:
-            need = plcc_for_ces(board[0].ces, p.c, cfg)
+            notes.append((f"* {p.label[:32]}: CES {ces:.3f}, rank #{rank} of {n_ranked + 1}", colour))
+        elif n_ranked:
+            first = next(b for b in board if b.ranked)
+            need = plcc_for_ces(first.ces, p.c, cfg)
             notes.append((f"* {p.label[:32]}: C {p.c:.3f}, E {e:.3f}\n"
-                          f"  no PLCC yet; {need:.3f} would tie #1 (CES {board[0].ces:.2f})", colour))
+                          f"  no PLCC yet; {need:.3f} would tie #1 (CES {first.ces:.2f})", colour))
     lines = [(" # team                       PLCC     C     E   CES", "0.15")]
     lines += [(text, colour) for _, text, colour in sorted(rows, key=lambda r: r[0])]
     ax.text(0.0, 1.0, "LoViF 2026 leaderboard (published, rounded)", transform=ax.transAxes, fontsize=9,
@@ -118,8 +125,8 @@ def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoi
         ax.text(0.0, y, text, transform=ax.transAxes, fontsize=7.5, family="monospace", va="top", ha="left",
                 color=colour, fontweight="bold" if colour != "0.15" else "normal")
         y -= 0.045
-    formula = (f"CES = max(0, PLCC) x E(C)\nE = min(1 + {cfg.alpha:g} ln(1/C), {cfg.beta:.2f}) for C <= 1\n"
-               f"E = 1 / (1 + {cfg.gamma:g} ln C) for C > 1")
+    formula = (f"CES = max(0, PLCC) x E(C)\nE = min(1 + {cfg.alpha:g} ln(1/C), {cfg.e_cap:.2f}) for C <= 1\n"
+               f"E = 1 / (1 + {cfg.beta:g} ln C) for C > 1;  B = baseline, unranked")
     ax.text(0.0, y - 0.01, formula, transform=ax.transAxes, fontsize=7.5, va="top", ha="left", color="0.35")
     y -= 0.16
     for text, colour in notes:
@@ -176,20 +183,20 @@ def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFA
     if c_cap > x_lo:
         ax.axvspan(x_lo, c_cap, color="#2ca02c", alpha=0.07, lw=0)
         ax.axvline(c_cap, color="#2ca02c", lw=0.8, alpha=0.6)
-        ax.text(c_cap / 1.04, y_lo + 0.015 * (y_hi - y_lo), f"E capped at {cfg.beta:.2f}\n(C < {c_cap:.3f})",
+        ax.text(c_cap / 1.04, y_lo + 0.015 * (y_hi - y_lo), f"E capped at {cfg.e_cap:.2f}\n(C < {c_cap:.3f})",
                 ha="right", va="bottom", fontsize=8, color="#2ca02c", bbox=box, zorder=5)
     ax.axvspan(1.0, x_hi, color="#d62728", alpha=0.06, lw=0)
     ax.axvline(1.0, color="#d62728", lw=0.8, alpha=0.6)
-    ax.text(x_hi / 1.03, y_lo + 0.015 * (y_hi - y_lo), f"C > 1: penalty\nE = 1/(1+{cfg.gamma:g} ln C)",
+    ax.text(x_hi / 1.03, y_lo + 0.015 * (y_hi - y_lo), f"C > 1: penalty\nE = 1/(1+{cfg.beta:g} ln C)",
             ha="right", va="bottom", fontsize=8, color="#d62728", bbox=box, zorder=5)
 
     # the leaderboard: numbered points, the numbers placed clear of the other points
     ax.scatter([e.c for e in board], [e.plcc for e in board], s=30, color="0.25", zorder=3,
-               label="LoViF 2026 leaderboard (number = published rank)")
+               label="LoViF 2026 leaderboard (number = published rank, B = unranked baseline)")
     # one placement for the rank numbers and the user's labels, so none covers a point or another label
     starred = [p for p in points if p.has_plcc]
     anchors = [(e.c, e.plcc) for e in board] + [(p.c, float(p.plcc)) for p in starred]
-    texts = [str(k + 1) for k in range(len(board))] + [p.label for p in starred]
+    texts = [str(e.rank) if e.ranked else "B" for e in board] + [p.label for p in starred]
     offsets = _place_labels(ax, anchors, texts, [6.0] * len(board) + [11.0] * len(starred))
     for k, (dx, dy, ha) in enumerate(offsets[:len(board)]):
         ax.annotate(texts[k], anchors[k], xytext=(dx, dy), textcoords="offset points", ha=ha, va="bottom",
@@ -224,115 +231,3 @@ def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFA
     side.legend(*ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(-0.02, y), fontsize=7.5,
                 frameon=False)  # beside the axes, so it never hides a point or a region label
     return fig
-
-
-# ------------------------------------------------------------------------------------------ terminal tables
-
-
-def _console(console: Any = None) -> Any:
-    from rich.console import Console
-
-    return console or Console(width=None if sys.stdout.isatty() else 130)
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "undefined" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _protocol_rows(c: float, e: float, plcc: float | None, ces: float | None, protocol: dict[str, float],
-                   plcc_note: str = "") -> list[tuple[str, str, str]]:
-    """(quantity, value, how) rows for C, E and, when a PLCC is known, PLCC and CES with its rank."""
-    cfg = ProtocolCfg(**protocol)
-    c_cap = cap_cost(cfg)
-    rows = [("C", f"{c:.4f}", f"(P/{cfg.params_target_m:g}M)^{cfg.params_weight:g} x "
-                              f"(F/{cfg.flops_target_g:g}G)^{cfg.flops_weight:g}"),
-            ("E", f"{e:.4f}", f"capped at {cfg.beta:.2f} (C < {c_cap:.3f})" if c <= c_cap
-             else f"1 + {cfg.alpha:g} ln(1/C)" if c <= 1
-             else f"1 / (1 + {cfg.gamma:g} ln C): penalty, C > 1")]
-    if plcc is not None:
-        rank = leaderboard_rank(ces) if ces is not None else None
-        rows.append(("PLCC", _fmt(plcc), plcc_note))
-        rows.append(("CES", f"[bold]{_fmt(ces)}[/]", "max(0, PLCC) x E" + (
-            f"; would rank #{rank} of {len(load_leaderboard()) + 1} by CES on the LoViF 2026 leaderboard "
-            "(comparable on its test set only)" if rank
-            else "; undefined: the PLCC is undefined (constant predictions)")))
-    return rows
-
-
-def _kv_table(rows: list[tuple[str, str, str]]) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, show_header=False)
-    table.add_column("quantity", style="bold")
-    table.add_column("value", justify="right")
-    table.add_column("how", style="dim")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def render_profile(p: ModelProfile) -> Any:
-    """Rich renderables: params and FLOPs per part, then C, E (and PLCC, CES), then how it was counted."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    mean = p.flops_by_module_g_mean_length
-    title = Text(f"EffiMiniVLM profile: {p.label}, modalities {p.modalities}", style="bold")
-    parts = Table()
-    columns = ["part", "params (M)", "GFLOPs canonical"] + [f"GFLOPs at {p.mean_length} tokens"] * bool(mean)
-    for name in columns:
-        parts.add_column(name, justify="left" if name == "part" else "right")
-    extra = [""] * bool(mean)
-    for part in dict.fromkeys([*p.params_by_module_m, *p.flops_by_module_g]):
-        parts.add_row(part, f"{p.params_by_module_m.get(part, 0.0):.3f}",
-                      f"{p.flops_by_module_g.get(part, 0.0):.3f}",
-                      *([f"{mean.get(part, 0.0):.3f}"] if mean else []))
-    parts.add_section()
-    parts.add_row("[bold]total[/]", f"[bold]{p.params_m:.3f}[/]", f"[bold]{p.flops_g:.3f}[/]",
-                  *([f"[bold]{p.flops_g_mean_length:.3f}[/]"] if mean else []))
-    parts.add_row("  of which trainable", f"{p.trainable_m:.3f}", "", *extra)
-    parts.add_row("  of which attention (QK^T, AV)", "", f"{p.attention_g:.3f}", *extra)
-    protocol = _kv_table(_protocol_rows(p.c, p.e, p.plcc, p.ces, p.protocol, f"from {p.plcc_source}"))
-
-    inputs = [f"{p.image_size}x{p.image_size} image" if p.image_size else "no image tower",
-              f"text padded/truncated to {p.max_length} tokens, all attended" if p.max_length
-              else "no text tower"]
-    lines = [f"Canonical FLOPs: one forward pass, batch 1, {', '.join(inputs)}; counted with {p.method}.",
-             f"P = all {p.params:,} parameters (frozen included); C uses the canonical FLOPs."]
-    if p.mean_tokens is not None:
-        where = (" (given with --mean-tokens)" if p.mean_tokens_source == "--mean-tokens"
-                 else f" in {p.mean_tokens_source}" if p.mean_tokens_source else "")
-        lines.append(f"Mean length: {p.mean_tokens:.1f} real tokens{where}; counted at {p.mean_length} "
-                     "tokens (informational, not used for C).")
-    notes = Text("\n".join(lines), style="dim")
-    if p.uncounted_ops:
-        ops = ", ".join(f"{op} (x{n})" for op, n in p.uncounted_ops.items())
-        notes.append(f"\nWARNING: ops with a cost but no FLOP formula ran and are NOT counted: {ops}; the "
-                     "FLOPs above are a lower bound.", style="bold red")
-    return Group(title, parts, protocol, notes)
-
-
-def print_profile(profile: ModelProfile, console: Any = None) -> None:
-    """Print the profile (to stdout unless a rich Console is given); wide when piped."""
-    _console(console).print(render_profile(profile))
-
-
-def render_score(result: dict[str, Any]) -> Any:
-    """Rich renderables of a `score_submission` result: the leaderboard's columns plus the would-be rank."""
-    from rich.console import Group
-    from rich.text import Text
-
-    rows = [("items", f"{result['n_items']:,}", "matched one to one with the truth"),
-            ("params (M)", f"{result['params_m']:.2f}", "as the submission states"),
-            ("FLOPs (G)", f"{result['flops_g']:.2f}", "as the submission states"),
-            *_protocol_rows(result["c"], result["e"], result["plcc"], result["ces"], result["protocol"],
-                            f"PLCC+ = {_fmt(result['plcc_plus'])}")]
-    title = Text(f"LoViF 2026 score: {result['submission']} against {result['truth']}", style="bold")
-    return Group(title, _kv_table(rows))
-
-
-def print_score(result: dict[str, Any], console: Any = None) -> None:
-    """Print the score (to stdout unless a rich Console is given)."""
-    _console(console).print(render_score(result))

@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from effiminivlm.data.dataset import Collator, ProductDataset
+from effiminivlm.models.factory import create_transforms
 from effiminivlm.runtime import autocast
 
 
@@ -74,3 +77,29 @@ def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, pre
         res.rating_number = np.concatenate(counts).astype(np.float64)
     model.train(was_training)
     return res
+
+
+#: Every score is clipped to the rating scale before anyone sees it.
+SCORE_RANGE = (1.0, 5.0)
+
+
+def image_mode(model: torch.nn.Module, images: str) -> str:
+    """Which images feed the model: "first" (main image), "mean" (mean of the item's image features, still
+    one forward pass), or "none" (text only; always for a model without an image tower)."""
+    if images not in ("first", "mean", "none"):
+        raise ValueError(f"images must be first, mean or none, got {images!r}")
+    return images if getattr(model, "image_encoder", None) is not None else "none"
+
+
+def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
+                images: str = "first", batch_size: int = 64, num_workers: int = 0,
+                pad_to_max: bool = False) -> DataLoader:
+    """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema): eval transforms
+    at the model's image size, text truncated at its max_length and padded to the longest in the batch, or
+    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts."""
+    cfg = model.cfg  # type: ignore[attr-defined]
+    mode = image_mode(model, images)
+    transform = create_transforms(cfg.image_encoder, train=False) if mode != "none" else None
+    ds = ProductDataset(table, transform, store, mode)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=Collator(tokenizer, cfg.text_encoder.max_length, pad_to_max=pad_to_max))

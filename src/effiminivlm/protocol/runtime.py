@@ -20,8 +20,9 @@ machine it ran on. Every run records both:
   thread count when undisturbed): on a shared machine torch's threads wait for descheduled peers and small
   models can slow down 10-100x; these two fields say when a number was taken under contention.
 
-Reuses the one scoring path: `Scorer` (device, precision, transforms), `ProductDataset` + `Collator`,
-`forward_batch` under `torch.inference_mode` and `runtime.autocast`.
+Reuses the one prediction path of `effiminivlm.inference`: `make_loader` (eval transforms, `ProductDataset`
++ `Collator`) and `forward_batch` under `torch.inference_mode` and `runtime.autocast`. The table is printed
+by `protocol.tables.print_report`.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ import torch
 from effiminivlm import files
 from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
+from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.evaluation.inference import forward_batch
-from effiminivlm.runtime import PRECISIONS, autocast, peak_rss_mb
-from effiminivlm.serving.scorer import Scorer
+from effiminivlm.inference import forward_batch, image_mode, make_loader
+from effiminivlm.models.factory import load_model_or_recipe
+from effiminivlm.runtime import (
+    PRECISIONS,
+    autocast,
+    default_num_workers,
+    peak_rss_mb,
+    resolve_device,
+    resolve_precision,
+)
 
 SCOPES = ("end_to_end", "model")
 SCOPE_MEANING = {
@@ -195,10 +204,14 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
     if table.num_rows == 0:
         raise DataError("no rows to benchmark: the table is empty")
     n_rows, n_measured = plan_rows(table.num_rows, batch_size, warmup, batches, max_samples)
-    scorer = Scorer(model, tokenizer, device=device, precision=precision, images=images,
-                    batch_size=batch_size, num_workers=num_workers)
-    dev, prec = scorer.device, scorer.precision
-    loader = scorer.loader(table.slice(0, n_rows), store, pad_to_max=pad_to_max)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    mode = image_mode(model, images)
+    workers = default_num_workers(num_workers)
+    max_length = model.cfg.text_encoder.max_length
+    model = model.to(dev).eval()
+    loader = make_loader(model, tokenizer, table.slice(0, n_rows), store, images=mode, batch_size=batch_size,
+                         num_workers=workers, pad_to_max=pad_to_max)
     counts = {"samples": 0, "with_image": 0, "tokens": 0, "padded": 0}
 
     def count(batch: dict[str, Any]) -> None:
@@ -209,7 +222,7 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
 
     def forward(batch: dict[str, Any]) -> None:
         with autocast(dev, prec):
-            forward_batch(scorer.model, batch, dev)
+            forward_batch(model, batch, dev)
         _sync(dev)
 
     batch_s: list[float] = []
@@ -250,13 +263,13 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
     n, tokens = counts["samples"], counts["tokens"]
     ms = [round(s * 1e3, 3) for s in batch_s]
     return BenchmarkResult(
-        scope=scope, precision=prec, model=model_label, params_m=round(scorer.model.num_params() / 1e6, 3),
+        scope=scope, precision=prec, model=model_label, params_m=round(model.num_params() / 1e6, 3),
         device=str(dev), device_name=device_name(dev), torch_version=torch.__version__,
         threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
-        load_avg_1m=load_avg, num_workers=scorer.num_workers, batch_size=batch_size,
-        padding=(f"canonical: every text padded to max_length={scorer.max_length}" if pad_to_max else
-                 f"dynamic: padded to the longest text in the batch (truncated at {scorer.max_length})"),
-        max_length=scorer.max_length, images=scorer.images, inputs=list(inputs or []), split=split,
+        load_avg_1m=load_avg, num_workers=workers, batch_size=batch_size,
+        padding=(f"canonical: every text padded to max_length={max_length}" if pad_to_max else
+                 f"dynamic: padded to the longest text in the batch (truncated at {max_length})"),
+        max_length=max_length, images=mode, inputs=list(inputs or []), split=split,
         rows_available=table.num_rows, warmup_batches=warmup, measured_batches=len(batch_s), samples=n,
         samples_with_image=counts["with_image"], tokens=tokens, padded_tokens=counts["padded"],
         seconds=round(seconds, 6), cpu_busy=round(cpu_seconds / seconds, 3),
@@ -282,30 +295,6 @@ def _is_prepared(inputs: list[str]) -> bool:
     return len(inputs) == 1 and (Path(inputs[0]) / "summary.json").is_file()
 
 
-def _check_model_choice(model_dir: Any, recipe: Any) -> None:
-    if (model_dir is None) == (recipe is None):
-        raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
-
-
-def load_benchmark_model(model_dir: str | Path | None = None, recipe: str | Recipe | None = None
-                         ) -> tuple[torch.nn.Module, Any, str]:
-    """(model, tokenizer, label) from a saved folder, or a recipe's architecture with random init (timing
-    does not depend on the weights' values, so presets whose weights are absent can be benchmarked)."""
-    _check_model_choice(model_dir, recipe)
-    if model_dir is not None:
-        from effiminivlm.models.factory import load_model
-
-        model, tokenizer = load_model(model_dir)
-        return model, tokenizer, str(model_dir)
-    from effiminivlm.config import load_recipe
-    from effiminivlm.models.factory import create_model, create_tokenizer
-
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
-    model = create_model(rec.model, pretrained=False)
-    tokenizer = create_tokenizer(rec.model.text_encoder) if model.text_encoder is not None else None
-    return model, tokenizer, f"recipe {rec.name} (random init)"
-
-
 def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
                   recipe: str | Recipe | None = None, split: str | None = None,
                   images_dir: str | None = None, scope: str = "end_to_end",
@@ -317,12 +306,11 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
     """Read `inputs` (a prepared folder — its `split`, default test, "all" for every row — a LoViF input.csv
     or meta files), load the model once, and time every (scope, precision) combination asked for.
     `threads` sets torch's intra-op threads for these runs (restored afterwards)."""
-    from effiminivlm.serving.predict import read_inputs
-
     scopes = expand_choice(scope, SCOPES, "scope", both=SCOPES)
     precisions = expand_choice(precision, PRECISIONS, "precision", both=("fp32", "bf16"))
     check_run_options(batch_size, warmup, batches, max_samples)
-    _check_model_choice(model_dir, recipe)
+    if (model_dir is None) == (recipe is None):  # before reading any data
+        raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
     if threads is not None and threads < 1:
         raise EffiMiniVLMError(f"--threads must be >= 1, got {threads}")
     if _is_prepared(inputs):
@@ -334,7 +322,7 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
         empty = f" (split {split!r} is empty)" if split else ""
         raise DataError(f"no rows to benchmark in {', '.join(inputs)}{empty} "
                         f"(skipped while reading: {src.skipped or 'none'})")
-    model, tokenizer, label = load_benchmark_model(model_dir, recipe)
+    model, tokenizer, label = load_model_or_recipe(model_dir, recipe)
     results = []
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -359,45 +347,3 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
 def write_json(results: list[BenchmarkResult], path: str | Path) -> Path:
     """{"runs": [...]} with every field of every run, written atomically."""
     return files.write_json({"runs": [r.to_dict() for r in results]}, path)
-
-
-def render_table(results: list[BenchmarkResult]) -> Any:
-    """A rich Table: one row per (scope, precision), the shared setup in the title and caption."""
-    from rich import box
-    from rich.table import Table
-
-    first = results[0]
-    cuda = first.device.startswith("cuda")
-    table = Table(box=box.SIMPLE_HEAD, title=(
-        f"EffiMiniVLM runtime: {first.model}, {first.params_m:.2f} M params\n{first.device}: "
-        f"{first.device_name}, torch {first.torch_version}, {first.threads} threads, "
-        f"load avg {first.load_avg_1m}"))
-    memory = "CUDA MB\nalloc/reserved" if cuda else "peak RSS\nMB (run)"
-    heads = ["scope", "precision", "batches", "samples", "tokens\nreal/padded", "total\ns", "ms/\nsample",
-             "ms/\ntoken", "samples\n/s", "tokens\n/s", "CPU\nbusy", memory]
-    for name in heads:
-        table.add_column(name, justify="left" if name in ("scope", "precision") else "right")
-    for r in results:
-        mem = (f"{r.cuda_max_allocated_mb}/{r.cuda_max_reserved_mb}" if cuda
-               else f"{r.peak_rss_mb} ({r.rss_increase_mb:+})" if r.rss_increase_mb is not None
-               else f"{r.peak_rss_mb}")
-        table.add_row(r.scope, r.precision, str(r.measured_batches), str(r.samples),
-                      f"{r.tokens}/{r.padded_tokens}", f"{r.seconds:.3f}", f"{r.ms_per_sample:.2f}",
-                      "-" if r.ms_per_token is None else f"{r.ms_per_token:.4f}", f"{r.samples_per_s:.1f}",
-                      f"{r.tokens_per_s:.0f}", f"{r.cpu_busy:.2f}", mem)
-    split = f" (split {first.split})" if first.split else ""
-    table.caption = (
-        f"batch size {first.batch_size}, {first.warmup_batches} warmup batch(es) excluded, "
-        f"{first.num_workers} DataLoader worker(s), images: {first.images}; padding {first.padding}.\n"
-        f"end_to_end = {SCOPE_MEANING['end_to_end']}.\nmodel = {SCOPE_MEANING['model']}.\n"
-        f"data: {', '.join(first.inputs)}{split}, {first.rows_available} rows available.")
-    return table
-
-
-def print_report(results: list[BenchmarkResult], console: Any = None) -> None:
-    """Print the table (to stdout unless a rich Console is given); wide when piped, so no column is cut."""
-    import sys
-
-    from rich.console import Console
-
-    (console or Console(width=None if sys.stdout.isatty() else 150)).print(render_table(results))
