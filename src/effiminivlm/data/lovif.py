@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from effiminivlm.data.prepare import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
+from effiminivlm.data.schema import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
 from effiminivlm.files import read_csv_rows
