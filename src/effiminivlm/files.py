@@ -208,8 +208,19 @@ def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[i
                     raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, the header has "
                                     f"{len(header)}")
                 rows.append((reader.line_num, dict(zip(header, (c.strip() for c in cells), strict=True))))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError as e:  # e.start counts from the decoder's chunk, so find the line itself
+        raise DataError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
         raise DataError(f"{path}: malformed CSV: {e}") from None
     return header, rows
+
+
+def _first_non_utf8_line(path: Path) -> int | str:
+    """The 1-based line of the first bytes that are not UTF-8 (a lone surrogate, Latin-1), or "?"."""
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return "?"

@@ -139,7 +139,11 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
 def _short(value: Any, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters: an error line must stay one readable line."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<{'-' if value < 0 else ''}integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+        try:
+            digits = f"{len(str(abs(value)))}"
+        except ValueError:  # beyond the interpreter's int -> str digit limit
+            digits = f"about {int(value.bit_length() * 0.30103) + 1}"
+        return f"<{'-' if value < 0 else ''}integer of {digits} digits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
