@@ -181,3 +181,26 @@ def test_meta_module_still_exports_the_moved_readers() -> None:
     assert meta.read_meta_table is read_meta_table and meta.expand_inputs is expand_inputs
     with pytest.raises(AttributeError):
         _ = meta.no_such_name
+
+
+def test_predict_and_score_inputs_fail_in_one_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """predict reads its inputs before loading the model, score reads CSVs via files.read_csv_rows."""
+    (tmp_path / "lovif").mkdir()
+    os.mkfifo(tmp_path / "lovif" / "input.csv")
+    os.mkfifo(tmp_path / "truth.csv")
+    path = tmp_path / "meta_X.jsonl"
+    path.write_text(f"{GOOD}\n{PATHOLOGICAL[3][0]}\n", encoding="utf-8")
+    model = str(tmp_path / "no_model")
+    cases = [
+        (["predict", str(tmp_path / "lovif" / "input.csv"), "--model", model], "is a pipe (FIFO)"),
+        (["predict", "/dev/null", "--model", model], "/dev/null is a device"),
+        (["predict", str(path), "--model", model, "--strict"], f"{path}:2: invalid JSON: nested too deep"),
+        (["score", "--predictions", str(tmp_path / "truth.csv"), "--truth", str(tmp_path / "truth.csv")],
+         "is a pipe (FIFO)"),
+    ]
+    with deadline(30):
+        for argv, words in cases:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
