@@ -154,16 +154,22 @@ def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None,
         info["rows_read"] += 1
         log.rows_read += 1
         try:
-            try:
-                rec = normalize_record(obj, base_dir=base_dir, file_category=info["category_from_name"],
-                                       source=source, log=log, require_rating=require_rating)
-            except _ROW_ERRORS as e:  # e.g. `details` nested too deep to flatten: this row only
-                raise BadRow("bad_value", _row_error(e)) from None
+            rec = _normalize(obj, base_dir=base_dir, file_category=info["category_from_name"], source=source,
+                             log=log, require_rating=require_rating)
         except BadRow as e:
             info["bad_rows"] += 1
             log.record(e.kind, source, str(e))
             continue
         yield rec
+
+
+def _normalize(obj: Any, **kwargs: Any) -> dict[str, Any]:
+    """`normalize_record`, with what Python itself cannot handle in one row (`details` nested too deep to
+    flatten, a number too large) raised as a `BadRow` of that row instead of ending the run."""
+    try:
+        return normalize_record(obj, **kwargs)
+    except _ROW_ERRORS as e:
+        raise BadRow("bad_value", _row_error(e)) from None
 
 
 def _file_error(log: InputLog, info: dict[str, Any], kind: str, source: str, message: str) -> None:
