@@ -22,7 +22,6 @@ ROW_SCHEMA = pa.schema([
 ])
 # The prepared dataset (`prepare --out DIR`): ROW_SCHEMA with `split` before `source`.
 SCHEMA = ROW_SCHEMA.insert(ROW_SCHEMA.get_field_index("source"), pa.field("split", pa.string()))
-TEXT_FIELDS = ("category", "title", "features", "description", "details")
 SPLITS = ("train", "val", "test")
 # Text fields the paper's `require_fields` filter needs non-empty (ratings are schema, checked by data.meta).
 ESSENTIAL = ("category", "title", "features", "description")
