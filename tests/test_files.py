@@ -2,13 +2,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from effiminivlm.errors import DataError
-from effiminivlm.files import atomic_write_text, read_csv_rows, to_jsonable, write_json
+from effiminivlm.files import (
+    atomic_write_text,
+    open_regular,
+    partial_dir,
+    read_csv_rows,
+    remove_stale_partials,
+    to_jsonable,
+    write_json,
+)
 
 
 def test_to_jsonable() -> None:
@@ -76,3 +85,28 @@ def test_replace_dir_publishes_and_recovers_from_a_crash_between_renames(tmp_pat
     assert recover_dir(dest).startswith("removed")
     assert not (tmp_path / ".model.old").exists() and (dest / "w").read_text() == "new"
     assert recover_dir(dest) is None
+
+
+def test_open_regular_refuses_what_would_hang_or_mislead(tmp_path: Path) -> None:
+    (tmp_path / "ok.csv").write_bytes(b"a\n1\n")
+    with open_regular(tmp_path / "ok.csv") as fh:
+        assert fh.read() == b"a\n1\n"  # blocking reads again after the non-blocking open
+    os.mkfifo(tmp_path / "p.csv")
+    for path, words in ((tmp_path / "p.csv", "is a pipe (FIFO)"), ("/dev/null", "is a device"),
+                        (tmp_path, "is a folder"), (tmp_path / "missing.csv", "file not found")):
+        with pytest.raises(DataError) as info:
+            read_csv_rows(path)  # a FIFO without a writer returns at once instead of blocking
+        assert str(info.value).startswith(f"{path}: {words}")
+
+
+def test_partial_dirs_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    dest = tmp_path / "data[1]"  # glob characters in the name are matched literally
+    mine = partial_dir(dest)
+    assert mine.name.startswith(f".data[1].partial-{os.getpid()}-") and mine.is_dir()
+    dead = tmp_path / ".data[1].partial-999999999-0badc0de"
+    legacy = tmp_path / ".data[1].partial-0badc0de"
+    other = tmp_path / ".data1.partial-999999999-0badc0de"  # another destination's: not ours to touch
+    for folder in (dead, legacy, other):
+        folder.mkdir()
+    assert remove_stale_partials(dest) == sorted([dead, legacy])
+    assert mine.is_dir() and other.is_dir() and not dead.exists() and not legacy.exists()

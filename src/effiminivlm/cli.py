@@ -80,12 +80,14 @@ def synth_cmd(
     image_size: int = typer.Option(96, help="Image side in pixels."),
     missing_description_frac: float = typer.Option(0.0, help="Fraction of items written with an empty "
                                                    "description (prepare's default filters drop them)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a catalog already at --out."),
 ) -> None:
     """Write a synthetic catalog in the official meta schema, with real images and the LoViF layout."""
     from effiminivlm.data.synth import write_synth
 
     typer.echo(str(write_synth(out, n, seed=seed, image_size=image_size,
-                               missing_description_frac=missing_description_frac, progress=True)))
+                               missing_description_frac=missing_description_frac, progress=True,
+                               overwrite=overwrite)))
 
 
 # ---------------------------------------------------------------------------------------------- model stage

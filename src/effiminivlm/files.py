@@ -8,13 +8,17 @@ plain), and the CSVs users hand us (LoViF input.csv, truth files, submissions) m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import shutil
+import stat
 import sys
+import uuid
+from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -70,6 +74,47 @@ def recover_dir(dest: str | os.PathLike[str]) -> str | None:
     return f"removed {old} (left behind by an earlier run that stopped after replacing {dest.name})"
 
 
+def partial_dir(dest: str | os.PathLike[str]) -> Path:
+    """A new, empty hidden folder beside `dest` to build its replacement in (then `replace_dir(it, dest)`).
+
+    The name carries this process's id (`.<dest>.partial-<pid>-<random>`) so that `remove_stale_partials`
+    can tell the folder of a killed run from the folder of a run still writing.
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def remove_stale_partials(dest: str | os.PathLike[str]) -> list[Path]:
+    """Delete the `partial_dir`s of `dest` whose process is gone (killed runs); returns what was removed.
+
+    A SIGKILL or a power cut skips every `finally`, so the next run cleans up instead. Folders of a process
+    that is still alive are left alone, so two runs never delete each other's work.
+    """
+    dest = Path(dest)
+    removed = []
+    for tmp in sorted(dest.parent.glob(f".{glob_escape(dest.name)}.partial-*")):
+        pid, sep, _ = tmp.name.rsplit(".partial-", 1)[1].partition("-")
+        if not tmp.is_dir() or (sep and pid.isdigit() and _alive(int(pid))):
+            continue  # a run still writing (names without a pid are an older version's leftovers)
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process: alive
+        return True
+    return True
+
+
 def to_jsonable(value: Any) -> Any:
     """Recursively turn NaN/inf into None and numpy values, sets and Paths into JSON types.
 
@@ -98,18 +143,58 @@ def write_json(payload: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
 
 
+def file_kind(mode: int) -> str:
+    """What an `st_mode` is, for error messages: "a folder", "a pipe (FIFO)", "a device", ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open `path` for binary reading only if it is a regular file; else a one-line DataError naming it.
+
+    Why not just `open`: an input named on the command line may be `/dev/stdin`, a FIFO, a device or a
+    folder. Opening a FIFO blocks until a writer appears (a hang), a terminal blocks on read, and a folder
+    fails with a bare OSError. The file is opened non-blocking, checked with `fstat` on the open descriptor
+    (no race with a rename), and switched back to blocking reads.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot open: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"{path}: is {file_kind(mode)}, expected a regular file (stdin, pipes and devices "
+                        "cannot be read as input)")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, row)]) of a UTF-8 CSV; header names stripped and lower-cased, cells stripped.
 
     Blank lines are skipped; a row whose field count differs from the header's, an empty file, bytes that are
-    not UTF-8 or a malformed CSV are a DataError naming the file (and line), never a silent skip.
+    not UTF-8, a malformed CSV or a path that is not a regular file (`open_regular`) are a DataError naming
+    the file (and line), never a silent skip or a hang.
     """
     path = Path(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # product descriptions can exceed the 128 KiB default
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    raw = open_regular(path)  # a FIFO or /dev/stdin would hang, a folder would be "not found"
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
@@ -123,8 +208,19 @@ def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[i
                     raise DataError(f"{path}:{reader.line_num}: {len(cells)} fields, the header has "
                                     f"{len(header)}")
                 rows.append((reader.line_num, dict(zip(header, (c.strip() for c in cells), strict=True))))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError as e:  # e.start counts from the decoder's chunk, so find the line itself
+        raise DataError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
         raise DataError(f"{path}: malformed CSV: {e}") from None
     return header, rows
+
+
+def _first_non_utf8_line(path: Path) -> int | str:
+    """The 1-based line of the first bytes that are not UTF-8 (a lone surrogate, Latin-1), or "?"."""
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return "?"

@@ -12,6 +12,7 @@ from PIL import Image
 from effiminivlm.data.lovif import INPUT_COLUMNS, read_lovif, read_truth
 from effiminivlm.data.prepare import SCHEMA
 from effiminivlm.errors import DataError
+from tests.data.test_readers import deadline
 
 
 def write_csv(path: Path, rows: list[list[str]], header: list[str] | tuple[str, ...] = INPUT_COLUMNS) -> Path:
@@ -89,9 +90,44 @@ def test_missing_columns_and_files_are_clear_errors(tmp_path: Path) -> None:
         read_lovif(tmp_path / "empty.csv")
     with pytest.raises(DataError, match="nope.csv: file not found"):
         read_lovif(tmp_path / "nope.csv")
-    (tmp_path / "latin1.csv").write_bytes(",".join(INPUT_COLUMNS).encode() + b"\nP1,Home,caf\xe9,f,d,\n")
-    with pytest.raises(DataError, match="latin1.csv: not UTF-8"):
+    (tmp_path / "latin1.csv").write_bytes(",".join(INPUT_COLUMNS).encode()
+                                          + b"\nP0,Home,ok,f,d,\nP1,Home,caf\xe9,f,d,\n")
+    with pytest.raises(DataError, match="latin1.csv:3: not UTF-8"):
         read_lovif(tmp_path / "latin1.csv")
+    surrogate = ",".join(INPUT_COLUMNS).encode() + b"\nP1,Home,a \xed\xa0\x80 b,f,d,\n"  # a lone surrogate
+    (tmp_path / "sur.csv").write_bytes(surrogate)
+    with pytest.raises(DataError, match="sur.csv:2: not UTF-8"):
+        read_lovif(tmp_path / "sur.csv")
+    with pytest.raises(DataError, match="is a folder, expected a regular file"):
+        read_lovif(tmp_path)
+    os.mkfifo(tmp_path / "pipe.csv")
+    with deadline(10), pytest.raises(DataError, match=r"pipe.csv: is a pipe \(FIFO\), expected a regular"):
+        read_lovif(tmp_path / "pipe.csv")  # opening a FIFO without a writer used to block forever
+
+
+def test_unreadable_list_cells_are_counted_kept_as_text_or_strict(tmp_path: Path) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    digits = "[" + "1" * 5000 + "]"
+    py_digits = "['a', " + "2" * 5000 + "]"  # not JSON (quotes): the Python-literal fallback gives up too
+    path = write_csv(tmp_path / "input.csv", [
+        ["P1", "Home", "Mug", deep, "fine", ""],
+        ["P2", "Home", "Mug", '["ok", "list"]', digits, ""],
+        ["P3", "Home", py_digits, "[Note] plain text", "[not a list", ""],
+    ])
+    table, stats = read_lovif(path)
+    rows = table.to_pylist()
+    assert [r["parent_asin"] for r in rows] == ["P1", "P2", "P3"]  # every item is still scored
+    assert rows[0]["features"] == deep and rows[1]["features"] == "ok list"
+    assert rows[1]["description"] == digits
+    assert rows[2]["features"] == "[Note] plain text"  # text that only looks like a list is not bad input
+    assert stats.bad_cells == 3
+    assert stats.bad_cell_examples[0] == f"{path}:2: features: a list literal nested too deep to read"
+    assert stats.bad_cell_examples[1].startswith(f"{path}:3: description: a list literal that cannot be read")
+    assert stats.bad_cell_examples[2].startswith(f"{path}:4: title: ")
+    assert "3 unreadable list cells kept as text" in str(stats)
+    with pytest.raises(DataError, match=r"input.csv:2: features: a list literal nested too deep") as info:
+        read_lovif(path, strict=True)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(("rows", "message"), [

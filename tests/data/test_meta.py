@@ -10,16 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from effiminivlm.data.meta import (
-    ROW_SCHEMA,
-    InputLog,
-    category_from_path,
-    expand_inputs,
-    image_refs,
-    iter_meta,
-    normalize_record,
-    read_meta_table,
-)
+from effiminivlm.data.meta import InputLog, image_refs, normalize_record
+from effiminivlm.data.readers import category_from_path, expand_inputs, iter_meta, read_meta_table
+from effiminivlm.data.schema import ROW_SCHEMA
 from effiminivlm.errors import DataError
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -231,3 +235,100 @@ def test_real_dev_data_as_hf_parquet_shard_gives_the_same_rows(tmp_path: Path) -
     prepare([shard], tmp_path / "parquet", **ALL)
     a, b = read_prepared(tmp_path / "jsonl"), read_prepared(tmp_path / "parquet")
     assert a.drop_columns(["source"]).equals(b.drop_columns(["source"])) and a.num_rows > 250
+
+
+def test_every_input_unreadable_is_an_error_not_an_empty_dataset(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "meta_Empty.jsonl"
+    empty.write_text("")
+    garbage = write_jsonl(tmp_path / "meta_Bad.jsonl", ['{"parent_asin": ', "[1]"])
+    with pytest.raises(DataError, match=r"no valid row in 2 input file\(s\) \(1 empty_file, 1 invalid_json, "
+                                        r"1 not_object\); e\.g\. .*meta_Empty\.jsonl: empty file"):
+        prepare([empty, garbage], tmp_path / "out", **ALL)
+    assert main(["prepare", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: no valid row in 1 input file(s)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta_Bad.jsonl", "meta_Empty.jsonl"]
+    # rows that are valid but all filtered out are the user's choice of filters, not an input error
+    s = prepare([write_jsonl(tmp_path / "meta_Short.jsonl", items("S", 3, title="", features=[]))],
+                tmp_path / "out", **ALL)
+    assert s["kept"] == 0 and s["dropped"]["require_fields"] == 3
+
+
+def test_crash_between_the_renames_of_overwrite_loses_nothing(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import effiminivlm.data.prepare as prep_mod
+
+    old_path = write_jsonl(tmp_path / "meta_Old.jsonl", items("O", 10))
+    new_path = write_jsonl(tmp_path / "meta_New.jsonl", items("N", 4))
+    out = tmp_path / "out"
+    prepare([old_path], out, **ALL)
+
+    def dies_between_renames(tmp: Path, dest: Path) -> Path:
+        dest.rename(dest.with_name(f".{dest.name}.old"))  # replace_dir's first rename, then the crash
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep_mod, "replace_dir", dies_between_renames)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([new_path], out, overwrite=True, **ALL)
+    monkeypatch.undo()
+    assert not out.exists() and (tmp_path / ".out.old" / "summary.json").is_file()
+    assert not list(tmp_path.glob(".out.partial-*"))  # the new dataset's temp folder went in `finally`
+    assert read_prepared(out).num_rows == 10  # a reader puts the backup back in place
+    (tmp_path / "out").rename(tmp_path / ".out.old")
+    with pytest.raises(DataError, match="not empty; pass --overwrite"):  # restored first, so it is protected
+        prepare([new_path], out, **ALL)
+    assert read_prepared(out).num_rows == 10 and not (tmp_path / ".out.old").exists()
+    prepare([new_path], out, overwrite=True, **ALL)
+    assert read_prepared(out).num_rows == 4
+
+
+def test_an_error_midway_keeps_the_old_dataset_and_leaves_no_temp(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import effiminivlm.data.prepare as prep_mod
+
+    path = write_jsonl(tmp_path / "meta_X.jsonl", items("A", 12))
+    out = tmp_path / "out"
+    prepare([path], out, **ALL)
+    before = (out / "data.parquet").read_bytes()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        assert list(tmp_path.glob(".out.partial-*/spill.parquet"))  # the spill exists at this point
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(prep_mod, "_sample_split_write", boom)
+    with pytest.raises(MemoryError):
+        prepare([path], out, overwrite=True, **ALL)
+    assert (out / "data.parquet").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta_X.jsonl", "out"]
+
+
+def test_temp_folders_of_killed_runs_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "meta_X.jsonl", items("A", 6))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    killed = tmp_path / f".out.partial-{dead}-0badc0de"
+    legacy = tmp_path / ".out.partial-1a2b3c4d"  # an older version's name, without a pid
+    running = tmp_path / f".out.partial-{os.getppid()}-5eed5eed"  # a live process: still writing
+    for folder in (killed, legacy, running):
+        folder.mkdir()
+        (folder / "spill.parquet").write_bytes(b"x" * 100)
+    prepare([path], tmp_path / "out", **ALL)
+    assert not killed.exists() and not legacy.exists() and running.exists()
+    assert read_prepared(tmp_path / "out").num_rows == 6
+
+
+def test_split_fingerprint_is_pinned(tmp_path: Path) -> None:
+    """Any silent change to hashing, sampling or the stratified split changes these numbers (the catalog
+    itself is pinned by test_synth's digest test)."""
+    from effiminivlm.data.synth import write_synth
+
+    cat = write_synth(tmp_path / "cat", 50, seed=0, progress=False)
+    summary = prepare([cat.meta_path], tmp_path / "out", frac=0.5, min_per_category=5, seed=7,
+                      rare_threshold=2)
+    t = read_prepared(tmp_path / "out")
+    pairs = sorted(zip(t["parent_asin"].to_pylist(), t["split"].to_pylist(), strict=True))
+    digest = hashlib.sha256("\n".join(f"{a},{s}" for a, s in pairs).encode()).hexdigest()
+    assert Counter(s for _, s in pairs) == {"train": 20, "val": 3, "test": 2}
+    assert {k: v["kept"] for k, v in summary["per_category"].items()} == {
+        "AMAZON FASHION": 14, "Home": 5, "Sports & Outdoors": 6}
+    assert digest == "dbbe9f4d2309573f4f54a7a1d9c911325590043350f6eee1afb43284c76099f2"

@@ -4,6 +4,7 @@ explained by an image-only and a text-only latent, and a LoViF layout that reads
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -162,14 +163,18 @@ def test_synth_cli_and_out_folder_safety(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "cat"
     assert main(["synth", "--n", "6", "--out", str(out), "--image-size", "32"]) == 0
     assert "6 items, " in capsys.readouterr().out and len(meta(out)) == 6
-    # regenerating a catalog in place leaves no stale image of the bigger run behind
-    assert main(["synth", "--n", "2", "--out", str(out), "--image-size", "32"]) == 0
+    before = files(out)
+    assert main(["synth", "--n", "2", "--out", str(out), "--image-size", "32"]) == 2  # no --overwrite
+    assert "already holds a synthetic catalog; pass --overwrite" in capsys.readouterr().err
+    assert files(out) == before
+    # replacing a catalog leaves no stale image of the bigger run behind
+    assert main(["synth", "--n", "2", "--out", str(out), "--image-size", "32", "--overwrite"]) == 0
     refs = {Path(im["large"]).name for r in meta(out) for im in r["images"]}
     assert {p.name for p in (out / "images").iterdir()} == refs
     assert {p.name for p in (out / "lovif/images").iterdir()} == refs
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert main(["synth", "--n", "2", "--out", str(tmp_path / "mine")]) == 2
+    assert main(["synth", "--n", "2", "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
     assert "holds no synthetic catalog" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     for bad in (["--n", "0"], ["--n", "2", "--image-size", "8"],
@@ -177,3 +182,40 @@ def test_synth_cli_and_out_folder_safety(tmp_path: Path, capsys: pytest.CaptureF
         assert main(["synth", *bad, "--out", str(tmp_path / "x")]) == 2
     with pytest.raises(EffiMiniVLMError, match="--seed"):
         write_synth(tmp_path / "y", 1, seed=-1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "mine"]  # no temp folder left behind
+
+
+def test_catalog_digest_is_pinned(tmp_path: Path) -> None:
+    """`synth --n 50 --seed 0` byte for byte: any silent change to the generator fails here."""
+    s = write_synth(tmp_path / "cat", 50, seed=0, progress=False)
+    images = hashlib.sha256()
+    for p in sorted((tmp_path / "cat" / "images").iterdir()):
+        images.update(p.name.encode() + b"\0" + p.read_bytes())
+    assert (s.items, s.images) == (50, 80)
+    assert hashlib.sha256(s.meta_path.read_bytes()).hexdigest() == (
+        "d684b65f6497d75877776a11f89c9aea71ac6dd1e31d6f947ebbdca73cb1ab11")
+    assert images.hexdigest() == "fd89617dbd2bfe182d9cbf1e80ee97a036b927418eb132fc76271aab15b73745"
+
+
+def test_a_crash_midway_keeps_the_old_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import effiminivlm.data.synth as synth_mod
+
+    out = tmp_path / "cat"
+    write_synth(out, 3, seed=1, image_size=32, progress=False)
+    before = files(out)
+    real = synth_mod.make_item
+
+    def dies_at_item_2(index: int, *args: object) -> object:
+        if index == 2:
+            raise KeyboardInterrupt  # a Ctrl-C halfway through writing the new catalog
+        return real(index, *args)
+
+    monkeypatch.setattr(synth_mod, "make_item", dies_at_item_2)
+    with pytest.raises(KeyboardInterrupt):
+        write_synth(out, 5, seed=2, image_size=32, progress=False, overwrite=True)
+    assert files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["cat"]
+    # a SIGKILLed run's temp folder (its pid is gone) is removed by the next run
+    (tmp_path / ".cat.partial-999999999-0badc0de" / "images").mkdir(parents=True)
+    monkeypatch.undo()
+    write_synth(out, 4, seed=2, image_size=32, progress=False, overwrite=True)
+    assert len(meta(out)) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["cat"]

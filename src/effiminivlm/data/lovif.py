@@ -7,7 +7,9 @@ code path. The paths come from a file we did not write, so a path that would lea
 (`..`, absolute, a symlink pointing outside) is refused and counted, never opened.
 
 `features` / `description` cells may be plain text or a JSON / Python list literal (`["a", "b"]`); lists are
-joined with " " exactly like `prepare` joins the official schema's lists.
+joined with " " exactly like `prepare` joins the official schema's lists. A list literal that cannot be
+read because of its shape (nested thousands deep, an integer of thousands of digits) is counted with its
+`file:line` and kept as plain text, so the item is still scored; with `strict=True` it is a DataError.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ import ast
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from effiminivlm.data.prepare import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
+from effiminivlm.data.schema import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
 from effiminivlm.files import read_csv_rows
 
 INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
 
+
+class _BadCell(ValueError):
+    """A list-literal cell that cannot be read (too deep, too large a number); the message says why."""
 
 
 @dataclass
@@ -39,11 +44,17 @@ class LovifStats:
     images_missing: int = 0
     images_refused: int = 0
     rows_without_image: int = 0
+    bad_cells: int = 0  # list literals that could not be read, kept as plain text
+    bad_cell_examples: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"{self.rows} items, {self.images_found} images found, {self.images_missing} missing, "
+        text = (f"{self.rows} items, {self.images_found} images found, {self.images_missing} missing, "
                 f"{self.images_refused} refused (outside the images folder), "
                 f"{self.rows_without_image} items without any image")
+        if self.bad_cells:
+            text += (f", {self.bad_cells} unreadable list cells kept as text "
+                     f"(e.g. {self.bad_cell_examples[0]})")
+        return text
 
 
 def _require(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
@@ -54,7 +65,11 @@ def _require(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
 
 
 def _text_cell(value: str | None) -> str:
-    """A text cell that may hold a list literal -> one cleaned string."""
+    """A text cell that may hold a list literal -> one cleaned string; `_BadCell` if it cannot be read.
+
+    Text that merely looks like a list (`[not a list`, `[Note] ...`) is plain text, not an error; only a
+    literal the parsers give up on for its size (nesting, digits) is a `_BadCell`.
+    """
     s = (value or "").strip()
     if s.startswith("[") and s.endswith("]"):
         parsed = None
@@ -63,10 +78,23 @@ def _text_cell(value: str | None) -> str:
         except json.JSONDecodeError:
             try:
                 parsed = ast.literal_eval(s)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
+            except (RecursionError, MemoryError):
+                raise _BadCell("a list literal nested too deep to read") from None
+            except SyntaxError as e:
+                if "nested" in str(e) or "digits" in str(e):  # "too many nested parentheses", int limit
+                    raise _BadCell(f"a list literal that cannot be read: {e.msg}") from None
                 parsed = None
+            except ValueError:
+                parsed = None
+        except RecursionError:
+            raise _BadCell("a list literal nested too deep to read") from None
+        except ValueError as e:  # not a JSONDecodeError: an integer of more than 4,300 digits
+            raise _BadCell(f"a list literal that cannot be read: {e}") from None
         if isinstance(parsed, list):
-            s = " ".join(str(x) for x in parsed if x is not None)
+            try:
+                s = " ".join(str(x) for x in parsed if x is not None)
+            except (RecursionError, ValueError) as e:
+                raise _BadCell(f"a list literal that cannot be made text: {type(e).__name__}") from None
     return clean_text(s)
 
 
@@ -86,12 +114,13 @@ def _safe_image(images_root: Path, rel: str) -> tuple[str | None, str]:
 
 
 def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[str] | None = None,
-               ) -> tuple[pa.Table, LovifStats]:
+               strict: bool = False) -> tuple[pa.Table, LovifStats]:
     """Read `input_csv` (images relative to `images_dir`, default `<its folder>/images`) as a prepared table.
 
     Rows keep the file's order; `average_rating` / `rating_number` are null, `split` is "test" and
     `source` is `input.csv:<line>`. A row without a parent_asin, or a parent_asin seen twice, is a
-    DataError (predictions are matched to truth by that id).
+    DataError (predictions are matched to truth by that id). An unreadable list-literal cell is counted in
+    `stats.bad_cells` (with `file:line` examples) and kept as text; with `strict` it is a DataError.
     """
     path = Path(input_csv)
     images_root = (Path(images_dir) if images_dir is not None else path.parent / "images").resolve()
@@ -120,9 +149,8 @@ def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[
         stats.rows_without_image += int(not images)
         cols["parent_asin"].append(asin)
         cols["category"].append(clean_text(row.get("main_category") or ""))
-        cols["title"].append(_text_cell(row.get("title")))
-        cols["features"].append(_text_cell(row.get("features")))
-        cols["description"].append(_text_cell(row.get("description")))
+        for column in ("title", "features", "description"):
+            cols[column].append(_read_cell(row.get(column), f"{path}:{line}: {column}", stats, strict))
         cols["details"].append("")
         cols["average_rating"].append(None)
         cols["rating_number"].append(None)
@@ -130,6 +158,19 @@ def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[
         cols["split"].append("test")
         cols["source"].append(f"{path.name}:{line}")
     return pa.table(cols, schema=PREPARED_SCHEMA), stats
+
+
+def _read_cell(value: str | None, where: str, stats: LovifStats, strict: bool) -> str:
+    """`_text_cell`, with an unreadable cell counted (or, with `strict`, raised) instead of crashing."""
+    try:
+        return _text_cell(value)
+    except _BadCell as e:
+        if strict:
+            raise DataError(f"{where}: {e} (run without --strict to keep it as text and count it)") from None
+        stats.bad_cells += 1
+        if len(stats.bad_cell_examples) < 5:
+            stats.bad_cell_examples.append(f"{where}: {e}")
+        return clean_text(value or "")
 
 
 def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:

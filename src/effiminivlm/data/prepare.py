@@ -11,7 +11,10 @@ Two streaming passes keep memory bounded by the row count times a few bytes, not
 Why hashes instead of a shuffled RNG: the same items and seed give the same sample and splits whatever the
 order or sharding of the input files, and an id can never land in two splits. The result is written to a
 hidden temporary folder that is renamed into place at the end, so a crash never leaves a half dataset that
-looks complete. Output contract: docs/ARCHITECTURE.md ("Prepared dataset").
+looks complete. A killed run's temporary folder is deleted by the next run, a crash between the two
+renames of `--overwrite` is repaired (`files.recover_dir`) at the next start or read, and inputs of which not
+one row could be read are an error, not an empty dataset. Output contract: docs/ARCHITECTURE.md ("Prepared
+dataset"; the columns are `data.schema.SCHEMA`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from bisect import bisect_right
 from collections import Counter
 from pathlib import Path
@@ -34,17 +36,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from effiminivlm.data.meta import ROW_SCHEMA, InputLog, expand_inputs, iter_meta
+from effiminivlm.data.meta import InputLog
+from effiminivlm.data.readers import expand_inputs, iter_meta
+from effiminivlm.data.schema import ESSENTIAL, ROW_SCHEMA, SCHEMA, SPLITS
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.files import replace_dir
+from effiminivlm.files import partial_dir, recover_dir, remove_stale_partials, replace_dir
 
-SPLITS = ("train", "val", "test")
+__all__ = ["ESSENTIAL", "SCHEMA", "SPLITS", "prepare", "print_summary", "read_prepared", "sample_size",
+           "split_counts"]
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
 FILE_ERRORS = frozenset({"empty_file", "not_json", "not_parquet", "unreadable_file"})
 RULES = ("require_fields", "min_text_chars", "require_image", "duplicate_parent_asin")
-ESSENTIAL = ("category", "title", "features", "description")  # ratings are checked as schema in data.meta
 HIST_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
-SCHEMA = ROW_SCHEMA.insert(ROW_SCHEMA.get_field_index("source"), pa.field("split", pa.string()))
 _ROW_COLUMNS = ROW_SCHEMA.names
 _SPILL_SCHEMA = ROW_SCHEMA.append(pa.field("h_sample", pa.uint64())).append(pa.field("h_split", pa.uint64()))
 _BATCH = 16_384  # spill rows per row group; bigger batches cost RSS (allocator retention), not speed
@@ -83,12 +86,13 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
             raise EffiMiniVLMError(f"--{name} must be >= 0, got {value}")
     paths = expand_inputs(inputs)
     out = Path(out)
+    recover_dir(out)  # a crash mid-`--overwrite` left only the backup: put the old dataset back first
+    remove_stale_partials(out)
     _check_out(out, overwrite)
     options = {"frac": frac, "min_per_category": min_per_category, "seed": seed, "strict": strict,
                "require_fields": require_fields, "min_text_chars": min_text_chars,
                "require_image": require_image, "rare_threshold": rare_threshold}
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = partial_dir(out)
     try:
         log = InputLog(strict=strict)
         spill = tmp / "spill.parquet"
@@ -96,6 +100,7 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
         with tqdm(total=total, unit="B", unit_scale=True, desc="prepare: reading",
                   disable=not progress) as bar:
             cats, dropped_ex = _read_and_filter(paths, spill, log, options, bar.update)
+        _require_rows(paths, log, cats)
         summary = _sample_split_write(spill, tmp / "data.parquet", cats, options, progress)
         spill.unlink()
         summary = {"inputs": log.files, "options": options, "rows_read": log.rows_read,
@@ -107,15 +112,16 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
         summary["unsupported_image_refs"] = log.unsupported_image_refs
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         replace_dir(tmp, out)
-    except BaseException:
+    finally:  # on success `tmp` was renamed away; on any error or interrupt it goes, spill and all
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
 def read_prepared(directory: str | os.PathLike[str], split: str | None = None) -> pa.Table:
     """The prepared rows (all, or one split) as a pyarrow Table with the contract's columns."""
     d = Path(directory)
+    if not d.exists():
+        recover_dir(d)  # `prepare --overwrite` died between its two renames: the backup is the dataset
     if not (d / "summary.json").is_file():
         raise DataError(f"{d} is not a prepared dataset (no summary.json); run `effiminivlm prepare` first")
     if split is not None and split not in SPLITS:
@@ -123,6 +129,20 @@ def read_prepared(directory: str | os.PathLike[str], split: str | None = None) -
     source = d / "data.parquet" if (d / "data.parquet").exists() else d / "data"
     dataset = ds.dataset(source, format="parquet")
     return dataset.to_table(filter=None if split is None else ds.field("split") == split)
+
+
+def _require_rows(paths: list[Path], log: InputLog, cats: dict[str, Counter[str]]) -> None:
+    """A DataError when not one valid row was read: every file unreadable, or every row bad.
+
+    A dataset of 0 rows would "succeed" and fail much later in `train`; the cause is here, in the inputs.
+    """
+    if cats:
+        return
+    bad = log.as_dict()
+    kinds = ", ".join(f"{n} {k}" for k, n in bad["by_kind"].items()) or "no rows at all"
+    first = next((ex[0] for ex in bad["examples"].values() if ex), "")
+    raise DataError(f"no valid row in {len(paths)} input file(s) ({kinds})"
+                    + (f"; e.g. {first}" if first else ""))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -25,9 +25,10 @@ Layout written by `write_synth(out, n)`:
   out/lovif/truth.csv        parent_asin, average_rating
 
 Item i is generated from its own seed sequence ``(seed, i)``: the same seed gives byte-identical files,
-and a smaller `n` gives a prefix of a larger catalog. Every item passes `prepare`'s default filters (all
-essential fields, > 30 characters of text, an image), so `n` items give `n` prepared rows; real data's
-empty descriptions are opt-in (`missing_description_frac`).
+and a smaller `n` gives a prefix of a larger catalog (tests pin the digest of `n=50, seed=0`). An existing
+catalog is replaced only with `overwrite=True` (`synth --overwrite`), and then whole and crash-safely.
+Every item passes `prepare`'s default filters (all essential fields, > 30 characters of text, an image), so
+`n` items give `n` prepared rows; real data's empty descriptions are opt-in (`missing_description_frac`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.files import partial_dir, recover_dir, remove_stale_partials, replace_dir
 
 LEVELS = (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)
 BASE_RATING, EFFECT_SCALE, NOISE_STD = 3.85, 0.75, 0.25
@@ -349,32 +351,35 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _prepare_out(root: Path) -> None:
-    """An empty folder, or an earlier catalog whose image folders are cleared (stale files of a bigger or
-    differently seeded run would otherwise linger beside the new ones). Anything else is refused."""
+def _check_out(root: Path, overwrite: bool) -> None:
+    """`root` may be new, empty, or (with `overwrite`) an earlier catalog; anything else is refused.
+
+    An earlier catalog is replaced whole, never regenerated in place: stale files of a bigger or differently
+    seeded run cannot linger, and a crash midway leaves the old catalog intact (see `write_synth`)."""
+    recover_dir(root)  # a run killed between the two renames of `replace_dir` left only the backup
+    remove_stale_partials(root)
     if root.exists() and not root.is_dir():
         raise DataError(f"synth: --out {root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()):
         if not (root / META_NAME).is_file():
             raise DataError(f"synth: --out {root} is not empty and holds no synthetic catalog ({META_NAME}); "
-                            "refusing to write into it")
-        for folder in (root / "images", root / "lovif" / "images"):
-            shutil.rmtree(folder, ignore_errors=True)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "lovif" / "images").mkdir(parents=True, exist_ok=True)
+                            "refusing to write into it, even with --overwrite")
+        if not overwrite:
+            raise DataError(f"synth: --out {root} already holds a synthetic catalog; pass --overwrite to "
+                            "replace it")
 
 
 def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: int = 96,
-                missing_description_frac: float = 0.0, progress: bool = True) -> SynthSummary:
+                missing_description_frac: float = 0.0, progress: bool = True,
+                overwrite: bool = False) -> SynthSummary:
     """Write an `n`-item catalog (meta JSONL, images, latent.csv, LoViF layout) to `out`.
 
-    `out` must be empty, new, or an earlier catalog (regenerated in place). With the default
-    `missing_description_frac=0` every item survives `prepare`'s default filters, so `n` items give `n`
-    prepared rows.
+    `out` must be empty, new, or (with `overwrite`) an earlier catalog. The catalog is written to a hidden
+    folder beside `out` and published with `files.replace_dir`, so a crash never leaves half a catalog and
+    never loses the one being replaced. With the default `missing_description_frac=0` every item survives
+    `prepare`'s default filters, so `n` items give `n` prepared rows.
     """
     import time
-
-    from tqdm.auto import tqdm
 
     if n < 1:
         raise EffiMiniVLMError(f"synth: --n must be at least 1, got {n}")
@@ -387,7 +392,23 @@ def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: 
                                f"{missing_description_frac}")
     start = time.perf_counter()
     root = Path(out)
-    _prepare_out(root)
+    _check_out(root, overwrite)
+    tmp = partial_dir(root)
+    try:
+        counts = _write_catalog(tmp, n, seed, image_size, missing_description_frac, progress)
+        replace_dir(tmp, root)
+    finally:  # on success `tmp` was renamed to `root`; on any error or interrupt the partial catalog goes
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SynthSummary(root, n, *counts[:2], time.perf_counter() - start, counts[2])
+
+
+def _write_catalog(root: Path, n: int, seed: int, image_size: int, missing_description_frac: float,
+                   progress: bool) -> tuple[int, int, int]:
+    """Write the catalog's files into the (new, empty) folder `root`; returns (images, bytes, missing)."""
+    from tqdm.auto import tqdm
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "lovif" / "images").mkdir(parents=True, exist_ok=True)
     n_images = n_bytes = n_missing = 0
     with (root / META_NAME).open("w", encoding="utf-8") as meta, \
             (root / "latent.csv").open("w", encoding="utf-8", newline="") as latent_f, \
@@ -416,4 +437,4 @@ def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: 
             input_w.writerow([rec["parent_asin"], rec["main_category"], rec["title"], str(rec["features"]),
                               str(rec["description"]), ";".join(names)])
             truth_w.writerow([rec["parent_asin"], rec["average_rating"]])
-    return SynthSummary(root, n, n_images, n_bytes, time.perf_counter() - start, n_missing)
+    return n_images, n_bytes, n_missing
