@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
@@ -30,7 +29,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
         raise DataError(f"{data_dir}: split {split!r} is empty")
     scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
                                     batch_size=batch_size, num_workers=num_workers)
-    store = ImageStore(images_dir if images_dir is not None else default_image_cache(data_dir))
+    store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     res = scorer.score_table(table, store, progress=progress)
     metrics = compute_metrics(res.pred, res.target, res.category, res.rating_number, min_rating_number)
     meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": scorer.images,

@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError
 from effiminivlm.files import atomic_write_text
@@ -46,8 +45,8 @@ def read_inputs(inputs: list[str], *, split: str | None = None, images_dir: str 
     if len(inputs) == 1 and first.is_dir() and (first / "summary.json").is_file():
         from effiminivlm.data.prepare import read_prepared
 
-        cache = images_dir if images_dir is not None else default_image_cache(first)
-        return PredictInputs(read_prepared(first, split), ImageStore(cache), "prepared")
+        store = ImageStore.for_prepared(first, images_dir)  # local refs confined to the recorded roots
+        return PredictInputs(read_prepared(first, split), store, "prepared")
     if split is not None:
         raise DataError("--split applies to a prepared dataset folder only")
     if len(inputs) == 1 and first.suffix.lower() == ".csv":
