@@ -1,9 +1,5 @@
-"""Images: loading (modes, tiny, corrupt, bombs), the offline ImageStore, and fetch_images against a local
-HTTP server (404, timeout, corrupt body, 500-then-200, resume, --retry-failed, CLI).
-
-No test can hang: the server runs in daemon threads and is shut down in the fixture's teardown; the slow
-handler waits on an event the teardown sets; every client call has a sub-second timeout.
-"""
+"""Images: loading (modes, tiny, corrupt, bombs: each exact status), the offline ImageStore and its
+allowed-roots rule (local paths, file:// URLs, manifest entries). The downloader is in test_fetch.py."""
 
 from __future__ import annotations
 
@@ -11,27 +7,20 @@ import contextlib
 import io
 import json
 import pickle
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from effiminivlm.cli import main
 from effiminivlm.data.images import (
     MANIFEST,
     ImageStore,
-    fetch_images,
     load_image,
     load_image_with_reason,
-    read_manifest,
+    to_rgb,
 )
-from effiminivlm.errors import DataError
 from tests.data.test_meta import record, write_jsonl
 
 
@@ -151,3 +140,95 @@ def test_store_reads_the_manifest(tmp_path: Path) -> None:
     assert store.resolve(" http://h/ok.png ") == tmp_path / "ab" / "abc.png"
     assert [store.resolve(u) for u in ("http://h/gone.png", "http://h/bad.png", "http://h/t")] == [None] * 3
     assert store.stats.unresolved() == {"cache_file_missing": 1, "fetch_failed": 1, "not_fetched": 1}
+
+
+def test_each_decode_status_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (12, 12), (9, 8, 7)).save(tmp_path / "ok.png")
+    Image.new("RGB", (9, 12)).save(tmp_path / "small.png")
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")  # 10x the limit below: Pillow raises
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    statuses = {name: load_image_with_reason(tmp_path / name)[1]
+                for name in ("ok.png", "small.png", "big.png", "junk.jpg", "gone.png")}
+    assert statuses == {"ok.png": None, "small.png": "too_small", "big.png": "decompression_bomb",
+                        "junk.jpg": "decode_error", "gone.png": "missing"}
+    ok = load_image(tmp_path / "ok.png")
+    assert ok is not None and ok.mode == "RGB" and ok.getpixel((0, 0)) == (9, 8, 7)
+    store = ImageStore(None)
+    for name in statuses:
+        store.open(str(tmp_path / name))
+    assert store.stats.load_failed == Counter(too_small=1, decompression_bomb=1, decode_error=1)
+    assert (store.stats.resolved, store.stats.missing_file) == (4, 1)
+
+
+def test_to_rgb_is_idempotent_on_rgb_and_composites_alpha_on_white() -> None:
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    once = to_rgb(rgb)
+    assert once.mode == "RGB" and np.array_equal(np.asarray(once), np.asarray(rgb))
+    assert np.array_equal(np.asarray(to_rgb(once)), np.asarray(once))
+    clear = Image.new("RGBA", (12, 12), (0, 0, 0, 0))
+    assert to_rgb(clear).getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_store_with_allowed_roots_refuses_paths_outside_them(tmp_path: Path) -> None:
+    root, cache, outside = tmp_path / "catalog", tmp_path / "cache", tmp_path / "elsewhere"
+    for d in (root / "images", cache, outside):
+        d.mkdir(parents=True)
+    inside = root / "images" / "a.png"
+    inside.write_bytes(png())
+    secret = outside / "secret.png"
+    secret.write_bytes(png())
+    (root / "images" / "link.png").symlink_to(secret)  # a link out of the root is outside too
+    store = ImageStore(cache, allowed_roots=[root])
+    assert store.resolve(str(inside)) == inside.resolve()
+    assert store.resolve(inside.as_uri()) == inside.resolve()
+    assert store.resolve(str(root / "images" / ".." / "images" / "a.png")) == inside.resolve()
+    refused = [str(secret), secret.as_uri(), str(root / ".." / "elsewhere" / "secret.png"),
+               str(root / "images" / "link.png"), "/etc/passwd", "file:///etc/passwd", "~/secret.png"]
+    assert [store.resolve(r) for r in refused] == [None] * len(refused)
+    assert store.open("/etc/passwd") is None
+    assert store.stats.outside_images_root == len(refused) + 1 and store.stats.resolved == 3
+    assert store.stats.unresolved() == {"outside_images_root": len(refused) + 1}
+    assert ImageStore(None).resolve(str(secret)) == secret  # no roots given: the caller vouched for them
+
+
+def test_store_refuses_manifest_entries_outside_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "ab").mkdir(parents=True)
+    (cache / "ab" / "abc.png").write_bytes(png())
+    (tmp_path / "secret.png").write_bytes(png())
+    lines = [{"ref": "http://h/ok.png", "status": "ok", "path": "ab/abc.png"},
+             {"ref": "http://h/up.png", "status": "ok", "path": "../secret.png"},
+             {"ref": "http://h/abs.png", "status": "ok", "path": str(tmp_path / "secret.png")},
+             {"ref": "http://h/etc.png", "status": "ok", "path": "/etc/passwd"}]
+    (cache / MANIFEST).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store = ImageStore(cache)
+    assert store.resolve("http://h/ok.png") == (cache / "ab" / "abc.png").resolve()
+    assert [store.resolve(f"http://h/{n}.png") for n in ("up", "abs", "etc")] == [None] * 3
+    assert store.stats.unresolved() == {"outside_cache": 3}
+
+
+def test_store_for_a_prepared_dataset_uses_its_recorded_roots(tmp_path: Path) -> None:
+    from effiminivlm.data.prepare import prepare
+
+    catalog = tmp_path / "catalog"
+    (catalog / "images").mkdir(parents=True)
+    (catalog / "images" / "a.png").write_bytes(png())
+    (tmp_path / "secret.png").write_bytes(png())
+    meta = write_jsonl(catalog / "meta_Amazon_Fashion.jsonl", [
+        record("A1", images=[{"large": "images/a.png", "variant": "MAIN"},
+                             {"large": "../secret.png", "variant": "PT01"},
+                             {"large": "/etc/passwd", "variant": "PT02"},
+                             {"large": "file:///etc/passwd", "variant": "PT03"},
+                             {"large": "~/.ssh/id_rsa", "variant": "PT04"}])])
+    summary = prepare([meta], tmp_path / "prep", frac=1.0, min_per_category=0, progress=False)
+    assert summary["refused_image_refs"] == {"outside_images_root": 4}
+    assert summary["image_roots"] == [str(catalog.resolve())]
+    # a shared prepared dataset whose rows were edited to point elsewhere is refused at read time too
+    store = ImageStore.for_prepared(tmp_path / "prep")
+    assert store.resolve(str(catalog / "images" / "a.png")) is not None
+    assert store.resolve(str(tmp_path / "secret.png")) is None and store.stats.outside_images_root == 1
+    extra = tmp_path / "extra"  # an explicit --images-dir is always allowed
+    extra.mkdir()
+    (extra / "b.png").write_bytes(png())
+    assert ImageStore.for_prepared(tmp_path / "prep", extra).resolve(str(extra / "b.png")) is not None

@@ -444,5 +444,7 @@ def _resolve_ref(ref: str, base_dir: Path) -> tuple[str | None, str | None]:
     path, why = local_path(ref)
     if path is None:
         return None, why
+    if str(path).startswith("~"):  # never expanded: data must not depend on who runs the tool
+        return None, "outside_images_root"
     confined = confine(path if path.is_absolute() else base_dir / path, [base_dir])
     return (str(confined), None) if confined is not None else (None, "outside_images_root")
