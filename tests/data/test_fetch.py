@@ -357,9 +357,10 @@ def test_private_and_special_hosts_are_refused_without_the_flag(server: _Server,
     port = server.server_address[1]
     refs = [server.url("/ok.png"), f"http://localhost:{port}/ok.png", f"http://[::1]:{port}/ok.png",
             "http://10.0.0.1/a.png", "http://169.254.169.254/latest/meta-data", "http://metadata.example/a.png",
-            "http://mixed.example/a.png", "http://0.0.0.0/a.png"]
+            "http://mixed.example/a.png", "http://0.0.0.0/a.png", f"http://2130706433:{port}/ok.png",
+            f"http://[::ffff:127.0.0.1]:{port}/ok.png"]  # 127.0.0.1 spelt as an integer / IPv4-mapped
     summary = fetch_images(refs, tmp_path / "cache", **{**FAST, "allow_private_hosts": False, "retries": 2})
-    assert summary.failed == Counter(private_address=5, blocked_address=3)
+    assert summary.failed == Counter(private_address=7, blocked_address=3)
     assert server.hits == Counter()  # nothing reached the server
     manifest = read_manifest(tmp_path / "cache")
     assert manifest["http://169.254.169.254/latest/meta-data"] == {
@@ -372,10 +373,10 @@ PUBLIC_STANDIN = "127.0.0.2"  # a loopback address the test treats as public: no
 
 def test_each_redirect_hop_is_checked_and_the_checked_address_is_used(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import effiminivlm.data.images.fetch as fetch_mod
+    import effiminivlm.data.images.net as net_mod
 
-    real = fetch_mod.address_refusal
-    monkeypatch.setattr(fetch_mod, "address_refusal",
+    real = net_mod.address_refusal
+    monkeypatch.setattr(net_mod, "address_refusal",
                         lambda ip, allow=False: None if ip == PUBLIC_STANDIN else real(ip, allow))
     asked = _fake_dns(monkeypatch, {"cdn.example": [PUBLIC_STANDIN]})
     with _serving(PUBLIC_STANDIN) as public, _serving() as private:

@@ -15,13 +15,8 @@ from effiminivlm.data.images.decode import (
     to_rgb,
     too_many_pixels,
 )
-from effiminivlm.data.images.fetch import (
-    FetchSummary,
-    address_refusal,
-    checked_addresses,
-    fetch_images,
-    remove_orphans,
-)
+from effiminivlm.data.images.fetch import FetchSummary, fetch_images, remove_orphans
+from effiminivlm.data.images.net import address_refusal, checked_addresses
 from effiminivlm.data.images.store import (
     MANIFEST,
     ImageStore,
