@@ -35,7 +35,7 @@ class FetchError(Exception):
 
 
 def address_refusal(ip: str, allow_private: bool = False) -> str | None:
-    """"private_address" or "blocked_address" when a connection to `ip` is refused, None when allowed."""
+    """The refusal ("private_address" or "blocked_address") of a connection to `ip`; None when allowed."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
