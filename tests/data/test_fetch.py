@@ -236,6 +236,8 @@ def test_fetch_images_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
         fetch_images(tmp_path, progress=False)
     assert main(["fetch-images", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers >= 1" in capsys.readouterr().err
+    assert main(["fetch-images", str(tmp_path), "--deadline", "0"]) == 2
+    assert "--deadline > 0 (got 16, 3, 10.0, 0.0)" in capsys.readouterr().err
 
 
 def test_fetch_images_with_only_local_refs_downloads_nothing(prepared: Path, tmp_path: Path,
