@@ -64,12 +64,17 @@ def fetch_images_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per connect / read."),
     retries: int = typer.Option(3, help="Retries of a transient failure (timeout, 5xx, 429), with backoff."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try earlier runs' failures again."),
+    deadline: float | None = typer.Option(None, help="Seconds one download attempt may take in total "
+                                          "(default max(60, 6 x --timeout))."),
+    allow_private_hosts: bool = typer.Option(False, "--allow-private-hosts", help="Allow loopback and "
+                                             "private addresses (internal image CDN); refused by default."),
 ) -> None:
     """Download every image URL of a prepared dataset once into a content-addressed cache (resumable)."""
     from effiminivlm.data.images import fetch_images
 
     typer.echo(str(fetch_images(prepared, cache, workers=workers, timeout=timeout, retries=retries,
-                                retry_failed=retry_failed, progress=True)))
+                                retry_failed=retry_failed, deadline=deadline,
+                                allow_private_hosts=allow_private_hosts, progress=True)))
 
 
 @app.command("synth")

@@ -1,9 +1,5 @@
-"""Images: loading (modes, tiny, corrupt, bombs), the offline ImageStore, and fetch_images against a local
-HTTP server (404, timeout, corrupt body, 500-then-200, resume, --retry-failed, CLI).
-
-No test can hang: the server runs in daemon threads and is shut down in the fixture's teardown; the slow
-handler waits on an event the teardown sets; every client call has a sub-second timeout.
-"""
+"""Images: loading (modes, tiny, corrupt, bombs: each exact status), the offline ImageStore and its
+allowed-roots rule (local paths, file:// URLs, manifest entries). The downloader is in test_fetch.py."""
 
 from __future__ import annotations
 
@@ -11,27 +7,20 @@ import contextlib
 import io
 import json
 import pickle
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from effiminivlm.cli import main
 from effiminivlm.data.images import (
     MANIFEST,
     ImageStore,
-    fetch_images,
     load_image,
     load_image_with_reason,
-    read_manifest,
+    to_rgb,
 )
-from effiminivlm.errors import DataError
 from tests.data.test_meta import record, write_jsonl
 
 
@@ -153,174 +142,93 @@ def test_store_reads_the_manifest(tmp_path: Path) -> None:
     assert store.stats.unresolved() == {"cache_file_missing": 1, "fetch_failed": 1, "not_fetched": 1}
 
 
-# ---------------------------------------------------------------------------------------------- fetching
+def test_each_decode_status_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (12, 12), (9, 8, 7)).save(tmp_path / "ok.png")
+    Image.new("RGB", (9, 12)).save(tmp_path / "small.png")
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")  # 10x the limit below: Pillow raises
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    statuses = {name: load_image_with_reason(tmp_path / name)[1]
+                for name in ("ok.png", "small.png", "big.png", "junk.jpg", "gone.png")}
+    assert statuses == {"ok.png": None, "small.png": "too_small", "big.png": "decompression_bomb",
+                        "junk.jpg": "decode_error", "gone.png": "missing"}
+    ok = load_image(tmp_path / "ok.png")
+    assert ok is not None and ok.mode == "RGB" and ok.getpixel((0, 0)) == (9, 8, 7)
+    store = ImageStore(None)
+    for name in statuses:
+        store.open(str(tmp_path / name))
+    assert store.stats.load_failed == Counter(too_small=1, decompression_bomb=1, decode_error=1)
+    assert (store.stats.resolved, store.stats.missing_file) == (4, 1)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # never joined on close: a stuck handler cannot block the teardown
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.stop = threading.Event()
-        self.hits: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.bodies = {"/ok.png": png(colour=(1, 2, 3)), "/same.png": png(colour=(1, 2, 3)),
-                       "/flaky.png": png(colour=(4, 5, 6)), "/later.png": png(colour=(7, 8, 9)),
-                       "/corrupt.jpg": b"\xff\xd8\xff\xe0 this is not really a jpeg"}
-        self.fail_first = {"/flaky.png": 1}  # 500 this many times, then 200
-        self.not_found = {"/missing.png", "/later.png"}
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the client hung up on the slow handler: expected, not worth a traceback
+def test_to_rgb_is_idempotent_on_rgb_and_composites_alpha_on_white() -> None:
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    once = to_rgb(rgb)
+    assert once.mode == "RGB" and np.array_equal(np.asarray(once), np.asarray(rgb))
+    assert np.array_equal(np.asarray(to_rgb(once)), np.asarray(once))
+    clear = Image.new("RGBA", (12, 12), (0, 0, 0, 0))
+    assert to_rgb(clear).getpixel((3, 3)) == (255, 255, 255)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        srv = self.server
-        with srv.lock:
-            srv.hits[self.path] += 1
-            n = srv.hits[self.path]
-        if self.path == "/slow.png":
-            srv.stop.wait(3.0)  # longer than the client's timeout; the teardown releases it at once
-            return self._send(200, srv.bodies["/ok.png"])
-        if self.path == "/always500.png" or n <= srv.fail_first.get(self.path, 0):
-            return self._send(500, b"try again")
-        if self.path in srv.not_found or self.path not in srv.bodies:
-            return self._send(404, b"not found")
-        self._send(200, srv.bodies[self.path])
-
-    def _send(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def test_store_with_allowed_roots_refuses_paths_outside_them(tmp_path: Path) -> None:
+    root, cache, outside = tmp_path / "catalog", tmp_path / "cache", tmp_path / "elsewhere"
+    for d in (root / "images", cache, outside):
+        d.mkdir(parents=True)
+    inside = root / "images" / "a.png"
+    inside.write_bytes(png())
+    secret = outside / "secret.png"
+    secret.write_bytes(png())
+    (root / "images" / "link.png").symlink_to(secret)  # a link out of the root is outside too
+    store = ImageStore(cache, allowed_roots=[root])
+    assert store.resolve(str(inside)) == inside.resolve()
+    assert store.resolve(inside.as_uri()) == inside.resolve()
+    assert store.resolve(str(root / "images" / ".." / "images" / "a.png")) == inside.resolve()
+    refused = [str(secret), secret.as_uri(), str(root / ".." / "elsewhere" / "secret.png"),
+               str(root / "images" / "link.png"), "/etc/passwd", "file:///etc/passwd", "~/secret.png"]
+    assert [store.resolve(r) for r in refused] == [None] * len(refused)
+    assert store.open("/etc/passwd") is None
+    assert store.stats.outside_images_root == len(refused) + 1 and store.stats.resolved == 3
+    assert store.stats.unresolved() == {"outside_images_root": len(refused) + 1}
+    assert ImageStore(None).resolve(str(secret)) == secret  # no roots given: the caller vouched for them
 
 
-@pytest.fixture()
-def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.stop.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
-
-
-FAST = {"timeout": 0.3, "backoff": 0.01, "progress": False, "workers": 4}
-
-
-def test_fetch_downloads_retries_and_records_failures(server: _Server, tmp_path: Path) -> None:
-    paths = ["/ok.png", "/same.png", "/missing.png", "/corrupt.jpg", "/flaky.png", "/slow.png",
-             "/always500.png"]
-    refs = [server.url(p) for p in paths] + [server.url("/ok.png"), str(tmp_path / "local.png")]
-    summary = fetch_images(refs, tmp_path / "cache", retries=2, **FAST)
-    assert (summary.refs, summary.local, summary.downloaded, summary.cached) == (7, 1, 3, 0)
-    assert summary.failed == Counter(http_404=1, not_an_image=1, timeout=1, http_500=1)
-    # 404 and a non-image body fail at once; 5xx and timeouts are retried (1 + 2 retries); duplicates once
-    assert server.hits == Counter({"/ok.png": 1, "/same.png": 1, "/missing.png": 1, "/corrupt.jpg": 1,
-                                   "/flaky.png": 2, "/slow.png": 3, "/always500.png": 3})
-    manifest = read_manifest(tmp_path / "cache")
-    assert manifest[server.url("/flaky.png")]["attempts"] == 2
-    assert manifest[server.url("/missing.png")] == {"ref": server.url("/missing.png"), "status": "failed",
-                                                    "error": "http_404", "retryable": False, "attempts": 1}
-    assert manifest[server.url("/slow.png")]["retryable"] is True
-    # content-addressed: identical bytes behind two URLs are one file
-    assert manifest[server.url("/ok.png")]["path"] == manifest[server.url("/same.png")]["path"]
-    assert len(list((tmp_path / "cache").glob("*/*.png"))) == 2
-    store = ImageStore(tmp_path / "cache")
-    img = store.open(server.url("/same.png"))
-    assert img is not None and img.getpixel((0, 0)) == (1, 2, 3)
-    assert store.resolve(server.url("/slow.png")) is None and store.stats.fetch_failed == 1
-    assert "3 downloaded, 0 already cached, 4 failed (" in str(summary) and "http_404: 1" in str(summary)
-
-
-def test_fetch_resumes_and_retries_failures_only_when_asked(server: _Server, tmp_path: Path) -> None:
+def test_store_refuses_manifest_entries_outside_the_cache(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    refs = [server.url(p) for p in ("/ok.png", "/flaky.png", "/later.png", "/same.png")]
-    first = fetch_images(refs, cache, retries=0, **FAST)
-    assert (first.downloaded, first.failed) == (2, Counter(http_500=1, http_404=1))
-    hits = server.hits.copy()
-
-    again = fetch_images(refs, cache, retries=0, **FAST)  # a re-run downloads nothing new
-    assert (again.downloaded, again.cached, sum(again.failed.values())) == (0, 2, 0)
-    assert again.skipped_failed == Counter(http_500=1, http_404=1) and server.hits == hits
-    assert "--retry-failed" in str(again)
-
-    # A crash mid-write: the manifest keeps ok.png's entry and half of flaky.png's line. The torn line is
-    # ignored and the next run appends on a fresh line, so its own entries stay readable.
-    manifest = cache / MANIFEST
-    lines = {urlparse(json.loads(line)["ref"]).path: line for line in manifest.read_text().splitlines(True)}
-    manifest.write_text(lines["/ok.png"] + lines["/flaky.png"][:30])
-    server.not_found.discard("/later.png")  # the link works now
-    resumed = fetch_images(refs, cache, retries=0, **FAST)
-    assert (resumed.cached, resumed.downloaded, resumed.failed) == (1, 3, Counter())
-    assert server.hits["/ok.png"] == hits["/ok.png"]  # still in the manifest: not fetched again
-    assert len(read_manifest(cache)) == 4
-    assert all(e["status"] == "ok" for e in read_manifest(cache).values())
-
-    # --retry-failed: a fresh failure is skipped by default and retried on request
-    server.not_found.add("/missing.png")
-    fetch_images([server.url("/missing.png")], cache, retries=0, **FAST)
-    before = server.hits["/missing.png"]
-    fetch_images([server.url("/missing.png")], cache, retries=0, **FAST)
-    assert server.hits["/missing.png"] == before
-    retried = fetch_images([server.url("/missing.png")], cache, retries=0, retry_failed=True, **FAST)
-    assert server.hits["/missing.png"] == before + 1 and retried.failed == Counter(http_404=1)
+    (cache / "ab").mkdir(parents=True)
+    (cache / "ab" / "abc.png").write_bytes(png())
+    (tmp_path / "secret.png").write_bytes(png())
+    lines = [{"ref": "http://h/ok.png", "status": "ok", "path": "ab/abc.png"},
+             {"ref": "http://h/up.png", "status": "ok", "path": "../secret.png"},
+             {"ref": "http://h/abs.png", "status": "ok", "path": str(tmp_path / "secret.png")},
+             {"ref": "http://h/etc.png", "status": "ok", "path": "/etc/passwd"}]
+    (cache / MANIFEST).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store = ImageStore(cache)
+    assert store.resolve("http://h/ok.png") == (cache / "ab" / "abc.png").resolve()
+    assert [store.resolve(f"http://h/{n}.png") for n in ("up", "abs", "etc")] == [None] * 3
+    assert store.stats.unresolved() == {"outside_cache": 3}
 
 
-def test_fetch_refuses_a_decompression_bomb(server: _Server, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # the 24x16 test images are 384 px
-    with pytest.warns(Image.DecompressionBombWarning):
-        summary = fetch_images([server.url("/ok.png")], tmp_path / "cache", retries=3, **FAST)
-    assert summary.failed == Counter(decompression_bomb=1) and server.hits["/ok.png"] == 1
-
-
-def test_fetch_images_cli_on_a_prepared_dataset(server: _Server, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_store_for_a_prepared_dataset_uses_its_recorded_roots(tmp_path: Path) -> None:
     from effiminivlm.data.prepare import prepare
 
-    images = [{"large": server.url("/ok.png"), "variant": "MAIN"},
-              {"large": server.url("/missing.png"), "variant": "PT01"}]
-    meta = write_jsonl(tmp_path / "meta_Amazon_Fashion.jsonl",
-                       [record(f"A{i}", images=images) for i in range(3)])
-    prepare([meta], tmp_path / "prep", frac=1.0, min_per_category=0)
-    assert main(["fetch-images", str(tmp_path / "prep"), "--workers", "2", "--timeout", "0.5",
-                 "--retries", "0"]) == 0
-    assert "2 image URLs -> " in (out := capsys.readouterr().out)
-    assert "1 downloaded, 0 already cached, 1 failed (http_404: 1)" in out
-    store = ImageStore(tmp_path / "prep" / "images")  # the default cache, where train / predict look
-    assert store.resolve(server.url("/ok.png")) is not None
-    assert server.hits == Counter({"/ok.png": 1, "/missing.png": 1})
-    assert main(["fetch-images", str(tmp_path / "prep"), "--cache", str(tmp_path / "other"), "--workers", "1",
-                 "--timeout", "0.5", "--retry-failed"]) == 0
-    assert (tmp_path / "other" / MANIFEST).is_file()
-
-
-def test_fetch_images_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fetch-images", str(tmp_path / "nowhere")]) == 2
-    assert "is not a prepared dataset" in capsys.readouterr().err
-    with pytest.raises(DataError, match="not a prepared dataset"):
-        fetch_images(tmp_path, progress=False)
-    assert main(["fetch-images", str(tmp_path), "--workers", "0"]) == 2
-    assert "--workers >= 1" in capsys.readouterr().err
-
-
-def test_fetch_images_with_only_local_refs_downloads_nothing(prepared: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fetch-images", str(prepared), "--cache", str(tmp_path / "cache")]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("0 image URLs") and "local references need no download" in out
-    assert not (tmp_path / "cache").exists()  # no empty cache that train / predict would take for one
+    catalog = tmp_path / "catalog"
+    (catalog / "images").mkdir(parents=True)
+    (catalog / "images" / "a.png").write_bytes(png())
+    (tmp_path / "secret.png").write_bytes(png())
+    meta = write_jsonl(catalog / "meta_Amazon_Fashion.jsonl", [
+        record("A1", images=[{"large": "images/a.png", "variant": "MAIN"},
+                             {"large": "../secret.png", "variant": "PT01"},
+                             {"large": "/etc/passwd", "variant": "PT02"},
+                             {"large": "file:///etc/passwd", "variant": "PT03"},
+                             {"large": "~/.ssh/id_rsa", "variant": "PT04"}])])
+    summary = prepare([meta], tmp_path / "prep", frac=1.0, min_per_category=0, progress=False)
+    assert summary["refused_image_refs"] == {"outside_images_root": 4}
+    assert summary["image_roots"] == [str(catalog.resolve())]
+    # a shared prepared dataset whose rows were edited to point elsewhere is refused at read time too
+    store = ImageStore.for_prepared(tmp_path / "prep")
+    assert store.resolve(str(catalog / "images" / "a.png")) is not None
+    assert store.resolve(str(tmp_path / "secret.png")) is None and store.stats.outside_images_root == 1
+    extra = tmp_path / "extra"  # an explicit --images-dir is always allowed
+    extra.mkdir()
+    (extra / "b.png").write_bytes(png())
+    assert ImageStore.for_prepared(tmp_path / "prep", extra).resolve(str(extra / "b.png")) is not None

@@ -99,15 +99,20 @@ def test_image_refs_main_first_hi_res_else_large_relative_resolved(tmp_path: Pat
     images = [
         {"large": "images/b.jpg", "variant": "PT01", "hi_res": None},
         {"large": "https://x/l.jpg", "variant": "MAIN", "hi_res": "https://x/h.jpg"},
-        {"large": "file:///data/c.jpg", "variant": "PT02"},
-        {"large": "/abs/d.jpg", "variant": "PT03"},
+        {"large": (tmp_path / "c.jpg").as_uri(), "variant": "PT02"},
+        {"large": str(tmp_path / "sub" / "d.jpg"), "variant": "PT03"},
         {"large": "s3://bucket/e.jpg", "variant": "PT04"},
         {"large": "https://x/h.jpg", "variant": "PT05"},  # same picture twice: kept once
+        {"large": "file:///etc/passwd", "variant": "PT06"},  # outside the meta file's folder: refused
+        {"large": "/etc/passwd", "variant": "PT07"},
+        {"large": "../up.jpg", "variant": "PT08"},
+        {"large": "~/me.jpg", "variant": "PT09"},
     ]
     log = InputLog()
     refs = image_refs(images, tmp_path, log)
-    assert refs == ["https://x/h.jpg", str(tmp_path / "images/b.jpg"), "file:///data/c.jpg", "/abs/d.jpg"]
-    assert log.unsupported_image_refs == 1
+    root = tmp_path.resolve()
+    assert refs == ["https://x/h.jpg", *(str(root / p) for p in ("images/b.jpg", "c.jpg", "sub/d.jpg"))]
+    assert log.unsupported_image_refs == 1 and log.refused_image_refs == {"outside_images_root": 4}
     as_struct = {k: [im.get(k) for im in images] for k in ("hi_res", "large", "thumb", "variant")}
     assert image_refs(as_struct, tmp_path) == refs
     assert image_refs(None, tmp_path) == [] and image_refs([], tmp_path) == []

@@ -17,9 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError
+from effiminivlm.files import recover_dir
 
 
 @dataclass
@@ -38,19 +38,21 @@ def read_inputs(inputs: list[str], *, split: str | None = None, images_dir: str 
     if not inputs:
         raise DataError("nothing to predict: give a prepared folder, an input.csv or metadata files")
     first = Path(inputs[0])
+    if len(inputs) == 1:
+        recover_dir(first)  # a prepared folder whose --overwrite replacement was interrupted comes back
     if len(inputs) == 1 and first.is_dir() and (first / "summary.json").is_file():
         from effiminivlm.data.prepare import read_prepared
 
-        cache = images_dir if images_dir is not None else default_image_cache(first)
-        return PredictInputs(read_prepared(first, split), ImageStore(cache), "prepared")
+        store = ImageStore.for_prepared(first, images_dir)  # local refs confined to the recorded roots
+        return PredictInputs(read_prepared(first, split), store, "prepared")
     if split is not None:
         raise DataError("--split applies to a prepared dataset folder only")
     if len(inputs) == 1 and first.suffix.lower() == ".csv":
         from effiminivlm.data.lovif import read_lovif
 
-        table, stats = read_lovif(first, images_dir)
+        table, stats = read_lovif(first, images_dir, strict=strict)
         return PredictInputs(table, ImageStore(None), "lovif", skipped=_nonzero(vars(stats)))
-    from effiminivlm.data.meta import read_meta_table
+    from effiminivlm.data.readers import read_meta_table
 
     table, log = read_meta_table(inputs, require_rating=False, strict=strict)
     cache = images_dir if images_dir is not None else None

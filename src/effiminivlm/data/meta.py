@@ -20,7 +20,6 @@ The readers moved to `data.readers`; their names are still importable from here.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
@@ -66,6 +65,7 @@ class InputLog:
     examples: dict[str, list[str]] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     unsupported_image_refs: int = 0
+    refused_image_refs: dict[str, int] = field(default_factory=dict)  # by reason, see image_refs
 
     def record(self, kind: str, source: str, message: str) -> None:
         """Count one bad row/file; in strict mode raise instead so the user fixes the data first."""
@@ -202,8 +202,11 @@ def image_refs(images: Any, base_dir: Path, log: InputLog | None = None) -> list
     """Ordered image references: one per image (hi_res, else large), the MAIN variant first.
 
     Accepts the JSON layout (list of {hi_res, large, thumb, variant}) and the HF parquet layout (a struct of
-    lists). Relative local paths are resolved against the meta file's folder and stored absolute, so the
-    prepared dataset works from any working directory.
+    lists). Local references (relative, absolute or file://) must resolve inside the meta file's folder
+    `base_dir`, its images root; they are stored as absolute paths, so the prepared dataset works from any
+    working directory. Others are dropped and counted in `log`: other URL schemes in
+    `unsupported_image_refs`, paths leaving the root (`..`, `~`, absolute elsewhere, a symlink out) in
+    `refused_image_refs["outside_images_root"]`.
     """
     if isinstance(images, dict):  # HF parquet: {hi_res: [...], large: [...], thumb: [...], variant: [...]}
         cols = [images.get(k) or [] for k in ("hi_res", "large", "variant")]
@@ -227,19 +230,28 @@ def image_refs(images: Any, base_dir: Path, log: InputLog | None = None) -> list
             continue
         if not isinstance(ref, str):
             raise BadRow("bad_type", f"image reference must be a string, got {type(ref).__name__}")
-        ref = _resolve_ref(ref.strip(), base_dir)
+        ref, refusal = _resolve_ref(ref.strip(), base_dir)
         if ref is None:
-            if log is not None:
+            if log is not None and refusal == "unsupported":
                 log.unsupported_image_refs += 1
+            elif log is not None and refusal is not None:
+                log.refused_image_refs[refusal] = log.refused_image_refs.get(refusal, 0) + 1
             continue
         (main if variant == "MAIN" else rest).append(ref)
     return list(dict.fromkeys(main + rest))
 
 
-def _resolve_ref(ref: str, base_dir: Path) -> str | None:
-    """http(s) and file:// URLs as they are, local paths absolute; other URL schemes -> None (counted)."""
-    if ref.startswith(("https://", "http://")) or ref[:8].lower().startswith(("http://", "https://", "file://")):
-        return ref
-    if "://" in ref:
-        return None
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(ref)))
+def _resolve_ref(ref: str, base_dir: Path) -> tuple[str | None, str | None]:
+    """(http(s) URL as it is, or local path made absolute inside `base_dir`, None), or (None, reason) with
+    reason "unsupported" (another scheme, file://otherhost, empty) or "outside_images_root"."""
+    from effiminivlm.data.images.store import confine, is_url, local_path
+
+    if is_url(ref):
+        return ref, None
+    path, why = local_path(ref)
+    if path is None:
+        return None, why
+    if str(path).startswith("~"):  # never expanded: data must not depend on who runs the tool
+        return None, "outside_images_root"
+    confined = confine(path if path.is_absolute() else base_dir / path, [base_dir])
+    return (str(confined), None) if confined is not None else (None, "outside_images_root")

@@ -110,6 +110,10 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
         summary["dropped_examples"] = {**dropped_ex, **summary.pop("duplicate_examples")}
         summary["category_from_file_name"] = sum(c["category_from_file_name"] for c in cats.values())
         summary["unsupported_image_refs"] = log.unsupported_image_refs
+        summary["refused_image_refs"] = log.refused_image_refs
+        from effiminivlm.data.images.store import image_roots_of
+
+        summary["image_roots"] = image_roots_of(log.files)  # where ImageStore.for_prepared reads local refs
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         replace_dir(tmp, out)
     finally:  # on success `tmp` was renamed away; on any error or interrupt it goes, spill and all

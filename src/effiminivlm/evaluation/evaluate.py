@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from effiminivlm.data.dataset import default_image_cache
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
@@ -36,7 +35,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     mode = image_mode(model, images)
-    store = ImageStore(images_dir if images_dir is not None else default_image_cache(data_dir))
+    store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
                          num_workers=default_num_workers(num_workers))
     res = run_inference(model.to(dev), loader, dev, prec, progress=progress, desc="score")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from effiminivlm.config import Recipe, from_dict
-from effiminivlm.data.dataset import Collator, ProductDataset, default_image_cache, rating_weight_mu
+from effiminivlm.data.dataset import Collator, ProductDataset, rating_weight_mu
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
@@ -142,7 +142,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise DataError(f"{data_dir}: training needs non-empty train and val splits "
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
     mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
-    store = ImageStore(images_dir if images_dir is not None else default_image_cache(data_dir))
+    store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
 
     model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)
