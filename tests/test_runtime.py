@@ -27,7 +27,7 @@ BF16_ATOL = 0.05
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     m = create_model(load_recipe("tiny").model, pretrained=False)
-    init_output_bias(m, 3.0)  # scores near 3, where bf16's resolution is 1/64: ties appear if the head is bf16
+    init_output_bias(m, 3.0)  # scores near 3, where bf16 steps by 1/64: a bf16 head makes ties
     return m.eval()
 
 
@@ -36,7 +36,8 @@ def _batch(n: int = N, seed: int = 1) -> dict[str, torch.Tensor]:
     ids = torch.randint(1000, 30000, (n, 12), generator=g)
     ids[:, 0] = 101
     return {"pixel_values": torch.randn(n, 3, 64, 64, generator=g), "input_ids": ids,
-            "attention_mask": torch.ones(n, 12, dtype=torch.long), "has_image": torch.ones(n, dtype=torch.bool),
+            "attention_mask": torch.ones(n, 12, dtype=torch.long),
+            "has_image": torch.ones(n, dtype=torch.bool),
             "target": torch.full((n,), 4.0), "rating_number": torch.full((n,), 10.0)}
 
 
