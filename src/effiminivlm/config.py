@@ -32,8 +32,8 @@ class ImageEncoderCfg:
     name: str = "tf_efficientnet_lite0"
     pretrained: str | None = None
     image_size: int = 224
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: list[float] | None = None  # None: the encoder's pretrained mean/std (models.resolve_image_cfg)
+    std: list[float] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

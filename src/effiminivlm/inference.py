@@ -35,20 +35,16 @@ class InferenceResult:
 
 
 def forward_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """Model output [B] for a collated batch. With several images per item ("mean"), the item's image vector
-    is the mean of its images' pooled features, in the same single forward pass."""
-    ids = batch["input_ids"].to(device)
-    mask = batch["attention_mask"].to(device)
-    has_image = batch["has_image"].to(device)
-    if "all_pixel_values" not in batch or getattr(model, "image_encoder", None) is None:
-        pixels = batch["pixel_values"]
-        return model(pixels.to(device) if pixels is not None else None, ids, mask, has_image)
-    feats = model.image_encoder(batch["all_pixel_values"].to(device))  # [N_img, D]
-    index = batch["image_index"].to(device)
-    b = ids.shape[0]
-    summed = feats.new_zeros(b, feats.shape[-1]).index_add_(0, index, feats)
-    counts = torch.bincount(index, minlength=b).clamp(min=1).unsqueeze(-1).to(feats.dtype)
-    return model(None, ids, mask, has_image, image_features=summed / counts)
+    """Model output [B] (float32) for a collated batch, moved to `device`. With several images per item
+    ("mean"), the batch's `all_pixel_values` and `image_index` go to the model, which takes the mean of each
+    item's image features itself (`EffiMiniVLM.forward(..., image_index=...)`)."""
+    def put(key: str) -> torch.Tensor | None:
+        return batch[key].to(device) if batch.get(key) is not None else None
+
+    if "all_pixel_values" in batch:
+        return model(put("all_pixel_values"), put("input_ids"), put("attention_mask"), put("has_image"),
+                     image_index=put("image_index"))
+    return model(put("pixel_values"), put("input_ids"), put("attention_mask"), put("has_image"))
 
 
 @torch.no_grad()

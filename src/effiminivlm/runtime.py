@@ -38,7 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed precision for the forward pass (no-op for fp32)."""
+    """Mixed precision for the forward pass (no-op for fp32). Only the towers run in reduced precision:
+    EffiMiniVLM runs its fusion and regression head in fp32 outside autocast, so scores and the training
+    loss's inputs are float32 (bf16 would round ratings near 4 to 1/64 steps and tie different products)."""
     if precision == "fp32":
         yield
         return

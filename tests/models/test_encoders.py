@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effiminivlm.config import HeadCfg, TextEncoderCfg
+from effiminivlm.config import HeadCfg, ImageEncoderCfg, TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
-from effiminivlm.models import HEADS, IMAGE_ENCODERS, TEXT_ENCODERS, create_head, create_text_encoder
+from effiminivlm.models import (
+    HEADS,
+    IMAGE_DATA_CONFIGS,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    create_head,
+    create_text_encoder,
+    image_data_config,
+)
 from effiminivlm.models.image_encoders import lite0_state_dict_to_timm
 
 # Small build arguments per registry entry; a new entry without one here fails test_every_entry_has_a_case.
@@ -24,6 +32,7 @@ HEAD_CASES = {"mlp": {"hidden_dims": [8, 4], "dropout": 0.1}}
 
 def test_every_entry_has_a_case() -> None:
     assert set(IMAGE_ENCODERS.names()) == set(IMAGE_CASES)
+    assert set(IMAGE_DATA_CONFIGS.names()) == set(IMAGE_CASES)  # every encoder declares its mean/std
     assert set(TEXT_ENCODERS.names()) == set(TEXT_CASES)
     assert set(HEADS.names()) == set(HEAD_CASES)
 
@@ -32,10 +41,16 @@ def test_every_entry_has_a_case() -> None:
 def test_image_encoder_forward(name: str) -> None:
     torch.manual_seed(0)
     encoder = IMAGE_ENCODERS.build(name, source=None, **IMAGE_CASES[name]).eval()
+    pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        out = encoder(torch.randn(2, 3, 64, 64))
+        out = encoder(pixels)
+        alone = encoder(pixels[1:])
     assert out.shape == (2, encoder.num_features)
     assert torch.isfinite(out).all()
+    scale = out.abs().max()  # random-init torchvision B0 gives features near 1e-14: compare relative to it
+    assert (out[0] - out[1]).abs().max() > 1e-3 * scale  # the features depend on the image ...
+    torch.testing.assert_close(alone[0] / scale, out[1] / scale, rtol=0, atol=1e-4)  # ... not on the batch
+    assert encoder.data_config == image_data_config(ImageEncoderCfg(name=name, kwargs=IMAGE_CASES[name]))
     if name != "timm":
         assert encoder.num_features == 1280  # the paper's pooled EfficientNet vector
 
@@ -59,8 +74,13 @@ def test_text_encoder_forward(name: str) -> None:
 
 @pytest.mark.parametrize("name", HEADS.names())
 def test_head_forward(name: str) -> None:
-    head = HEADS.build(name, in_dim=12, **HEAD_CASES[name])
-    assert head(torch.randn(5, 12)).shape == (5, 1)
+    torch.manual_seed(0)
+    head = HEADS.build(name, in_dim=12, **HEAD_CASES[name]).eval()
+    x = torch.randn(5, 12)
+    out = head(x)
+    assert out.shape == (5, 1)
+    assert len(set(out.squeeze(-1).tolist())) == 5  # distinct inputs, distinct outputs
+    torch.testing.assert_close(head(x[2:3]), out[2:3])  # rows are independent
 
 
 def test_mlp_head_is_the_papers_layout() -> None:

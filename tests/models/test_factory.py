@@ -60,3 +60,30 @@ def test_tokenizer_errors() -> None:
         create_tokenizer(TextEncoderCfg(pretrained=None, tokenizer=None))
     with pytest.raises(WeightsError, match="does not exist"):
         create_tokenizer(TextEncoderCfg(tokenizer="local-dir:/nonexistent/tokenizer"))
+
+
+def test_transparent_png_gives_one_tensor_through_dataset_and_scorer_white_behind(tmp_path) -> None:
+    """Training/evaluation read files through the dataset (image store); a PIL image handed to the scorer's
+    transform skips the store: both must composite transparency on white, not on black."""
+    from effiminivlm.config import load_recipe
+    from effiminivlm.data.dataset import ProductDataset
+    from effiminivlm.models import create_model
+    from effiminivlm.serving.scorer import Scorer, products_table
+
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)  # fully transparent (black) background ...
+    rgba[10:30, 10:30] = (200, 30, 30, 255)  # ... around an opaque red square
+    path = tmp_path / "product.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    cfg = load_recipe("tiny").model
+    scorer = Scorer(create_model(cfg, pretrained=False), tokenizer=None, precision="fp32")
+    ds = ProductDataset(products_table([{"title": "t", "images": [str(path)]}]),
+                        create_transforms(cfg.image_encoder), images="first")
+    via_dataset = ds[0].images[0]
+    with Image.open(path) as img:
+        assert img.mode == "RGBA"
+        via_scorer = scorer.transform(img)
+    torch.testing.assert_close(via_scorer, via_dataset, rtol=0, atol=0)
+    white = create_transforms(cfg.image_encoder)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    torch.testing.assert_close(via_scorer[:, 0, 0], white[:, 0, 0])  # the corner: white, not black
+    torch.testing.assert_close(via_scorer[:, :4, :4], white[:, :4, :4])
+    assert not torch.allclose(via_scorer[:, 32, 32], via_scorer[:, 0, 0])  # the square is still there

@@ -121,3 +121,66 @@ def test_paper_preset_builds_at_27_7m_params() -> None:
     assert parts["head"] == head
     assert model.image_dim == 1280 and model.text_dim == 384
     assert round(model.num_params() / 1e6, 1) == 27.7, model.num_params()
+
+
+# ------------------------------------------------------------------------------- several images per item
+
+
+def _multi(tiny_cfg, batch_for):
+    """Item 0 owns images a, b; item 1 owns none; item 2 owns image c (pixels in [a, c, b] order)."""
+    batch = batch_for(tiny_cfg, batch_size=3)
+    g = torch.Generator().manual_seed(5)
+    size = tiny_cfg.image_encoder.image_size
+    a, b, c = (torch.randn(3, size, size, generator=g) for _ in range(3))
+    return batch, (a, b, c), torch.stack([a, c, b]), torch.tensor([0, 2, 0])
+
+
+def test_image_index_takes_the_mean_of_each_items_image_features(tiny_model, tiny_cfg, batch_for) -> None:
+    batch, (a, b, c), pixels, index = _multi(tiny_cfg, batch_for)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    has_image = torch.tensor([True, False, True])
+    with torch.no_grad():
+        out = tiny_model(pixels, ids, mask, has_image, image_index=index)
+        enc = tiny_model.image_encoder(torch.stack([a, b, c]))
+        expected = torch.stack([(enc[0] + enc[1]) / 2, torch.zeros_like(enc[0]), enc[2]])
+        torch.testing.assert_close(tiny_model.encode_images(pixels, index, 3), expected)
+        torch.testing.assert_close(out, tiny_model(None, ids, mask, image_features=expected))
+        # one image per item through image_index equals the plain one-image path
+        firsts = torch.stack([a, a, c])
+        single = tiny_model(firsts, ids, mask, has_image)
+        torch.testing.assert_close(tiny_model(torch.stack([a, c]), ids, mask, has_image,
+                                              image_index=torch.tensor([0, 2])), single)
+        text_only = tiny_model(None, ids, mask)
+        only_a = tiny_model(torch.stack([a, a, a]), ids, mask)
+    torch.testing.assert_close(out[1], text_only[1])  # no image: the text-only path
+    assert not torch.allclose(out[0], only_a[0])  # image b does count for item 0
+
+
+def test_image_index_is_order_free_and_checked(tiny_model, tiny_cfg, batch_for) -> None:
+    batch, _, pixels, index = _multi(tiny_cfg, batch_for)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    perm = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        out = tiny_model(pixels, ids, mask, image_index=index)
+        torch.testing.assert_close(tiny_model(pixels[perm], ids, mask, image_index=index[perm]), out)
+    with pytest.raises(ValueError, match="has_image does not match image_index"):
+        tiny_model(pixels, ids, mask, torch.tensor([True, True, True]), image_index=index)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        tiny_model(pixels, ids, mask, image_index=torch.tensor([0, 3, 0]))
+    with pytest.raises(ValueError, match="one entry per image"):
+        tiny_model(pixels, ids, mask, image_index=torch.tensor([0, 2]))
+
+
+def test_forward_batch_passes_several_images_to_the_model(tiny_model, tiny_cfg, batch_for) -> None:
+    from effiminivlm.evaluation.inference import forward_batch
+
+    batch, (a, _, c), pixels, index = _multi(tiny_cfg, batch_for)
+    has_image = torch.tensor([True, False, True])
+    collated = {**batch, "pixel_values": torch.stack([a, torch.zeros_like(a), c]), "has_image": has_image,
+                "all_pixel_values": pixels, "image_index": index}
+    with torch.no_grad():
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        expected = tiny_model(pixels, ids, mask, has_image, image_index=index)
+        torch.testing.assert_close(forward_batch(tiny_model, collated, torch.device("cpu")), expected)
+        first_only = {k: v for k, v in collated.items() if k not in ("all_pixel_values", "image_index")}
+        assert not torch.allclose(forward_batch(tiny_model, first_only, torch.device("cpu"))[0], expected[0])

@@ -56,7 +56,7 @@ def test_config_json_clears_weight_sources_and_records_the_architecture(tiny_cfg
                                source_model.text_encoder.bert.pooler.dense.weight)
 
 
-def test_load_model_returns_the_saved_tokenizer(tiny_model, tiny_cfg, tmp_path) -> None:
+def test_load_model_returns_the_saved_tokenizer(tiny_model, tiny_cfg, batch_for, tmp_path) -> None:
     tokenizer = create_tokenizer(tiny_cfg.text_encoder)
     tiny_model.save_pretrained(tmp_path / "m", tokenizer=tokenizer)
     assert (tmp_path / "m" / "tokenizer_config.json").is_file()
@@ -65,6 +65,9 @@ def test_load_model_returns_the_saved_tokenizer(tiny_model, tiny_cfg, tmp_path) 
     text = "Cotton T-shirt, slim fit; machine washable."
     assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert model.num_params() == tiny_model.num_params()
+    batch = batch_for(tiny_cfg)
+    with torch.no_grad():  # load_model gives back the same function, not just the same shapes
+        torch.testing.assert_close(model(**batch), tiny_model(**batch), rtol=0, atol=0)
 
 
 def test_missing_folder_and_files(tmp_path) -> None:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.prepare import read_prepared
-from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model
 from effiminivlm.serving.scorer import Scorer, create_scorer, products_table
 from effiminivlm.training.loop import init_output_bias
 
@@ -23,6 +24,45 @@ def saved_tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder, tokenizer=create_tokenizer(cfg.text_encoder))
     return folder
+
+
+def _direct_scores(model_dir, table) -> np.ndarray:
+    """The model's own forward, one item at a time without padding or collation (fp32, no autocast)."""
+    model, tokenizer = load_model(model_dir)
+    ds = ProductDataset(table, create_transforms(model.cfg.image_encoder), images="first")
+    out = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            sample = ds[i]
+            enc = tokenizer(sample.text, truncation=True, max_length=model.cfg.text_encoder.max_length,
+                            return_tensors="pt")
+            pixels = sample.images[0][None] if sample.images else None
+            out.append(float(model(pixels, enc["input_ids"], enc["attention_mask"])[0]))
+    return np.array(out)
+
+
+def test_scores_are_the_models_own_forward_distinct_and_in_input_order(saved_tiny, prepared):
+    table = read_prepared(prepared, "test")
+    direct = _direct_scores(saved_tiny, table)
+    assert np.all((direct > 1) & (direct < 5))  # nothing clipped: the comparison below is exact
+    scorer = create_scorer(saved_tiny, precision="fp32", batch_size=7)
+    scores = scorer.score_table(table, progress=False).pred
+    np.testing.assert_allclose(scores, direct, rtol=0, atol=1e-6)
+    assert len(set(scores.tolist())) == table.num_rows  # different items, different scores
+    reversed_table = table.take(np.arange(table.num_rows)[::-1])
+    res = scorer.score_table(reversed_table, progress=False)
+    assert res.item_id == table.column("parent_asin").to_pylist()[::-1]
+    np.testing.assert_allclose(res.pred, scores[::-1], rtol=0, atol=1e-6)
+
+
+def test_default_precision_scores_stay_distinct(saved_tiny, prepared):
+    """`precision="auto"` is bf16 on a CPU: the towers may round, the scores must not collapse."""
+    table = read_prepared(prepared, "test")
+    auto = create_scorer(saved_tiny, batch_size=7)
+    assert auto.precision == "bf16"
+    scores = auto.score_table(table, progress=False).pred
+    assert scores.dtype == np.float64 and len(set(scores.tolist())) == table.num_rows
+    np.testing.assert_allclose(scores, _direct_scores(saved_tiny, table), rtol=0, atol=0.05)
 
 
 def test_score_table_matches_a_direct_forward_and_clips(saved_tiny, prepared):
@@ -50,9 +90,13 @@ def test_mean_images_differs_from_first_only_for_multi_image_items(saved_tiny, p
 
 def test_score_plain_dicts_without_images(saved_tiny):
     scorer = create_scorer(saved_tiny, precision="fp32")
-    scores = scorer.score([{"title": "Sturdy boots", "features": ["leather"], "description": "",
-                            "main_category": "Shoes"}, {"title": "x", "category": "Home"}])
-    assert scores.shape == (2,) and np.all((scores >= 1) & (scores <= 5))
+    products = [{"title": "Sturdy boots", "features": ["leather"], "description": "",
+                 "main_category": "Shoes"}, {"title": "x", "category": "Home"}]
+    scores = scorer.score(products)
+    assert scores.shape == (2,) and scores[0] != scores[1]
+    direct = _direct_scores(saved_tiny, products_table(products))
+    np.testing.assert_allclose(scores, direct, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scorer.score(products[::-1]), scores[::-1], rtol=0, atol=1e-6)
     t = products_table([{"title": "<b>Bold</b> http://x.y", "features": ["a", "b"]}])
     assert t.column("title")[0].as_py() == "Bold" and t.column("features")[0].as_py() == "a b"
 

@@ -1,25 +1,39 @@
 """models stage: EffiMiniVLM, its encoders and heads (created by name from registries), weight sources.
 
-Importing this package registers every encoder and head.
+Importing this package registers every architecture (MODEL_ARCHS, selected by `model.arch`), encoder and head.
 """
 
+from effiminivlm.models.archs import MODEL_ARCHS, get_arch
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model
 from effiminivlm.models.heads import HEADS, create_head
-from effiminivlm.models.image_encoders import IMAGE_ENCODERS, create_image_encoder
+from effiminivlm.models.image_encoders import (
+    IMAGE_DATA_CONFIGS,
+    IMAGE_ENCODERS,
+    ImageDataConfig,
+    create_image_encoder,
+    image_data_config,
+    resolve_image_cfg,
+)
 from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
 from effiminivlm.models.text_encoders import TEXT_ENCODERS, create_text_encoder
 
 __all__ = [
     "HEADS",
+    "IMAGE_DATA_CONFIGS",
     "IMAGE_ENCODERS",
+    "MODEL_ARCHS",
     "TEXT_ENCODERS",
     "EffiMiniVLM",
+    "ImageDataConfig",
     "create_head",
     "create_image_encoder",
     "create_model",
     "create_text_encoder",
     "create_tokenizer",
     "create_transforms",
+    "get_arch",
+    "image_data_config",
     "load_model",
     "read_model_config",
+    "resolve_image_cfg",
 ]

@@ -1,7 +1,8 @@
 """One place that turns a recipe's model section into a model, its tokenizer and its image preprocessing.
 
 Why together: the three must agree (image size and mean/std of the image weights, the vocabulary of the text
-weights), and a saved model folder must give back all of them (`load_model`) without the recipe.
+weights), and a saved model folder must give back all of them (`load_model`) without the recipe. `model.arch`
+picks the architecture class from `MODEL_ARCHS`, for building and for reloading.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from PIL import Image
 from torchvision import transforms as T
 
 from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
+from effiminivlm.data.images import to_rgb
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
-from effiminivlm.models.regressor import EffiMiniVLM
+from effiminivlm.models.archs import get_arch
+from effiminivlm.models.image_encoders import resolve_image_cfg
+from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
 from effiminivlm.models.weights import resolve_source
 
 AUGMENTS = ("none", "flip")
 
 
 def create_model(cfg: ModelCfg, pretrained: bool = True) -> EffiMiniVLM:
-    """The model of `cfg`; `pretrained=False` builds every part from configs with random init (no weights
-    read, so presets whose weights are unreachable can still be profiled). Returned in eval mode."""
-    return EffiMiniVLM(cfg, pretrained=pretrained)
+    """The model of `cfg`, of the class `cfg.arch` names in MODEL_ARCHS; `pretrained=False` builds every part
+    from configs with random init (no weights read, so presets whose weights are unreachable can still be
+    profiled). Returned in eval mode."""
+    return get_arch(cfg.arch)(cfg, pretrained=pretrained)
 
 
 def create_tokenizer(text_cfg: TextEncoderCfg) -> Any:
@@ -48,26 +53,22 @@ def _local_tokenizer(folder: Path, what: str) -> Any:
         raise WeightsError(f"cannot load a tokenizer for {what} from {folder}: {e}") from None
 
 
-class _ToRGB:
-    """PIL image -> RGB (grey, palette and RGBA product photos exist). A class, so DataLoader workers can
-    pickle the pipeline."""
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def create_transforms(image_cfg: ImageEncoderCfg, train: bool = False,
                       augment: str = "none") -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> float tensor [3, S, S] normalised with the image weights' mean/std (S = image_size).
 
-    Resized (not cropped) to S x S with bicubic interpolation, as the towers were trained; evaluation is
-    deterministic, and `augment="flip"` adds a random horizontal flip only when `train`.
+    Any mode becomes RGB through `effiminivlm.data.images.to_rgb` (transparency composited on white), the
+    same conversion the image store applies, so a PIL image handed straight to the scorer's transform and the
+    file read by the dataset give the same tensor. Unset `mean`/`std` come from the encoder's pretrained
+    config. Resized (not cropped) to S x S with bicubic interpolation, as the towers were trained; evaluation
+    is deterministic, and `augment="flip"` adds a random horizontal flip only when `train`.
     """
     if augment not in AUGMENTS:
         raise EffiMiniVLMError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+    image_cfg = resolve_image_cfg(image_cfg)
     size = image_cfg.image_size
     steps: list[Callable[..., Any]] = [
-        _ToRGB(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+        to_rgb, T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
     if train and augment == "flip":
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(mean=list(image_cfg.mean), std=list(image_cfg.std))]
@@ -81,7 +82,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     an image-only model without either gets None.
     """
     folder = Path(model_dir)
-    model = EffiMiniVLM.from_pretrained(folder, device=device)
+    arch = get_arch(read_model_config(folder).arch, f"{folder / 'config.json'}: arch")
+    model = arch.from_pretrained(folder, device=device)
     if (folder / "tokenizer_config.json").is_file():
         return model, _local_tokenizer(folder, str(folder))
     if model.cfg.text_encoder.tokenizer:

@@ -1,13 +1,20 @@
 """Image towers, created by name: ``pixel_values [B,3,H,W] -> pooled features [B, num_features]``.
 
 Why thin adapters: timm and torchvision already implement (and test) the networks; what we add is the shared
-surface the regressor relies on (`num_features`, classifier removed, pooled output) and the checkpoint
-filters that map foreign weight layouts onto those networks by name, strictly, so a wrong file fails loudly.
+surface the regressor relies on (`num_features`, classifier removed, pooled output, `data_config`: the
+mean/std the weights were trained with), and the checkpoint filters that map foreign weight layouts onto those
+networks by name, strictly, so a wrong file fails loudly.
+
+Each registered encoder name also has a data config in `IMAGE_DATA_CONFIGS` (read from timm's
+`pretrained_cfg` or torchvision's weights transforms, without building the network), so a recipe need not copy
+the encoder's normalisation: `resolve_image_cfg` fills an unset `mean`/`std` from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -21,6 +28,33 @@ from effiminivlm.models.weights import load_into, load_state_dict
 from effiminivlm.registry import Registry
 
 IMAGE_ENCODERS: Registry = Registry("image encoder")
+# name -> (encoder kwargs -> ImageDataConfig); one entry per IMAGE_ENCODERS name.
+IMAGE_DATA_CONFIGS: Registry = Registry("image encoder data config")
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """How the encoder's pretrained weights expect their input (timm's `pretrained_cfg` subset)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int, int]
+    interpolation: str
+
+
+def timm_data_config(model_name: str) -> ImageDataConfig:
+    """The data config of a timm architecture (``name`` or ``name.tag``), read from its pretrained_cfg."""
+    cfg = timm.get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise EffiMiniVLMError(f"timm has no model {model_name!r} (see timm.list_models())")
+    return ImageDataConfig(tuple(cfg.mean), tuple(cfg.std), tuple(cfg.input_size), cfg.interpolation)
+
+
+def torchvision_data_config(weights: Any) -> ImageDataConfig:
+    """The data config of a torchvision weights enum member, from its evaluation transforms."""
+    t = weights.transforms()
+    size = t.crop_size[0]
+    return ImageDataConfig(tuple(t.mean), tuple(t.std), (3, size, size), t.interpolation.value)
 
 
 class TimmImageEncoder(nn.Module):
@@ -32,6 +66,7 @@ class TimmImageEncoder(nn.Module):
             raise EffiMiniVLMError(f"timm has no model {model_name!r} (see timm.list_models())")
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
         self.num_features: int = self.model.num_features
+        self.data_config = timm_data_config(model_name)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)
@@ -100,6 +135,11 @@ def tf_efficientnet_lite0(source: str | None = None, **kwargs: Any) -> TimmImage
     return encoder
 
 
+@IMAGE_DATA_CONFIGS.register("tf_efficientnet_lite0")
+def _lite0_data_config(**kwargs: Any) -> ImageDataConfig:
+    return timm_data_config("tf_efficientnet_lite0")
+
+
 @IMAGE_ENCODERS.register("timm")
 def timm_encoder(source: str | None = None, model_name: str | None = None, **kwargs: Any) -> TimmImageEncoder:
     """Any timm architecture by `kwargs.model_name`, with weights in timm's own key layout."""
@@ -110,6 +150,14 @@ def timm_encoder(source: str | None = None, model_name: str | None = None, **kwa
     if source:
         encoder.load_weights(load_state_dict(source), f"{model_name} from {source}")
     return encoder
+
+
+@IMAGE_DATA_CONFIGS.register("timm")
+def _timm_data_config(model_name: str | None = None, **kwargs: Any) -> ImageDataConfig:
+    if not model_name:
+        raise EffiMiniVLMError("image encoder 'timm' needs model.image_encoder.kwargs.model_name "
+                               "(e.g. test_efficientnet)")
+    return timm_data_config(model_name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,6 +172,7 @@ class TorchvisionEfficientNetB0(nn.Module):
         self.model = torchvision.models.efficientnet_b0(weights=None, **kwargs)
         self.model.classifier = nn.Identity()
         self.num_features = 1280
+        self.data_config = _b0_data_config()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)
@@ -138,6 +187,36 @@ def efficientnet_b0(source: str | None = None, **kwargs: Any) -> TorchvisionEffi
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         load_into(encoder.model, state, f"efficientnet_b0 from {source}")
     return encoder
+
+
+@IMAGE_DATA_CONFIGS.register("efficientnet_b0")
+def _b0_data_config(**kwargs: Any) -> ImageDataConfig:
+    """ImageNet mean/std of torchvision's IMAGENET1K_V1 weights (what `torchvision:` sources load)."""
+    return torchvision_data_config(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1)
+
+
+def image_data_config(cfg: ImageEncoderCfg) -> ImageDataConfig:
+    """The data config of `cfg.name` (with its kwargs), without building the network."""
+    IMAGE_ENCODERS.get(cfg.name)  # an unknown encoder gets the encoder registry's "did you mean"
+    if cfg.name not in IMAGE_DATA_CONFIGS:
+        raise EffiMiniVLMError(f"image encoder {cfg.name!r} declares no mean/std: set "
+                               "model.image_encoder.mean and .std in the recipe")
+    return IMAGE_DATA_CONFIGS.build(cfg.name, **cfg.kwargs)
+
+
+def resolve_image_cfg(cfg: ImageEncoderCfg) -> ImageEncoderCfg:
+    """A copy of `cfg` with `mean`/`std` set: the recipe's values, else the encoder's pretrained ones."""
+    mean, std = cfg.mean, cfg.std
+    if mean is None or std is None:
+        data = image_data_config(cfg)
+        mean = list(data.mean) if mean is None else mean
+        std = list(data.std) if std is None else std
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != 3 or (key == "std" and min(values) <= 0):
+            kind = "positive numbers" if key == "std" else "numbers"
+            raise EffiMiniVLMError(f"model.image_encoder.{key} must be 3 {kind} (one per RGB channel), "
+                                   f"got {values}")
+    return dataclasses.replace(cfg, mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 
 def create_image_encoder(cfg: ImageEncoderCfg, pretrained: bool = True) -> nn.Module:

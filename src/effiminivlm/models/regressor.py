@@ -4,6 +4,12 @@
                                                           +--concat--> [B, 1664] --MLP head--> [B] rating
     input_ids, attention_mask [B,L] --text encoder (CLS)--> [B, 384] --+
 
+Several images per item: `forward(..., image_index=...)` takes every image of the batch [N_img,3,H,W] with
+the item each belongs to, and uses the mean of an item's pooled image features as its image vector.
+
+Precision: the towers may run under autocast (bf16/fp16), but the fusion and the regression head always run
+in float32 outside autocast, so the returned rating is float32 and not rounded to bf16's 1/64 steps near 4.
+
 Items without an image get an all-zero image vector (the model degrades to text-only; the paper's "zero
 vector" fallback), and their placeholder pixels never reach the image encoder, so they neither change the
 output nor pollute BatchNorm statistics. `modalities` drops a tower entirely for image-only / text-only
@@ -27,8 +33,9 @@ from torch import nn
 from effiminivlm.config import ModelCfg, from_dict
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import atomic_write_text
+from effiminivlm.models.archs import MODEL_ARCHS, get_arch
 from effiminivlm.models.heads import create_head
-from effiminivlm.models.image_encoders import create_image_encoder
+from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_cfg
 from effiminivlm.models.text_encoders import create_text_encoder
 
 FORMAT_VERSION = 1
@@ -36,12 +43,22 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+@MODEL_ARCHS.register("effiminivlm")
 class EffiMiniVLM(nn.Module):
-    """Image tower + text tower + regression head from a `ModelCfg` (random init unless `pretrained`)."""
+    """Image tower + text tower + regression head from a `ModelCfg` (random init unless `pretrained`).
+
+    `self.cfg` is the given config with the image mean/std resolved from the encoder when unset, so the saved
+    config.json records the normalisation the model was trained with and reloads identically.
+    """
 
     def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
         super().__init__()
+        if get_arch(cfg.arch) is not type(self):
+            raise EffiMiniVLMError(f"model.arch {cfg.arch!r} is not built by {type(self).__name__}; "
+                                   "use effiminivlm.models.create_model(cfg)")
         self.cfg = copy.deepcopy(cfg)
+        if cfg.modalities != "text":
+            self.cfg.image_encoder = resolve_image_cfg(cfg.image_encoder)
         uses_image, uses_text = cfg.modalities != "text", cfg.modalities != "image"
         self.image_encoder = create_image_encoder(cfg.image_encoder, pretrained) if uses_image else None
         self.text_encoder = create_text_encoder(cfg.text_encoder, pretrained) if uses_text else None
@@ -72,13 +89,36 @@ class EffiMiniVLM(nn.Module):
         out[has_image] = feats
         return out
 
+    def encode_images(self, pixel_values: torch.Tensor, image_index: torch.Tensor, batch_size: int
+                      ) -> torch.Tensor:
+        """[B, image_dim] float32: item i's vector is the mean of the pooled features of the images whose
+        `image_index` is i (pixels [N_img,3,H,W], index [N_img]); items with no image get zeros. One encoder
+        pass over all N_img images; the mean is taken in float32 even when the encoder ran in bf16."""
+        if self.image_encoder is None:
+            raise ValueError("this model has no image encoder (modalities: text)")
+        index = torch.as_tensor(image_index, dtype=torch.long, device=pixel_values.device)
+        if index.shape != (pixel_values.shape[0],):
+            raise ValueError(f"image_index must have shape ({pixel_values.shape[0]},) (one entry per image), "
+                             f"got {tuple(index.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= batch_size):
+            raise ValueError(f"image_index values must lie in [0, {batch_size}) for a batch of {batch_size}")
+        summed = torch.zeros(batch_size, self.image_dim, device=pixel_values.device)
+        if index.numel():
+            summed.index_add_(0, index, self.image_encoder(pixel_values).float())
+        counts = torch.bincount(index, minlength=batch_size).clamp(min=1).unsqueeze(-1)
+        return summed / counts
+
     def forward(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
                 attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted rating [B] from pixels [B,3,H,W] (or None), token ids/mask [B,L] and has_image [B].
+                image_features: torch.Tensor | None = None, image_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Predicted rating [B], float32, from pixels, token ids/mask [B,L] and has_image [B].
 
-        `image_features` [B, image_dim] replaces the image tower's output (e.g. the mean of an item's several
-        images' pooled features, computed with `self.image_encoder`); zero rows stand for "no image".
+        Without `image_index`, `pixel_values` is [B,3,H,W] (or None): one image per item. With `image_index`
+        [N_img] (the item of each image), `pixel_values` is [N_img,3,H,W] holding every image of the batch and
+        an item's image vector is the mean of its images' pooled features (`encode_images`); `has_image`, if
+        given, must then mark exactly the items that own an image. `image_features` [B, image_dim] replaces
+        the image tower's output; zero rows stand for "no image".
         """
         text = None
         if self.text_encoder is not None:
@@ -87,12 +127,34 @@ class EffiMiniVLM(nn.Module):
             text = self.text_encoder(input_ids, attention_mask)  # [B, text_dim]
         feats = [] if text is None else [text]
         if self.image_encoder is not None:
-            if image_features is None:
+            if image_features is None and image_index is not None:
+                image_features = self._mean_image_features(pixel_values, image_index, has_image, input_ids)
+            elif image_features is None:
                 batch = next(t.shape[0] for t in (input_ids, pixel_values, has_image) if t is not None)
                 like = text if text is not None else next(self.head.parameters())
                 image_features = self.encode_image(pixel_values, has_image, batch, like)
-            feats.insert(0, image_features.to(feats[0].dtype) if feats else image_features)  # [B, image_dim]
-        return self.head(torch.cat(feats, dim=-1)).squeeze(-1)
+            feats.insert(0, image_features)  # [B, image_dim]
+        head_dtype = next(self.head.parameters()).dtype  # float32 unless the caller cast the whole model
+        with torch.autocast(feats[0].device.type, enabled=False):  # fusion + head in full precision
+            fused = torch.cat([f.to(head_dtype) for f in feats], dim=-1)
+            return self.head(fused).squeeze(-1).float()
+
+    def _mean_image_features(self, pixel_values: torch.Tensor | None, image_index: torch.Tensor,
+                             has_image: torch.Tensor | None, input_ids: torch.Tensor | None) -> torch.Tensor:
+        """`encode_images` for forward's several-images input, checking it against `has_image`."""
+        if pixel_values is None:
+            raise ValueError("image_index is given but pixel_values is None")
+        sized = input_ids if input_ids is not None else has_image
+        if sized is None:
+            raise ValueError("with image_index, the batch size comes from input_ids or has_image: pass one")
+        batch = sized.shape[0]
+        out = self.encode_images(pixel_values, image_index, batch)
+        if has_image is not None:
+            owns = torch.bincount(torch.as_tensor(image_index, device=out.device).long(), minlength=batch) > 0
+            if not torch.equal(owns, torch.as_tensor(has_image, device=out.device).bool()):
+                raise ValueError("has_image does not match image_index: an item marked with an image owns "
+                                 "none, or one marked without an image owns some")
+        return out
 
     # ------------------------------------------------------------------------------------------ bookkeeping
 
@@ -160,7 +222,11 @@ class EffiMiniVLM(nn.Module):
         from safetensors.torch import load_model
 
         folder = Path(load_dir)
-        model = cls(read_model_config(folder), pretrained=False)
+        cfg = read_model_config(folder)
+        arch = get_arch(cfg.arch, f"{folder / CONFIG_NAME}: arch")
+        if arch is not cls:  # the folder holds another registered architecture: let it load itself
+            return arch.from_pretrained(folder, device=device)
+        model = cls(cfg, pretrained=False)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
             raise WeightsError(f"{weights} is missing; a saved model folder holds {CONFIG_NAME} and "

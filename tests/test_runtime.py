@@ -1,0 +1,96 @@
+"""Precision: towers may run in bf16, but scores (and the training loss's inputs) are float32.
+
+Why these tests: under the default `--precision auto` (bf16 on a CPU) the old model returned bf16 ratings,
+which near 3-4 step by 1/64, so different products tied and a tiny model gave one constant score. A model
+whose head ran under autocast fails `test_bf16_scores_are_distinct_float32_and_close_to_fp32`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from effiminivlm.evaluation.inference import forward_batch, run_inference
+
+from effiminivlm.config import load_recipe
+from effiminivlm.models import create_model
+from effiminivlm.runtime import autocast, resolve_precision
+from effiminivlm.training.loop import init_output_bias, train_step
+
+CPU = torch.device("cpu")
+N = 48
+# bf16 towers keep ~3 significant digits of each feature; through the fp32 head that moves a score by well
+# under 0.05 on the tiny random model (observed ~3e-4), far less than bf16's own 1/64 step at 3.0.
+BF16_ATOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = create_model(load_recipe("tiny").model, pretrained=False)
+    init_output_bias(m, 3.0)  # scores near 3, where bf16 steps by 1/64: a bf16 head makes ties
+    return m.eval()
+
+
+def _batch(n: int = N, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (n, 12), generator=g)
+    ids[:, 0] = 101
+    return {"pixel_values": torch.randn(n, 3, 64, 64, generator=g), "input_ids": ids,
+            "attention_mask": torch.ones(n, 12, dtype=torch.long),
+            "has_image": torch.ones(n, dtype=torch.bool),
+            "target": torch.full((n,), 4.0), "rating_number": torch.full((n,), 10.0)}
+
+
+def test_auto_is_bf16_on_cpu() -> None:
+    assert resolve_precision("auto", CPU) == "bf16"  # the default these tests guard
+
+
+def test_bf16_scores_are_distinct_float32_and_close_to_fp32(model) -> None:
+    b = _batch()
+    seen: list[torch.dtype] = []
+    hook = model.image_encoder.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        with torch.no_grad():
+            fp32 = model(b["pixel_values"], b["input_ids"], b["attention_mask"])
+            with autocast(CPU, "bf16"):
+                bf16 = model(b["pixel_values"], b["input_ids"], b["attention_mask"])
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]  # the image tower really ran in bf16 the second time
+    assert bf16.dtype == torch.float32
+    assert len(set(fp32.tolist())) == N
+    assert len(set(bf16.tolist())) == N  # no two items tie because of precision
+    torch.testing.assert_close(bf16, fp32, atol=BF16_ATOL, rtol=0)
+
+
+def test_run_inference_under_bf16_keeps_every_item_distinct(model) -> None:
+    loader = [_batch(16, seed=s) for s in (2, 3, 4)]
+    for b in loader:
+        b.update(item_id=[str(i) for i in range(16)], category=[""] * 16, image_status=["ok"] * 16)
+    fp32 = run_inference(model, loader, CPU, "fp32", progress=False).pred
+    bf16 = run_inference(model, loader, CPU, "bf16", progress=False).pred
+    assert len(set(bf16.tolist())) == len(bf16) == 48
+    assert abs(bf16 - fp32).max() < BF16_ATOL
+
+
+def test_train_step_loss_sees_float32_predictions() -> None:
+    torch.manual_seed(0)
+    m = create_model(load_recipe("tiny").model, pretrained=False).train()
+    init_output_bias(m, 3.0)
+    seen: list[torch.Tensor] = []
+
+    def loss_fn(pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        seen.append(pred.detach())
+        return (pred - target).pow(2).mean()
+
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train_step(m, _batch(8), CPU, "bf16", loss_fn, opt, scaler, grad_clip=1.0)
+    assert loss is not None and seen[0].dtype == torch.float32
+    assert len(set(seen[0].tolist())) == 8
+
+
+def test_forward_batch_output_is_float32_under_autocast(model) -> None:
+    with torch.no_grad(), autocast(CPU, "bf16"):
+        out = forward_batch(model, _batch(4), CPU)
+    assert out.dtype == torch.float32 and out.shape == (4,)
