@@ -6,6 +6,7 @@ weights), and a saved model folder must give back all of them (`load_model`) wit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torchvision import transforms as T
 
 from effiminivlm.config import ImageEncoderCfg, ModelCfg, TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.files import recover_dir
 from effiminivlm.models.regressor import EffiMiniVLM
 from effiminivlm.models.weights import resolve_source
 
@@ -78,9 +80,13 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     """A folder written by `save_pretrained` -> (model in eval mode, tokenizer), with no network.
 
     The tokenizer comes from the folder's own tokenizer files, else from the source recorded in its config;
-    an image-only model without either gets None.
+    an image-only model without either gets None. A folder a crash left as `.NAME.old` (between the renames
+    of `files.replace_dir`) is put back first, with a warning that says so.
     """
     folder = Path(model_dir)
+    repaired = recover_dir(folder)  # a run killed between the two renames that publish its model/
+    if repaired:
+        warnings.warn(repaired, stacklevel=2)
     model = EffiMiniVLM.from_pretrained(folder, device=device)
     if (folder / "tokenizer_config.json").is_file():
         return model, _local_tokenizer(folder, str(folder))
