@@ -56,13 +56,13 @@ def test_killed_before_the_first_checkpoint_rerun_restarts_and_resume_uses_the_s
     _run(out, "metrics.jsonl")
     start, logs = _open(out, resume=True)
     assert not start.from_checkpoint and start.recipe is not None and start.recipe.name == "tiny"
-    assert any("has no checkpoint" in line and "from scratch with its own recipe.yaml" in line for line in logs)
+    assert any("has no checkpoint" in x and "from scratch with its own recipe.yaml" in x for x in logs)
     assert not (out / "metrics.jsonl").exists()
 
 
 def test_a_model_without_checkpoint_is_never_deleted_without_overwrite(tmp_path):
     out = _run(tmp_path / "run", "recipe.yaml", "model/", "metrics.jsonl")
-    with pytest.raises(EffiMiniVLMError, match="model/ from an interrupted run and no checkpoint; pass --resume"):
+    with pytest.raises(EffiMiniVLMError, match="from an interrupted run and no checkpoint; pass --resume"):
         _open(out)
     start, logs = _open(out, resume=True)  # restarts with the stored recipe; model/ stays until replaced
     assert start.recipe is not None and (out / "model" / "config.json").is_file()
@@ -75,7 +75,8 @@ def test_a_model_without_checkpoint_is_never_deleted_without_overwrite(tmp_path)
     assert (done / "model" / "config.json").is_file()
     start, logs = _open(done, overwrite=True)
     assert not start.from_checkpoint and not any(done.iterdir())
-    assert logs == [f"--overwrite: removed the earlier run's model, train_summary.json, recipe.yaml from {done}"]
+    assert logs == [f"--overwrite: removed the earlier run's model, train_summary.json, recipe.yaml from "
+                    f"{done}"]
 
 
 def test_a_run_with_a_checkpoint_resumes_and_a_rerun_names_both_flags(tmp_path):
