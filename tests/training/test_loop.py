@@ -193,18 +193,37 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_rec
     assert summary["best_epoch"] == 1 and summary["best_val_plcc"] == 0.5
 
 
-def test_frozen_text_encoder_does_not_change(tiny_recipe, prepared, tmp_path):
+@pytest.mark.parametrize("frozen", ["image", "text"])
+def test_a_frozen_tower_is_bit_identical_after_training_while_the_rest_learns(tiny_recipe, prepared, tmp_path,
+                                                                            monkeypatch, frozen):
     from effiminivlm.config import load_recipe
     from effiminivlm.models.factory import load_model
 
-    recipe = load_recipe(tiny_recipe.to_dict(), ["train.freeze_text=true", "train.epochs=1"])
-    torch.manual_seed(recipe.train.seed)
+    recipe = load_recipe(tiny_recipe.to_dict(), [f"train.freeze_{frozen}=true", "train.epochs=1",
+                                                 "train.max_steps_per_epoch=2"])
+    real_create, built = loop.create_model, []
+
+    def create_and_snapshot(*a, **k):
+        model = real_create(*a, **k)
+        built.append((model, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(loop, "create_model", create_and_snapshot)
     _train(recipe, prepared, tmp_path / "run")
-    model, _ = load_model(tmp_path / "run" / "model")
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint" / "last.pt")
-    groups = ckpt["optimizer"]["param_groups"]
-    n_opt = sum(len(g["params"]) for g in groups)
-    assert n_opt == sum(1 for p in model.image_encoder.parameters()) + sum(1 for p in model.head.parameters())
+    (model, before), = built
+    saved, _ = load_model(tmp_path / "run" / "model")
+    other = "text" if frozen == "image" else "image"
+    for state in (model.state_dict(), saved.state_dict()):  # the live model and the published one
+        tower = {k: v for k, v in state.items() if k.startswith(f"{frozen}_encoder.")}
+        if frozen == "image":  # BatchNorm running statistics are part of what must not move
+            assert {"running_mean", "running_var"} <= {k.rsplit(".", 1)[1] for k in tower}
+        assert tower and all(torch.equal(v, before[k]) for k, v in tower.items()), [
+            k for k, v in tower.items() if not torch.equal(v, before[k])]
+        for part in ("head.", f"{other}_encoder."):
+            assert any(not torch.equal(v, before[k]) for k, v in state.items() if k.startswith(part)), part
+    if frozen == "text":  # unfrozen, the image tower's BatchNorm statistics do move: the check above can fail
+        assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()
+                   if k.startswith("image_encoder.") and k.endswith("running_mean"))
 
 
 def test_diverged_validation_is_a_clear_error(tiny_recipe, prepared, tmp_path, monkeypatch):
