@@ -115,6 +115,8 @@ def train_cmd(
     modalities: str | None = typer.Option(None, help="image_text | image | text (ablations)."),
     images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in --out (its model "
+                                   "included) and train from scratch."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
@@ -132,7 +134,7 @@ def train_cmd(
         overrides.append("train.freeze_text=true")
     keep_own = resume and recipe is None and not overrides  # resume with the recipe stored in the run
     resolved = None if keep_own else load_recipe(recipe or "offline", overrides)
-    summary = train(resolved, data, out, resume=resume, images_dir=images_dir,
+    summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, log=typer.echo)
     typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
                f"({summary['stop_reason']}); model saved to {summary['model_dir']}")

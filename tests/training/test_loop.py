@@ -34,14 +34,102 @@ def test_train_writes_a_run_folder_and_best_model(tiny_recipe, prepared, tmp_pat
         best["val_plcc"])
 
 
-def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tiny_recipe, prepared, tmp_path):
+def test_refuses_a_folder_that_holds_no_run_and_resume_needs_a_run(tiny_recipe, prepared, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "something").write_text("x")
-    with pytest.raises(EffiMiniVLMError, match="not empty"):
+    with pytest.raises(EffiMiniVLMError, match="not empty and holds no run"):
         _train(tiny_recipe, prepared, out)
-    with pytest.raises(EffiMiniVLMError, match="no checkpoint"):
-        _train(tiny_recipe, prepared, out, resume=True)
+    with pytest.raises(EffiMiniVLMError, match="no run to resume"):
+        _train(tiny_recipe, prepared, tmp_path / "missing", resume=True)
+
+
+def _crash_in_first_epoch(monkeypatch, prepared, recipe, out: Path) -> None:
+    """Run until the first training step, then die like a SIGKILL would: nothing after that point is written
+    (the temporary files of a publish and a checkpoint write in progress are left behind)."""
+    def die(*a, **k):
+        (out / ".model.tmp").mkdir()
+        (out / ".model.tmp" / "config.json").write_text("{")
+        (out / "checkpoint").mkdir()
+        (out / "checkpoint" / ".last.pt.tmp").write_bytes(b"half")
+        raise KeyboardInterrupt("simulated kill in epoch 1")
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_step", die)
+        with pytest.raises(KeyboardInterrupt):
+            _train(recipe, prepared, out)
+    assert sorted(p.name for p in out.iterdir()) == [".model.tmp", "checkpoint", "recipe.yaml"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_resumed_or_rerun(tiny_recipe, prepared, tmp_path,
+                                                                        monkeypatch):
+    from effiminivlm.config import load_recipe
+
+    short = load_recipe(tiny_recipe.to_dict(), ["train.epochs=1", "train.max_steps_per_epoch=1"])
+    out = tmp_path / "run"
+    _crash_in_first_epoch(monkeypatch, prepared, short, out)
+    logs: list[str] = []
+    summary = loop.train(None, prepared, out, resume=True, progress=False, log=logs.append)
+    assert summary["epochs_run"] == 1 and (out / "model" / "model.safetensors").is_file()
+    assert any("has no checkpoint" in x and "from scratch with its own recipe.yaml" in x for x in logs)
+    assert any("removed temporary files" in x and ".model.tmp" in x and ".last.pt.tmp" in x for x in logs)
+    assert load_checkpoint(out / "checkpoint" / "last.pt")["recipe"] == short.to_dict()
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    again = tmp_path / "again"
+    _crash_in_first_epoch(monkeypatch, prepared, short, again)
+    other = load_recipe(short.to_dict(), ["train.lr=0.002"])
+    logs.clear()
+    summary = loop.train(other, prepared, again, progress=False, log=logs.append)
+    assert summary["epochs_run"] == 1 and any(x.startswith(f"restarting {again}") for x in logs)
+    assert "lr: 0.002" in (again / "recipe.yaml").read_text()  # a rerun trains with the recipe it is given
+    assert not list(again.glob(".*")) and not list((again / "checkpoint").glob(".*"))
+
+
+def test_a_crash_between_the_publish_renames_loses_no_model(tiny_recipe, prepared, tmp_path):
+    from effiminivlm.config import load_recipe
+    from effiminivlm.models.factory import load_model
+
+    out = tmp_path / "run"
+    short = load_recipe(tiny_recipe.to_dict(), ["train.epochs=1", "train.max_steps_per_epoch=1"])
+    _train(short, prepared, out)
+    saved = load_file(out / "model" / "model.safetensors")
+    (out / "model").rename(out / ".model.old")  # killed after model -> .model.old, before .model.tmp -> model
+    with pytest.warns(UserWarning, match="restored .*model from its backup .model.old"):
+        model, _ = load_model(out / "model")  # what evaluate / predict / the scorer call
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+
+    (out / "model").rename(out / ".model.old")
+    logs: list[str] = []
+    loop.train(None, prepared, out, resume=True, progress=False, log=logs.append)
+    assert any(x.startswith("restored") for x in logs) and not (out / ".model.old").exists()
+    again = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+
+
+def test_metrics_never_repeat_an_epoch_when_killed_between_the_line_and_the_checkpoint(tiny_recipe, prepared,
+                                                                                       tmp_path, monkeypatch):
+    from effiminivlm.config import load_recipe
+
+    recipe = load_recipe(tiny_recipe.to_dict(), ["train.max_steps_per_epoch=1"])
+    out = tmp_path / "run"
+    real_save, calls = loop.save_checkpoint, []
+
+    def die_before_second_checkpoint(path, state):
+        calls.append(state["state"]["epoch"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed after epoch 2's metrics line, before its checkpoint")
+        real_save(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", die_before_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        _train(recipe, prepared, out)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    logs: list[str] = []
+    loop.train(None, prepared, out, resume=True, progress=False, log=logs.append)
+    assert any("rewritten to the 1 epoch(s) the checkpoint covers (it had 2" in x for x in logs)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(tiny_recipe, prepared, tmp_path,
@@ -61,6 +149,9 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(tiny_
         _train(tiny_recipe, prepared, crashed)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     assert load_checkpoint(crashed / "checkpoint" / "last.pt")["state"]["epoch"] == 1
+    # the reverse order: the checkpoint is written but epoch 1's metrics line only half
+    epoch1 = (crashed / "metrics.jsonl").read_text()
+    (crashed / "metrics.jsonl").write_text(epoch1[: len(epoch1) // 2])
 
     from effiminivlm.config import load_recipe
 
@@ -75,7 +166,8 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(tiny_
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     lines = (crashed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2] and lines[0] + "\n" == epoch1
+    assert any("rewritten to the 1 epoch(s)" in line for line in logs)
     sa = load_file(straight / "model" / "model.safetensors")
     sb = load_file(crashed / "model" / "model.safetensors")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -101,18 +193,37 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_rec
     assert summary["best_epoch"] == 1 and summary["best_val_plcc"] == 0.5
 
 
-def test_frozen_text_encoder_does_not_change(tiny_recipe, prepared, tmp_path):
+@pytest.mark.parametrize("frozen", ["image", "text"])
+def test_a_frozen_tower_is_bit_identical_after_training_while_the_rest_learns(tiny_recipe, prepared, tmp_path,
+                                                                            monkeypatch, frozen):
     from effiminivlm.config import load_recipe
     from effiminivlm.models.factory import load_model
 
-    recipe = load_recipe(tiny_recipe.to_dict(), ["train.freeze_text=true", "train.epochs=1"])
-    torch.manual_seed(recipe.train.seed)
+    recipe = load_recipe(tiny_recipe.to_dict(), [f"train.freeze_{frozen}=true", "train.epochs=1",
+                                                 "train.max_steps_per_epoch=2"])
+    real_create, built = loop.create_model, []
+
+    def create_and_snapshot(*a, **k):
+        model = real_create(*a, **k)
+        built.append((model, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(loop, "create_model", create_and_snapshot)
     _train(recipe, prepared, tmp_path / "run")
-    model, _ = load_model(tmp_path / "run" / "model")
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint" / "last.pt")
-    groups = ckpt["optimizer"]["param_groups"]
-    n_opt = sum(len(g["params"]) for g in groups)
-    assert n_opt == sum(1 for p in model.image_encoder.parameters()) + sum(1 for p in model.head.parameters())
+    (model, before), = built
+    saved, _ = load_model(tmp_path / "run" / "model")
+    other = "text" if frozen == "image" else "image"
+    for state in (model.state_dict(), saved.state_dict()):  # the live model and the published one
+        tower = {k: v for k, v in state.items() if k.startswith(f"{frozen}_encoder.")}
+        if frozen == "image":  # BatchNorm running statistics are part of what must not move
+            assert {"running_mean", "running_var"} <= {k.rsplit(".", 1)[1] for k in tower}
+        assert tower and all(torch.equal(v, before[k]) for k, v in tower.items()), [
+            k for k, v in tower.items() if not torch.equal(v, before[k])]
+        for part in ("head.", f"{other}_encoder."):
+            assert any(not torch.equal(v, before[k]) for k, v in state.items() if k.startswith(part)), part
+    if frozen == "text":  # unfrozen, the image tower's BatchNorm statistics do move: the check above can fail
+        assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()
+                   if k.startswith("image_encoder.") and k.endswith("running_mean"))
 
 
 def test_diverged_validation_is_a_clear_error(tiny_recipe, prepared, tmp_path, monkeypatch):
@@ -126,5 +237,5 @@ def test_diverged_validation_is_a_clear_error(tiny_recipe, prepared, tmp_path, m
         return res
 
     monkeypatch.setattr(loop, "run_inference", nan_inference)
-    with pytest.raises(EffiMiniVLMError, match="not finite"):
+    with pytest.raises(EffiMiniVLMError, match="not finite.*No epoch finished, so there is no checkpoint"):
         _train(tiny_recipe, prepared, tmp_path / "run")

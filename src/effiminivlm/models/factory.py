@@ -7,6 +7,7 @@ picks the architecture class from `MODEL_ARCHS`, for building and for reloading.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,6 +19,7 @@ from torchvision import transforms as T
 from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
 from effiminivlm.data.images import to_rgb
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
+from effiminivlm.files import recover_dir
 from effiminivlm.models.archs import get_arch
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
@@ -79,9 +81,13 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     """A folder written by `save_pretrained` -> (model in eval mode, tokenizer), with no network.
 
     The tokenizer comes from the folder's own tokenizer files, else from the source recorded in its config;
-    an image-only model without either gets None.
+    an image-only model without either gets None. A folder a crash left as `.NAME.old` (between the renames
+    of `files.replace_dir`) is put back first, with a warning that says so.
     """
     folder = Path(model_dir)
+    repaired = recover_dir(folder)  # a run killed between the two renames that publish its model/
+    if repaired:
+        warnings.warn(repaired, stacklevel=2)
     arch = get_arch(read_model_config(folder).arch, f"{folder / 'config.json'}: arch")
     model = arch.from_pretrained(folder, device=device)
     if (folder / "tokenizer_config.json").is_file():

@@ -6,6 +6,7 @@ Run folder (`--out`):
     checkpoint/last.pt  full training state after the last finished epoch (for --resume)
     model/            the best epoch by validation PLCC, as a Hugging Face-style folder (the run's output)
     train_summary.json  best epoch, its metrics, stop reason, counters
+What a rerun or `--resume` does with a folder a killed run left: see `training.rundir`.
 """
 
 from __future__ import annotations
@@ -31,18 +32,13 @@ from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.metrics import compute_metrics
-from effiminivlm.files import replace_dir, to_jsonable, write_json
+from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
-from effiminivlm.training.checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from effiminivlm.training.losses import create_loss
+from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
 
 MAX_NONFINITE_STEPS = 20
 
@@ -103,29 +99,21 @@ def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device,
     return float(loss.detach())
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    ckpt = out / "checkpoint" / CHECKPOINT_NAME
-    if resume:
-        if not ckpt.is_file():
-            raise EffiMiniVLMError(f"--resume: no checkpoint at {ckpt}")
-    elif out.exists() and any(out.iterdir()):
-        raise EffiMiniVLMError(f"--out {out} is not empty; pass --resume to continue that run, "
-                               "or choose a new --out")
-
-
 def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
-          images_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          overwrite: bool = False, images_dir: str | Path | None = None, device: str | None = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, validate each epoch, keep the best model by val PLCC; returns the run summary.
 
-    `recipe=None` is allowed with `resume`: the run continues with the recipe stored in its checkpoint.
+    `recipe=None` is allowed with `resume`: the run continues with the recipe stored in its checkpoint (or in
+    its recipe.yaml when it was killed before its first checkpoint). `overwrite` deletes an earlier run in
+    `out_dir` (its model included) and starts anew.
     """
     out = Path(out_dir)
-    _check_out(out, resume)
-    ckpt_path = out / "checkpoint" / CHECKPOINT_NAME
-    checkpoint = load_checkpoint(ckpt_path) if resume else None
-    if checkpoint is not None:  # the run continues with the recipe it started with
-        stored = from_dict(Recipe, checkpoint["recipe"])
+    start = open_run_dir(out, resume=resume, overwrite=overwrite, log=log)
+    ckpt_path = checkpoint_path(out)
+    checkpoint = load_checkpoint(ckpt_path) if start.from_checkpoint else None
+    stored = from_dict(Recipe, checkpoint["recipe"]) if checkpoint is not None else start.recipe
+    if stored is not None:  # the run continues with the recipe it started with
         ignored = _diff(recipe.to_dict(), stored.to_dict()) if recipe is not None else []
         if ignored:
             log(f"--resume continues with the run's own recipe; ignoring: {', '.join(ignored)}")
@@ -167,6 +155,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     loss_fn = create_loss(tc.loss, mu=mu, delta=tc.huber_delta, cap=tc.weight_cap)
 
     state = TrainState()
+    records: list[dict[str, Any]] = []  # the metrics.jsonl lines, also kept in each checkpoint
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -174,11 +163,15 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         set_rng_state(checkpoint["rng"])
-        log(f"resumed {out} after epoch {state.epoch} (step {state.step}, best val PLCC "
-            f"{state.best_plcc:.4f} at epoch {state.best_epoch})")
+        records, changed = sync_metrics(out, checkpoint.get("metrics"), state.epoch)
+        if changed:
+            log(changed)
+        best = (f"best val PLCC {state.best_plcc:.4f} at epoch {state.best_epoch}" if state.best_epoch
+                else "no best model yet")
+        log(f"resumed {out} after epoch {state.epoch} (step {state.step}, {best})")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
+        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
         init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
     log(f"train {len(train_ds)} / val {len(val_ds)} items, mu={mu:.4f}, {steps_per_epoch} steps/epoch, "
         f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
@@ -221,7 +214,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         if bad:
             raise EffiMiniVLMError(f"epoch {epoch}: {bad} of {len(val.pred)} validation predictions are not "
                                    "finite (the model diverged); lower train.lr or use train.precision=fp32. "
-                                   f"The last good state is in {ckpt_path}")
+                                   + (f"The last good state (epoch {state.epoch}) is in {ckpt_path}"
+                                      if state.epoch else "No epoch finished, so there is no checkpoint"))
         metrics = compute_metrics(val.pred, val.target)["overall"]
         plcc = metrics["plcc"]
         improved = not math.isnan(plcc) and plcc > state.best_plcc
@@ -236,19 +230,20 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         }
         if improved:
             state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
-            tmp = out / ".model.tmp"
+            tmp = out / MODEL_TMP
             model.save_pretrained(tmp, tokenizer=tokenizer)
             replace_dir(tmp, out / "model")
         else:
             state.bad_epochs += 1
         state.epoch = epoch
         state.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_plcc")})
+        records.append(to_jsonable(record))
         with (out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+            f.write(json.dumps(records[-1], allow_nan=False) + "\n")
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "state": state.__dict__, "rng": rng_state(), "recipe": recipe.to_dict(),
+            "state": state.__dict__, "rng": rng_state(), "recipe": recipe.to_dict(), "metrics": records,
         })
         log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['huber']:.4f}, "
             f"val PLCC {plcc:.4f}{' (best)' if improved else ''}, {record['samples_per_s']} samples/s")
