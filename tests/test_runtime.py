@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from effiminivlm.evaluation.inference import forward_batch, run_inference
 
 from effiminivlm.config import load_recipe
+from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models import create_model
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.training.loop import init_output_bias, train_step

@@ -63,25 +63,24 @@ def test_tokenizer_errors() -> None:
 
 
 def test_transparent_png_gives_one_tensor_through_dataset_and_scorer_white_behind(tmp_path) -> None:
-    """Training/evaluation read files through the dataset (image store); a PIL image handed to the scorer's
-    transform skips the store: both must composite transparency on white, not on black."""
+    """Training/evaluation read files through the dataset (image store); a PIL image handed straight to the
+    eval transform (as every scoring loader builds it) skips the store: both must composite transparency on
+    white, not on black."""
     from effiminivlm.config import load_recipe
     from effiminivlm.data.dataset import ProductDataset
-    from effiminivlm.models import create_model
-    from effiminivlm.serving.scorer import Scorer, products_table
+    from effiminivlm.serving.scorer import products_table
 
     rgba = np.zeros((40, 40, 4), dtype=np.uint8)  # fully transparent (black) background ...
     rgba[10:30, 10:30] = (200, 30, 30, 255)  # ... around an opaque red square
     path = tmp_path / "product.png"
     Image.fromarray(rgba, mode="RGBA").save(path)
     cfg = load_recipe("tiny").model
-    scorer = Scorer(create_model(cfg, pretrained=False), tokenizer=None, precision="fp32")
     ds = ProductDataset(products_table([{"title": "t", "images": [str(path)]}]),
                         create_transforms(cfg.image_encoder), images="first")
     via_dataset = ds[0].images[0]
     with Image.open(path) as img:
         assert img.mode == "RGBA"
-        via_scorer = scorer.transform(img)
+        via_scorer = create_transforms(cfg.image_encoder, train=False)(img)
     torch.testing.assert_close(via_scorer, via_dataset, rtol=0, atol=0)
     white = create_transforms(cfg.image_encoder)(Image.new("RGB", (40, 40), (255, 255, 255)))
     torch.testing.assert_close(via_scorer[:, 0, 0], white[:, 0, 0])  # the corner: white, not black

@@ -172,7 +172,7 @@ def test_image_index_is_order_free_and_checked(tiny_model, tiny_cfg, batch_for) 
 
 
 def test_forward_batch_passes_several_images_to_the_model(tiny_model, tiny_cfg, batch_for) -> None:
-    from effiminivlm.evaluation.inference import forward_batch
+    from effiminivlm.inference import forward_batch
 
     batch, (a, _, c), pixels, index = _multi(tiny_cfg, batch_for)
     has_image = torch.tensor([True, False, True])
