@@ -1,4 +1,9 @@
-"""Errors a user can act on. The CLI prints them as one clear line (exit code 2), never a traceback."""
+"""Errors a user can act on. The CLI prints them as one clear line (exit code 2), never a traceback.
+
+Why a hierarchy: `cli.main` catches `EffiMiniVLMError` only, so a genuine bug (any other exception) keeps its
+traceback. Every place that turns user input (files, recipes, options, names) into a failure raises one of
+these, with one line naming the file, key or value.
+"""
 
 
 class EffiMiniVLMError(Exception):
@@ -11,3 +16,20 @@ class DataError(EffiMiniVLMError):
 
 class WeightsError(EffiMiniVLMError):
     """A pretrained weight source that cannot be resolved or does not match the architecture."""
+
+
+class ConfigError(EffiMiniVLMError, ValueError):
+    """A recipe, a `--set` override, a model's config.json or an option with a bad key or value.
+
+    Also a ValueError, so library callers that validated values with `except ValueError` keep working.
+    """
+
+
+class UnknownNameError(EffiMiniVLMError, KeyError):
+    """A name (recipe, encoder, head, loss, architecture) that is not registered; says what is.
+
+    Also a KeyError for library callers; printed as its message (KeyError would quote it).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

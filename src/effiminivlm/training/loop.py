@@ -150,7 +150,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     mode = "none" if recipe.model.modalities == "text" else "first"
     img_cfg = recipe.model.image_encoder
     train_ds = ProductDataset(train_rows, create_transforms(img_cfg, True, recipe.data.augment), store, mode)
-    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, mode)
+    val_mode = "none" if mode == "none" else recipe.data.images  # first | mean, as evaluate/predict --images
+    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, val_mode)
     collate = Collator(tokenizer, recipe.model.text_encoder.max_length)
     workers = default_num_workers(recipe.data.num_workers)
     val_loader = _loader(val_ds, collate, tc.eval_batch_size, workers, shuffle_seed=None)
