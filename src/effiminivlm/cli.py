@@ -154,8 +154,7 @@ def evaluate_cmd(
 
     _writable(out, "--out", "dir")
     _check_choice("--split", split, ("train", "val", "test"))
-    _check_loading(images, batch_size, num_workers)
-    _check_runtime(precision, device)
+    _check_inference(images, batch_size, num_workers, precision, device)
     result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       min_rating_number=min_rating_number)
@@ -187,8 +186,7 @@ def predict_cmd(
     _writable(out, "--out", "file")
     if split is not None:
         _check_choice("--split", split, ("train", "val", "test"))
-    _check_loading(images, batch_size, num_workers)
-    _check_runtime(precision, device)
+    _check_inference(images, batch_size, num_workers, precision, device)
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)
@@ -317,15 +315,18 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _check_loading(images: str, batch_size: int, num_workers: int) -> None:
-    """The data-loading options evaluate and predict share."""
-    from effiminivlm.config import IMAGE_MODES
+def _check_inference(images: str, batch_size: int, num_workers: int, precision: str, device: str | None
+                     ) -> None:
+    """The options evaluate and predict share."""
+    from effiminivlm.config import IMAGE_MODES, PRECISIONS
 
     _check_choice("--images", images, IMAGE_MODES)
+    _check_choice("--precision", precision, PRECISIONS)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
+    _check_runtime(precision, device)
 
 
 def _check_runtime(precision: str | None, device: str | None) -> None:

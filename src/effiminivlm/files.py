@@ -20,6 +20,8 @@ import numpy as np
 
 from effiminivlm.errors import DataError, EffiMiniVLMError
 
+NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, tmpfs, APFS and NTFS
+
 
 def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str = "file") -> Path:
     """Fail now, in one line, if `path` cannot be written as a `kind` ("file" or "dir"); creates nothing.
@@ -36,8 +38,18 @@ def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str 
     if not raw or "\0" in raw:
         raise EffiMiniVLMError(f"{what} {raw!r}: not a valid path")
     out = Path(raw)
+    try:
+        return _check_writable(out, what, kind)
+    except OSError as e:  # e.g. a name longer than the filesystem allows, a symlink loop
+        raise EffiMiniVLMError(f"{what} {out}: {e.strerror or e}") from None
+
+
+def _check_writable(out: Path, what: str, kind: str) -> Path:
+    for part in out.parts:  # also below a missing folder, where no lookup reaches it yet
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise EffiMiniVLMError(f"{what} {out}: the name {part[:20]}... is longer than {NAME_MAX} bytes")
     if kind == "file" and out.is_dir():
-        raise EffiMiniVLMError(f"{what} {out}: is a folder; give a file name (e.g. {out / 'out'}...)")
+        raise EffiMiniVLMError(f"{what} {out}: is a folder; give a file name")
     if kind == "dir" and out.exists() and not out.is_dir():
         raise EffiMiniVLMError(f"{what} {out}: exists and is not a folder")
     ancestor = out if kind == "dir" and out.is_dir() else out.parent
@@ -47,13 +59,6 @@ def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str 
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise EffiMiniVLMError(f"{what} {out}: {ancestor} is a file, not a folder")
-    try:
-        name_max = os.pathconf(ancestor, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        name_max = 255
-    for part in out.parts:
-        if len(os.fsencode(part)) > name_max:
-            raise EffiMiniVLMError(f"{what} {out}: the name {part[:40]}... is longer than {name_max} bytes")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise EffiMiniVLMError(f"{what} {out}: {ancestor} is not writable")
     if kind == "file" and out.exists() and not os.access(out, os.W_OK):
