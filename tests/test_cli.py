@@ -45,10 +45,11 @@ def test_main_job_end_to_end(tmp_path, capsys, monkeypatch):
     train_summary = json.loads((run / "train_summary.json").read_text())
     assert out.strip().splitlines()[-1] == (
         f"best val PLCC {train_summary['best_val_plcc']:.4f} at epoch {train_summary['best_epoch']} "
-        f"(max_epochs); model saved to {run / 'model'}")
+        f"({train_summary['stop_reason']}); model saved to {run / 'model'}")
     stored = yaml.safe_load((run / "recipe.yaml").read_text())
     assert stored["data"]["images"] == "mean" and stored["train"]["epochs"] == 2 and "eval" not in stored
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, train_summary["epochs_run"] + 1))
     assert (run / "model" / "model.safetensors").is_file()
     # a second train into the same folder is refused with a clear message, not a traceback
     assert main(["train", "--data", str(prep), "--out", str(run), "--recipe", "tiny"]) == 2
