@@ -152,7 +152,7 @@ def evaluate_cmd(
     """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
     from effiminivlm.evaluation.evaluate import evaluate
 
-    _writable(out, "--out", "dir")
+    _writable(out if out is not None else _default_eval_out(model, split), "--out", "dir")
     _check_choice("--split", split, ("train", "val", "test"))
     _check_inference(images, batch_size, num_workers, precision, device)
     result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
@@ -287,7 +287,9 @@ def benchmark_cmd(
     from effiminivlm.evaluation.benchmark import print_report, run_benchmark
 
     _writable(json_out, "--json", "file")
-    _check_runtime(None, device)
+    from effiminivlm.config import PRECISIONS
+
+    _check_runtime(precision if precision in PRECISIONS else None, device)  # run_benchmark checks the rest
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
                             batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
@@ -308,6 +310,13 @@ def _writable(path: str | None, what: str, kind: str) -> None:
         from effiminivlm.files import check_writable
 
         check_writable(path, what, kind)
+
+
+def _default_eval_out(model: str, split: str) -> str:
+    """evaluate's default report folder (MODEL/../eval-SPLIT), checked like an explicit --out."""
+    from pathlib import Path
+
+    return str(Path(model).parent / f"eval-{split}")
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

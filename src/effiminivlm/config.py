@@ -21,7 +21,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -43,7 +43,7 @@ TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
 TEXT_CONFIG_PROBS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-def _fail(key: str, rule: str, value: Any) -> None:
+def _fail(key: str, rule: str, value: Any) -> NoReturn:
     raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
