@@ -244,3 +244,17 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(config, "list_recipes", lambda: {}["missing"])
     with pytest.raises(KeyError):
         main(["recipes"])
+
+
+def test_fp16_on_a_cpu_is_refused_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid where CUDA is")
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "tiny",
+                 "--precision", "fp16", "--device", "cpu"]) == 2
+    assert _one_line_error(capsys) == ("error: precision 'fp16' on cpu: fp16 autocast needs CUDA; use bf16 "
+                                       "or fp32 on CPU")
+    assert main(["benchmark", "--data", str(tmp_path), "--recipe", "tiny", "--precision", "fp16"]) == 2
+    assert "fp16 autocast needs CUDA" in _one_line_error(capsys)
+    assert not (tmp_path / "r").exists()

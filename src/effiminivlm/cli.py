@@ -287,9 +287,7 @@ def benchmark_cmd(
     from effiminivlm.evaluation.benchmark import print_report, run_benchmark
 
     _writable(json_out, "--json", "file")
-    from effiminivlm.config import PRECISIONS
-
-    _check_runtime(precision if precision in PRECISIONS else None, device)  # run_benchmark checks the rest
+    _check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
                             batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
@@ -339,14 +337,16 @@ def _check_inference(images: str, batch_size: int, num_workers: int, precision: 
 
 
 def _check_runtime(precision: str | None, device: str | None) -> None:
-    """--device must name a torch device, and the precision must run on it (fp16 needs CUDA)."""
+    """--device must name a torch device, and a precision must run on it (fp16 needs CUDA). Other precision
+    words (benchmark's "both", typos) are left to the command's own check of its choices."""
+    from effiminivlm.config import PRECISIONS
     from effiminivlm.runtime import resolve_device, resolve_precision
 
     try:
         dev = resolve_device(device)
     except RuntimeError as e:  # torch's "Expected one of cpu, cuda, ... device type at start of ..."
         raise ConfigError(f"--device {device!r} is not a device: {str(e).splitlines()[0]}") from None
-    if precision is not None:
+    if precision in PRECISIONS:
         try:
             resolve_precision(precision, dev)
         except ValueError as e:
