@@ -344,8 +344,8 @@ def _check_runtime(precision: str | None, device: str | None) -> None:
 
     try:
         dev = resolve_device(device)
-    except RuntimeError as e:  # torch's "Expected one of cpu, cuda, ... device type at start of ..."
-        raise ConfigError(f"--device {device!r} is not a device: {str(e).splitlines()[0]}") from None
+    except RuntimeError:  # torch's "Expected one of cpu, cuda, ipu, xpu, ... device type at start of ..."
+        raise ConfigError(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if precision in PRECISIONS:
         try:
             resolve_precision(precision, dev)
