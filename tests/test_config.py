@@ -66,7 +66,6 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("model.image_encoder.std=[0.5,0,0.5]", "model.image_encoder.std must be a finite number and > 0"),
     ("model.image_encoder.mean=[0.5]", "model.image_encoder.mean must be 3 numbers"),
     ("model.text_encoder.max_length=0", r"model.text_encoder.max_length must be an integer in \[1, 8192\]"),
-    ("model.text_encoder.max_length=200", "max_length 200 exceeds config.max_position_embeddings 128"),
     ("model.text_encoder.config.hidden_size=-1", "model.text_encoder.config.hidden_size must be an integer"),
     ("model.text_encoder.config.num_hidden_layers=0", "config.num_hidden_layers"),
     ("model.text_encoder.config.vocab_size=10000000000", "config.vocab_size"),

@@ -231,6 +231,8 @@ def profile_cmd(
 
     _writable(json_out, "--json", "file")
     _writable(plot, "--plot", "file")
+    if plcc is not None and not -1.0 <= plcc <= 1.0:  # NaN fails too
+        raise ConfigError(f"--plcc: PLCC must lie in [-1, 1], got {plcc!r}")
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
                               report=report, data=data, mean_tokens=mean_tokens, json_out=json_out,
                               plot_out=plot))

@@ -114,10 +114,6 @@ class TextEncoderCfg:
         if hidden is not None and heads is not None and hidden % heads:
             raise ConfigError(f"config.hidden_size {hidden} is not a multiple of config.num_attention_heads "
                               f"{heads}")
-        positions = cfg.get("max_position_embeddings")
-        if positions is not None and self.max_length > positions:
-            raise ConfigError(f"max_length {self.max_length} exceeds config.max_position_embeddings "
-                              f"{positions}")
 
 
 @dataclass
