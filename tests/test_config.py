@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 
-from effiminivlm.config import Recipe, list_recipes, load_recipe
+from effiminivlm.config import ModelCfg, Recipe, from_dict, list_recipes, load_recipe
+from effiminivlm.errors import ConfigError, EffiMiniVLMError, UnknownNameError
 from effiminivlm.registry import Registry
 
 
@@ -36,12 +40,128 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("train.lrr=1", "train.lrr"),
     ("train.epochs=many", "train.epochs: expected an integer"),
     ("train.freeze_text=3", "expected true/false"),
-    ("model.modalities=audio", "modalities"),
+    ("model.modalities=audio", "model.modalities must be one of image_text, image, text, got 'audio'"),
     ("nonsense", "key.sub=value"),
+    # ranges
+    ("train.batch_size=0", r"train.batch_size must be an integer in \[1, 65536\], got 0"),
+    ("train.huber_delta=0", "train.huber_delta must be a finite number and > 0, got 0.0"),
+    ("train.weight_cap=-1", "train.weight_cap must be a finite number and > 0"),
+    ("train.lr=0", "train.lr must be a finite number and > 0"),
+    ("train.lr=.nan", "train.lr must be a finite number"),
+    ("train.lr=.inf", "train.lr must be a finite number"),
+    ("train.epochs=0", "train.epochs must be an integer in"),
+    ("train.warmup_ratio=1", "train.warmup_ratio must be a finite number and >= 0 and < 1"),
+    ("train.patience=-1", "train.patience must be an integer >= 0"),
+    ("train.grad_clip=0", "train.grad_clip"),
+    ("train.seed=-1", "train.seed"),
+    ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch"),
+    ("train.eval_batch_size=0", "train.eval_batch_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("model.head.dropout=1", "model.head.dropout must be a finite number and >= 0 and < 1"),
+    ("model.head.hidden_dims=[16,0]", r"model.head.hidden_dims\[1\] must be an integer in \[1, 65536\], "
+                                      "got 0"),
+    ("model.image_encoder.image_size=8", r"model.image_encoder.image_size must be an integer in "
+                                         r"\[16, 4096\]"),
+    ("model.image_encoder.image_size=100000", "model.image_encoder.image_size"),
+    ("model.image_encoder.std=[0.5,0,0.5]", "model.image_encoder.std must be a finite number and > 0"),
+    ("model.image_encoder.mean=[0.5]", "model.image_encoder.mean must be 3 numbers"),
+    ("model.text_encoder.max_length=0", r"model.text_encoder.max_length must be an integer in \[1, 8192\]"),
+    ("model.text_encoder.config.hidden_size=-1", "model.text_encoder.config.hidden_size must be an integer"),
+    ("model.text_encoder.config.num_hidden_layers=0", "config.num_hidden_layers"),
+    ("model.text_encoder.config.vocab_size=10000000000", "config.vocab_size"),
+    ("model.text_encoder.config.num_attention_heads=5", "hidden_size 32 is not a multiple of "
+                                                         "config.num_attention_heads 5"),
+    ("model.text_encoder.config.hidden_dropout_prob=1.5", "config.hidden_dropout_prob"),
+    # fixed choices
+    ("train.precision=fp64", "train.precision must be one of auto, fp32, bf16, fp16, got 'fp64'"),
+    ("data.augment=rotate", "data.augment must be one of none, flip"),
+    ("data.images=all", "data.images must be one of first, mean"),
+    ("model.text_encoder.pooling=max", "model.text_encoder.pooling must be one of cls, mean"),
+    # an eval section is not part of a recipe (evaluate has its own options)
+    ("eval.split=val", "unknown recipe key.s. eval"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         load_recipe("tiny", [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.loss=weighted_hubr", "train.loss: unknown loss 'weighted_hubr'; did you mean weighted_huber"),
+    ("model.head.name=mlpp", r"model.head.name: unknown head 'mlpp'; did you mean mlp\? \(known: mlp\)"),
+    ("model.image_encoder.name=resnet", "model.image_encoder.name: unknown image encoder 'resnet'.*known: "
+                                        "efficientnet_b0, tf_efficientnet_lite0, timm"),
+    ("model.text_encoder.name=gpt", "model.text_encoder.name: unknown text encoder 'gpt'.*known: bert"),
+    ("model.arch=clip", "model.arch: unknown model arch 'clip'"),
+])
+def test_registered_names_are_checked_at_load(override, message):
+    """config stays below models/training (it holds no registry); the training layer checks the names the
+    moment a recipe is loaded for a run, before any data is read or model built."""
+    from effiminivlm.training.losses import check_recipe_names
+
+    recipe = load_recipe("tiny", [override])
+    with pytest.raises(UnknownNameError, match=message):
+        check_recipe_names(recipe)
+
+
+def test_python_tags_and_yaml_syntax_errors_are_one_line_and_never_run(tmp_path):
+    marker = tmp_path / "made-by-yaml"
+    tag = f'!!python/object/apply:os.mkdir ["{marker}"]'
+    f = tmp_path / "evil.yaml"
+    f.write_text(f"name: evil\ntrain:\n  lr: {tag}\n")
+    with pytest.raises(ConfigError, match=f"{f}:3: invalid YAML: could not determine a constructor .*python"):
+        load_recipe(str(f))
+    with pytest.raises(ConfigError, match="override 'train.lr=!!python.*invalid YAML"):
+        load_recipe("tiny", [f"train.lr={tag}"])
+    assert not marker.exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\ntrain: {epochs: 2\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=f"{broken}:3: invalid YAML: expected ','") as info:
+        load_recipe(str(broken))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="override 'model.head.hidden_dims=.1,2': invalid YAML"):
+        load_recipe("tiny", ["model.head.hidden_dims=[1,2"])
+    bad_base = tmp_path / "bad_base.yaml"
+    bad_base.write_text("base: [tiny]\n")
+    with pytest.raises(ConfigError, match="base must be a recipe name or path"):
+        load_recipe(str(bad_base))
+
+
+def _model_config(**changes):
+    """A saved model's config.json content (the tiny recipe's model) with some values replaced."""
+    data = {"format_version": 1, **asdict(load_recipe("tiny").model)}
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = data
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("image_encoder.image_size", -5, "model.image_encoder.image_size must be an integer in"),
+    ("text_encoder.max_length", 0, "model.text_encoder.max_length must be an integer in"),
+    ("head.hidden_dims", [-3], r"model.head.hidden_dims\[0\] must be an integer in"),
+    ("head.hidden_dims", [10**12], r"model.head.hidden_dims\[0\]"),
+    ("head.dropout", 2.0, "model.head.dropout must be a finite number and >= 0 and < 1"),
+    ("text_encoder.config.hidden_size", -1, "model.text_encoder.config.hidden_size"),
+    ("text_encoder.config.num_hidden_layers", -2, "model.text_encoder.config.num_hidden_layers"),
+    ("text_encoder.config.num_attention_heads", 0, "model.text_encoder.config.num_attention_heads"),
+    ("text_encoder.config.intermediate_size", 0, "model.text_encoder.config.intermediate_size"),
+    ("text_encoder.config.vocab_size", -1, "model.text_encoder.config.vocab_size"),
+    ("text_encoder.config.num_attention_heads", 3, "hidden_size 32 is not a multiple of"),
+    ("arch", "vit", "model.arch: unknown model arch 'vit'"),
+])
+def test_a_model_config_json_with_absurd_sizes_names_file_and_key(tmp_path, key, value, message):
+    from effiminivlm.models import read_model_config
+
+    (tmp_path / "config.json").write_text(json.dumps(_model_config(**{key: value})))
+    with pytest.raises(EffiMiniVLMError, match=message) as info:
+        read_model_config(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'config.json'}: ")
+    good = {k: v for k, v in _model_config().items() if k != "format_version"}
+    assert isinstance(from_dict(ModelCfg, good), ModelCfg)
 
 
 def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
@@ -51,12 +171,14 @@ def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
 
 
 def test_unknown_recipe_and_base_cycle(tmp_path):
-    with pytest.raises(KeyError, match="packaged recipes"):
+    with pytest.raises(UnknownNameError, match="unknown recipe 'papr'; packaged recipes: demo, offline"):
         load_recipe("papr")
+    with pytest.raises(ConfigError, match="recipe file .*missing.yaml does not exist"):
+        load_recipe(str(tmp_path / "missing.yaml"))
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text(f"base: {b}\n")
     b.write_text(f"base: {a}\n")
-    with pytest.raises(ValueError, match="cycle"):
+    with pytest.raises(ConfigError, match="cycle"):
         load_recipe(str(a))
 
 
@@ -68,7 +190,9 @@ def test_registry_suggests_close_names():
         return "round"
 
     assert reg.build("round_widget") == "round" and "round_widget" in reg
-    with pytest.raises(KeyError, match="did you mean round_widget"):
+    with pytest.raises(UnknownNameError, match="did you mean round_widget") as info:
         reg.get("round_widgt")
+    # a user error the CLI prints as is; still a KeyError for library callers, without KeyError's quotes
+    assert isinstance(info.value, KeyError) and str(info.value).startswith("unknown widget 'round_widgt'")
     with pytest.raises(ValueError, match="twice"):
         reg.register("round_widget")(round_widget)

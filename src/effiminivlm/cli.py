@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from effiminivlm.errors import EffiMiniVLMError
+from effiminivlm.errors import ConfigError, EffiMiniVLMError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Efficient multimodal product-quality scoring (EffiMiniVLM, LoViF 2026 protocol).")
@@ -47,6 +47,7 @@ def prepare_cmd(
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
     from effiminivlm.data.prepare import prepare, print_summary
 
+    _writable(out, "--out", "dir")
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
                       require_image=require_image, rare_threshold=rare_threshold, overwrite=overwrite,
@@ -90,6 +91,7 @@ def synth_cmd(
     """Write a synthetic catalog in the official meta schema, with real images and the LoViF layout."""
     from effiminivlm.data.synth import write_synth
 
+    _writable(out, "--out", "dir")
     typer.echo(str(write_synth(out, n, seed=seed, image_size=image_size,
                                missing_description_frac=missing_description_frac, progress=True,
                                overwrite=overwrite)))
@@ -123,6 +125,7 @@ def train_cmd(
     from effiminivlm.config import load_recipe
     from effiminivlm.training.loop import train
 
+    _writable(out, "--out", "dir")
     overrides = list(set_)
     for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr),
                        ("train.precision", precision), ("model.modalities", modalities)):
@@ -134,6 +137,11 @@ def train_cmd(
         overrides.append("train.freeze_text=true")
     keep_own = resume and recipe is None and not overrides  # resume with the recipe stored in the run
     resolved = None if keep_own else load_recipe(recipe or "offline", overrides)
+    if resolved is not None:
+        from effiminivlm.training.losses import check_recipe_names
+
+        check_recipe_names(resolved)  # names fail now, before any data is read
+    _check_runtime(resolved.train.precision if resolved is not None else None, device)
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, log=typer.echo)
     typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
@@ -157,6 +165,9 @@ def evaluate_cmd(
     """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
     from effiminivlm.evaluation.evaluate import evaluate
 
+    _writable(out if out is not None else _default_eval_out(model, split), "--out", "dir")
+    _check_choice("--split", split, ("train", "val", "test"))
+    _check_inference(images, batch_size, num_workers, precision, device)
     result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       min_rating_number=min_rating_number)
@@ -185,6 +196,10 @@ def predict_cmd(
 
     from effiminivlm.serving.predict import predict
 
+    _writable(out, "--out", "file")
+    if split is not None:
+        _check_choice("--split", split, ("train", "val", "test"))
+    _check_inference(images, batch_size, num_workers, precision, device)
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)
@@ -227,6 +242,10 @@ def profile_cmd(
     from effiminivlm.protocol.profile import run_profile
     from effiminivlm.protocol.tables import print_profile
 
+    _writable(json_out, "--json", "file")
+    _writable(plot, "--plot", "file")
+    if plcc is not None and not -1.0 <= plcc <= 1.0:  # NaN fails too
+        raise ConfigError(f"--plcc: PLCC must lie in [-1, 1], got {plcc!r}")
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
                               report=report, data=data, mean_tokens=mean_tokens, json_out=json_out,
                               plot_out=plot))
@@ -247,6 +266,8 @@ def score_cmd(
     from effiminivlm.protocol.score import run_score
     from effiminivlm.protocol.tables import print_score
 
+    _writable(json_out, "--json", "file")
+    _writable(plot, "--plot", "file")
     print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot))
     for kind, path in (("json", json_out), ("plot", plot)):
         if path is not None:
@@ -281,6 +302,8 @@ def benchmark_cmd(
     from effiminivlm.protocol.runtime import run_benchmark
     from effiminivlm.protocol.tables import print_report
 
+    _writable(json_out, "--json", "file")
+    _check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
                             batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
@@ -291,18 +314,73 @@ def benchmark_cmd(
         typer.echo(f"json: {json_out}")
 
 
+# ------------------------------------------------------------------------------------------ option checks
+# Run first in each command: a bad option fails in a second, as one line, before any long work.
+
+
+def _writable(path: str | None, what: str, kind: str) -> None:
+    """An output option (when given) must be writable as `kind` (see files.check_writable)."""
+    if path is not None:
+        from effiminivlm.files import check_writable
+
+        check_writable(path, what, kind)
+
+
+def _default_eval_out(model: str, split: str) -> str:
+    """evaluate's default report folder (MODEL/../eval-SPLIT), checked like an explicit --out."""
+    from pathlib import Path
+
+    return str(Path(model).parent / f"eval-{split}")
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_inference(images: str, batch_size: int, num_workers: int, precision: str, device: str | None
+                     ) -> None:
+    """The options evaluate and predict share."""
+    from effiminivlm.config import IMAGE_MODES, PRECISIONS
+
+    _check_choice("--images", images, IMAGE_MODES)
+    _check_choice("--precision", precision, PRECISIONS)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
+    _check_runtime(precision, device)
+
+
+def _check_runtime(precision: str | None, device: str | None) -> None:
+    """--device must name a torch device, and a precision must run on it (fp16 needs CUDA). Other precision
+    words (benchmark's "both", typos) are left to the command's own check of its choices."""
+    from effiminivlm.config import PRECISIONS
+    from effiminivlm.runtime import resolve_device, resolve_precision
+
+    try:
+        dev = resolve_device(device)
+    except RuntimeError:  # torch's "Expected one of cpu, cuda, ipu, xpu, ... device type at start of ..."
+        raise ConfigError(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if precision in PRECISIONS:
+        try:
+            resolve_precision(precision, dev)
+        except ValueError as e:
+            raise ConfigError(f"precision {precision!r} on {dev}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for the console script and for tests; returns the exit code instead of exiting."""
+    """Entry point for the console script and for tests; returns the exit code instead of exiting.
+
+    Only the project's own errors (EffiMiniVLMError and its subclasses) become one line and exit code 2;
+    any other exception is a bug and keeps its traceback.
+    """
     try:
         app(args=argv, prog_name="effiminivlm", standalone_mode=True)
     except SystemExit as e:  # click's own exit: 0, or 2 for usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except (EffiMiniVLMError, FileNotFoundError) as e:
+    except EffiMiniVLMError as e:
         typer.echo(f"error: {e}", err=True)
-        return 2
-    except (KeyError, ValueError) as e:  # unknown recipe names, bad overrides: already worded for users
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        typer.echo(f"error: {msg}", err=True)
         return 2
     return 0
 

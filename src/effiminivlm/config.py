@@ -15,14 +15,58 @@ Weight sources (`pretrained` fields) are strings with a prefix that says where t
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
+
+from effiminivlm.errors import ConfigError, UnknownNameError
+
+# Fixed choices, checked when a recipe (or a model's config.json) loads. Registry-backed names (arch,
+# encoders, heads, losses) live with the parts they build, so the layers above check them:
+# `models.archs.check_model_names` (create_model, load_model_or_recipe) and
+# `training.losses.check_recipe_names` (train, before any data is read).
+MODALITIES = ("image_text", "image", "text")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
+IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
+AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
+POOLINGS = ("cls", "mean")  # models.text_encoders.POOLINGS
+# Integer sizes a transformers text config may set, with the range that can build on one machine.
+TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
+                    "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536),
+                    "vocab_size": (1, 1_000_000), "max_position_embeddings": (1, 65536),
+                    "type_vocab_size": (1, 1024)}
+TEXT_CONFIG_PROBS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _fail(key: str, rule: str, value: Any) -> NoReturn:
+    raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(key, f"one of {', '.join(choices)}", value)
+
+
+def _int_in(key: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        _fail(key, f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}", value)
+
+
+def _number(key: str, value: Any, *, gt: float | None = None, ge: float | None = None,
+            lt: float | None = None) -> None:
+    """A finite number with optional bounds (gt: >, ge: >=, lt: <)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt)
+    if not ok:
+        bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
+                  f"< {lt:g}" if lt is not None else ""]
+        _fail(key, " and ".join(["a finite number", *filter(None, bounds)]), value)
 
 
 @dataclass
@@ -36,6 +80,15 @@ class ImageEncoderCfg:
     std: list[float] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _int_in("image_size", self.image_size, 16, 4096)
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != 3:
+                _fail(key, "3 numbers (R, G, B)", values)
+        for v in self.std or []:
+            _number("std", v, gt=0)
+
 
 @dataclass
 class TextEncoderCfg:
@@ -48,6 +101,21 @@ class TextEncoderCfg:
     max_length: int = 256
     pooling: str = "cls"
 
+    def __post_init__(self) -> None:
+        _int_in("max_length", self.max_length, 1, 8192)
+        _choice("pooling", self.pooling, POOLINGS)
+        cfg = self.config
+        for key, (lo, hi) in TEXT_CONFIG_INTS.items():
+            if key in cfg:
+                _int_in(f"config.{key}", cfg[key], lo, hi)
+        for key in TEXT_CONFIG_PROBS:
+            if key in cfg:
+                _number(f"config.{key}", cfg[key], ge=0, lt=1)
+        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+        if hidden is not None and heads is not None and hidden % heads:
+            raise ConfigError(f"config.hidden_size {hidden} is not a multiple of config.num_attention_heads "
+                              f"{heads}")
+
 
 @dataclass
 class HeadCfg:
@@ -56,6 +124,11 @@ class HeadCfg:
     name: str = "mlp"
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for i, dim in enumerate(self.hidden_dims):
+            _int_in(f"hidden_dims[{i}]", dim, 1, 65536)
+        _number("dropout", self.dropout, ge=0, lt=1)
 
 
 @dataclass
@@ -69,17 +142,21 @@ class ModelCfg:
     head: HeadCfg = field(default_factory=HeadCfg)
 
     def __post_init__(self) -> None:
-        if self.modalities not in ("image_text", "image", "text"):
-            raise ValueError(f"model.modalities must be image_text, image or text, got {self.modalities!r}")
+        _choice("modalities", self.modalities, MODALITIES)
 
 
 @dataclass
 class DataCfg:
     """How prepared rows become model inputs."""
 
-    images: str = "first"  # first | mean: which images of an item feed the model at prediction time
+    images: str = "first"  # first | mean: which images of an item feed the model in train's validation
     augment: str = "none"  # none | flip (random horizontal flip during training)
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("images", self.images, IMAGE_MODES)
+        _choice("augment", self.augment, AUGMENTS)
+        _int_in("num_workers", self.num_workers, 0, 256)
 
 
 @dataclass
@@ -103,25 +180,36 @@ class TrainCfg:
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 64
 
-
-@dataclass
-class EvalCfg:
-    """Evaluation defaults."""
-
-    split: str = "test"
-    min_rating_number: int = 10
-    batch_size: int = 64
+    def __post_init__(self) -> None:
+        _number("huber_delta", self.huber_delta, gt=0)
+        _number("weight_cap", self.weight_cap, gt=0)
+        _int_in("epochs", self.epochs, 1, 100_000)
+        _int_in("batch_size", self.batch_size, 1, 65536)
+        _number("lr", self.lr, gt=0)
+        _number("weight_decay", self.weight_decay, ge=0)
+        _number("warmup_ratio", self.warmup_ratio, ge=0, lt=1)
+        _number("grad_clip", self.grad_clip, gt=0)
+        _int_in("patience", self.patience, 0)
+        _choice("precision", self.precision, PRECISIONS)
+        _int_in("seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
+        if self.max_steps_per_epoch is not None:
+            _int_in("max_steps_per_epoch", self.max_steps_per_epoch, 1)
+        _int_in("eval_batch_size", self.eval_batch_size, 1, 65536)
 
 
 @dataclass
 class Recipe:
-    """Everything a run needs. Stored resolved (as YAML) beside every run and checkpoint."""
+    """Everything a run needs. Stored resolved (as YAML) beside every run and checkpoint.
+
+    No `eval` section: evaluation is its own command (`effiminivlm evaluate --split ...`), run deliberately
+    on the model a run saved; a training run that also scored the test split would invite choosing recipes
+    by test numbers. An `eval:` key is therefore an unknown key, not a silently ignored one.
+    """
 
     name: str = "custom"
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
-    eval: EvalCfg = field(default_factory=EvalCfg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +223,7 @@ class Recipe:
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Coerce/validate one value against a field annotation; raise ValueError naming the key."""
+    """Coerce/validate one value against a field annotation; raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -151,28 +239,28 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return _check_type(value, a, where)
             except (ValueError, TypeError) as e:
                 errors.append(str(e))
-        raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         (inner,) = typing.get_args(tp) or (Any,)
         return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -181,11 +269,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
 
@@ -196,10 +284,15 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = set(data) - names
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ValueError(f"unknown recipe key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+        raise ConfigError(f"unknown recipe key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
                          f"known: {', '.join(sorted(names))}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # __post_init__ names the field; add where it sits in the recipe
+        if not where:
+            raise
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -210,11 +303,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load`, with any YAML problem (syntax, or a tag such as !!python/object, which safe_load
+    refuses to construct) as one ConfigError naming `where` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None and "\n" in text.strip() else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "constructor for the tag" in problem:
+            problem += " (recipes are plain YAML: no !!python or other custom tags)"
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from None
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ValueError(f"override {item!r} must look like key.sub=value")
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    return key.strip().split("."), _load_yaml(raw, f"override {item!r}")
 
 
 def list_recipes() -> list[str]:
@@ -227,29 +334,39 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a recipe is not one
         if not path.is_file():
-            raise FileNotFoundError(f"recipe file {path} does not exist")
-        text = path.read_text()
+            raise ConfigError(f"recipe file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"recipe file {path}: cannot read it ({e})") from None
     else:
         res = resources.files("effiminivlm") / "recipes" / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise KeyError(f"unknown recipe {name_or_path!r}; packaged recipes: {', '.join(list_recipes())}")
+            raise UnknownNameError(f"unknown recipe {name_or_path!r}; packaged recipes: "
+                                   f"{', '.join(list_recipes())}")
         text = res.read_text()
-    data = yaml.safe_load(text) or {}
+    data = _load_yaml(text, str(path) if path.is_file() else f"recipe {name_or_path}") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {name_or_path} must be a mapping")
+        raise ConfigError(f"recipe {name_or_path} must be a mapping")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"recipe {name_or_path}: base must be a recipe name or path, got {base!r}")
     # the recipe's own name, not its base's
     name = data.get("name") or (path.stem if path.suffix else name_or_path)
     if base:
         if base in _seen:
-            raise ValueError(f"recipe base cycle: {' -> '.join((*_seen, base))}")
+            raise ConfigError(f"recipe base cycle: {' -> '.join((*_seen, base))}")
         data = _merge(_read_recipe_dict(base, (*_seen, name_or_path)), data)
     data["name"] = name
     return data
 
 
 def load_recipe(name_or_path: str | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    """A packaged recipe name, a YAML path or a dict, plus `key.sub=value` overrides -> a checked Recipe."""
+    """A packaged recipe name, a YAML path or a dict, plus `key.sub=value` overrides -> a checked Recipe.
+
+    Checked means: every key known, every value of the right type, in range and one of its choices, and
+    every registered name (encoders, head, loss) registered; anything else is a one-line ConfigError.
+    """
     data = dict(name_or_path) if isinstance(name_or_path, dict) else _read_recipe_dict(name_or_path)
     data.pop("base", None)
     for item in overrides or []:
@@ -258,6 +375,6 @@ def load_recipe(name_or_path: str | dict[str, Any], overrides: list[str] | None 
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {k} is not a section")
+                raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
     return from_dict(Recipe, data)

@@ -1,4 +1,4 @@
-"""Small file helpers every stage uses: atomic text writes, strict JSON, and one CSV reader.
+"""Small file helpers every stage uses: output-path checks, atomic text writes, strict JSON, one CSV reader.
 
 Why one place: reports, submissions, run summaries and benchmark results must never be left half-written by
 a crash (write to a temporary name, then rename), JSON must be strict (NaN/inf as null, numpy values made
@@ -22,7 +22,52 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from effiminivlm.errors import DataError
+from effiminivlm.errors import DataError, EffiMiniVLMError
+
+NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, tmpfs, APFS and NTFS
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str = "file") -> Path:
+    """Fail now, in one line, if `path` cannot be written as a `kind` ("file" or "dir"); creates nothing.
+
+    Why: commands write their output after the long part (training, a full evaluation, a benchmark); a path
+    under a file, an existing folder where a file goes, or a read-only location must fail before that work
+    starts, not after it. Checks: no NUL byte, no name longer than the filesystem allows, the path itself of
+    the right kind if it exists, and its nearest existing ancestor a writable folder (missing folders below
+    it are created later by the writer).
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be file or dir, got {kind!r}")
+    raw = os.fspath(path)
+    if not raw or "\0" in raw:
+        raise EffiMiniVLMError(f"{what} {raw!r}: not a valid path")
+    out = Path(raw)
+    try:
+        return _check_writable(out, what, kind)
+    except OSError as e:  # e.g. a name longer than the filesystem allows, a symlink loop
+        raise EffiMiniVLMError(f"{what} {out}: {e.strerror or e}") from None
+
+
+def _check_writable(out: Path, what: str, kind: str) -> Path:
+    for part in out.parts:  # also below a missing folder, where no lookup reaches it yet
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise EffiMiniVLMError(f"{what} {out}: the name {part[:20]}... is longer than {NAME_MAX} bytes")
+    if kind == "file" and out.is_dir():
+        raise EffiMiniVLMError(f"{what} {out}: is a folder; give a file name")
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise EffiMiniVLMError(f"{what} {out}: exists and is not a folder")
+    ancestor = out if kind == "dir" and out.is_dir() else out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():  # a dangling link: writing through it fails
+            raise EffiMiniVLMError(f"{what} {out}: {ancestor} is a broken symbolic link")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EffiMiniVLMError(f"{what} {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EffiMiniVLMError(f"{what} {out}: {ancestor} is not writable")
+    if kind == "file" and out.exists() and not os.access(out, os.W_OK):
+        raise EffiMiniVLMError(f"{what} {out}: the existing file is not writable")
+    return out
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -1,7 +1,8 @@
 """One generic registry, one instance per kind of part (image encoders, text encoders, heads, losses...).
 
 Why: recipes name parts by string; a registry turns a name into a builder and fails with suggestions
-instead of a KeyError, so a typo in a YAML recipe is a one-line fix, not a traceback hunt.
+(an UnknownNameError the CLI prints as one line), so a typo in a YAML recipe is a one-line fix, not a
+traceback hunt.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from effiminivlm.errors import UnknownNameError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -33,13 +36,15 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        """The builder registered as `name`; an unknown name raises KeyError with close matches."""
+        """The builder registered as `name`; an unknown name raises UnknownNameError (a user error, also a
+        KeyError) with close matches and the known names."""
         try:
             return self._items[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})"
+                                   ) from None
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Look up `name` and call its builder with keyword arguments."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from effiminivlm.config import PRECISIONS
 
 
 def resolve_device(device: str | None = None) -> torch.device:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 
 from effiminivlm.data.dataset import rating_weight_mu
+from effiminivlm.errors import UnknownNameError
 from effiminivlm.training.losses import LOSSES, create_loss, rating_weights
 
 
@@ -42,6 +44,30 @@ def test_unweighted_huber_ignores_counts():
 
 
 def test_unknown_loss_suggests_names():
-    with pytest.raises(KeyError, match="did you mean weighted_huber"):
+    with pytest.raises(UnknownNameError, match="did you mean weighted_huber"):
         create_loss("weighted_hubr", mu=1.0)
     assert set(LOSSES.names()) >= {"huber", "weighted_huber"}
+
+
+def test_each_loss_receives_only_the_parameters_it_declares(monkeypatch):
+    # huber has no use for the weighting's mu and cap: it does not take them
+    assert list(inspect.signature(LOSSES.get("huber")).parameters) == ["delta"]
+    pred, target, counts = torch.tensor([1.0, 4.0]), torch.tensor([4.0, 4.0]), torch.tensor([5.0, 5.0])
+    # everything the loop knows is offered; huber uses its delta (|err| 3 with delta 2: 2 * (3 - 1) = 4)
+    loss = create_loss("huber", mu=0.7, delta=2.0, cap=3.0)(pred, target, counts)
+    assert float(loss) == pytest.approx((4.0 + 0.0) / 2)
+    seen: list[dict] = []
+
+    def only_delta(delta: float):
+        seen.append({"delta": delta})
+        return lambda p, t, r: (p - t).abs().mean() * delta
+
+    monkeypatch.setitem(LOSSES._items, "only_delta", only_delta)
+    fn = create_loss("only_delta", mu=0.7, delta=0.5, cap=3.0)
+    assert seen == [{"delta": 0.5}]
+    assert float(fn(pred, target, counts)) == pytest.approx(0.75)
+    # weighted_huber still gets mu and cap: a lower cap lowers the loss of a heavily rated item
+    big = torch.tensor([1e6, 1e6])
+    capped = create_loss("weighted_huber", mu=1.0, delta=1.0, cap=1.0)(pred, target, big)
+    uncapped = create_loss("weighted_huber", mu=1.0, delta=1.0, cap=5.0)(pred, target, big)
+    assert float(uncapped) == pytest.approx(5 * float(capped))

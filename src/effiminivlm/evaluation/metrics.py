@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from effiminivlm.errors import DataError
+
 
 def plcc_plus(plcc: float) -> float:
     """max(0, PLCC), the LoViF protocol's PLCC+; an undefined PLCC (NaN: constant predictions) gives 0, as
@@ -42,11 +44,11 @@ def _as_vector(values: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numbers: {e}") from None
+        raise DataError(f"{name} must be numbers: {e}") from None
     if arr.ndim == 2 and 1 in arr.shape:  # a (N, 1) model output is a common, harmless shape
         arr = arr.reshape(-1)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
+        raise DataError(f"{name} must be a 1-D array, got shape {arr.shape}")
     return arr
 
 
@@ -55,13 +57,13 @@ def check_predictions(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     p = _as_vector(pred, "pred")
     t = _as_vector(true, "true")
     if p.shape != t.shape:
-        raise ValueError(f"pred and true differ in length: {p.shape[0]} vs {t.shape[0]}")
+        raise DataError(f"pred and true differ in length: {p.shape[0]} vs {t.shape[0]}")
     for arr, name in ((p, "predictions"), (t, "targets")):
         bad = ~np.isfinite(arr)
         if bad.any():
             n_nan = int(np.isnan(arr).sum())
             n_inf = int(bad.sum()) - n_nan
-            raise ValueError(f"{int(bad.sum())} of {arr.size} {name} are not finite "
+            raise DataError(f"{int(bad.sum())} of {arr.size} {name} are not finite "
                              f"({n_nan} NaN, {n_inf} inf); fix the model or the data before scoring")
     return p, t
 
@@ -92,7 +94,7 @@ def _mae(p: np.ndarray, t: np.ndarray) -> float:
 
 def _huber(p: np.ndarray, t: np.ndarray, delta: float = 1.0) -> float:
     if not delta > 0:
-        raise ValueError(f"huber delta must be > 0, got {delta}")
+        raise DataError(f"huber delta must be > 0, got {delta}")
     if not p.size:
         return math.nan
     err = np.abs(p - t)
@@ -145,10 +147,10 @@ def _category_labels(categories: Any, n: int) -> np.ndarray:
     """Categories as a string array of length `n`; a missing (None) category is an error, not a group."""
     cats = np.asarray(categories, dtype=object).reshape(-1)
     if cats.shape[0] != n:
-        raise ValueError(f"categories has {cats.shape[0]} items, predictions {n}")
+        raise DataError(f"categories has {cats.shape[0]} items, predictions {n}")
     missing = int(sum(c is None for c in cats))
     if missing:
-        raise ValueError(f"{missing} of {n} categories are missing (None); every item needs a category")
+        raise DataError(f"{missing} of {n} categories are missing (None); every item needs a category")
     return cats.astype(str)
 
 
@@ -176,12 +178,12 @@ def compute_metrics(
         out["per_category"] = {str(names[i]): metric_group(p[inverse == i], t[inverse == i]) for i in order}
     if rating_numbers is not None:
         if isinstance(min_rating_number, bool) or int(min_rating_number) != min_rating_number:
-            raise ValueError(f"min_rating_number must be an integer, got {min_rating_number!r}")
+            raise DataError(f"min_rating_number must be an integer, got {min_rating_number!r}")
         rn = _as_vector(rating_numbers, "rating_numbers")
         if rn.shape != p.shape:
-            raise ValueError(f"rating_numbers has {rn.shape[0]} items, predictions {p.shape[0]}")
+            raise DataError(f"rating_numbers has {rn.shape[0]} items, predictions {p.shape[0]}")
         if np.isnan(rn).any():
-            raise ValueError(f"{int(np.isnan(rn).sum())} of {rn.size} rating_numbers are NaN")
+            raise DataError(f"{int(np.isnan(rn).sum())} of {rn.size} rating_numbers are NaN")
         keep = rn >= min_rating_number
         out[rating_number_key(min_rating_number)] = metric_group(p[keep], t[keep])
     return out

@@ -20,7 +20,7 @@ from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg
 from effiminivlm.data.images import to_rgb
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import recover_dir
-from effiminivlm.models.archs import get_arch
+from effiminivlm.models.archs import check_model_names, get_arch
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
 from effiminivlm.models.weights import resolve_source
@@ -32,6 +32,7 @@ def create_model(cfg: ModelCfg, pretrained: bool = True) -> EffiMiniVLM:
     """The model of `cfg`, of the class `cfg.arch` names in MODEL_ARCHS; `pretrained=False` builds every part
     from configs with random init (no weights read, so presets whose weights are unreachable can still be
     profiled). Returned in eval mode."""
+    check_model_names(cfg)
     return get_arch(cfg.arch)(cfg, pretrained=pretrained)
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from effiminivlm.config import ModelCfg, from_dict
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import atomic_write_text
-from effiminivlm.models.archs import MODEL_ARCHS, get_arch
+from effiminivlm.models.archs import MODEL_ARCHS, check_model_names, get_arch
 from effiminivlm.models.heads import create_head
 from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_cfg
 from effiminivlm.models.text_encoders import create_text_encoder
@@ -268,9 +268,11 @@ def read_model_config(folder: Path) -> ModelCfg:
         raise EffiMiniVLMError(f"{path}: format_version {version!r} is newer than this effiminivlm supports "
                                f"({FORMAT_VERSION}); upgrade effiminivlm")
     try:
-        return from_dict(ModelCfg, data, "model")
-    except (ValueError, TypeError) as e:
+        cfg = from_dict(ModelCfg, data, "model")
+        check_model_names(cfg)
+    except (EffiMiniVLMError, ValueError, TypeError) as e:
         raise EffiMiniVLMError(f"{path}: {e}") from None
+    return cfg
 
 
 def _version() -> str:

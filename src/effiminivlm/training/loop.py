@@ -37,7 +37,7 @@ from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from effiminivlm.training.losses import create_loss
+from effiminivlm.training.losses import check_recipe_names, create_loss
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
 
 MAX_NONFINITE_STEPS = 20
@@ -120,6 +120,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         recipe = stored
     if recipe is None:
         raise EffiMiniVLMError("a recipe is needed to start a run (only --resume can do without one)")
+    check_recipe_names(recipe)
     tc = recipe.train
     dev = resolve_device(device)
     precision = resolve_precision(tc.precision, dev)
@@ -138,7 +139,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     mode = "none" if recipe.model.modalities == "text" else "first"
     img_cfg = recipe.model.image_encoder
     train_ds = ProductDataset(train_rows, create_transforms(img_cfg, True, recipe.data.augment), store, mode)
-    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, mode)
+    val_mode = "none" if mode == "none" else recipe.data.images  # first | mean, as evaluate/predict --images
+    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, val_mode)
     collate = Collator(tokenizer, recipe.model.text_encoder.max_length)
     workers = default_num_workers(recipe.data.num_workers)
     val_loader = _loader(val_ds, collate, tc.eval_batch_size, workers, shuffle_seed=None)
