@@ -144,8 +144,11 @@ def train_cmd(
     _check_runtime(resolved.train.precision if resolved is not None else None, device)
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, log=typer.echo)
-    typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
-               f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
+    from effiminivlm.training.distributed import env_dist
+
+    if env_dist().is_main:  # under torchrun, rank 0 reports for the job
+        typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
+                   f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
 
 
 @app.command("evaluate")
