@@ -193,16 +193,33 @@ def predict_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+    engine: str = typer.Option("local", help="local (this process) | ray (Ray Data + an actor pool)."),
+    address: str | None = typer.Option(None, help="--engine ray: cluster address (auto, ray://head:10001); "
+                                       "default: a local Ray with this machine's cores."),
+    num_actors: int | None = typer.Option(None, help="--engine ray: scoring actors, each loads the model "
+                                          "once (default: one per GPU, or half the CPUs)."),
 ) -> None:
-    """Score products and write a LoViF submission.csv."""
+    """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
+    a Parquet of item_id, score)."""
     import json
-
-    from effiminivlm.serving.predict import predict
 
     _writable(out, "--out", "file")
     if split is not None:
         _check_choice("--split", split, ("train", "val", "test"))
+    _check_choice("--engine", engine, ("local", "ray"))
     _check_inference(images, batch_size, num_workers, precision, device)
+    if engine == "local" and (address is not None or num_actors is not None):
+        raise ConfigError("--address and --num-actors apply to --engine ray only")
+    if engine == "ray":
+        from effiminivlm.serving.ray_engine import predict_ray
+
+        summary = predict_ray(model, inputs, out, split=split, images_dir=images_dir, images=images,
+                              batch_size=batch_size, device=device, precision=precision, strict=strict,
+                              address=address, num_actors=num_actors)
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from effiminivlm.serving.predict import predict
+
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)
