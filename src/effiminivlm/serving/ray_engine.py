@@ -141,7 +141,7 @@ def _source(ray: Any, inputs: list[str], split: str | None, images_dir: str | No
         if not files:
             raise DataError(f"{first}: no data.parquet or data/*.parquet")
         cols = list(COLUMNS) + (["split"] if split is not None else [])
-        ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=cols)
+        ds = ray.data.read_parquet([str(f.resolve()) for f in files]).select_columns(cols)
         if split is not None:
             ds = ds.map_batches(_keep_split, fn_kwargs={"split": split}, batch_format="pyarrow",
                                 batch_size=None, zero_copy_batch=True)
@@ -195,7 +195,9 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
         ctx.execution_options.preserve_order = True  # the submission keeps the input order
         ctx.enable_progress_bars = progress
         ds, store, kind, skipped = _source(ray, inputs, split, images_dir, strict)
-        actor_cpus = min(1.0, cpus / (actors + 1))  # leave room for the collate tasks
+        # Actors reserve at most one CPU each and always leave one whole CPU free: Ray Data's read and
+        # repartition tasks ask for one, and would wait forever behind actors that held every core.
+        actor_cpus = max(0.0, min(1.0, (cpus - 1) / actors))
         scored = (ds.repartition(target_num_rows_per_block=batch_size, strict=True)
                   .map_batches(collate_block, batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5,
                                fn_kwargs={"model_dir": model_dir, "images": images, "store": store,
