@@ -97,6 +97,21 @@ def synth_cmd(
                                overwrite=overwrite)))
 
 
+@app.command("merge-prepared")
+def merge_prepared_cmd(
+    parts: list[str] = typer.Argument(..., help="Prepared folders (e.g. one `prepare` run per category)."),
+    out: str = typer.Option(..., "--out", help="Merged prepared folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Merge prepared folders written by parallel `prepare` runs into one dataset (ids must not repeat)."""
+    from effiminivlm.data.merge import merge_prepared
+
+    _writable(out, "--out", "dir")
+    summary = merge_prepared(parts, out, overwrite=overwrite)
+    splits = ", ".join(f"{k} {v['rows']}" for k, v in summary["per_split"].items())
+    typer.echo(f"{summary['kept']} rows from {len(parts)} parts -> {out} ({splits})")
+
+
 # ---------------------------------------------------------------------------------------------- model stage
 # (recipes, train, evaluate, predict)
 
