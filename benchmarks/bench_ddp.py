@@ -4,7 +4,7 @@ Builds and prepares a synthetic catalog, then runs the real command under
 `python -m torch.distributed.run --nproc_per_node N` on 127.0.0.1 with the same global batch, and reads the
 job's samples/s (all ranks' items over the epoch's training seconds) from metrics.jsonl. The first epoch
 pays warm-up (allocations, first gloo buckets), so the last epoch's figure is the one compared. Each rank
-gets cores / N threads, so the comparison is "the same machine, split into N processes".
+gets cores / N threads (or `--threads`), so the comparison is "the same machine, split into N processes".
 
     .venv/bin/python benchmarks/bench_ddp.py --recipe tiny --items 800 --epochs 2 --procs 1 2
 """
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 def run(procs: int, prep: Path, out: Path, args: argparse.Namespace) -> dict:
-    threads = max(1, (os.cpu_count() or 1) // procs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // procs)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), "-m", "effiminivlm.cli", "train", "--data",
            str(prep), "--out", str(out), "--recipe", args.recipe, "--device", "cpu", "--epochs",
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32, help="global batch, kept for every N")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, default=0, help="threads per rank (default: cores / N); 1 avoids "
+                    "OpenMP oversubscription on a machine other jobs share")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
