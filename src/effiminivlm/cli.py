@@ -213,6 +213,8 @@ def predict_cmd(
                                        "default: a local Ray with this machine's cores."),
     num_actors: int | None = typer.Option(None, help="--engine ray: scoring actors, each loads the model "
                                           "once (default: one per GPU, or half the CPUs)."),
+    threads: int | None = typer.Option(None, help="--engine ray: torch threads per CPU actor (default: "
+                                       "this machine's, which gives scores identical to --engine local)."),
 ) -> None:
     """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
     a Parquet of item_id, score)."""
@@ -223,14 +225,14 @@ def predict_cmd(
         _check_choice("--split", split, ("train", "val", "test"))
     _check_choice("--engine", engine, ("local", "ray"))
     _check_inference(images, batch_size, num_workers, precision, device)
-    if engine == "local" and (address is not None or num_actors is not None):
-        raise ConfigError("--address and --num-actors apply to --engine ray only")
+    if engine == "local" and (address is not None or num_actors is not None or threads is not None):
+        raise ConfigError("--address, --num-actors and --threads apply to --engine ray only")
     if engine == "ray":
         from effiminivlm.serving.ray_engine import predict_ray
 
         summary = predict_ray(model, inputs, out, split=split, images_dir=images_dir, images=images,
                               batch_size=batch_size, device=device, precision=precision, strict=strict,
-                              address=address, num_actors=num_actors)
+                              address=address, num_actors=num_actors, threads=threads)
         typer.echo(json.dumps(summary, indent=2))
         return
     from effiminivlm.serving.predict import predict

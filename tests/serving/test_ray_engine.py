@@ -62,7 +62,7 @@ def test_ray_engine_equals_single_process(local_ray, saved_tiny, prepared, synth
 def test_ray_options_are_checked(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--model", "m", "--out", str(tmp_path / "s.csv"),
                  "--num-actors", "2"]) == 2
-    assert "--address and --num-actors apply to --engine ray only" in capsys.readouterr().err
+    assert "--address, --num-actors and --threads apply to --engine ray only" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--model", "m", "--out", str(tmp_path / "s.csv"),
                  "--engine", "spark"]) == 2
     assert "--engine must be one of local, ray" in capsys.readouterr().err

@@ -168,14 +168,20 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
                 images_dir: str | None = None, images: str = "first", batch_size: int = 64,
                 device: str | None = None, precision: str = "auto", strict: bool = False,
                 address: str | None = None, num_actors: int | None = None, progress: bool = True,
-                num_cpus: int | None = None) -> dict[str, Any]:
+                num_cpus: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Score `inputs` on Ray and write the submission (or a Parquet of scores); returns a summary like
-    `serving.predict.predict`'s, plus the engine's own figures."""
+    `serving.predict.predict`'s, plus the engine's own figures.
+
+    `threads`: torch threads per CPU actor, default this process's `torch.get_num_threads()`, i.e. what a
+    single-process `predict` here uses. CPU kernels split their sums by thread count (scores then differ in
+    the last float32 bit), so the same thread count is what makes the scores bit-identical."""
     from effiminivlm.protocol.profile import profile_model
 
     if device not in (None, "auto", "cpu", "cuda"):
         raise EffiMiniVLMError(f"--engine ray takes --device cpu, cuda or auto (one GPU per actor), got "
                                f"{device!r}")
+    if threads is not None and threads < 1:
+        raise EffiMiniVLMError(f"--threads must be >= 1, got {threads}")
     if num_actors is not None and num_actors < 1:
         raise EffiMiniVLMError(f"--num-actors must be >= 1, got {num_actors}")
     ray = import_ray()
@@ -207,7 +213,7 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
                                num_cpus=actor_cpus, num_gpus=1 if dev == "cuda" else 0,
                                fn_constructor_kwargs={"model_dir": model_dir, "device": dev,
                                                       "precision": prec,
-                                                      "threads": max(1, int(cpus // actors))}))
+                                                      "threads": threads or torch.get_num_threads()}))
         t0 = time.perf_counter()
         n, statuses, path = _write(scored, Path(out), prof.params_m, prof.flops_g)
         seconds = time.perf_counter() - t0
@@ -225,7 +231,8 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     return {"submission": str(path), "items": n, "input_kind": kind, "skipped_input": skipped,
             "image_status": dict(sorted(statuses.items())), "params_m": prof.params_m,
             "flops_g": prof.flops_g, "images": mode, "seconds": round(seconds, 3), "engine": "ray",
-            "num_actors": actors, "device": dev, "precision": prec,
+            "num_actors": actors, "threads_per_actor": threads or torch.get_num_threads(), "device": dev,
+            "precision": prec,
             "items_per_s": round(n / max(seconds, 1e-9), 2)}
 
 
