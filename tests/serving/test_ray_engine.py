@@ -1,6 +1,6 @@
 """`predict --engine ray` gives the submission of `predict`, byte for byte (same ids, same scores), on the
 synthetic catalog, from a prepared folder (one split, 2 actors) and from a LoViF input.csv (Parquet of
-scores). Under ~60 s on an idle 2-core machine; most of it is Ray's worker and actor start-up."""
+scores). Most of its time is Ray's worker and actor start-up (110-140 s measured on 2 cores shared with other jobs)."""
 
 from __future__ import annotations
 
