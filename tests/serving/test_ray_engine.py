@@ -1,6 +1,7 @@
 """`predict --engine ray` gives the submission of `predict`, byte for byte (same ids, same scores), on the
 synthetic catalog, from a prepared folder (one split, 2 actors) and from a LoViF input.csv (Parquet of
-scores). Most of its time is Ray's worker and actor start-up (110-140 s measured on 2 cores shared with other jobs)."""
+scores). Most of its time is Ray's worker and actor start-up (110-140 s measured on 2 cores shared with
+other jobs)."""
 
 from __future__ import annotations
 
