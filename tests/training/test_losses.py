@@ -98,7 +98,8 @@ def _rank_direct(p, t, margin, kind, scale, hinge):
         for j in range(i + 1, len(p)):
             if abs(t[i] - t[j]) > margin:
                 s, d = np.sign(t[i] - t[j]), p[i] - p[j]
-                terms.append(np.log1p(np.exp(-scale * s * d)) if kind == "logistic" else max(0, hinge - s * d))
+                logistic = np.log1p(np.exp(-scale * s * d))
+                terms.append(logistic if kind == "logistic" else max(0, hinge - s * d))
     return float(np.mean(terms)) if terms else 0.0
 
 
