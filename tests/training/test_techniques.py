@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from effiminivlm.config import load_recipe
+from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.models.factory import load_model
@@ -18,6 +19,7 @@ from effiminivlm.training import loop
 from effiminivlm.training.distill import apply_teacher, read_teacher_scores
 from effiminivlm.training.pseudo import agreement_confidence, pseudo_label, read_pseudo_rows
 from effiminivlm.training.soup import soup
+from effiminivlm.training.train_rows import mix_train_rows
 
 
 def _quiet(_: str) -> None:
@@ -87,6 +89,14 @@ def test_pseudo_labels_round_trip_and_train_mixes_them_in(runs, prepared, synth_
         1.0] * rows.num_rows
     mixed = read_pseudo_rows(out, 0.3)
     np.testing.assert_allclose(mixed.column("sample_weight").to_numpy(), 0.3)
+    # their images resolve in training: the LoViF images folder joins the training store's roots
+    assert summary["image_roots"] == [str((lovif.parent / "images").resolve())]
+    store = ImageStore(None, allowed_roots=[tmp_path])  # a training set whose images live elsewhere
+    ref = next(r[0] for r in rows.column("images").to_pylist() if r)
+    assert store.resolve(ref) is None
+    cfg = load_recipe("tiny", [f"train.pseudo.path={out}"]).train
+    mix_train_rows(read_prepared(prepared, "train"), cfg, 1.0, store=store, log=_quiet)
+    assert store.resolve(ref) is not None
 
     two = pseudo_label([str(r / "model") for r in runs], [str(lovif)], tmp_path / "two", precision="fp32",
                        progress=False, log=_quiet)

@@ -136,7 +136,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
     mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
-    train_rows, mixed = mix_train_rows(train_rows, tc, mu, strict=strict, log=log)  # weights, teacher, pseudo
+    train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
     model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)

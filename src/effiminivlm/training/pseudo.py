@@ -85,7 +85,7 @@ def pseudo_label(model_dirs: list[str], inputs: list[str], out: str | Path, *, s
                    "include_rated": include_rated, "rows": rows.num_rows, "skipped_rated": int(rated.sum())
                    if not include_rated else 0, "agreement_scale": agreement_scale,
                    "confidence_mean": float(confidence.mean()), "input_skipped": data.skipped,
-                   "image_roots": [str(r) for r in data.store.allowed_roots or []]}
+                   "image_roots": _image_roots(data.kind, data.store, inputs, images_dir)}
         write_json(summary, tmp / "summary.json")
         replace_dir(tmp, out)
     except BaseException:
@@ -94,6 +94,22 @@ def pseudo_label(model_dirs: list[str], inputs: list[str], out: str | Path, *, s
     log(f"pseudo-labelled {rows.num_rows} items with {len(model_dirs)} model(s) "
         f"(mean confidence {summary['confidence_mean']:.3f}) -> {out}")
     return summary
+
+
+def _image_roots(kind: str, store: Any, inputs: list[str], images_dir: str | None) -> list[str]:
+    """The folders the rows' local image references may resolve in (summary.json `image_roots`), so that
+    `train --pseudo` can read their images under the same confinement as the input's own reader."""
+    if kind == "prepared":
+        return [str(r) for r in store.allowed_roots or []]
+    if kind == "lovif":
+        return [str((Path(images_dir) if images_dir else Path(inputs[0]).parent / "images").resolve())]
+    return sorted({str(Path(i).resolve().parent) for i in inputs})
+
+
+def pseudo_image_roots(path: str | Path) -> list[Path]:
+    """The `image_roots` recorded by `pseudo_label` in the folder's summary.json."""
+    summary = json.loads((Path(path) / "summary.json").read_text(encoding="utf-8"))
+    return [Path(r) for r in summary.get("image_roots") or []]
 
 
 def _as_training_rows(table: pa.Table, score: np.ndarray, confidence: np.ndarray) -> pa.Table:

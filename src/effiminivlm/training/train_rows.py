@@ -13,17 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from effiminivlm.data.images import ImageStore
 from effiminivlm.training.distill import apply_teacher
-from effiminivlm.training.pseudo import read_pseudo_rows
+from effiminivlm.training.pseudo import pseudo_image_roots, read_pseudo_rows
 from effiminivlm.training.weights import with_sample_weights
 
 if TYPE_CHECKING:
     from effiminivlm.config import TrainCfg
 
 
-def mix_train_rows(rows: pa.Table, cfg: TrainCfg, mu: float, *, strict: bool = False,
-                   log: Callable[[str], None] = print) -> tuple[pa.Table, dict[str, Any]]:
-    """(train rows with `sample_weight`, the counts to keep in the run summary)."""
+def mix_train_rows(rows: pa.Table, cfg: TrainCfg, mu: float, *, store: ImageStore | None = None,
+                   strict: bool = False, log: Callable[[str], None] = print
+                   ) -> tuple[pa.Table, dict[str, Any]]:
+    """(train rows with `sample_weight`, the counts to keep in the run summary). The pseudo rows' image
+    folders (recorded by `pseudo-label`) join the allowed roots of the training `store`."""
     rows = with_sample_weights(rows, cfg, mu)
     stats: dict[str, Any] = {"sample_weights": cfg.sample_weights}
     if cfg.distill.teacher:
@@ -31,6 +34,8 @@ def mix_train_rows(rows: pa.Table, cfg: TrainCfg, mu: float, *, strict: bool = F
                                                log=log)
     if cfg.pseudo.path:
         pseudo = read_pseudo_rows(cfg.pseudo.path, cfg.pseudo.weight)
+        if store is not None and store.allowed_roots is not None:
+            store.allowed_roots += pseudo_image_roots(cfg.pseudo.path)
         real_ids = set(rows.column("parent_asin").to_pylist())
         keep = pa.array([i not in real_ids for i in pseudo.column("parent_asin").to_pylist()])
         dropped = pseudo.num_rows - sum(keep.to_pylist())
