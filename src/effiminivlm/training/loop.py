@@ -166,7 +166,11 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     records: list[dict[str, Any]] = []  # the metrics.jsonl lines, also kept in each checkpoint
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as e:  # e.g. a checkpoint of a version with other parameter groups
+            raise EffiMiniVLMError(f"{ckpt_path}: its optimizer state does not fit this run's parameter "
+                                   f"groups ({e}); start anew with --overwrite") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])

@@ -67,13 +67,12 @@ def pseudo_label(model_dirs: list[str], inputs: list[str], out: str | Path, *, s
                         "--include-rated scores them too)")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    preds, ids = [], None
+    preds = []
     for model_dir in model_dirs:
         model, tokenizer = load_model(model_dir)
         loader = make_loader(model, tokenizer, todo, data.store, images=images, batch_size=batch_size)
         res = run_inference(model.to(dev), loader, dev, prec, progress=progress, desc=f"label {model_dir}")
         preds.append(np.clip(res.pred, *SCORE_RANGE))
-        ids = ids if ids is not None else res.item_id
     stacked = np.stack(preds)
     confidence = agreement_confidence(stacked, agreement_scale)
     rows = _as_training_rows(todo, stacked.mean(axis=0), confidence)
