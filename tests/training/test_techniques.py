@@ -127,6 +127,8 @@ def test_pseudo_labels_round_trip_and_train_mixes_them_in(runs, prepared, synth_
     assert result["distill"]["teacher_scored"] == 10
     assert any("pseudo-labels from" in x for x in logs) and any("10 train items blended" in x for x in logs)
     assert any(f"train {new + len(ids)} / " in x for x in logs)  # train set = real + pseudo rows
+    epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(epoch["train_loss_terms"]) == {"weighted_huber", "plcc", "rank"}
 
 
 def test_soup_of_identical_checkpoints_is_the_checkpoint(runs, tmp_path):

@@ -198,6 +198,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()
+        term_sums: Counter[str] = Counter()  # each loss term of a mixture, unweighted
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
                    disable=not progress)
         for i, batch in enumerate(bar):
@@ -217,6 +218,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             n_steps += 1
             seen += len(batch["item_id"])
             loss_sum += loss
+            term_sums.update(loss_fn.last)
             bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
                             samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
         bar.close()
@@ -235,6 +237,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         record = {
             "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
             "train_loss": loss_sum / max(n_steps, 1), "train_samples": seen,
+            "train_loss_terms": {k: v / max(n_steps, 1) for k, v in term_sums.items()},
             "train_seconds": round(train_seconds, 3),
             "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
             "val_loss": metrics["huber"], **{f"val_{k}": v for k, v in metrics.items() if k != "huber"},
