@@ -189,6 +189,7 @@ def soup_cmd(
     batch_size: int = typer.Option(64, help="Batch size of the PLCC measurement."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already at --out."),
 ) -> None:
     """Average fine-tuned checkpoints' weights (uniform, or greedy on validation PLCC)."""
     import json
@@ -199,7 +200,8 @@ def soup_cmd(
     _check_choice("--split", split, ("train", "val", "test"))
     _check_inference("first", batch_size, 0, precision, device)
     summary = soup(runs, out, greedy=greedy, data=data, split=split, images_dir=images_dir,
-                   batch_size=batch_size, device=device, precision=precision, log=typer.echo)
+                   batch_size=batch_size, device=device, precision=precision, overwrite=overwrite,
+                   log=typer.echo)
     typer.echo(json.dumps(summary, indent=2))
 
 

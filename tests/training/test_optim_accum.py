@@ -68,6 +68,7 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient():
     pred = model(None, batch["input_ids"], batch["attention_mask"])
     full = loss_fn(pred, batch["target"], batch["sample_weight"])
     full.backward()
+    pred, full = pred.detach(), full.detach()
     reference = _grads(model)
     model.zero_grad(set_to_none=True)
     loss = backward_in_parts(model, batch, dev, "fp32", loss_fn, batch["target"], batch["sample_weight"],

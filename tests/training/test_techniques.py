@@ -164,5 +164,15 @@ def test_soup_refuses_different_architectures(runs, prepared, tmp_path):
     with pytest.raises(EffiMiniVLMError, match=r"different model config \(model.head.hidden_dims: \[32, 16\] "
                                                r"!= \[8\]\)"):
         soup([str(runs[0]), str(tmp_path / "other")], tmp_path / "x", log=_quiet)
+    with pytest.raises(EffiMiniVLMError, match="is one of the checkpoints being averaged"):
+        soup([str(runs[0]), str(runs[1])], runs[1] / "model", log=_quiet)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(EffiMiniVLMError, match="exists and is not a saved model folder"):
+        soup([str(r) for r in runs], tmp_path / "mine", log=_quiet)
+    soup([str(r) for r in runs], tmp_path / "soup", log=_quiet)
+    with pytest.raises(EffiMiniVLMError, match="holds a model; pass --overwrite"):
+        soup([str(r) for r in runs], tmp_path / "soup", log=_quiet)
+    soup([str(r) for r in runs], tmp_path / "soup", overwrite=True, log=_quiet)
     with pytest.raises(EffiMiniVLMError, match="--greedy needs --data"):
         soup([str(r) for r in runs], tmp_path / "y", greedy=True, log=_quiet)

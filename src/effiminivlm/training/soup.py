@@ -87,11 +87,15 @@ def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 def soup(runs: list[str], out: str | Path, *, greedy: bool = False, data: str | None = None,
          split: str = "val", images_dir: str | None = None, batch_size: int = 64, device: str | None = None,
-         precision: str = "auto", progress: bool = True, log: Callable[[str], None] = print
-         ) -> dict[str, Any]:
-    """Average the checkpoints of `runs` (uniformly, or greedily on `data`'s `split` PLCC) into `out`."""
+         precision: str = "auto", overwrite: bool = False, progress: bool = True,
+         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Average the checkpoints of `runs` (uniformly, or greedily on `data`'s `split` PLCC) into `out`.
+
+    An existing `out` is replaced only with `overwrite` and only when it is a saved model folder that is not
+    one of the soup's own members."""
     if len(runs) < 2:
         raise EffiMiniVLMError("a soup needs at least two checkpoints")
+    _check_out(Path(out), [model_folder(r) for r in runs], overwrite)
     if greedy and data is None:
         raise EffiMiniVLMError("--greedy needs --data (a prepared folder whose validation split decides)")
     folders = [model_folder(r) for r in runs]
@@ -137,6 +141,17 @@ def soup(runs: list[str], out: str | Path, *, greedy: bool = False, data: str | 
         + (f" ({split} PLCC {summary[f'{split}_plcc']:.4f})" if data is not None else ""))
     summary["model_dir"] = str(out)
     return summary
+
+
+def _check_out(out: Path, members: list[Path], overwrite: bool) -> None:
+    if out.resolve() in {m.resolve() for m in members}:
+        raise EffiMiniVLMError(f"--out {out} is one of the checkpoints being averaged; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / "config.json").is_file():
+            raise EffiMiniVLMError(f"--out {out} exists and is not a saved model folder; refusing to "
+                                   "replace it")
+        if not overwrite:
+            raise EffiMiniVLMError(f"--out {out} holds a model; pass --overwrite to replace it")
 
 
 def _plcc_on(model: torch.nn.Module, tokenizer: Any, data: str, split: str, images_dir: str | None,
