@@ -146,3 +146,15 @@ def test_param_groups_give_backbone_and_head_their_own_lr_and_decay():
     assert n == model.num_params(trainable_only=True)
     opt = torch.optim.AdamW(list(groups.values()), lr=cfg.lr)
     assert sorted({g["lr"] for g in opt.param_groups}) == [1e-5, 1e-3]
+
+
+def test_freeze_image_blocks_of_a_torchvision_tower():
+    recipe = load_recipe("tiny", ["model.image_encoder.name=efficientnet_b0", "model.image_encoder.kwargs={}",
+                                  "model.modalities=image"])
+    model = create_model(recipe.model, pretrained=False)
+    freeze_layers(model, image_blocks=3)
+    features = model.image_encoder.model.features
+    assert not any(p.requires_grad for m in features[:4] for p in m.parameters())  # stem + 3 stages
+    assert all(p.requires_grad for m in features[4:] for p in m.parameters())
+    with pytest.raises(ConfigError, match="has only 8"):
+        freeze_layers(model, image_blocks=9)

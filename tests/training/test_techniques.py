@@ -176,3 +176,20 @@ def test_soup_refuses_different_architectures(runs, prepared, tmp_path):
     soup([str(r) for r in runs], tmp_path / "soup", overwrite=True, log=_quiet)
     with pytest.raises(EffiMiniVLMError, match="--greedy needs --data"):
         soup([str(r) for r in runs], tmp_path / "y", greedy=True, log=_quiet)
+
+
+def test_greedy_soup_leaves_out_a_checkpoint_that_hurts(runs, prepared, tmp_path):
+    """A copy of a run with its output layer negated predicts the mirror image (PLCC -> -PLCC); averaged with
+    the original its output layer cancels (constant predictions, PLCC undefined): greedy must leave it out."""
+    model, tokenizer = load_model(runs[0] / "model")
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.neg_()
+    model.save_pretrained(tmp_path / "mirror", tokenizer=tokenizer)
+    logs: list[str] = []
+    summary = soup([str(runs[0]), str(tmp_path / "mirror")], tmp_path / "g", greedy=True, data=str(prepared),
+                   precision="fp32", progress=False, log=logs.append)
+    plcc = summary["member_plcc"]
+    assert plcc[str(tmp_path / "mirror")] == pytest.approx(-plcc[str(runs[0] / "model")], abs=1e-4)
+    assert summary["members"] == [max(plcc, key=plcc.get)] and any("left out" in x for x in logs)
+    assert summary["val_plcc"] == pytest.approx(max(plcc.values()))
