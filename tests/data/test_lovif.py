@@ -152,9 +152,11 @@ def test_read_truth(tmp_path: Path, id_col: str) -> None:
     (["parent_asin", "rating"], [["A", "4"]], r"missing column\(s\) average_rating"),
     (["parent_asin", "average_rating"], [], "truth.csv: no rows"),
     (["parent_asin", "average_rating"], [["A", "4"], ["A", "3"]], r"csv:3: parent_asin 'A' appears twice"),
-    (["parent_asin", "average_rating"], [["A", "four"]], r"csv:2: average_rating 'four' is not a decimal number"),
+    (["parent_asin", "average_rating"], [["A", "four"]], r"csv:2: average_rating 'four' is not a decimal "
+     r"number"),
     (["parent_asin", "average_rating"], [["A", "0.5"]], r"truth.csv:2: average_rating '0.5' is outside"),
-    (["parent_asin", "average_rating"], [["A", "nan"]], r"truth.csv:2: average_rating 'nan' is not a decimal number"),
+    (["parent_asin", "average_rating"], [["A", "nan"]], r"truth.csv:2: average_rating 'nan' is not "
+     r"a decimal number"),
     (["item_id", "average_rating"], [["", "4"]], r"truth.csv:2: empty item_id"),
 ])
 def test_read_truth_errors(tmp_path: Path, header: list[str], rows: list[list[str]], message: str) -> None:
