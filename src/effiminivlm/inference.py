@@ -89,13 +89,14 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
-                pad_to_max: bool = False) -> DataLoader:
+                pad_to_max: bool = False, decoded: Any = None) -> DataLoader:
     """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema): eval transforms
     at the model's image size, text truncated at its max_length and padded to the longest in the batch, or
-    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts."""
+    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts.
+    `decoded`: per-row in-memory images (see `ProductDataset`), used instead of the row's references."""
     cfg = model.cfg  # type: ignore[attr-defined]
     mode = image_mode(model, images)
     transform = create_transforms(cfg.image_encoder, train=False) if mode != "none" else None
-    ds = ProductDataset(table, transform, store, mode)
+    ds = ProductDataset(table, transform, store, mode, decoded=decoded)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=Collator(tokenizer, cfg.text_encoder.max_length, pad_to_max=pad_to_max))
