@@ -221,3 +221,27 @@ def read_csv_items(body: bytes, name: str, settings: ServeSettings) -> list[Item
                                 f"({settings.max_queue}); split the file")
     rows = table.select(list(CSV_ROW_COLUMNS)).to_pylist()
     return [Item(row) for row in rows]
+
+
+def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          images_dir: str | Path | None = None, images: str = "first", precision: str = "auto",
+          device: str | None = None, log: Any = print, **limits: Any) -> None:
+    """`effiminivlm serve`: load the model once, build the app, run uvicorn until SIGINT/SIGTERM. On a
+    signal uvicorn stops accepting connections, lets in-flight requests finish (the batcher drains), exits."""
+    import uvicorn
+
+    root = None
+    if images_dir is not None:
+        root = Path(images_dir).resolve()
+        if not root.is_dir():
+            raise EffiMiniVLMError(f"--images-dir {images_dir}: not a folder")
+    try:
+        settings = ServeSettings(images_dir=root, **limits)
+    except ValueError as e:
+        raise EffiMiniVLMError(f"serve: {e}") from None
+    scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
+                                    batch_size=settings.max_batch, num_workers=0)
+    app = create_app(scorer, settings)
+    log(f"serving {model_dir} on http://{host}:{port} (page /, API docs /docs); images folder: {root}")
+    uvicorn.run(app, host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)
