@@ -31,6 +31,7 @@ class InferenceResult:
     target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     rating_number: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     image_status: Counter[str] = field(default_factory=Counter)
+    item_image_status: list[str] = field(default_factory=list)  # per row, in order (the service reports it)
     seconds: float = 0.0
 
 
@@ -66,6 +67,7 @@ def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, pre
         res.item_id.extend(batch["item_id"])
         res.category.extend(batch["category"])
         res.image_status.update(batch["image_status"])
+        res.item_image_status.extend(batch["image_status"])
     res.seconds = time.perf_counter() - start
     if preds:
         res.pred = np.concatenate(preds).astype(np.float64)

@@ -124,6 +124,8 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
             body = body["items"]
         if not isinstance(body, list):
             raise RequestError(422, "body: expected a JSON list of listings or {\"items\": [...]}")
+        if not body:
+            raise RequestError(422, "items: the list is empty")
         if len(body) > settings.max_items:
             raise RequestError(413, f"items: {len(body)} listings, more than the limit of "
                                     f"{settings.max_items}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,14 @@ ImageRef = str | ImageData  # a path inside the images folder, "upload:<part nam
 
 def listing_model(max_text_chars: int) -> type[BaseModel]:
     """The listing schema (the metadata fields a rating depends on) with text bounded at `max_text_chars`."""
-    text = (str | list[str], Field(default="", description="plain text or a list of lines"))
+    def bounded(value: str | list[str]) -> str | list[str]:
+        total = len(value) if isinstance(value, str) else sum(len(v) + 1 for v in value)
+        if total > max_text_chars:
+            raise ValueError(f"text of {total} characters is longer than {max_text_chars}")
+        return value
+
+    text = (Annotated[str | list[str], AfterValidator(bounded)],
+            Field(default="", description="plain text or a list of lines"))
     return create_model(
         "Listing",
         __config__=ConfigDict(extra="ignore"),

@@ -162,7 +162,7 @@ def score_batch(scorer: Scorer, items: list[Item], settings: ServeSettings) -> l
     table = pa.Table.from_pylist([it.row for it in items], schema=ROW_SCHEMA)
     images = [it.images for it in items]
     res = scorer.score_table(table, ImageStore(None, allowed_roots=roots), progress=False, decoded=images)
-    out = [Scored(float(s), st) for s, st in zip(res.pred, res.image_status, strict=True)]
+    out = [Scored(float(s), st) for s, st in zip(res.pred, res.item_image_status, strict=True)]
     for i, item in enumerate(items):
         if item.want_view and item.images:
             out[i].view_png = model_view_png(scorer, item.images[0])
