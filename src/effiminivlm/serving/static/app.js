@@ -71,16 +71,21 @@ async function scoreListing(ev) {
 }
 
 function drawHistogram(scores) {
-  const c = $("hist"), g = c.getContext("2d");
-  const bins = 16, lo = 1, hi = 5, counts = new Array(bins).fill(0);
-  for (const s of scores) counts[Math.min(bins - 1, Math.max(0, Math.floor((s - lo) / (hi - lo) * bins)))]++;
+  // Bins over the scores' own range (a narrow model output would sit in one bin of a fixed 1..5 axis).
+  const c = $("hist"), g = c.getContext("2d"), bins = 20;
+  let lo = Math.min(...scores), hi = Math.max(...scores);
+  if (hi - lo < 1e-6) { lo -= 0.05; hi += 0.05; }
+  const counts = new Array(bins).fill(0);
+  for (const s of scores) counts[Math.min(bins - 1, Math.floor((s - lo) / (hi - lo) * bins))]++;
   const max = Math.max(1, ...counts), pad = 30, w = (c.width - 2 * pad) / bins, h = c.height - 2 * pad;
   g.clearRect(0, 0, c.width, c.height);
   g.fillStyle = "#2f6fdf";
   counts.forEach((n, i) => { const bh = n / max * h; g.fillRect(pad + i * w + 1, pad + h - bh, w - 2, bh); });
   g.fillStyle = "#333"; g.font = "12px sans-serif"; g.textAlign = "center";
-  for (let v = 1; v <= 5; v++) g.fillText(String(v), pad + (v - lo) / (hi - lo) * (c.width - 2 * pad), c.height - 10);
-  g.textAlign = "left"; g.fillText(`max ${max} per bin`, pad, 16);
+  for (let k = 0; k <= 4; k++) {
+    g.fillText((lo + (hi - lo) * k / 4).toFixed(hi - lo < 0.1 ? 3 : 2), pad + k / 4 * (c.width - 2 * pad), c.height - 10);
+  }
+  g.textAlign = "left"; g.fillText(`scores (${scores.length}); tallest bin ${max}`, pad, 16);
 }
 
 async function scoreCsv(ev) {
