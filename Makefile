@@ -9,6 +9,11 @@ DEMO ?= demo
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
+	# The page test drives Debian's headless chromium; installed when missing and we are root (CI is).
+	if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium + chromium-driver (apt) for tests/serving/test_page.py"; fi; fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[offline,dev]'
@@ -42,6 +47,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
