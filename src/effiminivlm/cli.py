@@ -214,7 +214,8 @@ def serve_cmd(
     images_dir: str | None = typer.Option(None, help="The only folder image paths in requests may point "
                                           "into (default: none; send image bytes)."),
     images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
-    max_batch: int = typer.Option(32, help="Items per model batch (1 turns batching off)."),
+    max_batch: int = typer.Option(64, help="Items per model batch (1 turns batching off; 64 = predict's "
+                                  "default batch, so a CSV gets predict's exact bits)."),
     max_wait_ms: float = typer.Option(10.0, help="How long a queued item waits for company in its batch."),
     max_queue: int = typer.Option(256, help="Items waiting or running; beyond it: 503 + Retry-After."),
     max_items: int = typer.Option(64, help="Listings per JSON request; beyond it: 413."),
@@ -225,7 +226,7 @@ def serve_cmd(
     """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
     from effiminivlm.serving.app import serve
 
-    _check_inference(images, max_batch, 0, precision, device)
+    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
     serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
           max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
           precision=precision, device=device, log=typer.echo)

@@ -239,8 +239,9 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
             raise EffiMiniVLMError(f"--images-dir {images_dir}: not a folder")
     try:
         settings = ServeSettings(images_dir=root, **limits)
-    except ValueError as e:
-        raise EffiMiniVLMError(f"serve: {e}") from None
+    except ValueError as e:  # name the command-line option, not the field
+        flag = str(e).replace("request_timeout_s", "timeout").split(" ", 1)
+        raise EffiMiniVLMError(f"--{flag[0].replace('_', '-')} {flag[1]}") from None
     scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
                                     batch_size=settings.max_batch, num_workers=0)
     app = create_app(scorer, settings)

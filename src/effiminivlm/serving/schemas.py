@@ -20,7 +20,7 @@ class ServeSettings:
     """Knobs of one server. `images_dir`: the only folder image paths may point into (None: no paths)."""
 
     images_dir: Path | None = None
-    max_batch: int = 32  # items per model batch
+    max_batch: int = 64  # items per model batch (predict's default batch size)
     max_wait_ms: float = 10.0  # how long the first queued item waits for company
     max_queue: int = 256  # items waiting or running; beyond it requests get 503 + Retry-After
     max_items: int = 64  # items per request (JSON); more -> 413
@@ -37,8 +37,10 @@ class ServeSettings:
                      "max_image_bytes", "max_image_pixels", "max_body_bytes", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
 
 
 class ImageData(BaseModel):
