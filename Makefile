@@ -26,7 +26,7 @@ browser:
 	  else echo "note: install chromium + chromium-driver (apt) for tests/serving/test_page.py"; fi; fi
 
 # The main job on the embedded default: synthetic catalog -> prepare -> train -> evaluate -> predict -> score.
-demo: setup
+demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/effiminivlm synth --n 1500 --out $(DEMO)/catalog --seed 0
 	$(BIN)/effiminivlm prepare $(DEMO)/catalog/meta_Synthetic.jsonl --out $(DEMO)/prepared --frac 1.0 --min-per-category 0
