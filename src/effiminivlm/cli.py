@@ -298,6 +298,32 @@ def predict_cmd(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    images_dir: str | None = typer.Option(None, help="The only folder image paths in requests may point "
+                                          "into (default: none; send image bytes)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    max_batch: int = typer.Option(64, help="Items per model batch (1 turns batching off; 64 = predict's "
+                                  "default batch, so a CSV gets predict's exact bits)."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a queued item waits for company in its batch."),
+    max_queue: int = typer.Option(256, help="Items waiting or running; beyond it: 503 + Retry-After."),
+    max_items: int = typer.Option(64, help="Listings per JSON request; beyond it: 413."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may wait for its scores; beyond it: 504."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
+    from effiminivlm.serving.app import serve
+
+    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
+    serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
+          max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
+          precision=precision, device=device, log=typer.echo)
+
+
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the packaged recipes."""

@@ -60,10 +60,15 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
     `images="first"` uses the first reference that resolves and decodes (the main image: MAIN variant first);
     `"mean"` loads up to `max_images` usable images (the model averages their features); `"none"` skips images
     (text-only models never decode a file).
+
+    `decoded` (one list per row, or None): images already in memory (a service's uploads, decoded with
+    `data.images.decode_image_bytes`); a row with a non-empty list uses those, in order, instead of its
+    references, through the same transform and the same first/mean rule, so no upload becomes a temp file.
     """
 
     def __init__(self, table: pa.Table, transform: Callable[[Image.Image], torch.Tensor] | None,
-                 store: ImageStore | None = None, images: str = "first", max_images: int = 8) -> None:
+                 store: ImageStore | None = None, images: str = "first", max_images: int = 8,
+                 decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> None:
         if images not in ("first", "mean", "none"):
             raise ValueError(f"images must be first, mean or none, got {images!r}")
         if images != "none" and transform is None:
@@ -77,6 +82,9 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         self.store = store if store is not None else ImageStore(None)
         self.mode = images
         self.max_images = max_images
+        if decoded is not None and len(decoded) != self.n:
+            raise ValueError(f"decoded has {len(decoded)} entries for {self.n} rows")
+        self.decoded = decoded
         self._cols = {c: self.table.column(c) for c in ("parent_asin", *TEXT_COLUMNS, "images")}
         names = set(self.table.column_names)
         self._target = self.table.column("average_rating") if "average_rating" in names else None
@@ -115,9 +123,18 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
             return out, "ok"
         return [], first_failure or "unresolved"
 
+    def _decoded_images(self, imgs: Sequence[Image.Image]) -> tuple[list[torch.Tensor], str]:
+        if self.mode == "none":
+            return [], "skipped"
+        keep = imgs[:1] if self.mode == "first" else imgs[:self.max_images]
+        return [self.transform(img) for img in keep], "ok"  # type: ignore[misc]
+
     def __getitem__(self, i: int) -> Sample:
-        refs = self._cols["images"][i].as_py() or []
-        images, status = self._load_images(refs)
+        in_memory = self.decoded[i] if self.decoded is not None else None
+        if in_memory:
+            images, status = self._decoded_images(in_memory)
+        else:
+            images, status = self._load_images(self._cols["images"][i].as_py() or [])
         target = self._target[i].as_py() if self._target is not None else None
         count = self._count[i].as_py() if self._count is not None else None
         weight = self._weight[i].as_py() if self._weight is not None else None
