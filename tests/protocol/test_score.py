@@ -12,10 +12,10 @@ import pytest
 from effiminivlm.cli import main
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
+from effiminivlm.files import parse_number
 from effiminivlm.protocol.formulas import efficiency, leaderboard_rank, resource_cost
 from effiminivlm.protocol.score import (
     MIN_ITEMS_FOR_RANK,
-    parse_number,
     read_report_plcc,
     score_submission,
 )

@@ -51,6 +51,7 @@ class Sample:
     image_status: str  # ok | fallback (a later image was used) | no_ref | unresolved | <load failure reason>
     target: float
     rating_number: float
+    weight: float = 1.0  # the loss weight of the item (`sample_weight` column; 1 when absent)
 
 
 class ProductDataset(torch.utils.data.Dataset[Sample]):
@@ -59,10 +60,15 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
     `images="first"` uses the first reference that resolves and decodes (the main image: MAIN variant first);
     `"mean"` loads up to `max_images` usable images (the model averages their features); `"none"` skips images
     (text-only models never decode a file).
+
+    `decoded` (one list per row, or None): images already in memory (a service's uploads, decoded with
+    `data.images.decode_image_bytes`); a row with a non-empty list uses those, in order, instead of its
+    references, through the same transform and the same first/mean rule, so no upload becomes a temp file.
     """
 
     def __init__(self, table: pa.Table, transform: Callable[[Image.Image], torch.Tensor] | None,
-                 store: ImageStore | None = None, images: str = "first", max_images: int = 8) -> None:
+                 store: ImageStore | None = None, images: str = "first", max_images: int = 8,
+                 decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> None:
         if images not in ("first", "mean", "none"):
             raise ValueError(f"images must be first, mean or none, got {images!r}")
         if images != "none" and transform is None:
@@ -76,10 +82,14 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         self.store = store if store is not None else ImageStore(None)
         self.mode = images
         self.max_images = max_images
+        if decoded is not None and len(decoded) != self.n:
+            raise ValueError(f"decoded has {len(decoded)} entries for {self.n} rows")
+        self.decoded = decoded
         self._cols = {c: self.table.column(c) for c in ("parent_asin", *TEXT_COLUMNS, "images")}
         names = set(self.table.column_names)
         self._target = self.table.column("average_rating") if "average_rating" in names else None
         self._count = self.table.column("rating_number") if "rating_number" in names else None
+        self._weight = self.table.column("sample_weight") if "sample_weight" in names else None
 
     def __len__(self) -> int:
         return self.n
@@ -113,16 +123,27 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
             return out, "ok"
         return [], first_failure or "unresolved"
 
+    def _decoded_images(self, imgs: Sequence[Image.Image]) -> tuple[list[torch.Tensor], str]:
+        if self.mode == "none":
+            return [], "skipped"
+        keep = imgs[:1] if self.mode == "first" else imgs[:self.max_images]
+        return [self.transform(img) for img in keep], "ok"  # type: ignore[misc]
+
     def __getitem__(self, i: int) -> Sample:
-        refs = self._cols["images"][i].as_py() or []
-        images, status = self._load_images(refs)
+        in_memory = self.decoded[i] if self.decoded is not None else None
+        if in_memory:
+            images, status = self._decoded_images(in_memory)
+        else:
+            images, status = self._load_images(self._cols["images"][i].as_py() or [])
         target = self._target[i].as_py() if self._target is not None else None
         count = self._count[i].as_py() if self._count is not None else None
+        weight = self._weight[i].as_py() if self._weight is not None else None
         return Sample(item_id=str(self._cols["parent_asin"][i].as_py()),
                       category=self._cols["category"][i].as_py() or "",
                       text=self.text(i), images=images, image_status=status,
                       target=math.nan if target is None else float(target),
-                      rating_number=0.0 if count is None else float(count))
+                      rating_number=0.0 if count is None else float(count),
+                      weight=1.0 if weight is None else float(weight))
 
 
 class Collator:
@@ -130,8 +151,9 @@ class Collator:
 
     Returns a dict with `input_ids`, `attention_mask`, `pixel_values` ([B,3,H,W], each item's first usable
     image, zeros where `has_image` is False; None when no item has one), `has_image` [B], `target` [B],
-    `rating_number` [B], the python lists `item_id`, `category`, `image_status`, and, when some item carries
-    several images ("mean" mode), `all_pixel_values` [N_img,3,H,W] with `image_index` [N_img] (owner item).
+    `rating_number` [B], `sample_weight` [B] (the loss weight), the python lists `item_id`, `category`,
+    `image_status`, and, when some item carries several images ("mean" mode), `all_pixel_values`
+    [N_img,3,H,W] with `image_index` [N_img] (owner item).
     """
 
     def __init__(self, tokenizer: Any, max_length: int, pad_to_max: bool = False) -> None:
@@ -151,6 +173,7 @@ class Collator:
             "has_image": torch.tensor([bool(s.images) for s in batch]),
             "target": torch.tensor([s.target for s in batch], dtype=torch.float32),
             "rating_number": torch.tensor([s.rating_number for s in batch], dtype=torch.float32),
+            "sample_weight": torch.tensor([s.weight for s in batch], dtype=torch.float32),
             "item_id": [s.item_id for s in batch],
             "category": [s.category for s in batch],
             "image_status": [s.image_status for s in batch],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow as pa
 from effiminivlm.data.schema import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
-from effiminivlm.files import read_csv_rows
+from effiminivlm.files import parse_number, read_csv_rows
 
 INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
 
@@ -193,11 +192,8 @@ def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:
             raise DataError(f"{path}:{line}: empty {id_col}")
         if key in truth:
             raise DataError(f"{path}:{line}: {id_col} {key!r} appears twice")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise DataError(f"{path}:{line}: average_rating {raw!r} is not a number") from None
-        if not math.isfinite(value) or not 1.0 <= value <= 5.0:
+        value = parse_number(raw, f"{path}:{line}", "average_rating")  # strict: "3_5" is not 35
+        if not 1.0 <= value <= 5.0:
             raise DataError(f"{path}:{line}: average_rating {raw!r} is outside [1, 5]")
         truth[key] = value
     return truth

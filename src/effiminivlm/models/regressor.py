@@ -36,6 +36,7 @@ from effiminivlm.files import atomic_write_text
 from effiminivlm.models.archs import MODEL_ARCHS, check_model_names, get_arch
 from effiminivlm.models.heads import create_head
 from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_cfg
+from effiminivlm.models.lora import apply_lora, merged_copy, set_trainable, wants_merge
 from effiminivlm.models.text_encoders import create_text_encoder
 
 FORMAT_VERSION = 1
@@ -62,10 +63,15 @@ class EffiMiniVLM(nn.Module):
         uses_image, uses_text = cfg.modalities != "text", cfg.modalities != "image"
         self.image_encoder = create_image_encoder(cfg.image_encoder, pretrained) if uses_image else None
         self.text_encoder = create_text_encoder(cfg.text_encoder, pretrained) if uses_text else None
+        for tower, tower_cfg, key in ((self.image_encoder, cfg.image_encoder, "image_encoder"),
+                                      (self.text_encoder, cfg.text_encoder, "text_encoder")):
+            if tower is not None and tower_cfg.lora is not None:  # adapters on chosen projections (peft)
+                apply_lora(tower, tower_cfg.lora, f"model.{key}.lora")
         self.image_dim = self.image_encoder.num_features if self.image_encoder is not None else 0
         self.text_dim = self.text_encoder.num_features if self.text_encoder is not None else 0
         self.head = create_head(cfg.head, in_dim=self.image_dim + self.text_dim)
         self._frozen = {"image": False, "text": False}
+        self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (training.optim.freeze_layers)
         self.eval()  # like Hugging Face's from_pretrained: call .train() to fine-tune
 
     def encode_image(self, pixel_values: torch.Tensor | None, has_image: torch.Tensor | None,
@@ -173,7 +179,7 @@ class EffiMiniVLM(nn.Module):
         self._frozen = {"image": image, "text": text}
         for tower, frozen in ((self.image_encoder, image), (self.text_encoder, text)):
             if tower is not None:
-                tower.requires_grad_(not frozen)
+                set_trainable(tower, not frozen)  # with LoRA: only the adapters
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EffiMiniVLM:
@@ -181,6 +187,8 @@ class EffiMiniVLM(nn.Module):
         for tower, key in ((self.image_encoder, "image"), (self.text_encoder, "text")):
             if tower is not None and self._frozen[key]:
                 tower.eval()
+        for part in self._frozen_parts:
+            part.eval()
         return self
 
     # ------------------------------------------------------------------------------------------ save / load
@@ -201,8 +209,12 @@ class EffiMiniVLM(nn.Module):
         return {"format_version": FORMAT_VERSION, "effiminivlm_version": _version(), **cfg}
 
     def save_pretrained(self, save_dir: str | Path, tokenizer: Any = None) -> Path:
-        """Write `config.json` + `model.safetensors` (+ the tokenizer's files) into `save_dir`."""
+        """Write `config.json` + `model.safetensors` (+ the tokenizer's files) into `save_dir`; LoRA adapters
+        are merged first unless their config says `merge: false` (models.lora)."""
         from safetensors.torch import save_model
+
+        if wants_merge(self):
+            return merged_copy(self).save_pretrained(save_dir, tokenizer=tokenizer)
 
         out = Path(save_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from effiminivlm.data.lovif import read_truth
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.metrics import plcc as pearson
-from effiminivlm.files import read_csv_rows, write_json
+from effiminivlm.files import parse_number, read_csv_rows, write_json
 from effiminivlm.protocol.formulas import DEFAULT_PROTOCOL, ProtocolCfg, leaderboard_rank, protocol_score
 
 #: A decimal or scientific number in ASCII digits: no underscores, "nan"/"inf", hex or other scripts.
-NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 #: Largest |score| accepted: squares and sums over millions of items must stay finite in float64.
 MAX_ABS_SCORE = 1e100
 #: Fewer matched items than this get no leaderboard rank (stated in the result and the table).
@@ -56,17 +54,6 @@ def read_report_plcc(path: str | Path) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
         raise DataError(f"{path}: overall.plcc is {value!r}; expected a number in [-1, 1] or null")
     return float(value)
-
-
-def parse_number(text: str, where: str, what: str) -> float:
-    """A finite float from a strictly decimal/scientific string; a DataError naming `where` otherwise."""
-    raw = text.strip()
-    if not NUMBER.fullmatch(raw):
-        raise DataError(f"{where}: {what} {text!r} is not a decimal number")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise DataError(f"{where}: {what} is {text!r}; it must be finite")
-    return value
 
 
 def _check_columns(header: list[str], path: Path, needed: tuple[str, ...]) -> None:

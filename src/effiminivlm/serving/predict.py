@@ -28,20 +28,25 @@ def model_cost(scorer: Scorer) -> tuple[float, float]:
     return prof.params_m, prof.flops_g
 
 
-def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float
-                     ) -> Path:
-    """`item_id, score, params, flops` rows, atomically."""
+def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float) -> str:
+    """The submission CSV as text: `item_id, score, params, flops` (also what the service returns)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["item_id", "score", "params", "flops"])
     for item, score in zip(item_ids, scores, strict=True):
         w.writerow(submission_row(item, score, params_m, flops_g))
-    return atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def submission_row(item_id: str, score: float, params_m: float, flops_g: float) -> list[str]:
     """One submission line's fields: the format every engine writes (`--engine ray` streams them)."""
     return [item_id, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"]
+
+
+def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float
+                     ) -> Path:
+    """`item_id, score, params, flops` rows, atomically."""
+    return atomic_write_text(path, submission_text(item_ids, scores, params_m, flops_g))
 
 
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,

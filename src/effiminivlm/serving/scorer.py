@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
@@ -48,18 +49,20 @@ class Scorer:
         model, tokenizer = load_model(model_dir)
         return cls(model, tokenizer, **kwargs)
 
-    def loader(self, table: pa.Table, store: ImageStore | None = None, pad_to_max: bool = False
-               ) -> DataLoader:
+    def loader(self, table: pa.Table, store: ImageStore | None = None, pad_to_max: bool = False,
+               decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> DataLoader:
         """A DataLoader of collated batches over `table` (prepared or LoViF schema). Text is padded to the
-        longest in the batch, or with `pad_to_max` to max_length (the protocol's canonical input)."""
+        longest in the batch, or with `pad_to_max` to max_length (the protocol's canonical input).
+        `decoded`: per-row images already in memory (uploads), used instead of the row's references."""
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
-                           batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max)
+                           batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
+                           decoded=decoded)
 
-    def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True
-                    ) -> InferenceResult:
+    def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
+                    decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:
         """Predictions (clipped to [1, 5]) for every row of `table`, in row order."""
-        res = run_inference(self.model, self.loader(table, store), self.device, self.precision,
-                            progress=progress, desc="score")
+        res = run_inference(self.model, self.loader(table, store, decoded=decoded), self.device,
+                            self.precision, progress=progress, desc="score")
         res.pred = np.clip(res.pred, *SCORE_RANGE)
         return res
 

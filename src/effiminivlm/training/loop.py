@@ -37,9 +37,12 @@ from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
 from effiminivlm.training import distributed
+from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from effiminivlm.training.losses import check_recipe_names, create_loss
+from effiminivlm.training.losses import build_loss, check_recipe_names
+from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
+from effiminivlm.training.train_rows import mix_train_rows
 
 MAX_NONFINITE_STEPS = 20
 
@@ -63,15 +66,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases and normalisation weights (1-d tensors), as BERT/timm recipes do."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int, *, shuffle_seed: int | None,
             dist: distributed.Dist | None = None, epoch: int = 0) -> DataLoader:
     """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
@@ -89,18 +83,28 @@ def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int
 
 def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, precision: str,
                loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, grad_clip: float, dist: distributed.Dist | None = None
-               ) -> float | None:
+               scaler: torch.amp.GradScaler, grad_clip: float, accum_steps: int = 1,
+               dist: distributed.Dist | None = None) -> float | None:
     """One optimisation step (forward under autocast, loss, backward, clip, update); returns the loss, or
-    None without touching the weights when the loss is not finite (on any rank: all ranks skip together)."""
-    with autocast(dev, precision):
-        pred = forward_batch(model, batch, dev)
-    loss = loss_fn(pred, batch["target"].to(dev), batch["rating_number"].to(dev))
+    None without touching the weights when the loss is not finite. `accum_steps` > 1 runs the model on that
+    many micro-batches (see `accumulate.backward_in_parts`) with the loss still taken over the whole batch.
+    Under torchrun (`dist`) a loss that is not finite on any rank makes every rank skip the step."""
+    target = batch["target"].to(dev)
+    weight = batch.get("sample_weight")
+    weight = weight.to(dev) if weight is not None else torch.ones_like(target)
     optimizer.zero_grad(set_to_none=True)
-    finite = bool(torch.isfinite(loss))
-    if not (distributed.all_true(dist, finite) if dist is not None else finite):
-        return None
-    scaler.scale(loss).backward()
+    if accum_steps > 1 and len(target) > 1:
+        loss = backward_in_parts(model, batch, dev, precision, loss_fn, target, weight, scaler, accum_steps)
+        if loss is None:
+            return None
+    else:
+        with autocast(dev, precision):
+            pred = forward_batch(model, batch, dev)
+        loss = loss_fn(pred, target, weight)
+        finite = bool(torch.isfinite(loss))
+        if not (distributed.all_true(dist, finite) if dist is not None else finite):
+            return None
+        scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
@@ -110,12 +114,13 @@ def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device,
 
 def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, images_dir: str | Path | None = None, device: str | None = None,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+          progress: bool = True, strict: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, validate each epoch, keep the best model by val PLCC; returns the run summary.
 
     `recipe=None` is allowed with `resume`: the run continues with the recipe stored in its checkpoint (or in
     its recipe.yaml when it was killed before its first checkpoint). `overwrite` deletes an earlier run in
-    `out_dir` (its model included) and starts anew.
+    `out_dir` (its model included) and starts anew. `strict` makes a bad row of the teacher's scores
+    (train.distill.teacher) an error instead of a counted fallback to the true label.
     """
     out = Path(out_dir)
     dist, dev = distributed.setup(resolve_device(device))  # under torchrun: this rank's place and device
@@ -136,6 +141,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     tc = recipe.train
     precision = resolve_precision(tc.precision, dev)
     rank_batch = distributed.per_rank_batch(tc.batch_size, dist)
+    if dist.enabled and tc.grad_accum_steps > 1:
+        raise EffiMiniVLMError("train.grad_accum_steps > 1 is not supported under torchrun yet: more ranks "
+                               "already split each batch; set it to 1")
     seed_everything(tc.seed + dist.rank)  # dropout / augmentation differ per rank; rank 0 = single process
 
     train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
@@ -144,9 +152,11 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
     mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
+    train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
     model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)
+    freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
     mode = "none" if recipe.model.modalities == "text" else "first"
     img_cfg = recipe.model.image_encoder
@@ -162,18 +172,22 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     if tc.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     total_steps = steps_per_epoch * tc.epochs
-    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr)
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    loss_fn = create_loss(tc.loss, mu=mu, delta=tc.huber_delta, cap=tc.weight_cap)
+    loss_fn = build_loss(tc.loss, {"delta": tc.huber_delta})
 
     state = TrainState()
     records: list[dict[str, Any]] = []  # the metrics.jsonl lines, also kept in each checkpoint
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as e:  # e.g. a checkpoint of a version with other parameter groups
+            raise EffiMiniVLMError(f"{ckpt_path}: its optimizer state does not fit this run's parameter "
+                                   f"groups ({e}); start anew with --overwrite") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
@@ -205,6 +219,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()
+        term_sums: Counter[str] = Counter()  # each loss term of a mixture, unweighted
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
                    disable=not progress)
         for i, batch in enumerate(bar):
@@ -212,7 +227,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                 break
             statuses.update(batch["image_status"])
             loss = train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
-                              dist if dist.enabled else None)
+                              tc.grad_accum_steps, dist if dist.enabled else None)
             scheduler.step()
             if loss is None:
                 state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
@@ -224,6 +239,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             n_steps += 1
             seen += len(batch["item_id"])
             loss_sum += loss
+            term_sums.update(loss_fn.last)
             bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
                             samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
         bar.close()
@@ -232,6 +248,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             seen_f, loss_sum, steps_f = distributed.sum_values(dist, [seen, loss_sum, n_steps])
             seen, n_steps = int(seen_f), int(steps_f)
             statuses = distributed.merged_status(distributed.gather(dist, statuses))
+            term_sums = distributed.merged_status(distributed.gather(dist, term_sums))
 
         distributed.sync_buffers(model, dist)
         val = distributed.gather_inference(
@@ -248,6 +265,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         record = {
             "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
             "train_loss": loss_sum / max(n_steps, 1), "train_samples": seen,
+            "train_loss_terms": {k: v / max(n_steps, 1) for k, v in term_sums.items()},
             "train_seconds": round(train_seconds, 3),
             "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
             "val_loss": metrics["huber"], **{f"val_{k}": v for k, v in metrics.items() if k != "huber"},
@@ -286,7 +304,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                                "no model was saved")
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
                "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
-               "device": str(dev), "model_dir": str(out / "model"), "history": state.history}
+               "device": str(dev), "model_dir": str(out / "model"), "history": state.history, **mixed}
     if dist.is_main:
         write_json(summary, out / "train_summary.json")
     distributed.barrier(dist)

@@ -9,6 +9,7 @@ reproducible, and every reference that does not resolve or decode is counted wit
 
 from effiminivlm.data.images.decode import (
     MIN_SIDE,
+    decode_image_bytes,
     image_extension,
     load_image,
     load_image_with_reason,
@@ -33,7 +34,8 @@ from effiminivlm.data.images.store import (
 
 __all__ = [
     "MANIFEST", "MIN_SIDE", "FetchSummary", "ImageStore", "ResolveStats", "address_refusal", "cached_file",
-    "checked_addresses", "confine", "fetch_images", "image_extension", "image_roots_of", "is_url",
+    "checked_addresses", "confine", "decode_image_bytes", "fetch_images", "image_extension", "image_roots_of",
+    "is_url",
     "load_image", "load_image_with_reason", "local_path", "prepared_image_refs", "prepared_image_roots",
     "read_manifest", "remove_orphans", "to_rgb", "too_many_pixels",
 ]

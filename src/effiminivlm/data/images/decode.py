@@ -43,13 +43,17 @@ def too_many_pixels(size: tuple[int, int]) -> bool:
     return bool(limit) and size[0] * size[1] > limit
 
 
-def load_image_with_reason(path: str | os.PathLike[str]) -> tuple[Image.Image | None, str | None]:
+def load_image_with_reason(path: str | os.PathLike[str] | io.BytesIO, max_pixels: int | None = None
+                           ) -> tuple[Image.Image | None, str | None]:
     """(RGB image, None) or (None, reason) with reason one of missing, decode_error, too_small,
-    decompression_bomb. Pillow's decompression-bomb limit stays on: a bomb is a counted failure."""
+    decompression_bomb, too_many_pixels. Pillow's decompression-bomb limit stays on: a bomb is a counted
+    failure; `max_pixels` is a caller's tighter cap (a service's upload limit), checked on the header."""
     try:
         with Image.open(path) as img:  # reads the header only: size checks before paying for the decode
             if too_many_pixels(img.size):
                 return None, "decompression_bomb"
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                return None, "too_many_pixels"
             if min(img.size) < MIN_SIDE:
                 return None, "too_small"
             img.load()
@@ -60,6 +64,12 @@ def load_image_with_reason(path: str | os.PathLike[str]) -> tuple[Image.Image | 
         return None, "decompression_bomb"
     except Exception:  # noqa: BLE001 - a file we did not write may break a decoder in any way; it is counted
         return None, "decode_error"
+
+
+def decode_image_bytes(body: bytes, max_pixels: int | None = None) -> tuple[Image.Image | None, str | None]:
+    """`load_image_with_reason` for bytes already in memory (an upload): the same checks, the same RGB
+    conversion, so an uploaded file and the same file read from disk give the same pixels."""
+    return load_image_with_reason(io.BytesIO(body), max_pixels)
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image | None:
