@@ -97,6 +97,21 @@ def synth_cmd(
                                overwrite=overwrite)))
 
 
+@app.command("merge-prepared")
+def merge_prepared_cmd(
+    parts: list[str] = typer.Argument(..., help="Prepared folders (e.g. one `prepare` run per category)."),
+    out: str = typer.Option(..., "--out", help="Merged prepared folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Merge prepared folders written by parallel `prepare` runs into one dataset (ids must not repeat)."""
+    from effiminivlm.data.merge import merge_prepared
+
+    _writable(out, "--out", "dir")
+    summary = merge_prepared(parts, out, overwrite=overwrite)
+    splits = ", ".join(f"{k} {v['rows']}" for k, v in summary["per_split"].items())
+    typer.echo(f"{summary['kept']} rows from {len(parts)} parts -> {out} ({splits})")
+
+
 # ---------------------------------------------------------------------------------------------- model stage
 # (recipes, train, evaluate, predict)
 
@@ -153,8 +168,11 @@ def train_cmd(
     _check_runtime(resolved.train.precision if resolved is not None else None, device)
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, strict=strict, log=typer.echo)
-    typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
-               f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
+    from effiminivlm.training.distributed import env_dist
+
+    if env_dist().is_main:  # under torchrun, rank 0 reports for the job
+        typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
+                   f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
 
 
 def _technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight: float | None) -> list[str]:
@@ -282,16 +300,35 @@ def predict_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+    engine: str = typer.Option("local", help="local (this process) | ray (Ray Data + an actor pool)."),
+    address: str | None = typer.Option(None, help="--engine ray: cluster address (auto, ray://head:10001); "
+                                       "default: a local Ray with this machine's cores."),
+    num_actors: int | None = typer.Option(None, help="--engine ray: scoring actors, each loads the model "
+                                          "once (default: one per GPU, or half the CPUs)."),
+    threads: int | None = typer.Option(None, help="--engine ray: torch threads per CPU actor (default: "
+                                       "this machine's, which gives scores identical to --engine local)."),
 ) -> None:
-    """Score products and write a LoViF submission.csv."""
+    """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
+    a Parquet of item_id, score)."""
     import json
-
-    from effiminivlm.serving.predict import predict
 
     _writable(out, "--out", "file")
     if split is not None:
         _check_choice("--split", split, ("train", "val", "test"))
+    _check_choice("--engine", engine, ("local", "ray"))
     _check_inference(images, batch_size, num_workers, precision, device)
+    if engine == "local" and (address is not None or num_actors is not None or threads is not None):
+        raise ConfigError("--address, --num-actors and --threads apply to --engine ray only")
+    if engine == "ray":
+        from effiminivlm.serving.ray_engine import predict_ray
+
+        summary = predict_ray(model, inputs, out, split=split, images_dir=images_dir, images=images,
+                              batch_size=batch_size, device=device, precision=precision, strict=strict,
+                              address=address, num_actors=num_actors, threads=threads)
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from effiminivlm.serving.predict import predict
+
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)

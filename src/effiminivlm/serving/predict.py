@@ -34,8 +34,13 @@ def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: 
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["item_id", "score", "params", "flops"])
     for item, score in zip(item_ids, scores, strict=True):
-        w.writerow([item, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"])
+        w.writerow(submission_row(item, score, params_m, flops_g))
     return buf.getvalue()
+
+
+def submission_row(item_id: str, score: float, params_m: float, flops_g: float) -> list[str]:
+    """One submission line's fields: the format every engine writes (`--engine ray` streams them)."""
+    return [item_id, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"]
 
 
 def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from effiminivlm.config import Recipe, from_dict
@@ -36,8 +36,9 @@ from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
+from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
-from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
@@ -65,21 +66,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int, *, shuffle_seed: int | None
-            ) -> DataLoader:
-    sampler = None
-    if shuffle_seed is not None:
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed))
+def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int, *, shuffle_seed: int | None,
+            dist: distributed.Dist | None = None, epoch: int = 0) -> DataLoader:
+    """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
+    `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
+    global batch holds the items of the single-process step (`batch_size` is then the per-rank share)."""
+    sampler: torch.utils.data.Sampler[int] | None = None
+    if shuffle_seed is not None and dist is not None and dist.enabled:
+        sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=shuffle_seed)
+        sampler.set_epoch(epoch)
+    elif shuffle_seed is not None:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed + epoch))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                       num_workers=workers, persistent_workers=False)
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, precision: str,
                loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, grad_clip: float, accum_steps: int = 1) -> float | None:
+               scaler: torch.amp.GradScaler, grad_clip: float, accum_steps: int = 1,
+               dist: distributed.Dist | None = None) -> float | None:
     """One optimisation step (forward under autocast, loss, backward, clip, update); returns the loss, or
     None without touching the weights when the loss is not finite. `accum_steps` > 1 runs the model on that
-    many micro-batches (see `accumulate.backward_in_parts`) with the loss still taken over the whole batch."""
+    many micro-batches (see `accumulate.backward_in_parts`) with the loss still taken over the whole batch.
+    Under torchrun (`dist`) a loss that is not finite on any rank makes every rank skip the step."""
     target = batch["target"].to(dev)
     weight = batch.get("sample_weight")
     weight = weight.to(dev) if weight is not None else torch.ones_like(target)
@@ -92,7 +101,8 @@ def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device,
         with autocast(dev, precision):
             pred = forward_batch(model, batch, dev)
         loss = loss_fn(pred, target, weight)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not (distributed.all_true(dist, finite) if dist is not None else finite):
             return None
         scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -113,7 +123,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     (train.distill.teacher) an error instead of a counted fallback to the true label.
     """
     out = Path(out_dir)
-    start = open_run_dir(out, resume=resume, overwrite=overwrite, log=log)
+    dist, dev = distributed.setup(resolve_device(device))  # under torchrun: this rank's place and device
+    if not dist.is_main:
+        log, progress = (lambda _msg: None), False  # rank 0 speaks for the job
+    start = distributed.rank0_first(dist, open_run_dir, out, resume=resume, overwrite=overwrite, log=log)
     ckpt_path = checkpoint_path(out)
     checkpoint = load_checkpoint(ckpt_path) if start.from_checkpoint else None
     stored = from_dict(Recipe, checkpoint["recipe"]) if checkpoint is not None else start.recipe
@@ -126,9 +139,12 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise EffiMiniVLMError("a recipe is needed to start a run (only --resume can do without one)")
     check_recipe_names(recipe)
     tc = recipe.train
-    dev = resolve_device(device)
     precision = resolve_precision(tc.precision, dev)
-    seed_everything(tc.seed)
+    rank_batch = distributed.per_rank_batch(tc.batch_size, dist)
+    if dist.enabled and tc.grad_accum_steps > 1:
+        raise EffiMiniVLMError("train.grad_accum_steps > 1 is not supported under torchrun yet: more ranks "
+                               "already split each batch; set it to 1")
+    seed_everything(tc.seed + dist.rank)  # dropout / augmentation differ per rank; rank 0 = single process
 
     train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
     if train_rows.num_rows == 0 or val_rows.num_rows == 0:
@@ -149,7 +165,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, val_mode)
     collate = Collator(tokenizer, recipe.model.text_encoder.max_length)
     workers = default_num_workers(recipe.data.num_workers)
-    val_loader = _loader(val_ds, collate, tc.eval_batch_size, workers, shuffle_seed=None)
+    val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
+                         shuffle_seed=None)
 
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
     if tc.max_steps_per_epoch:
@@ -174,27 +191,31 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
-        set_rng_state(checkpoint["rng"])
-        records, changed = sync_metrics(out, checkpoint.get("metrics"), state.epoch)
-        if changed:
-            log(changed)
+        distributed.restore_rng(checkpoint, dist, tc.seed, state.epoch)
+        if dist.is_main:
+            records, changed = sync_metrics(out, checkpoint.get("metrics"), state.epoch)
+            if changed:
+                log(changed)
         best = (f"best val PLCC {state.best_plcc:.4f} at epoch {state.best_epoch}" if state.best_epoch
                 else "no best model yet")
         log(f"resumed {out} after epoch {state.epoch} (step {state.step}, {best})")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
         init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
     log(f"train {len(train_ds)} / val {len(val_ds)} items, mu={mu:.4f}, {steps_per_epoch} steps/epoch, "
         f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
-        f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)")
+        f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)"
+        + (f", {dist.world_size} processes x {rank_batch} items per step" if dist.enabled else ""))
+    net = distributed.wrap_model(model, dist, dev)  # what the training step calls (DDP under torchrun)
 
     stop_reason = "max_epochs"
     if state.bad_epochs >= tc.patience and state.epoch > 0:
         stop_reason = "early_stopping"
     while state.epoch < tc.epochs and stop_reason != "early_stopping":
         epoch = state.epoch + 1
-        loader = _loader(train_ds, collate, tc.batch_size, workers, shuffle_seed=tc.seed + epoch)
+        loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch)
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()
@@ -205,8 +226,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             if i >= steps_per_epoch:
                 break
             statuses.update(batch["image_status"])
-            loss = train_step(model, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
-                              tc.grad_accum_steps)
+            loss = train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
+                              tc.grad_accum_steps, dist if dist.enabled else None)
             scheduler.step()
             if loss is None:
                 state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
@@ -223,8 +244,15 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                             samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
+        if dist.enabled:  # the job's figures: every rank's items, losses of every rank's share of a step
+            seen_f, loss_sum, steps_f = distributed.sum_values(dist, [seen, loss_sum, n_steps])
+            seen, n_steps = int(seen_f), int(steps_f)
+            statuses = distributed.merged_status(distributed.gather(dist, statuses))
+            term_sums = distributed.merged_status(distributed.gather(dist, term_sums))
 
-        val = run_inference(model, val_loader, dev, precision, progress=progress, desc="validate")
+        distributed.sync_buffers(model, dist)
+        val = distributed.gather_inference(
+            dist, run_inference(model, val_loader, dev, precision, progress=progress, desc="validate"))
         bad = int((~np.isfinite(val.pred)).sum())
         if bad:
             raise EffiMiniVLMError(f"epoch {epoch}: {bad} of {len(val.pred)} validation predictions are not "
@@ -246,24 +274,29 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         }
         if improved:
             state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
-            tmp = out / MODEL_TMP
-            model.save_pretrained(tmp, tokenizer=tokenizer)
-            replace_dir(tmp, out / "model")
+            if dist.is_main:
+                tmp = out / MODEL_TMP
+                model.save_pretrained(tmp, tokenizer=tokenizer)
+                replace_dir(tmp, out / "model")
         else:
             state.bad_epochs += 1
         state.epoch = epoch
         state.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_plcc")})
         records.append(to_jsonable(record))
-        with (out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(records[-1], allow_nan=False) + "\n")
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "state": state.__dict__, "rng": rng_state(), "recipe": recipe.to_dict(), "metrics": records,
-        })
+        rngs = distributed.gather(dist, rng_state())  # every rank's streams, for an exact --resume
+        if dist.is_main:
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(records[-1], allow_nan=False) + "\n")
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "state": state.__dict__, "rng": rngs[0], "recipe": recipe.to_dict(), "metrics": records,
+                **({"rng_ranks": rngs} if dist.enabled else {}),
+            })
+        distributed.barrier(dist)
         log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['huber']:.4f}, "
             f"val PLCC {plcc:.4f}{' (best)' if improved else ''}, {record['samples_per_s']} samples/s")
-        if state.bad_epochs >= tc.patience:
+        if distributed.broadcast(dist, state.bad_epochs >= tc.patience):  # rank 0 decides for all
             stop_reason = "early_stopping"
 
     if state.best_epoch == 0:
@@ -272,7 +305,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
                "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
                "device": str(dev), "model_dir": str(out / "model"), "history": state.history, **mixed}
-    write_json(summary, out / "train_summary.json")
+    if dist.is_main:
+        write_json(summary, out / "train_summary.json")
+    distributed.barrier(dist)
+    distributed.teardown(dist)
     return summary
 
 
