@@ -42,6 +42,12 @@ def prepare_cmd(
     require_image: bool = typer.Option(True, "--require-image/--no-require-image",
                                        help="Drop rows without an image reference."),
     rare_threshold: int = typer.Option(50, help="Ratings with at most this many items share one stratum."),
+    keep_missing_rating_number: bool = typer.Option(False, "--keep-missing-rating-number", help="Keep rated "
+                                                    "rows without rating_number (the recipe's "
+                                                    "train.missing_rating_number sets their loss weight)."),
+    allow_titles_only: bool = typer.Option(False, "--allow-titles-only", help="Keep rows whose only text is "
+                                           "the title and rows without images (require only category + "
+                                           "title; for text-only training)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already at --out."),
 ) -> None:
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
@@ -50,8 +56,9 @@ def prepare_cmd(
     _writable(out, "--out", "dir")
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
-                      require_image=require_image, rare_threshold=rare_threshold, overwrite=overwrite,
-                      progress=True)
+                      require_image=require_image, rare_threshold=rare_threshold,
+                      keep_missing_rating_number=keep_missing_rating_number,
+                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True)
     print_summary(summary)
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from effiminivlm.config import Recipe, from_dict
-from effiminivlm.data.dataset import Collator, ProductDataset, rating_weight_mu
+from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
@@ -39,6 +39,7 @@ from effiminivlm.runtime import autocast, default_num_workers, resolve_device, r
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from effiminivlm.training.losses import check_recipe_names, create_loss
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
+from effiminivlm.training.weights import fill_missing_rating_number
 
 MAX_NONFINITE_STEPS = 20
 
@@ -130,7 +131,14 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     if train_rows.num_rows == 0 or val_rows.num_rows == 0:
         raise DataError(f"{data_dir}: training needs non-empty train and val splits "
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
-    mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
+    # mu over the TRAIN split's known counts; rows without one get the recipe's weight (training.weights)
+    train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
+    mu = weighting["mu"]
+    if weighting["missing"]:
+        how = ("dropped" if weighting["dropped"] else
+               f"weight {weighting['weight']:.3f} (count {weighting['filled_with']:g})")
+        log(f"{weighting['missing']} of {weighting['rows']} train rows lack rating_number: {how} "
+            f"(train.missing_rating_number={tc.missing_rating_number})")
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
 
     model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
@@ -256,7 +264,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise EffiMiniVLMError("no epoch produced a defined validation PLCC (constant predictions?); "
                                "no model was saved")
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
-               "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
+               "stop_reason": stop_reason, "mu": mu, "missing_rating_number": weighting, "steps": state.step,
+               "precision": precision,
                "device": str(dev), "model_dir": str(out / "model"), "history": state.history}
     write_json(summary, out / "train_summary.json")
     return summary
