@@ -127,6 +127,11 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in --out (its model "
                                    "included) and train from scratch."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    kfold: int | None = typer.Option(None, "--kfold", help="Train and test on K folds of every row of DATA "
+                                     "(RUN/fold-F/seed-S, mean +- sd in RUN/kfold.md); reruns skip "
+                                     "finished runs."),
+    seeds: int = typer.Option(1, help="With --kfold: seeds per fold (train.seed, +1, ...)."),
+    fold_seed: int = typer.Option(0, help="With --kfold: seed of the fold assignment."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
     from effiminivlm.config import load_recipe
@@ -149,6 +154,17 @@ def train_cmd(
 
         check_recipe_names(resolved)  # names fail now, before any data is read
     _check_runtime(resolved.train.precision if resolved is not None else None, device)
+    if kfold is not None:
+        from effiminivlm.training.kfold import run_kfold
+
+        if resume or resolved is None:
+            raise ConfigError("--kfold resumes by itself (rerun the same command); drop --resume")
+        result = run_kfold(resolved, data, out, k=kfold, seeds=seeds, fold_seed=fold_seed,
+                           overwrite=overwrite, images_dir=images_dir, device=device, log=typer.echo)
+        typer.echo(result["markdown"])
+        for kind, path in result["paths"].items():
+            typer.echo(f"{kind}: {path}")
+        return
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, log=typer.echo)
     typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "

@@ -83,7 +83,8 @@ def half_unrated(synth_catalog: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.parametrize("policy", ["median", "one", "drop"])
-def test_training_on_rows_without_counts_reports_the_policy(tiny_recipe, half_unrated, tmp_path, policy) -> None:
+def test_training_on_rows_without_counts_reports_the_policy(tiny_recipe, half_unrated, tmp_path,
+                                                            policy) -> None:
     tiny_recipe.train.missing_rating_number = policy
     logs: list[str] = []
     summary = loop.train(tiny_recipe, half_unrated, tmp_path / "run", progress=False, log=logs.append)
@@ -91,7 +92,10 @@ def test_training_on_rows_without_counts_reports_the_policy(tiny_recipe, half_un
     n_train = read_prepared(half_unrated, "train").num_rows
     assert rep["policy"] == policy and rep["rows"] == n_train and 0 < rep["missing"] < n_train
     assert any("lack rating_number" in line and policy in line for line in logs)
-    assert (rep["dropped"] == rep["missing"]) if policy == "drop" else (rep["weight"] > 0 and not rep["dropped"])
+    if policy == "drop":
+        assert rep["dropped"] == rep["missing"]
+    else:
+        assert rep["weight"] > 0 and not rep["dropped"]
     assert math.isfinite(summary["history"][-1]["train_loss"])
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert saved["missing_rating_number"] == rep
