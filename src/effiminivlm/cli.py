@@ -132,6 +132,8 @@ def train_cmd(
                                      "finished runs."),
     seeds: int = typer.Option(1, help="With --kfold: seeds per fold (train.seed, +1, ...)."),
     fold_seed: int = typer.Option(0, help="With --kfold: seed of the fold assignment."),
+    features: str | None = typer.Option(None, "--features", help="Probe recipes: the feature cache of "
+                                        "`effiminivlm embed` (default: computed in the run)."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
     from effiminivlm.config import load_recipe
@@ -164,6 +166,16 @@ def train_cmd(
         typer.echo(result["markdown"])
         for kind, path in result["paths"].items():
             typer.echo(f"{kind}: {path}")
+        return
+    if resolved is not None and resolved.train.probe != "none":
+        from effiminivlm.training.probe import train_probe
+
+        if resume:
+            raise ConfigError("a probe run takes seconds: rerun it with --overwrite instead of --resume")
+        summary = train_probe(resolved, data, out, features=features, overwrite=overwrite,
+                              images_dir=images_dir, device=device, log=typer.echo)
+        typer.echo(f"probe {summary['probe']}: val PLCC {summary['best_val_plcc']:.4f}; model saved to "
+                   f"{summary['model_dir']}")
         return
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, log=typer.echo)
@@ -227,6 +239,50 @@ def predict_cmd(
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       strict=strict)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("embed")
+def embed_cmd(
+    data: str = typer.Argument(..., help="Prepared dataset folder: every row (all splits) is embedded."),
+    out: str = typer.Option(..., "--out", help="Feature cache to write (.safetensors)."),
+    model: str | None = typer.Option(None, "--model", help="Saved model folder whose towers embed."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Or a recipe: its towers with their pretrained "
+                                      "weights (e.g. probe)."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override (with --recipe; repeat)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Cache every item's pooled image and text features once (for probe recipes and sweeps)."""
+    from effiminivlm.data.images import ImageStore
+    from effiminivlm.data.prepare import read_prepared
+    from effiminivlm.runtime import resolve_device, resolve_precision
+    from effiminivlm.training.embed import embed_table, model_signature, save_features
+
+    _writable(out, "--out", "file")
+    _check_inference(images, batch_size, 0, precision, device)
+    if (model is None) == (recipe is None):
+        raise ConfigError("give exactly one of --model (a saved model folder) or --recipe")
+    if model is not None:
+        from effiminivlm.models.factory import load_model
+
+        net, tok = load_model(model)
+    else:
+        from effiminivlm.config import load_recipe
+        from effiminivlm.models.factory import create_model, create_tokenizer
+
+        rec = load_recipe(recipe, list(set_))
+        net = create_model(rec.model, pretrained=True)
+        tok = create_tokenizer(rec.model.text_encoder) if net.text_encoder is not None else None
+    dev = resolve_device(device)
+    feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
+                        images=images, batch_size=batch_size, device=dev,
+                        precision=resolve_precision(precision, dev), progress=True)
+    save_features(feats, out, model_signature(net), {"data": str(data)})
+    typer.echo(f"{len(feats['ids'])} items: image {tuple(feats['image'].shape)}, text "
+               f"{tuple(feats['text'].shape)} -> {out}")
 
 
 @app.command("recipes")

@@ -27,6 +27,7 @@ from effiminivlm.evaluation.aggregate import aggregate_runs, render_aggregate_ma
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
+from effiminivlm.training.probe import train_probe
 
 __all__ = ["PLAN", "run_kfold"]
 PLAN = "kfold_plan.json"
@@ -65,6 +66,7 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     _check_plan(out, plan, overwrite)
     if images_dir is None and (data / "images").is_dir():  # the source's fetch-images cache serves every fold
         images_dir = data / "images"
+    features = _probe_features(recipe, data, out, images_dir, device, progress, log)
     runs: list[dict[str, Any]] = []
     for f in range(k):
         fold_data = out / "folds" / f"fold-{f}"
@@ -74,7 +76,8 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
         for i in range(seeds):
             seed = recipe.train.seed + i
             runs.append(_one_run(recipe, fold_data, out / f"fold-{f}" / f"seed-{seed}", f, seed,
-                                 images_dir=images_dir, device=device, progress=progress, log=log))
+                                 images_dir=images_dir, device=device, progress=progress, log=log,
+                                 features=features))
     agg = aggregate_runs(runs)
     result = {"plan": plan, "runs": runs, "aggregate": agg}
     title = f"{recipe.name} recipe, {k}-fold on {data.name}"
@@ -86,9 +89,32 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     return {**result, "markdown": markdown, "paths": paths}
 
 
+def _probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path | None,
+                    device: str | None, progress: bool, log: Callable[[str], None]) -> Path | None:
+    """For a probe recipe, every item's features once in RUN/features.safetensors (all folds share them)."""
+    if recipe.train.probe == "none":
+        return None
+    path = out / "features.safetensors"
+    if not path.is_file():
+        from effiminivlm.data.images import ImageStore
+        from effiminivlm.models.factory import create_model, create_tokenizer
+        from effiminivlm.runtime import resolve_device, resolve_precision
+        from effiminivlm.training.embed import embed_table, model_signature, save_features
+
+        model = create_model(recipe.model, pretrained=True)
+        tok = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
+        dev = resolve_device(device)
+        feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
+                            images=recipe.data.images, batch_size=recipe.train.eval_batch_size, device=dev,
+                            precision=resolve_precision(recipe.train.precision, dev), progress=progress)
+        save_features(feats, path, model_signature(model), {"data": str(data)})
+        log(f"features of {len(feats['ids'])} items cached in {path}")
+    return path
+
+
 def _one_run(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: int, *,
              images_dir: str | Path | None, device: str | None, progress: bool,
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], features: Path | None = None) -> dict[str, Any]:
     """Train (or resume) and test one fold x seed; a finished run is read back, not redone."""
     report = run / "eval-test" / "metrics.json"
     tag = f"fold {fold} seed {seed}"
@@ -98,8 +124,12 @@ def _one_run(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: int, *
         if not (run / "train_summary.json").is_file():
             started = run.is_dir() and any(run.iterdir())
             r = load_recipe(recipe.to_dict(), [f"train.seed={seed}"])
-            train(r, fold_data, run, resume=started, images_dir=images_dir, device=device,
-                  progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
+            if features is not None:
+                train_probe(r, fold_data, run, features=features, overwrite=started, device=device,
+                            log=lambda msg: log(f"{tag}: {msg}"))
+            else:
+                train(r, fold_data, run, resume=started, images_dir=images_dir, device=device,
+                      progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
         evaluate(run / "model", fold_data, split="test", out_dir=run / "eval-test", images_dir=images_dir,
                  images=recipe.data.images, batch_size=recipe.train.eval_batch_size,
                  num_workers=recipe.data.num_workers, device=device, precision=recipe.train.precision,
