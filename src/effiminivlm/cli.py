@@ -225,6 +225,9 @@ def predict_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+    with_intervals: bool = typer.Option(True, "--intervals/--no-intervals", help="Add the model's conformal "
+                                        "intervals as extra columns low_80,high_80,low_90,high_90 (after "
+                                        "the LoViF columns; models without conformal.json add none)."),
 ) -> None:
     """Score products and write a LoViF submission.csv."""
     import json
@@ -237,7 +240,7 @@ def predict_cmd(
     _check_inference(images, batch_size, num_workers, precision, device)
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
-                      strict=strict)
+                      strict=strict, with_intervals=with_intervals)
     typer.echo(json.dumps(summary, indent=2))
 
 

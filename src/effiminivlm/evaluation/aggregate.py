@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AGG_METRICS", "aggregate_runs", "fmt_mean_sd", "render_aggregate_markdown"]
+__all__ = ["AGG_METRICS", "aggregate_coverage", "aggregate_runs", "fmt_mean_sd", "render_aggregate_markdown"]
 AGG_METRICS = ("plcc", "srcc", "rmse", "mae")
 
 
@@ -49,6 +49,30 @@ def aggregate_runs(runs: list[dict[str, Any]], metrics: tuple[str, ...] = AGG_ME
     return out
 
 
+def aggregate_coverage(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Conformal coverage and mean width (`metrics["conformal"]` of each run) as mean +- sd over runs:
+    {group: {level: {"nominal", "coverage": {mean, sd}, "mean_width": {mean, sd}}}}; {} without intervals."""
+    reports = [r["metrics"]["conformal"] for r in runs if "conformal" in r["metrics"]]
+    out: dict[str, Any] = {}
+    for rep in reports:
+        for group, levels in rep.items():
+            if group == "calibration":
+                continue
+            for level, c in levels.items():
+                cell = out.setdefault(group, {}).setdefault(level, {"nominal": c["nominal"], "coverage": [],
+                                                                    "mean_width": [], "n": []})
+                for k in ("coverage", "mean_width", "n"):
+                    if c[k] is not None and not (isinstance(c[k], float) and math.isnan(c[k])):
+                        cell[k].append(float(c[k]))
+    for levels in out.values():
+        for cell in levels.values():
+            for k in ("coverage", "mean_width"):
+                v = cell[k]
+                cell[k] = {"mean": float(np.mean(v)) if v else None, "sd": _sd(v), "n_runs": len(v)}
+            cell["n"] = float(np.mean(cell["n"])) if cell["n"] else 0.0
+    return out
+
+
 def fmt_mean_sd(cell: dict[str, Any], digits: int = 4) -> str:
     """"0.3100 +- 0.0400" (sd over folds), "-" when undefined in every run."""
     if cell.get("mean") is None:
@@ -58,7 +82,8 @@ def fmt_mean_sd(cell: dict[str, Any], digits: int = 4) -> str:
 
 
 def render_aggregate_markdown(agg: dict[str, Any], title: str, meta: dict[str, Any] | None = None,
-                              metrics: tuple[str, ...] = AGG_METRICS) -> str:
+                              metrics: tuple[str, ...] = AGG_METRICS,
+                              coverage: dict[str, Any] | None = None) -> str:
     """A Markdown table: one row per group, `mean +- sd over folds` per metric, sd over seeds below."""
     lines = [f"# {title}", ""]
     for k, v in (meta or {}).items():
@@ -76,4 +101,16 @@ def render_aggregate_markdown(agg: dict[str, Any], title: str, meta: dict[str, A
         lines += ["", "sd over seeds (of the fold means): "
                   + ", ".join(f"{g} {m.upper()} {sd:.4f}" for g, m, sd in seeds)]
     lines += ["", "mean +- sample sd over folds (seed-averaged); undefined correlations are left out."]
+    if coverage:
+        lines += ["", "Conformal intervals on the test folds (fitted on each fold's val split):", "",
+                  "| group | level | items/fold | coverage | mean width |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for g, levels in coverage.items():
+            for level, c in levels.items():
+                lines.append(f"| {g} | {level}% | {c['n']:.0f} | {fmt_mean_sd(_sd_cell(c['coverage']), 3)} | "
+                             f"{fmt_mean_sd(_sd_cell(c['mean_width']), 3)} |")
     return "\n".join(lines) + "\n"
+
+
+def _sd_cell(c: dict[str, Any]) -> dict[str, Any]:
+    return {"mean": c["mean"], "sd_folds": c["sd"]}

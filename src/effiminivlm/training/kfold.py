@@ -23,7 +23,7 @@ from effiminivlm.config import Recipe, load_recipe
 from effiminivlm.data.folds import write_fold_dataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import EffiMiniVLMError
-from effiminivlm.evaluation.aggregate import aggregate_runs, render_aggregate_markdown
+from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs, render_aggregate_markdown
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
@@ -79,11 +79,12 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
                                  images_dir=images_dir, device=device, progress=progress, log=log,
                                  features=features))
     agg = aggregate_runs(runs)
-    result = {"plan": plan, "runs": runs, "aggregate": agg}
+    coverage = aggregate_coverage(runs)
+    result = {"plan": plan, "runs": runs, "aggregate": agg, "conformal": coverage}
     title = f"{recipe.name} recipe, {k}-fold on {data.name}"
     meta = {"folds": k, "seeds": seeds, "fold seed": fold_seed, "data": str(data)}
     write_json(result, out / "kfold.json")
-    markdown = render_aggregate_markdown(agg, title, meta)
+    markdown = render_aggregate_markdown(agg, title, meta, coverage=coverage)
     atomic_write_text(out / "kfold.md", markdown)
     paths = {"json": out / "kfold.json", "markdown": out / "kfold.md"}
     return {**result, "markdown": markdown, "paths": paths}
@@ -135,7 +136,7 @@ def _one_run(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: int, *
                  num_workers=recipe.data.num_workers, device=device, precision=recipe.train.precision,
                  progress=progress)
     metrics = json.loads(report.read_text())
-    keep = {g: v for g, v in metrics.items() if isinstance(v, dict) and "n" in v}
+    keep = {g: v for g, v in metrics.items() if isinstance(v, dict) and ("n" in v or g == "conformal")}
     log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}")
     return {"fold": fold, "seed": seed, "run": str(run), "metrics": keep}
 

@@ -31,6 +31,7 @@ from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
@@ -242,6 +243,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
             tmp = out / MODEL_TMP
             model.save_pretrained(tmp, tokenizer=tokenizer)
+            save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this epoch's val
             replace_dir(tmp, out / "model")
         else:
             state.bad_epochs += 1

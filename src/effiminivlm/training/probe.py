@@ -26,6 +26,7 @@ from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import ConfigError, DataError
+from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
@@ -103,6 +104,9 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         result = _train_head(model, recipe, x_tr, y_tr, counts, weighting["mu"], x_va, y_va, log)
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     model.save_pretrained(out / MODEL_TMP, tokenizer=tokenizer)
+    with torch.no_grad():
+        val_pred = model.head(torch.as_tensor(x_va, dtype=torch.float32)).squeeze(-1).double().numpy()
+    save_conformal(out / MODEL_TMP, fit_conformal(val_pred, y_va))
     replace_dir(out / MODEL_TMP, out / "model")
     summary = {"probe": tc.probe, **result, "mu": weighting["mu"], "missing_rating_number": weighting,
                "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
@@ -129,6 +133,7 @@ def _ridge_head(model: torch.nn.Module, x_tr: np.ndarray, y_tr: np.ndarray, w: n
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(best[2], dtype=torch.float32).unsqueeze(0))
         linear.bias.fill_(best[3])
+    model.head.eval()
     return {"alpha": best[1], "best_val_plcc": best[0], "alpha_curve": curve}
 
 
