@@ -244,6 +244,43 @@ def predict_cmd(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("scaling")
+def scaling_cmd(
+    data: str = typer.Option(..., "--data", help="Prepared dataset folder: its train split is subsampled."),
+    out: str = typer.Option(..., "--out", help="Study folder (runs, scaling.json/.md/.png); reruns resume."),
+    recipe: str = typer.Option("probe", "--recipe", help="Packaged recipe name or a YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. model.modalities=text (repeat)."),
+    fractions: str = typer.Option("0.05,0.1,0.2,0.4,0.7,1.0", help="Comma-separated train fractions."),
+    seeds: int = typer.Option(3, help="Subsets and trainings per fraction."),
+    target_n: float = typer.Option(1.6e6, help="Extrapolate the fits to this many training items."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study in --out and start anew."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Test PLCC against training-set size: nested subsets, fits, extrapolation, the Figure-2 plot."""
+    from effiminivlm.config import load_recipe
+    from effiminivlm.protocol.formulas import load_leaderboard
+    from effiminivlm.training.losses import check_recipe_names
+    from effiminivlm.training.scaling import run_scaling
+
+    _writable(out, "--out", "dir")
+    try:
+        fracs = [float(x) for x in fractions.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
+    resolved = load_recipe(recipe, list(set_))
+    check_recipe_names(resolved)
+    _check_runtime(resolved.train.precision, device)
+    paper = next((e for e in load_leaderboard() if getattr(e, "model", None) == "EffiMiniVLM"), None)
+    reference = (f"EffiMiniVLM, LoViF test (leaderboard): {paper.plcc:.2f}", paper.plcc) if paper else None
+    result = run_scaling(resolved, data, out, fractions=fracs, seeds=seeds, target_n=target_n,
+                         overwrite=overwrite, images_dir=images_dir, device=device, reference=reference,
+                         log=typer.echo)
+    typer.echo(result["markdown"])
+    for kind, path in result["paths"].items():
+        typer.echo(f"{kind}: {path}")
+
+
 @app.command("embed")
 def embed_cmd(
     data: str = typer.Argument(..., help="Prepared dataset folder: every row (all splits) is embedded."),
@@ -274,10 +311,11 @@ def embed_cmd(
         net, tok = load_model(model)
     else:
         from effiminivlm.config import load_recipe
-        from effiminivlm.models.factory import create_model, create_tokenizer
+        from effiminivlm.models.factory import create_tokenizer
+        from effiminivlm.training.probe import build_probe_model
 
         rec = load_recipe(recipe, list(set_))
-        net = create_model(rec.model, pretrained=True)
+        net = build_probe_model(rec)  # the towers a probe run of this recipe builds
         tok = create_tokenizer(rec.model.text_encoder) if net.text_encoder is not None else None
     dev = resolve_device(device)
     feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),

@@ -57,6 +57,9 @@ def test_embed_cache_roundtrip_and_refusals(tiny_recipe, prepared: Path, tmp_pat
     other = create_model(load_recipe("tiny", ["model.text_encoder.max_length=32"]).model, pretrained=False)
     with pytest.raises(DataError, match="another model"):
         load_features(path, model_signature(other))
+    reinit = create_model(tiny_recipe.model, pretrained=False)  # same config, other random weights
+    with pytest.raises(DataError, match="another model"):
+        load_features(path, model_signature(reinit))
     with pytest.raises(DataError, match="lacks 1 item"):
         feature_matrix(back, ["nope"])
 
@@ -107,6 +110,7 @@ def test_kfold_probe_embeds_once(prepared: Path, tmp_path: Path, monkeypatch) ->
     res = run_kfold(load_recipe("tiny", PROBE), prepared, tmp_path / "kf", k=3, log=lambda _: None)
     assert len(res["runs"]) == 3 and len(set(calls)) == 1 and calls[0].name == "features.safetensors"
     assert res["aggregate"]["overall"]["rmse"]["n_runs"] == 3
+    assert res["aggregate"]["overall"]["plcc"]["n_runs"] == 3  # the cached features are this model's
 
 
 def test_cli_embed_then_train_with_features(prepared: Path, tmp_path: Path) -> None:

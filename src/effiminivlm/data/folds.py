@@ -27,7 +27,7 @@ from effiminivlm.data.prepare import read_prepared, split_counts
 from effiminivlm.data.schema import SCHEMA
 from effiminivlm.errors import DataError
 
-__all__ = ["assign_folds", "fold_splits", "write_fold_dataset"]
+__all__ = ["assign_folds", "fold_splits", "nested_order", "write_fold_dataset", "write_subset_dataset"]
 
 
 def _hashes(ids: list[str], seed: int, salt: str) -> np.ndarray:
@@ -88,11 +88,41 @@ def write_fold_dataset(data_dir: str | os.PathLike[str], out: str | os.PathLike[
     split = fold_splits(ids, rating, assign_folds(ids, rating, k, seed, rare), f, seed, rare)
     table = table.set_column(table.schema.get_field_index("split"), SCHEMA.field("split"),
                              pa.array(split.tolist(), type=pa.string()))
-    dest = Path(out)
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    summary["kfold"] = {"source": str(src), "k": k, "fold": f, "seed": seed, "rows": counts}
+    _write(table, summary, Path(out))
+    return counts
+
+
+def nested_order(ids: list[str], seed: int) -> np.ndarray:
+    """A seeded order of `ids` (keyed hash): its prefixes are nested subsets, whatever the row order."""
+    return np.argsort(_hashes(ids, seed, "subset"), kind="stable")
+
+
+def write_subset_dataset(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], n_train: int,
+                         seed: int = 0) -> dict[str, Any]:
+    """`data_dir` with its train split cut to the first `n_train` items of `nested_order` (val and test
+    unchanged), written as a prepared dataset at `out`; returns its split counts."""
+    src = Path(data_dir)
+    table = read_prepared(src)
+    summary = json.loads((src / "summary.json").read_text())
+    is_train = np.asarray(table.column("split").to_pylist(), dtype=object) == "train"
+    train_idx = np.flatnonzero(is_train)
+    ids = [table.column("parent_asin")[int(i)].as_py() for i in train_idx]
+    chosen = train_idx[nested_order(ids, seed)[:n_train]]
+    keep = ~is_train
+    keep[chosen] = True
+    table = table.filter(pa.array(keep))
+    split = np.asarray(table.column("split").to_pylist(), dtype=object)
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    summary["subset"] = {"source": str(src), "n_train": n_train, "seed": seed, "rows": counts}
+    _write(table, summary, Path(out))
+    return counts
+
+
+def _write(table: pa.Table, summary: dict[str, Any], dest: Path) -> None:
+    """data.parquet (atomically renamed) then summary.json: a folder without summary.json is unfinished."""
     dest.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.select(SCHEMA.names).cast(SCHEMA), dest / ".data.parquet.tmp")
     os.replace(dest / ".data.parquet.tmp", dest / "data.parquet")
-    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
-    summary["kfold"] = {"source": str(src), "k": k, "fold": f, "seed": seed, "rows": counts}
     (dest / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return counts

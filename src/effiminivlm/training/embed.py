@@ -13,6 +13,7 @@ model is refused instead of silently fitting a head to the wrong features.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,11 +32,17 @@ __all__ = ["embed_table", "feature_matrix", "load_features", "model_signature", 
 
 
 def model_signature(model: torch.nn.Module) -> str:
-    """The model's config as canonical JSON: two caches are interchangeable only if this matches."""
+    """The towers' config and a digest of their weights: two caches are interchangeable only if this
+    matches (the config alone would accept two random initialisations, or another fine-tuned model)."""
     cfg = model.config_dict()  # type: ignore[attr-defined]
     cfg.pop("effiminivlm_version", None)
     cfg.pop("head", None)  # the head does not change the features
-    return json.dumps(cfg, sort_keys=True)
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith("head."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return json.dumps({**cfg, "weights_blake2b": digest.hexdigest()}, sort_keys=True)
 
 
 @torch.no_grad()

@@ -27,26 +27,26 @@ from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs,
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
-from effiminivlm.training.probe import train_probe
+from effiminivlm.training.probe import build_probe_model, train_probe
 
-__all__ = ["PLAN", "run_kfold"]
+__all__ = ["PLAN", "check_plan", "probe_features", "run_and_test", "run_kfold"]
 PLAN = "kfold_plan.json"
 
 
-def _check_plan(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
-    """Start, continue or (with --overwrite) restart the k-fold run in `out`; refuse anything else."""
-    plan_path = out / PLAN
+def check_plan(out: Path, plan: dict[str, Any], overwrite: bool, name: str = PLAN,
+               keys: tuple[str, ...] = ("k", "fold_seed", "data", "recipe")) -> None:
+    """Start, continue or (with --overwrite) restart the multi-run study in `out`; refuse anything else."""
+    plan_path = out / name
     if out.is_dir() and any(out.iterdir()):
         if not plan_path.is_file():
-            raise EffiMiniVLMError(f"--out {out} is not empty and holds no k-fold run ({PLAN}); "
+            raise EffiMiniVLMError(f"--out {out} is not empty and holds no such run ({name}); "
                                    "choose an empty folder")
         old = json.loads(plan_path.read_text())
-        same = all(old.get(k) == plan[k] for k in ("k", "fold_seed", "data", "recipe"))
         if overwrite:
             shutil.rmtree(out)
-        elif not same:
-            diff = [k for k in ("k", "fold_seed", "data", "recipe") if old.get(k) != plan[k]]
-            raise EffiMiniVLMError(f"--out {out} holds a k-fold run with another {', '.join(diff)}; "
+        elif any(old.get(k) != plan[k] for k in keys):
+            diff = [k for k in keys if old.get(k) != plan[k]]
+            raise EffiMiniVLMError(f"--out {out} holds a run with another {', '.join(diff)}; "
                                    "pass --overwrite to replace it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(plan, plan_path)
@@ -63,10 +63,10 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     read_prepared(data)  # a DataError now if DATA is not a prepared dataset
     plan = {"k": k, "fold_seed": fold_seed, "seeds": seeds, "data": str(data.resolve()),
             "recipe": recipe.to_dict()}
-    _check_plan(out, plan, overwrite)
+    check_plan(out, plan, overwrite)
     if images_dir is None and (data / "images").is_dir():  # the source's fetch-images cache serves every fold
         images_dir = data / "images"
-    features = _probe_features(recipe, data, out, images_dir, device, progress, log)
+    features = probe_features(recipe, data, out, images_dir, device, progress, log)
     runs: list[dict[str, Any]] = []
     for f in range(k):
         fold_data = out / "folds" / f"fold-{f}"
@@ -75,7 +75,7 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
             log(f"fold {f}: train {counts['train']} / val {counts['val']} / test {counts['test']} items")
         for i in range(seeds):
             seed = recipe.train.seed + i
-            runs.append(_one_run(recipe, fold_data, out / f"fold-{f}" / f"seed-{seed}", f, seed,
+            runs.append(run_and_test(recipe, fold_data, out / f"fold-{f}" / f"seed-{seed}", f, seed,
                                  images_dir=images_dir, device=device, progress=progress, log=log,
                                  features=features))
     agg = aggregate_runs(runs)
@@ -90,7 +90,7 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     return {**result, "markdown": markdown, "paths": paths}
 
 
-def _probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path | None,
+def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path | None,
                     device: str | None, progress: bool, log: Callable[[str], None]) -> Path | None:
     """For a probe recipe, every item's features once in RUN/features.safetensors (all folds share them)."""
     if recipe.train.probe == "none":
@@ -98,11 +98,11 @@ def _probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Pat
     path = out / "features.safetensors"
     if not path.is_file():
         from effiminivlm.data.images import ImageStore
-        from effiminivlm.models.factory import create_model, create_tokenizer
+        from effiminivlm.models.factory import create_tokenizer
         from effiminivlm.runtime import resolve_device, resolve_precision
         from effiminivlm.training.embed import embed_table, model_signature, save_features
 
-        model = create_model(recipe.model, pretrained=True)
+        model = build_probe_model(recipe)
         tok = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
         dev = resolve_device(device)
         feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
@@ -113,7 +113,7 @@ def _probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Pat
     return path
 
 
-def _one_run(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: int, *,
+def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: int, *,
              images_dir: str | Path | None, device: str | None, progress: bool,
              log: Callable[[str], None], features: Path | None = None) -> dict[str, Any]:
     """Train (or resume) and test one fold x seed; a finished run is read back, not redone."""

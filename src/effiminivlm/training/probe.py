@@ -36,7 +36,7 @@ from effiminivlm.training.losses import create_loss, rating_weights
 from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
 from effiminivlm.training.weights import fill_missing_rating_number
 
-__all__ = ["ALPHAS", "fit_ridge", "train_probe"]
+__all__ = ["ALPHAS", "build_probe_model", "fit_ridge", "train_probe"]
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 
@@ -56,6 +56,20 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tupl
     return coef, ym - float(mean @ coef)
 
 
+def build_probe_model(recipe: Recipe) -> torch.nn.Module:
+    """The recipe's model with frozen towers. Built under a fixed seed (0), not the run's: towers without
+    pretrained weights are random features, and every seed, fold and fraction must see the same ones (the
+    ones `embed` cached); the run's seed still drives the head's training."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = create_model(recipe.model, pretrained=True)
+    finally:
+        torch.random.set_rng_state(state)
+    model.freeze(image=True, text=True)
+    return model
+
+
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
     return compute_metrics(pred, y)["overall"]["plcc"]
 
@@ -72,10 +86,9 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         raise ConfigError("train.probe=ridge needs a linear head: set model.head.hidden_dims=[]")
     out = Path(out_dir)
     open_run_dir(out, resume=False, overwrite=overwrite, log=log)
-    torch.manual_seed(tc.seed)
     dev = resolve_device(device)
-    model = create_model(recipe.model, pretrained=True)
-    model.freeze(image=True, text=True)
+    model = build_probe_model(recipe)
+    torch.manual_seed(tc.seed)
     tokenizer = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
     train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
     if train_rows.num_rows == 0 or val_rows.num_rows == 0:
