@@ -256,6 +256,8 @@ def scaling_cmd(
     images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study in --out and start anew."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    features: str | None = typer.Option(None, "--features", help="Probe recipes: a feature cache of DATA "
+                                        "(`effiminivlm embed`; default: computed once in --out)."),
 ) -> None:
     """Test PLCC against training-set size: nested subsets, fits, extrapolation, the Figure-2 plot."""
     from effiminivlm.config import load_recipe
@@ -275,7 +277,7 @@ def scaling_cmd(
     reference = (f"EffiMiniVLM, LoViF test (leaderboard): {paper.plcc:.2f}", paper.plcc) if paper else None
     result = run_scaling(resolved, data, out, fractions=fracs, seeds=seeds, target_n=target_n,
                          overwrite=overwrite, images_dir=images_dir, device=device, reference=reference,
-                         log=typer.echo)
+                         features=features, log=typer.echo)
     typer.echo(result["markdown"])
     for kind, path in result["paths"].items():
         typer.echo(f"{kind}: {path}")

@@ -79,6 +79,14 @@ def test_ridge_probe_model_predicts_what_the_features_say(prepared: Path, tmp_pa
         ).numpy()[0] + float(head.bias.detach())
     assert np.allclose(res.pred, direct, atol=1e-3)
     from effiminivlm.evaluation.metrics import compute_metrics
+    from effiminivlm.training.probe import evaluate_on_features
+
+    cache = save_features(embed_table(model, tok, read_prepared(prepared), ImageStore.for_prepared(prepared)),
+                          tmp_path / "f.safetensors", model_signature(model))
+    fast = evaluate_on_features(tmp_path / "run" / "model", prepared, cache, tmp_path / "ev", split="val")
+    assert fast["metrics"]["overall"]["plcc"] == pytest.approx(
+        compute_metrics(np.clip(res.pred, 1, 5), res.target)["overall"]["plcc"], abs=1e-4)
+    assert "conformal" in fast["metrics"]
 
     assert compute_metrics(res.pred, res.target)["overall"]["plcc"] == pytest.approx(
         summary["best_val_plcc"], abs=1e-3)

@@ -37,6 +37,9 @@ def model_signature(model: torch.nn.Module) -> str:
     cfg = model.config_dict()  # type: ignore[attr-defined]
     cfg.pop("effiminivlm_version", None)
     cfg.pop("head", None)  # the head does not change the features
+    for tower in ("image_encoder", "text_encoder"):  # where weights/tokenizer came from: a saved model and
+        for key in ("pretrained", "tokenizer"):  # the recipe it was trained from differ only here
+            cfg.get(tower, {}).pop(key, None)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         if not name.startswith("head."):

@@ -27,7 +27,7 @@ from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs,
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
-from effiminivlm.training.probe import build_probe_model, train_probe
+from effiminivlm.training.probe import build_probe_model, evaluate_on_features, train_probe
 
 __all__ = ["PLAN", "check_plan", "probe_features", "run_and_test", "run_kfold"]
 PLAN = "kfold_plan.json"
@@ -131,10 +131,13 @@ def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: in
             else:
                 train(r, fold_data, run, resume=started, images_dir=images_dir, device=device,
                       progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
-        evaluate(run / "model", fold_data, split="test", out_dir=run / "eval-test", images_dir=images_dir,
-                 images=recipe.data.images, batch_size=recipe.train.eval_batch_size,
-                 num_workers=recipe.data.num_workers, device=device, precision=recipe.train.precision,
-                 progress=progress)
+        if features is not None:  # frozen towers: the cached features are the model's, no tower pass
+            evaluate_on_features(run / "model", fold_data, features, run / "eval-test")
+        else:
+            evaluate(run / "model", fold_data, split="test", out_dir=run / "eval-test",
+                     images_dir=images_dir, images=recipe.data.images,
+                     batch_size=recipe.train.eval_batch_size, num_workers=recipe.data.num_workers,
+                     device=device, precision=recipe.train.precision, progress=progress)
     metrics = json.loads(report.read_text())
     keep = {g: v for g, v in metrics.items() if isinstance(v, dict) and ("n" in v or g == "conformal")}
     log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}")

@@ -26,7 +26,13 @@ from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import ConfigError, DataError
-from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
+from effiminivlm.evaluation.conformal import (
+    coverage_report,
+    fit_conformal,
+    load_conformal,
+    render_coverage_markdown,
+    save_conformal,
+)
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
@@ -36,7 +42,7 @@ from effiminivlm.training.losses import create_loss, rating_weights
 from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
 from effiminivlm.training.weights import fill_missing_rating_number
 
-__all__ = ["ALPHAS", "build_probe_model", "fit_ridge", "train_probe"]
+__all__ = ["ALPHAS", "build_probe_model", "evaluate_on_features", "fit_ridge", "train_probe"]
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 
@@ -68,6 +74,40 @@ def build_probe_model(recipe: Recipe) -> torch.nn.Module:
         torch.random.set_rng_state(state)
     model.freeze(image=True, text=True)
     return model
+
+
+def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: str | Path,
+                         out_dir: str | Path, split: str = "test", min_rating_number: int = 10
+                         ) -> dict[str, Any]:
+    """`evaluate`'s report for a probe model, from the cached features instead of the towers: the towers
+    are frozen, so head(cached features) is the model's output (tests/training/test_probe.py checks it
+    against `run_inference`), and a scaling study or k-fold needs no tower pass per run."""
+    from effiminivlm.evaluation.report import render_markdown, write_report
+    from effiminivlm.inference import SCORE_RANGE
+    from effiminivlm.models.factory import load_model
+
+    model, _ = load_model(model_dir)
+    rows = read_prepared(data_dir, split)
+    if rows.num_rows == 0:
+        raise DataError(f"{data_dir}: split {split!r} is empty")
+    feats = load_features(features, model_signature(model))
+    x = feature_matrix(feats, rows.column("parent_asin").to_pylist())
+    with torch.no_grad():
+        pred = model.head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+    pred = np.clip(pred, *SCORE_RANGE)
+    target = rows.column("average_rating").to_numpy().astype(np.float64)
+    counts = np.array([0.0 if c is None else float(c) for c in rows.column("rating_number").to_pylist()])
+    metrics = compute_metrics(pred, target, rows.column("category").to_pylist(), counts, min_rating_number)
+    conf = load_conformal(model_dir)
+    if conf is not None:
+        metrics["conformal"] = coverage_report(pred, target, conf, counts, min_rating_number)
+    meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "features": str(features)}
+    title = f"EffiMiniVLM probe on {Path(data_dir).name} ({split})"
+    paths = write_report(metrics, pred, target, out_dir, title=title, meta=meta)
+    if conf is not None:
+        with paths["markdown"].open("a") as f:
+            f.write(render_coverage_markdown(metrics["conformal"]))
+    return {"metrics": metrics, "paths": paths, "markdown": render_markdown(metrics, title=title, meta=meta)}
 
 
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:

@@ -36,7 +36,7 @@ def run_scaling(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, fr
                 seeds: int = 3, target_n: float = 1.6e6, overwrite: bool = False,
                 images_dir: str | Path | None = None, device: str | None = None,
                 reference: tuple[str, float] | None = None, boot: int = 500,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                features: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train + test `recipe` on nested train subsets; returns the scaling.json dict (+ markdown, paths)."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise EffiMiniVLMError(f"--fractions must lie in (0, 1], got {fractions}")
@@ -49,7 +49,10 @@ def run_scaling(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, fr
     check_plan(out, plan, overwrite, PLAN, keys=("data", "recipe"))
     if images_dir is None and (data / "images").is_dir():
         images_dir = data / "images"
-    features = probe_features(recipe, data, out, images_dir, device, False, log)
+    if features is None:
+        features = probe_features(recipe, data, out, images_dir, device, False, log)
+    elif recipe.train.probe == "none":
+        raise EffiMiniVLMError("--features serves probe recipes only (train.probe ridge | head)")
     points = []
     for frac in sorted(fractions):
         n = max(2, math.ceil(frac * n_train - 1e-9))
