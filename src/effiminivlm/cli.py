@@ -225,9 +225,10 @@ def predict_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
-    with_intervals: bool = typer.Option(True, "--intervals/--no-intervals", help="Add the model's conformal "
-                                        "intervals as extra columns low_80,high_80,low_90,high_90 (after "
-                                        "the LoViF columns; models without conformal.json add none)."),
+    with_intervals: bool = typer.Option(False, "--intervals/--no-intervals", help="Add the model's conformal "
+                                        "intervals as extra columns low_80,high_80,low_90,high_90 after "
+                                        "the LoViF columns (off by default: the submission stays exactly "
+                                        "the LoViF layout)."),
 ) -> None:
     """Score products and write a LoViF submission.csv."""
     import json

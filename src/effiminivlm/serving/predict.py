@@ -46,7 +46,7 @@ def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,
             images_dir: str | None = None, images: str = "first", batch_size: int = 64, num_workers: int = 0,
             device: str | None = None, precision: str = "auto", strict: bool = False,
-            progress: bool = True, with_intervals: bool = True) -> dict[str, Any]:
+            progress: bool = True, with_intervals: bool = False) -> dict[str, Any]:
     """Score `inputs` with `model_dir`; write the submission; return a summary of what happened.
 
     With `with_intervals` and a model that carries conformal.json, each row also gets its intervals.
