@@ -32,6 +32,9 @@ def test_fits_recover_known_curves() -> None:
     assert lo <= fit["power"]["at_target"] <= hi and hi - lo < 0.1
     assert fit["log"]["at_target"] > fit["power"]["at_target"]  # the log line never bends
     assert "error" in fit_scaling([{"n": 10, "plcc": 0.1}], 100)
+    steep = fit_scaling([{"n": x, "plcc": 0.2 * np.log10(x) - 0.2} for x in (100, 1000, 10_000)], 1e9,
+                        boot=20)
+    assert steep["log"]["at_target"] == 1.0  # a + b ln n would say 1.6: a correlation stops at 1
 
 
 def test_subsets_are_nested_and_val_test_fixed(prepared: Path, tmp_path: Path) -> None:

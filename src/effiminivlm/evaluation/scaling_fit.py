@@ -3,7 +3,7 @@
 Two curves are fitted to the (n_train, PLCC) points of `effiminivlm scaling` (every seed's run is a point):
 
 * ``log``: PLCC = a + b ln(n), the straight line the paper's Figure 2 suggests on a log axis; it never
-  saturates, so its extrapolation is an optimistic upper reading;
+  saturates, so its extrapolation is an optimistic upper reading (capped at PLCC 1);
 * ``power``: PLCC = p_inf - c n^(-alpha) (p_inf in [0, 1], c > 0, alpha in (0, 2]), which bends towards a
   ceiling p_inf; its extrapolation is the cautious reading.
 
@@ -50,7 +50,8 @@ def fit_power(n: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None
 
 
 def _log_at(p: tuple[float, float], n: np.ndarray | float) -> Any:
-    return p[0] + p[1] * np.log(n)
+    """a + b ln n, capped to [-1, 1]: a correlation cannot leave it, however far the line is extrapolated."""
+    return np.clip(p[0] + p[1] * np.log(n), -1.0, 1.0)
 
 
 def _power_at(p: tuple[float, float, float], n: np.ndarray | float) -> Any:
