@@ -71,7 +71,8 @@ def load_rows(data_dir: str | Path) -> Rows:
     text = [product_text(c, ti, f, d) for c, ti, f, d in
             zip(t["category"], t["title"], t["features"], t["description"], strict=True)]
     return Rows(np.array(text, dtype=object), np.asarray(t["average_rating"], dtype=np.float64),
-                np.array(t["category"], dtype=object), np.asarray(t["rating_number"], dtype=np.int64),
+                np.array(t["category"], dtype=object),
+                np.asarray([0 if r is None else r for r in t["rating_number"]], dtype=np.int64),
                 np.array(t["split"], dtype=object))
 
 
@@ -156,6 +157,29 @@ def kfold_rows(rows: Rows, k: int = 5, seed: int = 0, alphas: tuple[float, ...] 
             "train_mean": _mean_std(floors), "oof_pred": oof}
 
 
+def run_same_folds(data_dir: str | Path, k: int = 5, seed: int = 0, alphas: tuple[float, ...] = ALPHAS,
+                   min_rating_number: int = 10) -> dict[str, Any]:
+    """The folds of `effiminivlm train --kfold K --fold-seed SEED` (`data.folds`: hashed ids, stratified,
+    val = 1/9 of the rest), so the baseline is compared with a recipe on exactly the same test items;
+    `aggregate` is `evaluation.aggregate.aggregate_runs` over the folds (overall and rating_number >= k)."""
+    from effiminivlm.data.folds import assign_folds, fold_splits
+    from effiminivlm.evaluation.aggregate import aggregate_runs
+
+    rows = load_rows(data_dir)
+    ids = read_prepared(data_dir).column("parent_asin").to_pylist()
+    rare = int(json.loads((Path(data_dir) / "summary.json").read_text()).get("options", {})
+               .get("rare_threshold", 50))
+    fold = assign_folds(ids, rows.y, k, seed, rare)
+    runs = []
+    for f in range(k):
+        split = fold_splits(ids, rows.y, fold, f, seed, rare)
+        train, val, test = (rows.take(np.flatnonzero(split == s)) for s in ("train", "val", "test"))
+        fit = fit_select_predict(train, val, test, alphas)
+        metrics = compute_metrics(fit["pred"], test.y, None, test.rating_number, min_rating_number)
+        runs.append({"fold": f, "seed": 0, "alpha": fit["alpha"], "metrics": metrics})
+    return {"k": k, "fold_seed": seed, "n": int(rows.y.size), "runs": runs, "aggregate": aggregate_runs(runs)}
+
+
 def _mean_std(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample std of each metric over folds; a fold with an undefined metric makes it undefined."""
     out = {}
@@ -201,20 +225,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kfold", type=int, default=0, metavar="K",
                     help="also run K-fold cross-validation over all rows (0: only the fixed split)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the K-fold shuffle and inner val split")
+    ap.add_argument("--same-folds", action="store_true",
+                    help="with --kfold: use the folds of `effiminivlm train --kfold K --fold-seed SEED` "
+                         "instead of sklearn's KFold (compare with a recipe on the same test items)")
     ap.add_argument("--min-rating-number", type=int, default=10, help="threshold of the well-rated subset")
     ap.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write all results here")
     args = ap.parse_args(argv)
     try:
         fixed = run_fixed_split(args.data, min_rating_number=args.min_rating_number)
-        kfold = run_kfold(args.data, args.kfold, args.seed) if args.kfold else None
+        same = (run_same_folds(args.data, args.kfold, args.seed, min_rating_number=args.min_rating_number)
+                if args.kfold and args.same_folds else None)
+        kfold = run_kfold(args.data, args.kfold, args.seed) if args.kfold and not args.same_folds else None
     except EffiMiniVLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(str(args.data), fixed, kfold))
+    if same is not None:
+        from effiminivlm.evaluation.aggregate import render_aggregate_markdown
+
+        print(render_aggregate_markdown(same["aggregate"], f"TF-IDF + ridge, {args.kfold}-fold (the folds of "
+                                        f"train --kfold, fold seed {args.seed})"))
     if args.json is not None:
         if kfold is not None:
             kfold = {k: v for k, v in kfold.items() if k != "oof_pred"}
-        payload = {"data": str(args.data), "fixed_split": fixed, "kfold": kfold}
+        payload = {"data": str(args.data), "fixed_split": fixed, "kfold": kfold, "same_folds": same}
         args.json.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
         print(f"json: {args.json}")
     return 0

@@ -102,7 +102,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "p")]) == 2
     assert "missing.jsonl" in _one_line_error(capsys)
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "nope"]) == 2
-    assert "unknown recipe 'nope'; packaged recipes: demo, offline, paper, tiny" in _one_line_error(capsys)
+    assert ("unknown recipe 'nope'; packaged recipes: demo, offline, paper, probe, tiny"
+            in _one_line_error(capsys))
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "tiny",
                  "--set", "train.lrr=1"]) == 2
     assert "train.lrr" in _one_line_error(capsys)

@@ -42,6 +42,12 @@ def prepare_cmd(
     require_image: bool = typer.Option(True, "--require-image/--no-require-image",
                                        help="Drop rows without an image reference."),
     rare_threshold: int = typer.Option(50, help="Ratings with at most this many items share one stratum."),
+    keep_missing_rating_number: bool = typer.Option(False, "--keep-missing-rating-number", help="Keep rated "
+                                                    "rows without rating_number (the recipe's "
+                                                    "train.missing_rating_number sets their loss weight)."),
+    allow_titles_only: bool = typer.Option(False, "--allow-titles-only", help="Keep rows whose only text is "
+                                           "the title and rows without images (require only category + "
+                                           "title; for text-only training)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already at --out."),
 ) -> None:
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
@@ -50,8 +56,9 @@ def prepare_cmd(
     _writable(out, "--out", "dir")
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
-                      require_image=require_image, rare_threshold=rare_threshold, overwrite=overwrite,
-                      progress=True)
+                      require_image=require_image, rare_threshold=rare_threshold,
+                      keep_missing_rating_number=keep_missing_rating_number,
+                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True)
     print_summary(summary)
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 
@@ -143,6 +150,13 @@ def train_cmd(
                                                "(x its confidence; train.pseudo.weight, default 0.5)."),
     strict: bool = typer.Option(False, "--strict", help="A bad row of --teacher is an error, not a counted "
                                 "fallback to the true label."),
+    kfold: int | None = typer.Option(None, "--kfold", help="Train and test on K folds of every row of DATA "
+                                     "(RUN/fold-F/seed-S, mean +- sd in RUN/kfold.md); reruns skip "
+                                     "finished runs."),
+    seeds: int = typer.Option(1, help="With --kfold: seeds per fold (train.seed, +1, ...)."),
+    fold_seed: int = typer.Option(0, help="With --kfold: seed of the fold assignment."),
+    features: str | None = typer.Option(None, "--features", help="Probe recipes: the feature cache of "
+                                        "`effiminivlm embed` (default: computed in the run)."),
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
     from effiminivlm.config import load_recipe
@@ -166,6 +180,27 @@ def train_cmd(
 
         check_recipe_names(resolved)  # names fail now, before any data is read
     _check_runtime(resolved.train.precision if resolved is not None else None, device)
+    if kfold is not None:
+        from effiminivlm.training.kfold import run_kfold
+
+        if resume or resolved is None:
+            raise ConfigError("--kfold resumes by itself (rerun the same command); drop --resume")
+        result = run_kfold(resolved, data, out, k=kfold, seeds=seeds, fold_seed=fold_seed,
+                           overwrite=overwrite, images_dir=images_dir, device=device, log=typer.echo)
+        typer.echo(result["markdown"])
+        for kind, path in result["paths"].items():
+            typer.echo(f"{kind}: {path}")
+        return
+    if resolved is not None and resolved.train.probe != "none":
+        from effiminivlm.training.probe import train_probe
+
+        if resume:
+            raise ConfigError("a probe run takes seconds: rerun it with --overwrite instead of --resume")
+        summary = train_probe(resolved, data, out, features=features, overwrite=overwrite,
+                              images_dir=images_dir, device=device, log=typer.echo)
+        typer.echo(f"probe {summary['probe']}: val PLCC {summary['best_val_plcc']:.4f}; model saved to "
+                   f"{summary['model_dir']}")
+        return
     summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
                     device=device, strict=strict, log=typer.echo)
     from effiminivlm.training.distributed import env_dist
@@ -307,6 +342,10 @@ def predict_cmd(
                                           "once (default: one per GPU, or half the CPUs)."),
     threads: int | None = typer.Option(None, help="--engine ray: torch threads per CPU actor (default: "
                                        "this machine's, which gives scores identical to --engine local)."),
+    with_intervals: bool = typer.Option(False, "--intervals/--no-intervals", help="Add the model's conformal "
+                                        "intervals as extra columns low_80,high_80,low_90,high_90 after "
+                                        "the LoViF columns (off by default: the submission stays exactly "
+                                        "the LoViF layout)."),
 ) -> None:
     """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
     a Parquet of item_id, score)."""
@@ -331,7 +370,7 @@ def predict_cmd(
 
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
-                      strict=strict)
+                      strict=strict, with_intervals=with_intervals)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -359,6 +398,90 @@ def serve_cmd(
     serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
           max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
           precision=precision, device=device, log=typer.echo)
+
+
+@app.command("scaling")
+def scaling_cmd(
+    data: str = typer.Option(..., "--data", help="Prepared dataset folder: its train split is subsampled."),
+    out: str = typer.Option(..., "--out", help="Study folder (runs, scaling.json/.md/.png); reruns resume."),
+    recipe: str = typer.Option("probe", "--recipe", help="Packaged recipe name or a YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. model.modalities=text (repeat)."),
+    fractions: str = typer.Option("0.05,0.1,0.2,0.4,0.7,1.0", help="Comma-separated train fractions."),
+    seeds: int = typer.Option(3, help="Subsets and trainings per fraction."),
+    target_n: float = typer.Option(1.6e6, help="Extrapolate the fits to this many training items."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study in --out and start anew."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    features: str | None = typer.Option(None, "--features", help="Probe recipes: a feature cache of DATA "
+                                        "(`effiminivlm embed`; default: computed once in --out)."),
+) -> None:
+    """Test PLCC against training-set size: nested subsets, fits, extrapolation, the Figure-2 plot."""
+    from effiminivlm.config import load_recipe
+    from effiminivlm.protocol.formulas import load_leaderboard
+    from effiminivlm.training.losses import check_recipe_names
+    from effiminivlm.training.scaling import run_scaling
+
+    _writable(out, "--out", "dir")
+    try:
+        fracs = [float(x) for x in fractions.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
+    resolved = load_recipe(recipe, list(set_))
+    check_recipe_names(resolved)
+    _check_runtime(resolved.train.precision, device)
+    paper = next((e for e in load_leaderboard() if getattr(e, "model", None) == "EffiMiniVLM"), None)
+    reference = (f"EffiMiniVLM, LoViF test (leaderboard): {paper.plcc:.2f}", paper.plcc) if paper else None
+    result = run_scaling(resolved, data, out, fractions=fracs, seeds=seeds, target_n=target_n,
+                         overwrite=overwrite, images_dir=images_dir, device=device, reference=reference,
+                         features=features, log=typer.echo)
+    typer.echo(result["markdown"])
+    for kind, path in result["paths"].items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command("embed")
+def embed_cmd(
+    data: str = typer.Argument(..., help="Prepared dataset folder: every row (all splits) is embedded."),
+    out: str = typer.Option(..., "--out", help="Feature cache to write (.safetensors)."),
+    model: str | None = typer.Option(None, "--model", help="Saved model folder whose towers embed."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Or a recipe: its towers with their pretrained "
+                                      "weights (e.g. probe)."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override (with --recipe; repeat)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Cache every item's pooled image and text features once (for probe recipes and sweeps)."""
+    from effiminivlm.data.images import ImageStore
+    from effiminivlm.data.prepare import read_prepared
+    from effiminivlm.runtime import resolve_device, resolve_precision
+    from effiminivlm.training.embed import embed_table, model_signature, save_features
+
+    _writable(out, "--out", "file")
+    _check_inference(images, batch_size, 0, precision, device)
+    if (model is None) == (recipe is None):
+        raise ConfigError("give exactly one of --model (a saved model folder) or --recipe")
+    if model is not None:
+        from effiminivlm.models.factory import load_model
+
+        net, tok = load_model(model)
+    else:
+        from effiminivlm.config import load_recipe
+        from effiminivlm.models.factory import create_tokenizer
+        from effiminivlm.training.probe import build_probe_model
+
+        rec = load_recipe(recipe, list(set_))
+        net = build_probe_model(rec)  # the towers a probe run of this recipe builds
+        tok = create_tokenizer(rec.model.text_encoder) if net.text_encoder is not None else None
+    dev = resolve_device(device)
+    feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
+                        images=images, batch_size=batch_size, device=dev,
+                        precision=resolve_precision(precision, dev), progress=True)
+    save_features(feats, out, model_signature(net), {"data": str(data)})
+    typer.echo(f"{len(feats['ids'])} items: image {tuple(feats['image'].shape)}, text "
+               f"{tuple(feats['text'].shape)} -> {out}")
 
 
 @app.command("recipes")

@@ -32,6 +32,8 @@ from effiminivlm.errors import ConfigError, UnknownNameError
 # `models.archs.check_model_names` (create_model, load_model_or_recipe) and
 # `training.losses.check_recipe_names` (train, before any data is read).
 MODALITIES = ("image_text", "image", "text")
+MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
+PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
@@ -257,10 +259,14 @@ class TrainCfg:
     weight_decay_head: float | None = None
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 64
+    missing_rating_number: str = "median"  # median | one | drop: weight of train rows without rating_number
+    probe: str = "none"  # none (fine-tune) | ridge | head: frozen towers, only the head on cached features
     distill: DistillCfg = field(default_factory=DistillCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 
     def __post_init__(self) -> None:
+        _choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
+        _choice("probe", self.probe, PROBES)
         _number("huber_delta", self.huber_delta, gt=0)
         _number("weight_cap", self.weight_cap, gt=0)
         _int_in("epochs", self.epochs, 1, 100_000)

@@ -82,8 +82,13 @@ class InputLog:
 
 
 def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: str,
-                     log: InputLog | None = None, require_rating: bool = True) -> dict[str, Any]:
+                     log: InputLog | None = None, require_rating: bool = True,
+                     require_rating_number: bool = True) -> dict[str, Any]:
     """One raw metadata object -> the prepared-row fields (docs/ARCHITECTURE.md); raises `BadRow`.
+
+    `require_rating_number=False` keeps a rated row whose `rating_number` is missing (null count): real
+    dumps such as the titles sample have ratings but no counts, and the training recipe decides their loss
+    weight (`train.missing_rating_number`).
 
     Text fields go through `clean_text` (lists joined with " ", `details` as "key: value" joined with "; ").
     `category` is `main_category`, else the category in the file name (`category_from_file` says which).
@@ -110,7 +115,7 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
         if not RATING_RANGE[0] <= rating <= RATING_RANGE[1]:
             raise BadRow("bad_rating", f"average_rating {_short(rating)} is not in [1, 5]")
         rating = float(rating)
-    if count is None and require_rating:
+    if count is None and require_rating and require_rating_number:
         raise BadRow("missing_field", "missing rating_number")
     if isinstance(count, float) and math.isfinite(count) and count.is_integer():
         count = int(count)

@@ -70,6 +70,7 @@ def split_counts(m: int, ratios: tuple[float, ...] = SPLIT_RATIOS) -> tuple[int,
 def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *, frac: float = 0.2,
             min_per_category: int = 10_000, seed: int = 0, strict: bool = False, require_fields: bool = True,
             min_text_chars: int = 30, require_image: bool = True, rare_threshold: int = 50,
+            keep_missing_rating_number: bool = False, allow_titles_only: bool = False,
             overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
     """Build `out/data.parquet` + `out/summary.json` from metadata files; returns the summary.
 
@@ -77,6 +78,11 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
     or description; `min_text_chars` drops rows whose title+features+description have at most that many
     characters (0 turns it off); `require_image` drops rows without an image reference. Rules apply in that
     order, each row counted by the first that drops it; duplicates are counted among the surviving rows.
+
+    `keep_missing_rating_number` keeps rated rows without a `rating_number` (null in the dataset, counted
+    per split as `missing_rating_number`; otherwise they are `missing_field` bad rows). `allow_titles_only`
+    relaxes the paper's filters for catalogs that carry only titles: `require_fields` then needs category
+    and title only, and `require_image` is off (text-only training).
     """
     if not 0.0 < frac <= 1.0:
         raise EffiMiniVLMError(f"--frac must be in (0, 1], got {frac}")
@@ -91,7 +97,9 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
     _check_out(out, overwrite)
     options = {"frac": frac, "min_per_category": min_per_category, "seed": seed, "strict": strict,
                "require_fields": require_fields, "min_text_chars": min_text_chars,
-               "require_image": require_image, "rare_threshold": rare_threshold}
+               "require_image": require_image, "rare_threshold": rare_threshold,
+               "keep_missing_rating_number": keep_missing_rating_number,
+               "allow_titles_only": allow_titles_only}
     tmp = partial_dir(out)
     try:
         log = InputLog(strict=strict)
@@ -161,13 +169,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
                             "refusing to delete it even with --overwrite")
 
 
+def _required(options: dict[str, Any]) -> tuple[str, ...]:
+    """The fields `require_fields` needs non-empty: the paper's, or category + title for titles-only data."""
+    return ("category", "title") if options.get("allow_titles_only") else ESSENTIAL
+
+
 def _drop_reason(rec: dict[str, Any], options: dict[str, Any]) -> str | None:
-    if options["require_fields"] and not all(rec[f] for f in ESSENTIAL):
+    if options["require_fields"] and not all(rec[f] for f in _required(options)):
         return "require_fields"
     limit = options["min_text_chars"]
     if limit and len(rec["title"]) + len(rec["features"]) + len(rec["description"]) <= limit:
         return "min_text_chars"
-    if options["require_image"] and not rec["images"]:
+    if options["require_image"] and not options.get("allow_titles_only") and not rec["images"]:
         return "require_image"
     return None
 
@@ -181,7 +194,8 @@ def _read_and_filter(paths: list[Path], spill: Path, log: InputLog, options: dic
     cols: dict[str, list[Any]] = {n: [] for n in _SPILL_SCHEMA.names}
     writer = pq.ParquetWriter(spill, _SPILL_SCHEMA, compression="lz4")
     try:
-        for rec in iter_meta(paths, log, progress):
+        for rec in iter_meta(paths, log, progress,
+                             require_rating_number=not options["keep_missing_rating_number"]):
             stats = cats.get(rec["category"])
             if stats is None:
                 stats = cats[rec["category"]] = Counter()
@@ -192,7 +206,7 @@ def _read_and_filter(paths: list[Path], spill: Path, log: InputLog, options: dic
                 stats[reason] += 1
                 ex = examples.setdefault(reason, [])
                 if len(ex) < 5:
-                    missing = [f for f in ESSENTIAL if not rec[f]]
+                    missing = [f for f in _required(options) if not rec[f]]
                     ex.append(f"{rec['source']}: {'empty ' + ', '.join(missing) if missing else reason}")
                 continue
             digest = hashlib.blake2b(rec["parent_asin"].encode(), digest_size=16, key=key).digest()
@@ -213,7 +227,7 @@ def _sample_split_write(spill: Path, dest: Path, cats: dict[str, Counter[str]], 
                         progress: bool) -> dict[str, Any]:
     """Pass 2: dedupe, sample per category, split per rating stratum, stream the kept rows to `dest`."""
     pf = pq.ParquetFile(spill, buffer_size=1 << 20)
-    t = pf.read(columns=["parent_asin", "category", "average_rating", "h_sample", "h_split"])
+    t = pf.read(columns=["parent_asin", "category", "average_rating", "rating_number", "h_sample", "h_split"])
     n = t.num_rows
     ids = pa.table({"a": t["parent_asin"], "i": pa.array(np.arange(n, dtype=np.int64))})
     firsts = ids.group_by("a", use_threads=False).aggregate([("i", "min")])
@@ -225,6 +239,7 @@ def _sample_split_write(spill: Path, dest: Path, cats: dict[str, Counter[str]], 
     h_sample = t["h_sample"].to_numpy()
     h_split = t["h_split"].to_numpy()
     rating = t["average_rating"].to_numpy().astype(np.float64)
+    no_count = t["rating_number"].is_null().to_numpy(zero_copy_only=False)
     dup = np.flatnonzero(~keep)
     dup_examples = [f"{s}: parent_asin {a} already read at {f}" for a, s, f in _dup_sources(pf, t, dup[:5])]
     del t, ids, firsts
@@ -269,7 +284,8 @@ def _sample_split_write(spill: Path, dest: Path, cats: dict[str, Counter[str]], 
     for i, s in enumerate(SPLITS):
         r = rating[code == i]
         hist = np.histogram(r, bins=HIST_EDGES)[0] if len(r) else np.zeros(len(HIST_EDGES) - 1, int)
-        per_split[s] = {"rows": int(len(r)), "mean_rating": round(float(r.mean()), 4) if len(r) else None,
+        per_split[s] = {"rows": int(len(r)), "missing_rating_number": int(no_count[code == i].sum()),
+                        "mean_rating": round(float(r.mean()), 4) if len(r) else None,
                         "rating_histogram": {f"{lo:.1f}-{hi:.1f}": int(h) for lo, hi, h
                                              in zip(HIST_EDGES, HIST_EDGES[1:], hist, strict=False)}}
     dropped = {r: sum(c[r] for c in cats.values()) for r in RULES[:3]}
@@ -373,6 +389,10 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         mean = "-" if row["mean_rating"] is None else f"{row['mean_rating']:.3f}"
         per_split.add_row(name, f"{row['rows']:,}", mean, *(f"{row['rating_histogram'][b]:,}" for b in bins))
     console.print(per_split)
+    missing = sum(row.get("missing_rating_number", 0) for row in summary["per_split"].values())
+    if missing:
+        console.print(f"kept {missing:,} rows without rating_number "
+                      "(their loss weight: train.missing_rating_number)")
     for kind, examples in summary["bad_input"]["examples"].items():
         console.print(f"[yellow]{kind}[/yellow] e.g. " + escape("; ".join(examples[:2])), soft_wrap=True,
                       highlight=False)

@@ -122,14 +122,15 @@ def read_meta_table(inputs: Sequence[str | os.PathLike[str]], *, require_rating:
 
 
 def iter_meta(paths: Sequence[Path], log: InputLog, progress: Progress | None = None,
-              require_rating: bool = True) -> Iterator[dict[str, Any]]:
+              require_rating: bool = True, require_rating_number: bool = True) -> Iterator[dict[str, Any]]:
     """Normalised records of every file in order (see `normalize_record`); bad input goes to `log`."""
     for path in paths:
-        yield from iter_meta_file(path, log, progress, require_rating)
+        yield from iter_meta_file(path, log, progress, require_rating, require_rating_number)
 
 
 def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None,
-                   require_rating: bool = True) -> Iterator[dict[str, Any]]:
+                   require_rating: bool = True, require_rating_number: bool = True
+                   ) -> Iterator[dict[str, Any]]:
     """Normalised records of one JSON Lines (plain or gzip) or parquet file; `progress(n)` gets raw bytes."""
     info: dict[str, Any] = {"path": str(path), "category_from_name": category_from_path(path), "rows_read": 0,
                             "bad_rows": 0}
@@ -155,7 +156,8 @@ def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None,
         log.rows_read += 1
         try:
             rec = _normalize(obj, base_dir=base_dir, file_category=info["category_from_name"], source=source,
-                             log=log, require_rating=require_rating)
+                             log=log, require_rating=require_rating,
+                             require_rating_number=require_rating_number)
         except BadRow as e:
             info["bad_rows"] += 1
             log.record(e.kind, source, str(e))

@@ -15,6 +15,7 @@ import numpy as np
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
+from effiminivlm.evaluation.conformal import coverage_report, load_conformal, render_coverage_markdown
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.evaluation.report import render_markdown, write_report
 from effiminivlm.inference import SCORE_RANGE, image_mode, make_loader, run_inference
@@ -41,10 +42,19 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     res = run_inference(model.to(dev), loader, dev, prec, progress=progress, desc="score")
     res.pred = np.clip(res.pred, *SCORE_RANGE)  # the same clipping as every served score
     metrics = compute_metrics(res.pred, res.target, res.category, res.rating_number, min_rating_number)
+    conf = load_conformal(model_dir)
+    if conf is not None:  # the model's intervals: empirical coverage and width on this split
+        metrics["conformal"] = coverage_report(res.pred, res.target, conf, res.rating_number,
+                                               min_rating_number)
     meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": mode,
             "precision": prec, "device": str(dev),
             "image_status": dict(sorted(res.image_status.items())), "seconds": round(res.seconds, 3)}
     out = Path(out_dir) if out_dir is not None else Path(model_dir).parent / f"eval-{split}"
     title = f"EffiMiniVLM on {Path(data_dir).name} ({split})"
     paths = write_report(metrics, res.pred, res.target, out, title=title, meta=meta)
-    return {"metrics": metrics, "paths": paths, "markdown": render_markdown(metrics, title=title, meta=meta)}
+    markdown = render_markdown(metrics, title=title, meta=meta)
+    if conf is not None:
+        markdown += render_coverage_markdown(metrics["conformal"])
+        with paths["markdown"].open("a") as f:
+            f.write(render_coverage_markdown(metrics["conformal"]))
+    return {"metrics": metrics, "paths": paths, "markdown": markdown}

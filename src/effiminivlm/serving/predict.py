@@ -28,13 +28,19 @@ def model_cost(scorer: Scorer) -> tuple[float, float]:
     return prof.params_m, prof.flops_g
 
 
-def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float) -> str:
-    """The submission CSV as text: `item_id, score, params, flops` (also what the service returns)."""
+def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float,
+                    bounds: dict[str, tuple[Any, Any]] | None = None) -> str:
+    """The submission CSV as text: `item_id, score, params, flops` (also what the service returns);
+    `bounds` ({"80": (low, high), ...}) adds the columns `low_80, high_80, ...` AFTER the LoViF columns,
+    which stay exactly as they are."""
+    bounds = bounds or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["item_id", "score", "params", "flops"])
-    for item, score in zip(item_ids, scores, strict=True):
-        w.writerow(submission_row(item, score, params_m, flops_g))
+    w.writerow(["item_id", "score", "params", "flops",
+                *(f"{side}_{k}" for k in bounds for side in ("low", "high"))])
+    for i, (item, score) in enumerate(zip(item_ids, scores, strict=True)):
+        extra = [f"{float(b[j][i]):.8f}" for b in bounds.values() for j in (0, 1)]
+        w.writerow([*submission_row(item, score, params_m, flops_g), *extra])
     return buf.getvalue()
 
 
@@ -43,17 +49,20 @@ def submission_row(item_id: str, score: float, params_m: float, flops_g: float) 
     return [item_id, f"{float(score):.8f}", f"{params_m:.4f}", f"{flops_g:.4f}"]
 
 
-def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float
-                     ) -> Path:
-    """`item_id, score, params, flops` rows, atomically."""
-    return atomic_write_text(path, submission_text(item_ids, scores, params_m, flops_g))
+def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_m: float, flops_g: float,
+                     bounds: dict[str, tuple[Any, Any]] | None = None) -> Path:
+    """`item_id, score, params, flops` (+ interval columns) rows, atomically."""
+    return atomic_write_text(path, submission_text(item_ids, scores, params_m, flops_g, bounds))
 
 
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,
             images_dir: str | None = None, images: str = "first", batch_size: int = 64, num_workers: int = 0,
             device: str | None = None, precision: str = "auto", strict: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Score `inputs` with `model_dir`; write the submission; return a summary of what happened."""
+            progress: bool = True, with_intervals: bool = False) -> dict[str, Any]:
+    """Score `inputs` with `model_dir`; write the submission; return a summary of what happened.
+
+    With `with_intervals` and a model that carries conformal.json, each row also gets its intervals.
+    """
     src = read_inputs(inputs, split=split, images_dir=images_dir, strict=strict)
     if src.table.num_rows == 0:
         raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {src.skipped})")
@@ -61,8 +70,10 @@ def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split:
                                     batch_size=batch_size, num_workers=num_workers)
     res = scorer.score_table(src.table, src.store, progress=progress)
     params_m, flops_g = model_cost(scorer)
-    path = write_submission(out, res.item_id, res.pred, params_m, flops_g)
+    bounds = scorer.intervals(res.pred) if with_intervals else {}
+    path = write_submission(out, res.item_id, res.pred, params_m, flops_g, bounds)
     return {"submission": str(path), "items": len(res.item_id), "input_kind": src.kind,
             "skipped_input": src.skipped, "image_status": dict(sorted(res.image_status.items())),
             "params_m": params_m, "flops_g": flops_g, "images": scorer.images,
+            "intervals": sorted(bounds, key=float),
             "seconds": round(res.seconds, 3)}

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
+from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
 from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
@@ -42,12 +43,20 @@ class Scorer:
         self.batch_size = batch_size
         self.num_workers = default_num_workers(num_workers)
         self.max_length = model.cfg.text_encoder.max_length
+        self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
         """Load a folder written by `save_pretrained` (offline)."""
         model, tokenizer = load_model(model_dir)
-        return cls(model, tokenizer, **kwargs)
+        scorer = cls(model, tokenizer, **kwargs)
+        scorer.conformal = load_conformal(model_dir)
+        return scorer
+
+    def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{"80": (low, high), "90": ...} around `scores` (the model's split-conformal intervals, fitted on
+        its validation split); {} for a model saved without them."""
+        return intervals(scores, self.conformal) if self.conformal is not None else {}
 
     def loader(self, table: pa.Table, store: ImageStore | None = None, pad_to_max: bool = False,
                decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> DataLoader:

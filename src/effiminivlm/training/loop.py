@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from effiminivlm.config import Recipe, from_dict
-from effiminivlm.data.dataset import Collator, ProductDataset, rating_weight_mu
+from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
@@ -43,6 +44,7 @@ from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
 from effiminivlm.training.train_rows import mix_train_rows
+from effiminivlm.training.weights import fill_missing_rating_number
 
 MAX_NONFINITE_STEPS = 20
 
@@ -150,7 +152,14 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     if train_rows.num_rows == 0 or val_rows.num_rows == 0:
         raise DataError(f"{data_dir}: training needs non-empty train and val splits "
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
-    mu = rating_weight_mu(train_rows.column("rating_number").to_numpy())  # TRAIN split only
+    # mu over the TRAIN split's known counts; rows without one get the recipe's weight (training.weights)
+    train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
+    mu = weighting["mu"]
+    if weighting["missing"]:
+        how = ("dropped" if weighting["dropped"] else
+               f"weight {weighting['weight']:.3f} (count {weighting['filled_with']:g})")
+        log(f"{weighting['missing']} of {weighting['rows']} train rows lack rating_number: {how} "
+            f"(train.missing_rating_number={tc.missing_rating_number})")
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
@@ -277,6 +286,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             if dist.is_main:
                 tmp = out / MODEL_TMP
                 model.save_pretrained(tmp, tokenizer=tokenizer)
+                save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this epoch's val
                 replace_dir(tmp, out / "model")
         else:
             state.bad_epochs += 1
@@ -303,8 +313,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise EffiMiniVLMError("no epoch produced a defined validation PLCC (constant predictions?); "
                                "no model was saved")
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
-               "stop_reason": stop_reason, "mu": mu, "steps": state.step, "precision": precision,
-               "device": str(dev), "model_dir": str(out / "model"), "history": state.history, **mixed}
+               "stop_reason": stop_reason, "mu": mu, "missing_rating_number": weighting, "steps": state.step,
+               "precision": precision, "device": str(dev), "model_dir": str(out / "model"),
+               "history": state.history, **mixed}
     if dist.is_main:
         write_json(summary, out / "train_summary.json")
     distributed.barrier(dist)

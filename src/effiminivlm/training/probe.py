@@ -1,0 +1,238 @@
+"""Probe recipes (`train.probe: ridge | head`): frozen pretrained towers, only the head is fitted, on
+cached features (`training.embed`).
+
+* ``ridge``: the head is one Linear layer (`model.head.hidden_dims: []`) solved in closed form: weighted
+  ridge on the standardised [image; text] features, the paper's rating-count weights as sample weights
+  (`train.missing_rating_number` for unknown counts), alpha chosen from `ALPHAS` by validation PLCC (ties:
+  the larger alpha, the simpler model). Seconds for thousands of items.
+* ``head``: the recipe's MLP head trained alone on the cached features with the recipe's loss, AdamW and
+  schedule, early-stopped on validation PLCC like `training.loop`; each epoch costs a few milliseconds.
+
+Either way the result is an ordinary model folder (towers + fitted head) that `evaluate`, `predict` and the
+scorer load like any other, and the run folder has `recipe.yaml`, `train_summary.json` and `model/`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from effiminivlm.config import Recipe
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.prepare import read_prepared
+from effiminivlm.errors import ConfigError, DataError
+from effiminivlm.evaluation.conformal import (
+    coverage_report,
+    fit_conformal,
+    load_conformal,
+    render_coverage_markdown,
+    save_conformal,
+)
+from effiminivlm.evaluation.metrics import compute_metrics
+from effiminivlm.files import atomic_write_text, replace_dir, write_json
+from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.runtime import resolve_device, resolve_precision
+from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
+from effiminivlm.training.losses import create_loss, rating_weights
+from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
+from effiminivlm.training.weights import fill_missing_rating_number
+
+__all__ = ["ALPHAS", "build_probe_model", "evaluate_on_features", "fit_ridge", "train_probe"]
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """(coef, intercept) minimising sum w_i (y_i - x_i.coef - b)^2 + alpha |coef * sd|^2 (ridge on the
+    features standardised by their weighted mean and sd; returned in the raw feature scale)."""
+    w = w / w.sum()
+    mean = w @ x
+    xc = x - mean
+    sd = np.sqrt(w @ (xc * xc))
+    sd[sd < 1e-12] = 1.0  # constant features (e.g. an image vector that is zero everywhere) get coef 0
+    z = xc / sd
+    ym = float(w @ y)
+    gram = z.T @ (z * w[:, None]) + (alpha / len(y)) * np.eye(z.shape[1])
+    beta = np.linalg.solve(gram, z.T @ (w * (y - ym)))
+    coef = beta / sd
+    return coef, ym - float(mean @ coef)
+
+
+def build_probe_model(recipe: Recipe) -> torch.nn.Module:
+    """The recipe's model with frozen towers. Built under a fixed seed (0), not the run's: towers without
+    pretrained weights are random features, and every seed, fold and fraction must see the same ones (the
+    ones `embed` cached); the run's seed still drives the head's training."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = create_model(recipe.model, pretrained=True)
+    finally:
+        torch.random.set_rng_state(state)
+    model.freeze(image=True, text=True)
+    return model
+
+
+def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: str | Path,
+                         out_dir: str | Path, split: str = "test", min_rating_number: int = 10
+                         ) -> dict[str, Any]:
+    """`evaluate`'s report for a probe model, from the cached features instead of the towers: the towers
+    are frozen, so head(cached features) is the model's output (tests/training/test_probe.py checks it
+    against `run_inference`), and a scaling study or k-fold needs no tower pass per run."""
+    from effiminivlm.evaluation.report import render_markdown, write_report
+    from effiminivlm.inference import SCORE_RANGE
+    from effiminivlm.models.factory import load_model
+
+    model, _ = load_model(model_dir)
+    rows = read_prepared(data_dir, split)
+    if rows.num_rows == 0:
+        raise DataError(f"{data_dir}: split {split!r} is empty")
+    feats = load_features(features, model_signature(model))
+    x = feature_matrix(feats, rows.column("parent_asin").to_pylist())
+    with torch.no_grad():
+        pred = model.head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+    pred = np.clip(pred, *SCORE_RANGE)
+    target = rows.column("average_rating").to_numpy().astype(np.float64)
+    counts = np.array([0.0 if c is None else float(c) for c in rows.column("rating_number").to_pylist()])
+    metrics = compute_metrics(pred, target, rows.column("category").to_pylist(), counts, min_rating_number)
+    conf = load_conformal(model_dir)
+    if conf is not None:
+        metrics["conformal"] = coverage_report(pred, target, conf, counts, min_rating_number)
+    meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "features": str(features)}
+    title = f"EffiMiniVLM probe on {Path(data_dir).name} ({split})"
+    paths = write_report(metrics, pred, target, out_dir, title=title, meta=meta)
+    if conf is not None:
+        with paths["markdown"].open("a") as f:
+            f.write(render_coverage_markdown(metrics["conformal"]))
+    return {"metrics": metrics, "paths": paths, "markdown": render_markdown(metrics, title=title, meta=meta)}
+
+
+def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
+    return compute_metrics(pred, y)["overall"]["plcc"]
+
+
+def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
+                features: str | Path | None = None, overwrite: bool = False,
+                images_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
+                log: Callable[[str], None] = print, **_: Any) -> dict[str, Any]:
+    """Fit the head of `recipe` (train.probe ridge | head) on cached features; returns the run summary."""
+    tc = recipe.train
+    if tc.probe not in ("ridge", "head"):
+        raise ConfigError(f"train.probe must be ridge or head for a probe run, got {tc.probe!r}")
+    if tc.probe == "ridge" and recipe.model.head.hidden_dims:
+        raise ConfigError("train.probe=ridge needs a linear head: set model.head.hidden_dims=[]")
+    out = Path(out_dir)
+    open_run_dir(out, resume=False, overwrite=overwrite, log=log)
+    dev = resolve_device(device)
+    model = build_probe_model(recipe)
+    torch.manual_seed(tc.seed)
+    tokenizer = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
+    train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
+    if train_rows.num_rows == 0 or val_rows.num_rows == 0:
+        raise DataError(f"{data_dir}: training needs non-empty train and val splits "
+                        f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
+    train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
+    if features is not None:
+        feats = load_features(features, model_signature(model))
+    else:
+        store = ImageStore.for_prepared(data_dir, images_dir)
+        both = read_prepared(data_dir)
+        feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
+                            batch_size=tc.eval_batch_size, device=dev,
+                            precision=resolve_precision(tc.precision, dev), progress=progress)
+    x_tr = feature_matrix(feats, train_rows.column("parent_asin").to_pylist())
+    x_va = feature_matrix(feats, val_rows.column("parent_asin").to_pylist())
+    y_tr = train_rows.column("average_rating").to_numpy().astype(np.float64)
+    y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
+    counts = torch.as_tensor(train_rows.column("rating_number").to_numpy(zero_copy_only=False).astype(float))
+    w = rating_weights(counts, weighting["mu"], tc.weight_cap).double().numpy()
+    if tc.loss == "huber" or not w.any():  # an unweighted loss, or no usable weight: plain least squares
+        w = np.ones_like(y_tr)
+    if tc.probe == "ridge":
+        result = _ridge_head(model, x_tr, y_tr, w, x_va, y_va)
+    else:
+        result = _train_head(model, recipe, x_tr, y_tr, counts, weighting["mu"], x_va, y_va, log)
+    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+    model.save_pretrained(out / MODEL_TMP, tokenizer=tokenizer)
+    with torch.no_grad():
+        val_pred = model.head(torch.as_tensor(x_va, dtype=torch.float32)).squeeze(-1).double().numpy()
+    save_conformal(out / MODEL_TMP, fit_conformal(val_pred, y_va))
+    replace_dir(out / MODEL_TMP, out / "model")
+    summary = {"probe": tc.probe, **result, "mu": weighting["mu"], "missing_rating_number": weighting,
+               "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
+    write_json(summary, out / "train_summary.json")
+    log(f"probe {tc.probe}: val PLCC {summary['best_val_plcc']:.4f} "
+        + (f"(alpha {result['alpha']:g})" if tc.probe == "ridge" else f"(epoch {result['best_epoch']})"))
+    return summary
+
+
+def _ridge_head(model: torch.nn.Module, x_tr: np.ndarray, y_tr: np.ndarray, w: np.ndarray,
+                x_va: np.ndarray, y_va: np.ndarray) -> dict[str, Any]:
+    """Closed-form ridge over ALPHAS, the best by val PLCC written into the model's Linear head."""
+    best: tuple[float, float, np.ndarray, float] | None = None
+    curve = []
+    for alpha in ALPHAS:
+        coef, b = fit_ridge(x_tr, y_tr, w, alpha)
+        p = _plcc(x_va @ coef + b, y_va)
+        curve.append({"alpha": alpha, "val_plcc": p})
+        score = -math.inf if math.isnan(p) else p
+        if best is None or score >= best[0]:
+            best = (score, alpha, coef, b)
+    assert best is not None
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(best[2], dtype=torch.float32).unsqueeze(0))
+        linear.bias.fill_(best[3])
+    model.head.eval()
+    return {"alpha": best[1], "best_val_plcc": best[0], "alpha_curve": curve}
+
+
+def _train_head(model: torch.nn.Module, recipe: Recipe, x_tr: np.ndarray, y_tr: np.ndarray,
+                counts: torch.Tensor, mu: float, x_va: np.ndarray, y_va: np.ndarray,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The MLP head alone on cached features: the recipe's loss, AdamW, cosine schedule, early stopping."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    tc = recipe.train
+    head = model.head.float()
+    xt, yt = torch.as_tensor(x_tr, dtype=torch.float32), torch.as_tensor(y_tr, dtype=torch.float32)
+    xv = torch.as_tensor(x_va, dtype=torch.float32)
+    last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias.fill_(float(y_tr.mean()))
+    steps = math.ceil(len(yt) / tc.batch_size)
+    opt = torch.optim.AdamW(head.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, int(tc.warmup_ratio * steps * tc.epochs), steps * tc.epochs)
+    loss_fn = create_loss(tc.loss, mu=mu, delta=tc.huber_delta, cap=tc.weight_cap)
+    gen = torch.Generator().manual_seed(tc.seed)
+    best = {"best_val_plcc": -math.inf, "best_epoch": 0}
+    best_state = None
+    bad = 0
+    for epoch in range(1, tc.epochs + 1):
+        head.train()
+        for idx in torch.randperm(len(yt), generator=gen).split(tc.batch_size):
+            loss = loss_fn(head(xt[idx]).squeeze(-1), yt[idx], counts[idx].float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+        head.eval()
+        with torch.no_grad():
+            p = _plcc(head(xv).squeeze(-1).double().numpy(), y_va)
+        if not math.isnan(p) and p > best["best_val_plcc"]:
+            best = {"best_val_plcc": p, "best_epoch": epoch}
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            bad = 0
+        else:
+            bad += 1
+            if bad > tc.patience:
+                break
+    if best_state is None:
+        raise DataError("no epoch of the probe head produced a defined validation PLCC")
+    head.load_state_dict(best_state)
+    log(f"probe head: best val PLCC {best['best_val_plcc']:.4f} at epoch {best['best_epoch']}")
+    return {**best, "epochs_run": epoch}
