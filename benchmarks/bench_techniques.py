@@ -12,17 +12,13 @@ figure shows that price. The CPU may be shared with other jobs: compare ratios w
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _synthetic import synthetic_batches
 
 from effiminivlm.config import load_recipe
-from effiminivlm.data.dataset import Collator, ProductDataset
-from effiminivlm.data.prepare import prepare, read_prepared
-from effiminivlm.data.synth import write_synth
-from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
+from effiminivlm.models.factory import create_model
 from effiminivlm.training.loop import train_step
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.optim import freeze_layers, param_groups
@@ -51,17 +47,8 @@ def main() -> None:
     base = load_recipe(args.recipe, [f"model.modalities={args.modalities}",
                                      f"train.batch_size={args.batch_size}"])
     cfg = base.model
-    with tempfile.TemporaryDirectory() as tmp:
-        n = args.batch_size * (args.steps + args.warmup)
-        write_synth(Path(tmp) / "cat", n=int(n * 1.6) + 20, seed=0, progress=False)
-        prepare([Path(tmp) / "cat" / "meta_Synthetic.jsonl"], Path(tmp) / "prep", frac=1.0,
-                min_per_category=0)
-        table = read_prepared(Path(tmp) / "prep").slice(0, n)
-        mode = "none" if args.modalities == "text" else "first"
-        ds = ProductDataset(table, create_transforms(cfg.image_encoder, True), None, mode)
-        collate = Collator(create_tokenizer(cfg.text_encoder), cfg.text_encoder.max_length)
-        batches = [collate([ds[i] for i in range(s, s + args.batch_size)])
-                   for s in range(0, n, args.batch_size)]
+    mode = "none" if args.modalities == "text" else "first"
+    batches = synthetic_batches(cfg, args.batch_size, args.steps + args.warmup, images=mode)
     print(f"recipe {args.recipe} ({args.modalities}), batch {args.batch_size}, {args.steps} timed steps "
           f"after {args.warmup} warmup, fp32, {torch.get_num_threads()} threads (CPU possibly shared)")
     dev, baseline = torch.device("cpu"), None

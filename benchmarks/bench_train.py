@@ -10,18 +10,13 @@ data pipeline's. Prints samples/s per precision and the bf16/fp32 ratio.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _synthetic import synthetic_batches
 
 from effiminivlm.config import load_recipe
-from effiminivlm.data.dataset import Collator, ProductDataset
-from effiminivlm.data.images import ImageStore
-from effiminivlm.data.prepare import prepare, read_prepared
-from effiminivlm.data.synth import write_synth
-from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
+from effiminivlm.models.factory import create_model
 from effiminivlm.training.loop import train_step
 from effiminivlm.training.losses import create_loss
 
@@ -37,16 +32,7 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe)
     cfg = recipe.model
-    with tempfile.TemporaryDirectory() as tmp:
-        n = args.batch_size * (args.steps + args.warmup)
-        write_synth(Path(tmp) / "cat", n=int(n * 1.6) + 20, seed=0, progress=False)
-        prepare([Path(tmp) / "cat" / "meta_Synthetic.jsonl"], Path(tmp) / "prep", frac=1.0,
-                min_per_category=0)
-        table = read_prepared(Path(tmp) / "prep").slice(0, n)
-        ds = ProductDataset(table, create_transforms(cfg.image_encoder, True), ImageStore(None), "first")
-        collate = Collator(create_tokenizer(cfg.text_encoder), cfg.text_encoder.max_length, args.pad_to_max)
-        batches = [collate([ds[i] for i in range(s, s + args.batch_size)])
-                   for s in range(0, n, args.batch_size)]
+    batches = synthetic_batches(cfg, args.batch_size, args.steps + args.warmup, pad_to_max=args.pad_to_max)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])
     print(f"recipe {args.recipe}: image {cfg.image_encoder.image_size}px, "
           f"max {cfg.text_encoder.max_length} tokens "

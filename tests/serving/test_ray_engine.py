@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from effiminivlm.cli import main
 from effiminivlm.files import read_csv_rows
-from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.training.loop import init_output_bias
 
 ray = pytest.importorskip("ray")
 
@@ -26,21 +23,8 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    from effiminivlm.config import load_recipe
-
-    cfg = load_recipe("tiny").model
-    torch.manual_seed(0)
-    model = create_model(cfg, pretrained=False)
-    init_output_bias(model, 3.0)  # random-init outputs sit near 0 and would all clip to 1
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(folder, tokenizer=create_tokenizer(cfg.text_encoder))
-    return folder
-
-
-def test_ray_engine_equals_single_process(local_ray, saved_tiny, prepared, synth_catalog, tmp_path, capsys):
-    common = ["--model", str(saved_tiny), "--batch-size", "16", "--device", "cpu"]
+def test_ray_engine_equals_single_process(local_ray, serve_model, prepared, synth_catalog, tmp_path, capsys):
+    common = ["--model", str(serve_model), "--batch-size", "16", "--device", "cpu"]
     local, on_ray = tmp_path / "local.csv", tmp_path / "ray.csv"
     split = ["--split", "train"]  # read_parquet + the split filter, before the batches are cut
     assert main(["predict", str(prepared), *split, *common, "--out", str(local), "--num-workers", "0"]) == 0

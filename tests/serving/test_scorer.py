@@ -3,27 +3,12 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 import torch
 
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.prepare import read_prepared
-from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model
+from effiminivlm.models.factory import create_transforms, load_model
 from effiminivlm.serving.scorer import Scorer, create_scorer, products_table
-from effiminivlm.training.loop import init_output_bias
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    from effiminivlm.config import load_recipe
-
-    cfg = load_recipe("tiny").model
-    torch.manual_seed(0)
-    model = create_model(cfg, pretrained=False)
-    init_output_bias(model, 3.0)  # random-init outputs sit near 0 and would all clip to 1
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(folder, tokenizer=create_tokenizer(cfg.text_encoder))
-    return folder
 
 
 def _direct_scores(model_dir, table) -> np.ndarray:
@@ -41,11 +26,11 @@ def _direct_scores(model_dir, table) -> np.ndarray:
     return np.array(out)
 
 
-def test_scores_are_the_models_own_forward_distinct_and_in_input_order(saved_tiny, prepared):
+def test_scores_are_the_models_own_forward_distinct_and_in_input_order(serve_model, prepared):
     table = read_prepared(prepared, "test")
-    direct = _direct_scores(saved_tiny, table)
+    direct = _direct_scores(serve_model, table)
     assert np.all((direct > 1) & (direct < 5))  # nothing clipped: the comparison below is exact
-    scorer = create_scorer(saved_tiny, precision="fp32", batch_size=7)
+    scorer = create_scorer(serve_model, precision="fp32", batch_size=7)
     scores = scorer.score_table(table, progress=False).pred
     np.testing.assert_allclose(scores, direct, rtol=0, atol=1e-6)
     assert len(set(scores.tolist())) == table.num_rows  # different items, different scores
@@ -55,53 +40,53 @@ def test_scores_are_the_models_own_forward_distinct_and_in_input_order(saved_tin
     np.testing.assert_allclose(res.pred, scores[::-1], rtol=0, atol=1e-6)
 
 
-def test_default_precision_scores_stay_distinct(saved_tiny, prepared):
+def test_default_precision_scores_stay_distinct(serve_model, prepared):
     """`precision="auto"` is bf16 on a CPU: the towers may round, the scores must not collapse."""
     table = read_prepared(prepared, "test")
-    auto = create_scorer(saved_tiny, batch_size=7)
+    auto = create_scorer(serve_model, batch_size=7)
     assert auto.precision == "bf16"
     scores = auto.score_table(table, progress=False).pred
     assert scores.dtype == np.float64 and len(set(scores.tolist())) == table.num_rows
-    np.testing.assert_allclose(scores, _direct_scores(saved_tiny, table), rtol=0, atol=0.05)
+    np.testing.assert_allclose(scores, _direct_scores(serve_model, table), rtol=0, atol=0.05)
 
 
-def test_score_table_matches_a_direct_forward_and_clips(saved_tiny, prepared):
-    scorer = create_scorer(saved_tiny, precision="fp32", batch_size=7)
+def test_score_table_matches_a_direct_forward_and_clips(serve_model, prepared):
+    scorer = create_scorer(serve_model, precision="fp32", batch_size=7)
     table = read_prepared(prepared, "test")
     res = scorer.score_table(table, progress=False)
     assert res.item_id == table.column("parent_asin").to_pylist()
     assert np.all((res.pred >= 1) & (res.pred <= 5))
     assert res.image_status["ok"] == table.num_rows
     # the same rows one by one through the model give the same scores (batching and padding do not leak)
-    one_by_one = Scorer.from_pretrained(saved_tiny, precision="fp32", batch_size=1)
+    one_by_one = Scorer.from_pretrained(serve_model, precision="fp32", batch_size=1)
     single = one_by_one.score_table(table, progress=False)
     np.testing.assert_allclose(single.pred, res.pred, atol=1e-5)
 
 
-def test_mean_images_differs_from_first_only_for_multi_image_items(saved_tiny, prepared):
+def test_mean_images_differs_from_first_only_for_multi_image_items(serve_model, prepared):
     table = read_prepared(prepared, "test")
-    first = create_scorer(saved_tiny, precision="fp32").score_table(table, progress=False).pred
-    mean = create_scorer(saved_tiny, precision="fp32", images="mean").score_table(table, progress=False).pred
+    first = create_scorer(serve_model, precision="fp32").score_table(table, progress=False).pred
+    mean = create_scorer(serve_model, precision="fp32", images="mean").score_table(table, progress=False).pred
     n_images = np.array([len(x) for x in table.column("images").to_pylist()])
     assert (n_images > 1).any() and (n_images == 1).any()
     np.testing.assert_allclose(mean[n_images == 1], first[n_images == 1], atol=1e-5)
     assert not np.allclose(mean[n_images > 1], first[n_images > 1], atol=1e-6)
 
 
-def test_score_plain_dicts_without_images(saved_tiny):
-    scorer = create_scorer(saved_tiny, precision="fp32")
+def test_score_plain_dicts_without_images(serve_model):
+    scorer = create_scorer(serve_model, precision="fp32")
     products = [{"title": "Sturdy boots", "features": ["leather"], "description": "",
                  "main_category": "Shoes"}, {"title": "x", "category": "Home"}]
     scores = scorer.score(products)
     assert scores.shape == (2,) and scores[0] != scores[1]
-    direct = _direct_scores(saved_tiny, products_table(products))
+    direct = _direct_scores(serve_model, products_table(products))
     np.testing.assert_allclose(scores, direct, rtol=0, atol=1e-6)
     np.testing.assert_allclose(scorer.score(products[::-1]), scores[::-1], rtol=0, atol=1e-6)
     t = products_table([{"title": "<b>Bold</b> http://x.y", "features": ["a", "b"]}])
     assert t.column("title")[0].as_py() == "Bold" and t.column("features")[0].as_py() == "a b"
 
 
-def test_predict_writes_a_lovif_submission_from_each_input_kind(saved_tiny, prepared, synth_catalog,
+def test_predict_writes_a_lovif_submission_from_each_input_kind(serve_model, prepared, synth_catalog,
                                                                  tmp_path):
     from effiminivlm.serving.predict import predict
 
@@ -112,7 +97,7 @@ def test_predict_writes_a_lovif_submission_from_each_input_kind(saved_tiny, prep
     }
     for kind, (inputs, kw) in runs.items():
         out = tmp_path / f"{kind}.csv"
-        summary = predict(saved_tiny, inputs, out, precision="fp32", progress=False, **kw)
+        summary = predict(serve_model, inputs, out, precision="fp32", progress=False, **kw)
         assert summary["input_kind"] == kind
         rows = list(csv.DictReader(out.open()))
         assert list(rows[0]) == ["item_id", "score", "params", "flops"]

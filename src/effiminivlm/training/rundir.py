@@ -62,15 +62,7 @@ def clean_orphans(out: Path) -> list[str]:
     ckpt = checkpoint_path(out)
     candidates = [out / MODEL_TMP, ckpt.with_name(f".{ckpt.name}.tmp"),
                   *(out / f".{name}.tmp" for name in (RECIPE, METRICS, SUMMARY))]
-    removed = []
-    for path in candidates:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        else:
-            continue
-        removed.append(path.name)
+    removed = [path.name for path in candidates if _remove(path)]
     if ckpt.parent.is_dir() and not any(ckpt.parent.iterdir()):
         ckpt.parent.rmdir()  # a kill during the first checkpoint write leaves it empty
     return removed
@@ -158,16 +150,7 @@ def _forget_metrics(out: Path) -> None:
 
 def _remove_run(out: Path, log: Callable[[str], None]) -> None:
     """--overwrite: delete the earlier run's own files (other files in the folder are left alone)."""
-    removed = []
-    for name in (CHECKPOINT_DIR, MODEL, METRICS, SUMMARY, RECIPE):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
+    removed = [name for name in (CHECKPOINT_DIR, MODEL, METRICS, SUMMARY, RECIPE) if _remove(out / name)]
     log(f"--overwrite: removed the earlier run's {', '.join(removed)} from {out}")
 
 
@@ -200,3 +183,14 @@ def sync_metrics(out: Path, records: list[dict[str, Any]] | None, epoch: int
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return records, (f"{path}: rewritten to the {len(lines)} epoch(s) the checkpoint covers (it had "
                      f"{len(old)} line(s) from the interrupted run)")
+
+
+def _remove(path: Path) -> bool:
+    """Delete a file or a folder tree; False when there was nothing there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    else:
+        return False
+    return True
