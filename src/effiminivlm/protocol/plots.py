@@ -192,7 +192,7 @@ def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFA
 
     # the leaderboard: numbered points, the numbers placed clear of the other points
     ax.scatter([e.c for e in board], [e.plcc for e in board], s=30, color="0.25", zorder=3,
-               label="LoViF 2026 leaderboard (number = published rank, B = unranked baseline)")
+               label="LoViF 2026 leaderboard\n(number = published rank, B = baseline)")
     # one placement for the rank numbers and the user's labels, so none covers a point or another label
     starred = [p for p in points if p.has_plcc]
     anchors = [(e.c, e.plcc) for e in board] + [(p.c, float(p.plcc)) for p in starred]
