@@ -1,0 +1,132 @@
+"""Scoring commands: evaluate, predict (local or Ray), serve, recipes."""
+
+from __future__ import annotations
+
+import typer
+
+from effiminivlm.cli._app import (
+    _check_choice,
+    _check_inference,
+    _default_eval_out,
+    _writable,
+    app,
+)
+from effiminivlm.errors import ConfigError
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder (a run's model/)."),
+    data: str = typer.Option(..., "--data", help="Prepared dataset folder."),
+    split: str = typer.Option("test", help="train | val | test."),
+    out: str | None = typer.Option(None, "--out", help="Report folder (default: MODEL/../eval-SPLIT)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    images_dir: str | None = typer.Option(None, help="Image cache of fetch-images (default DATA/images)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    num_workers: int = typer.Option(2, help="DataLoader workers (decode + tokenise)."),
+    min_rating_number: int = typer.Option(10, help="Also report items with at least this many ratings."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
+    from effiminivlm.evaluation.evaluate import evaluate
+
+    _writable(out if out is not None else _default_eval_out(model, split), "--out", "dir")
+    _check_choice("--split", split, ("train", "val", "test"))
+    _check_inference(images, batch_size, num_workers, precision, device)
+    result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
+                      batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
+                      min_rating_number=min_rating_number)
+    typer.echo(result["markdown"])
+    for kind, path in result["paths"].items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    out: str = typer.Option("submission.csv", "--out", help="Submission CSV (item_id,score,params,flops)."),
+    split: str | None = typer.Option(None, help="Only this split of a prepared folder."),
+    images_dir: str | None = typer.Option(None, help="Images folder of input.csv (default: its images/), or "
+                                          "the fetch-images cache."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    num_workers: int = typer.Option(2, help="DataLoader workers (decode + tokenise)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable metadata row."),
+    engine: str = typer.Option("local", help="local (this process) | ray (Ray Data + an actor pool)."),
+    address: str | None = typer.Option(None, help="--engine ray: cluster address (auto, ray://head:10001); "
+                                       "default: a local Ray with this machine's cores."),
+    num_actors: int | None = typer.Option(None, help="--engine ray: scoring actors, each loads the model "
+                                          "once (default: one per GPU, or half the CPUs)."),
+    threads: int | None = typer.Option(None, help="--engine ray: torch threads per CPU actor (default: "
+                                       "this machine's, which gives scores identical to --engine local)."),
+    with_intervals: bool = typer.Option(False, "--intervals/--no-intervals", help="Add the model's conformal "
+                                        "intervals as extra columns low_80,high_80,low_90,high_90 after "
+                                        "the LoViF columns (off by default: the submission stays exactly "
+                                        "the LoViF layout)."),
+) -> None:
+    """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
+    a Parquet of item_id, score)."""
+    import json
+
+    _writable(out, "--out", "file")
+    if split is not None:
+        _check_choice("--split", split, ("train", "val", "test"))
+    _check_choice("--engine", engine, ("local", "ray"))
+    _check_inference(images, batch_size, num_workers, precision, device)
+    if engine == "local" and (address is not None or num_actors is not None or threads is not None):
+        raise ConfigError("--address, --num-actors and --threads apply to --engine ray only")
+    if engine == "ray":
+        from effiminivlm.serving.ray_engine import predict_ray
+
+        summary = predict_ray(model, inputs, out, split=split, images_dir=images_dir, images=images,
+                              batch_size=batch_size, device=device, precision=precision, strict=strict,
+                              address=address, num_actors=num_actors, threads=threads)
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from effiminivlm.serving.predict import predict
+
+    summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
+                      batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
+                      strict=strict, with_intervals=with_intervals)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    images_dir: str | None = typer.Option(None, help="The only folder image paths in requests may point "
+                                          "into (default: none; send image bytes)."),
+    images: str = typer.Option("first", help="first | mean: which of an item's images feed the model."),
+    max_batch: int = typer.Option(64, help="Items per model batch (1 turns batching off; 64 = predict's "
+                                  "default batch, so a CSV gets predict's exact bits)."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a queued item waits for company in its batch."),
+    max_queue: int = typer.Option(256, help="Items waiting or running; beyond it: 503 + Retry-After."),
+    max_items: int = typer.Option(64, help="Listings per JSON request; beyond it: 413."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may wait for its scores; beyond it: 504."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
+) -> None:
+    """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
+    from effiminivlm.serving.app import serve
+
+    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
+    serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
+          max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
+          precision=precision, device=device, log=typer.echo)
+
+
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the packaged recipes."""
+    from effiminivlm.config import list_recipes
+
+    for name in list_recipes():
+        typer.echo(name)
