@@ -14,18 +14,15 @@ Weight sources (`pretrained` fields) are strings with a prefix that says where t
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from effiminivlm.errors import ConfigError, UnknownNameError
+from effiminivlm.typed import check_choice, check_int, check_number, fail, from_dict
 
 # Fixed choices, checked when a recipe (or a model's config.json) loads. Registry-backed names (arch,
 # encoders, heads, losses) live with the parts they build, so the layers above check them:
@@ -47,31 +44,6 @@ TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
 TEXT_CONFIG_PROBS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-def _fail(key: str, rule: str, value: Any) -> NoReturn:
-    raise ConfigError(f"{key} must be {rule}, got {value!r}")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(key, f"one of {', '.join(choices)}", value)
-
-
-def _int_in(key: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        _fail(key, f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}", value)
-
-
-def _number(key: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-            lt: float | None = None) -> None:
-    """A finite number with optional bounds (gt: >, ge: >=, lt: <)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt)
-    if not ok:
-        bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
-                  f"< {lt:g}" if lt is not None else ""]
-        _fail(key, " and ".join(["a finite number", *filter(None, bounds)]), value)
-
-
 @dataclass
 class LoraCfg:
     """LoRA adapters on a tower's chosen projections (models.lora, peft). The tower's own weights are frozen;
@@ -85,11 +57,11 @@ class LoraCfg:
     merge: bool = True
 
     def __post_init__(self) -> None:
-        _int_in("r", self.r, 1, 4096)
-        _number("alpha", self.alpha, gt=0)
-        _number("dropout", self.dropout, ge=0, lt=1)
+        check_int("r", self.r, 1, 4096)
+        check_number("alpha", self.alpha, gt=0)
+        check_number("dropout", self.dropout, ge=0, lt=1)
         if not self.target_modules:
-            _fail("target_modules", "a non-empty list of module names", self.target_modules)
+            fail("target_modules", "a non-empty list of module names", self.target_modules)
 
 
 @dataclass
@@ -105,13 +77,13 @@ class ImageEncoderCfg:
     lora: LoraCfg | None = None  # e.g. {r: 4, target_modules: [conv_pwl]} (timm EfficientNet convolutions)
 
     def __post_init__(self) -> None:
-        _int_in("image_size", self.image_size, 16, 4096)
+        check_int("image_size", self.image_size, 16, 4096)
         for key in ("mean", "std"):
             values = getattr(self, key)
             if values is not None and len(values) != 3:
-                _fail(key, "3 numbers (R, G, B)", values)
+                fail(key, "3 numbers (R, G, B)", values)
         for v in self.std or []:
-            _number("std", v, gt=0)
+            check_number("std", v, gt=0)
 
 
 @dataclass
@@ -127,15 +99,15 @@ class TextEncoderCfg:
     lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [query, value]}
 
     def __post_init__(self) -> None:
-        _int_in("max_length", self.max_length, 1, 8192)
-        _choice("pooling", self.pooling, POOLINGS)
+        check_int("max_length", self.max_length, 1, 8192)
+        check_choice("pooling", self.pooling, POOLINGS)
         cfg = self.config
         for key, (lo, hi) in TEXT_CONFIG_INTS.items():
             if key in cfg:
-                _int_in(f"config.{key}", cfg[key], lo, hi)
+                check_int(f"config.{key}", cfg[key], lo, hi)
         for key in TEXT_CONFIG_PROBS:
             if key in cfg:
-                _number(f"config.{key}", cfg[key], ge=0, lt=1)
+                check_number(f"config.{key}", cfg[key], ge=0, lt=1)
         hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
         if hidden is not None and heads is not None and hidden % heads:
             raise ConfigError(f"config.hidden_size {hidden} is not a multiple of config.num_attention_heads "
@@ -152,8 +124,8 @@ class HeadCfg:
 
     def __post_init__(self) -> None:
         for i, dim in enumerate(self.hidden_dims):
-            _int_in(f"hidden_dims[{i}]", dim, 1, 65536)
-        _number("dropout", self.dropout, ge=0, lt=1)
+            check_int(f"hidden_dims[{i}]", dim, 1, 65536)
+        check_number("dropout", self.dropout, ge=0, lt=1)
 
 
 @dataclass
@@ -167,7 +139,7 @@ class ModelCfg:
     head: HeadCfg = field(default_factory=HeadCfg)
 
     def __post_init__(self) -> None:
-        _choice("modalities", self.modalities, MODALITIES)
+        check_choice("modalities", self.modalities, MODALITIES)
 
 
 @dataclass
@@ -179,9 +151,9 @@ class DataCfg:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
-        _choice("images", self.images, IMAGE_MODES)
-        _choice("augment", self.augment, AUGMENTS)
-        _int_in("num_workers", self.num_workers, 0, 256)
+        check_choice("images", self.images, IMAGE_MODES)
+        check_choice("augment", self.augment, AUGMENTS)
+        check_int("num_workers", self.num_workers, 0, 256)
 
 
 def _check_loss(value: Any) -> None:
@@ -192,16 +164,16 @@ def _check_loss(value: Any) -> None:
     if isinstance(value, str):
         return
     if not isinstance(value, dict) or not value:
-        _fail("loss", "a loss name or a non-empty mapping {name: weight}", value)
+        fail("loss", "a loss name or a non-empty mapping {name: weight}", value)
     total = 0.0
     for name, entry in value.items():
         if not isinstance(name, str):
-            _fail("loss", "a mapping whose keys are loss names", name)
+            fail("loss", "a mapping whose keys are loss names", name)
         weight = entry.get("weight", 1.0) if isinstance(entry, dict) else entry
-        _number(f"loss.{name}" + (".weight" if isinstance(entry, dict) else ""), weight, ge=0)
+        check_number(f"loss.{name}" + (".weight" if isinstance(entry, dict) else ""), weight, ge=0)
         total += weight
     if total <= 0:
-        _fail("loss", "a mixture with at least one positive weight", value)
+        fail("loss", "a mixture with at least one positive weight", value)
 
 
 @dataclass
@@ -213,9 +185,9 @@ class DistillCfg:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        _number("alpha", self.alpha, ge=0)
+        check_number("alpha", self.alpha, ge=0)
         if self.alpha > 1:
-            _fail("alpha", "in [0, 1]", self.alpha)
+            fail("alpha", "in [0, 1]", self.alpha)
 
 
 @dataclass
@@ -227,7 +199,7 @@ class PseudoCfg:
     weight: float = 0.5
 
     def __post_init__(self) -> None:
-        _number("weight", self.weight, gt=0)
+        check_number("weight", self.weight, gt=0)
 
 
 @dataclass
@@ -265,34 +237,34 @@ class TrainCfg:
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 
     def __post_init__(self) -> None:
-        _choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
-        _choice("probe", self.probe, PROBES)
-        _number("huber_delta", self.huber_delta, gt=0)
-        _number("weight_cap", self.weight_cap, gt=0)
-        _int_in("epochs", self.epochs, 1, 100_000)
-        _int_in("batch_size", self.batch_size, 1, 65536)
-        _number("lr", self.lr, gt=0)
-        _number("weight_decay", self.weight_decay, ge=0)
-        _number("warmup_ratio", self.warmup_ratio, ge=0, lt=1)
-        _number("grad_clip", self.grad_clip, gt=0)
-        _int_in("patience", self.patience, 0)
-        _choice("precision", self.precision, PRECISIONS)
-        _int_in("seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
+        check_choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
+        check_choice("probe", self.probe, PROBES)
+        check_number("huber_delta", self.huber_delta, gt=0)
+        check_number("weight_cap", self.weight_cap, gt=0)
+        check_int("epochs", self.epochs, 1, 100_000)
+        check_int("batch_size", self.batch_size, 1, 65536)
+        check_number("lr", self.lr, gt=0)
+        check_number("weight_decay", self.weight_decay, ge=0)
+        check_number("warmup_ratio", self.warmup_ratio, ge=0, lt=1)
+        check_number("grad_clip", self.grad_clip, gt=0)
+        check_int("patience", self.patience, 0)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_int("seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         if self.max_steps_per_epoch is not None:
-            _int_in("max_steps_per_epoch", self.max_steps_per_epoch, 1)
-        _int_in("eval_batch_size", self.eval_batch_size, 1, 65536)
+            check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1, 65536)
         _check_loss(self.loss)
-        _choice("sample_weights", self.sample_weights, SAMPLE_WEIGHTS)
-        _int_in("weight_bins", self.weight_bins, 2, 1000)
-        _int_in("grad_accum_steps", self.grad_accum_steps, 1, self.batch_size)
-        _int_in("freeze_text_layers", self.freeze_text_layers, 0, 1000)
-        _int_in("freeze_image_blocks", self.freeze_image_blocks, 0, 1000)
+        check_choice("sample_weights", self.sample_weights, SAMPLE_WEIGHTS)
+        check_int("weight_bins", self.weight_bins, 2, 1000)
+        check_int("grad_accum_steps", self.grad_accum_steps, 1, self.batch_size)
+        check_int("freeze_text_layers", self.freeze_text_layers, 0, 1000)
+        check_int("freeze_image_blocks", self.freeze_image_blocks, 0, 1000)
         for key in ("lr_backbone", "lr_head"):
             if getattr(self, key) is not None:
-                _number(key, getattr(self, key), gt=0)
+                check_number(key, getattr(self, key), gt=0)
         for key in ("weight_decay_backbone", "weight_decay_head"):
             if getattr(self, key) is not None:
-                _number(key, getattr(self, key), ge=0)
+                check_number(key, getattr(self, key), ge=0)
 
 
 @dataclass
@@ -314,83 +286,6 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# dict -> dataclass with type checks
-
-
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Coerce/validate one value against a field annotation; raise ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, where)
-            except (ValueError, TypeError) as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 2e-5 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types fail with the dotted key."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown recipe key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
-                         f"known: {', '.join(sorted(names))}")
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:  # __post_init__ names the field; add where it sits in the recipe
-        if not where:
-            raise
-        raise ConfigError(f"{where}.{e}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
