@@ -232,3 +232,19 @@ def test_store_for_a_prepared_dataset_uses_its_recorded_roots(tmp_path: Path) ->
     extra.mkdir()
     (extra / "b.png").write_bytes(png())
     assert ImageStore.for_prepared(tmp_path / "prep", extra).resolve(str(extra / "b.png")) is not None
+
+
+def test_to_rgb_returns_a_plain_rgb_image_itself_and_still_rotates_exif():
+    """The hot path converts each image twice (store, then transform): the second pass must not copy."""
+    from PIL import Image
+
+    from effiminivlm.data.images import to_rgb
+
+    plain = Image.new("RGB", (4, 2), (10, 20, 30))
+    assert to_rgb(plain) is plain
+    rotated = Image.new("RGB", (4, 2), (10, 20, 30))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.info["exif"] = exif.tobytes()
+    out = to_rgb(rotated)
+    assert out is not rotated and out.size == (2, 4)

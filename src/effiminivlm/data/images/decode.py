@@ -16,10 +16,17 @@ MIN_SIDE = 10  # images smaller than this on a side carry no usable signal (spac
 EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
+_ORIENTATION = 0x0112  # EXIF tag: how the camera held the picture
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB with transparency composited on white (product photos sit on white; black would be a new cue).
 
-    Idempotent: an RGB image without EXIF orientation comes back with the same pixels."""
+    Idempotent, and free when there is nothing to do: an RGB image without transparency or EXIF rotation
+    (what this function returns) comes back as the same object, so the dataset path, which converts in the
+    image store and again in the transform, copies no full-size image twice."""
+    if img.mode == "RGB" and "transparency" not in img.info and img.getexif().get(_ORIENTATION, 1) == 1:
+        return img
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high-bit-depth grayscale: rescale, don't clip
         arr = np.asarray(img, dtype=np.float64)
