@@ -56,6 +56,7 @@ class RatingModel(nn.Module):
         self.opts = from_dict(self.Options, dict(cfg.options), "model.options")
         self._frozen = {"image": False, "text": False}
         self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (training.optim.freeze_layers)
+        self._fixed_frozen: list[nn.Module] = []  # frozen by the architecture itself (`keep_frozen`)
 
     # ----------------------------------------------------------------------------------- the model surface
 
@@ -100,14 +101,23 @@ class RatingModel(nn.Module):
         for tower, frozen in ((self.image_encoder, image), (self.text_encoder, text)):
             if tower is not None:
                 set_trainable(tower, not frozen)  # with LoRA: only the adapters
+        for part in self._fixed_frozen:
+            part.requires_grad_(False)
         self.train(self.training)
+
+    def keep_frozen(self, *parts: nn.Module) -> None:
+        """Parts the architecture itself freezes (e.g. CLIP's first 11 layers): no gradient and eval mode,
+        whatever `freeze` is later told."""
+        self._fixed_frozen += parts
+        for part in parts:
+            part.requires_grad_(False)
 
     def train(self, mode: bool = True) -> RatingModel:
         super().train(mode)
         for tower, key in ((self.image_encoder, "image"), (self.text_encoder, "text")):
             if tower is not None and self._frozen[key]:
                 tower.eval()
-        for part in self._frozen_parts:
+        for part in (*self._frozen_parts, *self._fixed_frozen):
             part.eval()
         return self
 

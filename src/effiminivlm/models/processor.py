@@ -100,13 +100,14 @@ class _Collate:
         self.base = Collator(tok, processor.max_length, pad_to_max=pad_to_max) if tok is not None else None
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        out = self.base(samples) if self.base is not None else _no_text(samples)
+        out = self.base(samples) if self.base is not None else base_fields(samples)
         out.update(self.processor.extra(samples))
         return out
 
 
-def _no_text(samples: list[Sample]) -> dict[str, Any]:
-    """An image-only model's batch: the Collator's fields without tokens."""
+def base_fields(samples: list[Sample]) -> dict[str, Any]:
+    """The Collator's fields without tokens (an image-only model's batch; a processor that tokenises its own
+    way adds `input_ids` / `attention_mask`)."""
     first = next((s.images[0] for s in samples if s.images), None)
     return {
         "input_ids": None, "attention_mask": None,
