@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 MODEL_ARCHS: Registry = Registry("model arch")
 #: The modules whose import registers an architecture (imported before any name is looked up).
-ARCH_MODULES = ("regressor", "clip_fusion", "smolvlm")
+ARCH_MODULES = ("regressor", "clip_fusion", "smolvlm", "minivitex")
 
 
 def _register_all() -> None:

@@ -43,7 +43,8 @@ def projection(in_dim: int, out_dim: int) -> nn.Sequential:
 def fusion_encoder(dim: int, layers: int, heads: int, dropout: float = 0.1, ff_mult: int = 4
                    ) -> nn.TransformerEncoder:
     """A small post-norm TransformerEncoder (batch first, GELU) over fused tokens."""
-    layer = nn.TransformerEncoderLayer(dim, heads, dim * ff_mult, dropout, activation="gelu", batch_first=True)
+    layer = nn.TransformerEncoderLayer(dim, heads, dim * ff_mult, dropout, activation="gelu",
+                                       batch_first=True)
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
@@ -69,7 +70,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(4 * dim, dim))
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor | None = None) -> torch.Tensor:
         pad = None if kv_mask is None else ~kv_mask.bool()
@@ -90,20 +92,24 @@ def hf_tower(model_cls: Any, config_cls: Any, config: dict[str, Any], source: st
              **kwargs: Any) -> Any:
     """A transformers model: random init from `config` (the published architecture written in the recipe,
     so it builds offline), or `from_pretrained` on a weight source (hf-hub id or local folder; offline a
-    one-line WeightsError naming the local-dir option)."""
+    one-line WeightsError naming the option `what` and the local-dir form)."""
     if source is None:
         return model_cls(config_cls(**config, attn_implementation="sdpa"), **kwargs)
-    path = resolve_source(source)
+    try:
+        path = resolve_source(source)
+    except WeightsError as e:
+        raise WeightsError(f"{what}: {e}") from None
     try:
         return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
                                          attn_implementation="sdpa", **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"cannot load {what} from {source} ({reason}); point model.options at a local "
-                           "copy: local-dir:/path/to/folder") from None
+        raise WeightsError(f"{what}: cannot load {source} ({reason}); point it at a local copy: "
+                           "local-dir:/path/to/folder") from None
 
 
-_BOOKKEEPING = {"transformers_version", "architectures", "_name_or_path", "model_type", "dtype", "torch_dtype",
+_BOOKKEEPING = {"transformers_version", "architectures", "_name_or_path", "model_type", "dtype",
+                "torch_dtype",
                 "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states",
                 "_attn_implementation_autoset", "use_cache"}
 
@@ -125,7 +131,11 @@ def timm_tower(name: str, source: str | None, what: str, **kwargs: Any) -> nn.Mo
 
     model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     if source is not None:
-        state = {k: v for k, v in load_state_dict(source).items()
-                 if not k.startswith(("classifier.", "head.fc.", "fc.", "head."))}
+        try:
+            state = load_state_dict(source)
+        except WeightsError as e:
+            raise WeightsError(f"{what}: {e}") from None
+        drop = ("classifier.", "head.fc.", "fc.", "head.")  # the classifier a tower does not keep
+        state = {k: v for k, v in state.items() if not k.startswith(drop)}
         load_into(model, state, f"{what} from {source}")
     return model

@@ -22,7 +22,14 @@ from torch import nn
 from effiminivlm.config import ModelCfg
 from effiminivlm.models.archs import MODEL_ARCHS
 from effiminivlm.models.base import RatingModel
-from effiminivlm.models.blocks import ScaledSigmoid, fusion_encoder, hf_config, hf_tower, masked_mean, mlp_head
+from effiminivlm.models.blocks import (
+    ScaledSigmoid,
+    fusion_encoder,
+    hf_config,
+    hf_tower,
+    masked_mean,
+    mlp_head,
+)
 from effiminivlm.models.blocks import projection as proj
 from effiminivlm.typed import check_int
 
@@ -56,10 +63,12 @@ class ClipFusion(RatingModel):
         super().__init__(cfg)
         o, source = self.opts, self.opts.pretrained if pretrained else None
         if cfg.modalities != "text":
-            self.image_encoder = hf_tower(CLIPVisionModel, CLIPVisionConfig, o.vision, source, "CLIP vision")
+            self.image_encoder = hf_tower(CLIPVisionModel, CLIPVisionConfig, o.vision, source,
+                                          "model.options.pretrained (CLIP vision)")
             self.image_proj = proj(self.image_encoder.config.hidden_size, o.dim)
         if cfg.modalities != "image":
-            self.text_encoder = hf_tower(CLIPTextModel, CLIPTextConfig, o.text, source, "CLIP text")
+            self.text_encoder = hf_tower(CLIPTextModel, CLIPTextConfig, o.text, source,
+                                         "model.options.pretrained (CLIP text)")
             self.text_proj = proj(self.text_encoder.config.hidden_size, o.dim)
         for tower in (self.image_encoder, self.text_encoder):
             if tower is not None:  # what runs before layer frozen_layers + 1
@@ -80,7 +89,8 @@ class ClipFusion(RatingModel):
             masks.append(has.bool().unsqueeze(1).expand(-1, hidden.shape[1]))
         if self.text_encoder is not None:
             mask = batch["attention_mask"]
-            tokens.append(self.text_proj(self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state))
+            hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            tokens.append(self.text_proj(hidden))
             masks.append(mask.bool())
         x, mask = torch.cat(tokens, 1), torch.cat(masks, 1)
         fused = self.fusion(x, src_key_padding_mask=~mask)

@@ -67,7 +67,8 @@ class SmolVLMRegressor(RatingModel):
         if cfg.modalities != "image_text":
             raise ConfigError("smolvlm2-regressor reads image and text: model.modalities must be image_text")
         source = self.opts.pretrained if pretrained else None
-        vlm = hf_tower(SmolVLMModel, SmolVLMConfig, self.opts.config, source, "SmolVLM")
+        vlm = hf_tower(SmolVLMModel, SmolVLMConfig, self.opts.config, source,
+                       "model.options.pretrained (SmolVLM)")
         self.image_encoder = VisionConnector(vlm.vision_model, vlm.connector)
         self.text_encoder = vlm.text_model  # the decoder without its LM head
         self._config = vlm.config
@@ -124,7 +125,8 @@ class PromptCollate:
                 out += tok(part + "\n", add_special_tokens=False)["input_ids"]
                 continue
             label, key = part
-            value = tok(sample.fields.get(key, ""), add_special_tokens=False)["input_ids"][:self.p.field_tokens]
+            value = tok(sample.fields.get(key, ""), add_special_tokens=False)["input_ids"]
+            value = value[:self.p.field_tokens]
             out += tok(f"{label}: ", add_special_tokens=False)["input_ids"] + value
             out += tok("\n", add_special_tokens=False)["input_ids"]
         return out[:self.p.max_length]
