@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from importlib import metadata
@@ -28,6 +29,7 @@ from effiminivlm.config import ModelCfg, from_dict
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import atomic_write_text
 from effiminivlm.models.archs import check_model_names, get_arch
+from effiminivlm.models.blocks import ScaledSigmoid
 from effiminivlm.models.processor import Processor
 
 FORMAT_VERSION = 1
@@ -85,6 +87,19 @@ class RatingModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.forward_batch(batch)
+
+    def init_output_bias(self, rating: float) -> None:
+        """Make the output start at `rating` (the train-split mean): the bias of the last Linear of `head`,
+        through the inverse of a final scaled sigmoid (1 + 4*sigmoid) when the head ends with one."""
+        parts = list(self.head.modules())  # type: ignore[union-attr]
+        last = [m for m in parts if isinstance(m, nn.Linear)][-1]
+        if last.bias is None:
+            return
+        if isinstance(parts[-1], ScaledSigmoid):
+            p = min(max((rating - 1.0) / 4.0, 0.01), 0.99)
+            rating = math.log(p / (1.0 - p))
+        with torch.no_grad():
+            last.bias.fill_(rating)
 
     # ------------------------------------------------------------------------------------------ bookkeeping
 

@@ -89,19 +89,20 @@ def mlp_head(in_dim: int, hidden: int, dropout: float = 0.1, act: type[nn.Module
 
 
 def hf_tower(model_cls: Any, config_cls: Any, config: dict[str, Any], source: str | None, what: str,
-             **kwargs: Any) -> Any:
+             attn: str = "sdpa", **kwargs: Any) -> Any:
     """A transformers model: random init from `config` (the published architecture written in the recipe,
     so it builds offline), or `from_pretrained` on a weight source (hf-hub id or local folder; offline a
-    one-line WeightsError naming the option `what` and the local-dir form)."""
+    one-line WeightsError naming the option `what` and the local-dir form). `attn`: "eager" for a model
+    transformers has no SDPA attention for (DeBERTa)."""
     if source is None:
-        return model_cls(config_cls(**config, attn_implementation="sdpa"), **kwargs)
+        return model_cls(config_cls(**config, attn_implementation=attn), **kwargs)
     try:
         path = resolve_source(source)
     except WeightsError as e:
         raise WeightsError(f"{what}: {e}") from None
     try:
         return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
-                                         attn_implementation="sdpa", **kwargs)
+                                         attn_implementation=attn, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{what}: cannot load {source} ({reason}); point it at a local copy: "

@@ -81,8 +81,8 @@ class MiniViTex(RatingModel):
         self.cls = nn.Parameter(torch.zeros(1, 1, o.dim))
         self.pos = nn.Parameter(torch.randn(1, 2 + o.grid**2 + n_text, o.dim) * 0.02)  # shared by all tokens
         self.encoder = fusion_encoder(o.dim, o.layers, o.heads, o.dropout)
-        self.norm, self.out = nn.LayerNorm(o.dim), nn.Linear(o.dim, 1)
-        nn.init.constant_(self.out.bias, 3.0)  # start at the middle of the 1-5 scale
+        self.head = nn.Sequential(nn.LayerNorm(o.dim), nn.Linear(o.dim, 1))
+        nn.init.constant_(self.head[1].bias, 3.0)  # the middle of the 1-5 scale (train: the mean rating)
         self.eval()
 
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ class MiniViTex(RatingModel):
         x, mask = torch.cat(tokens, 1), torch.cat(masks, 1)
         x = self.encoder(x, src_key_padding_mask=~mask)
         with torch.autocast(x.device.type, enabled=False):  # head in fp32
-            return self.out(self.norm(x[:, 0].float())).squeeze(-1)
+            return self.head(x[:, 0].float()).squeeze(-1)
 
     def saved_options(self) -> dict[str, Any]:
         out = super().saved_options()

@@ -323,12 +323,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
 
 
 def init_output_bias(model: torch.nn.Module, value: float) -> None:
-    """Start the head's last Linear at the train-split mean rating instead of 0: the first steps then learn
-    differences between products rather than spending the warmup climbing from 0 to ~4."""
-    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
-    if last.bias is not None:
-        with torch.no_grad():
-            last.bias.fill_(value)
+    """Start the model's output at the train-split mean rating instead of 0 (`RatingModel.init_output_bias`:
+    the first steps then learn differences between products rather than climbing from 0 to ~4)."""
+    model.init_output_bias(value)  # type: ignore[operator]
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
