@@ -103,11 +103,10 @@ class EffiMiniVLM(RatingModel):
         """The model surface: a collated batch; several images per item come as `all_pixel_values` with
         their `image_index` (the "mean" mode), else one image per item as `pixel_values`."""
         if batch.get("all_pixel_values") is not None:
-            return self.forward(batch["all_pixel_values"], batch.get("input_ids"),
-                                batch.get("attention_mask"), batch.get("has_image"),
-                                image_index=batch["image_index"])
-        return self.forward(batch.get("pixel_values"), batch.get("input_ids"), batch.get("attention_mask"),
-                            batch.get("has_image"))
+            return self._rate(batch["all_pixel_values"], batch.get("input_ids"), batch.get("attention_mask"),
+                              batch.get("has_image"), image_index=batch["image_index"])
+        return self._rate(batch.get("pixel_values"), batch.get("input_ids"), batch.get("attention_mask"),
+                          batch.get("has_image"))
 
     def forward(self, pixel_values: torch.Tensor | Mapping[str, Any] | None,  # type: ignore[override]
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -124,6 +123,13 @@ class EffiMiniVLM(RatingModel):
         """
         if isinstance(pixel_values, Mapping):
             return self.forward_batch(pixel_values)
+        return self._rate(pixel_values, input_ids, attention_mask, has_image, image_features, image_index)
+
+    def _rate(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
+              attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None,
+              image_features: torch.Tensor | None = None, image_index: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """`forward`'s computation (called once however a subclass wraps `forward`)."""
         text = None
         if self.text_encoder is not None:
             if input_ids is None:
