@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-import effiminivlm.training.loop as loop
+import effiminivlm.models.processor as processor
 from effiminivlm.cli import main
 
 
@@ -31,12 +31,12 @@ def test_main_job_end_to_end(tmp_path, capsys, monkeypatch):
     assert summary["kept"] == 120
     modes: list[str] = []  # the image mode of each dataset train builds: train's, then validation's
 
-    class SpyDataset(loop.ProductDataset):
+    class SpyDataset(processor.ProductDataset):  # train builds its datasets through the model's processor
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             modes.append(self.mode)
 
-    monkeypatch.setattr(loop, "ProductDataset", SpyDataset)
+    monkeypatch.setattr(processor, "ProductDataset", SpyDataset)
     assert main(["train", "--data", str(prep), "--out", str(run), "--recipe", "tiny", "--epochs", "2",
                  "--set", "train.max_steps_per_epoch=2", "--set", "data.num_workers=0",
                  "--set", "data.images=mean"]) == 0
@@ -102,7 +102,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "p")]) == 2
     assert "missing.jsonl" in _one_line_error(capsys)
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "nope"]) == 2
-    assert ("unknown recipe 'nope'; packaged recipes: demo, offline, paper, probe, tiny"
+    from effiminivlm.config import list_recipes
+
+    assert {"demo", "offline", "paper", "probe", "tiny"} <= set(list_recipes())
+    assert (f"unknown recipe 'nope'; packaged recipes: {', '.join(list_recipes())}"
             in _one_line_error(capsys))
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "tiny",
                  "--set", "train.lrr=1"]) == 2

@@ -130,13 +130,15 @@ class HeadCfg:
 
 @dataclass
 class ModelCfg:
-    """The whole model. `modalities` selects image+text, image-only or text-only (for ablations)."""
+    """The whole model. `modalities` selects image+text, image-only or text-only (for ablations). `options`
+    are the architecture's own (`arch`'s Options dataclass checks them: models.archs.check_model_names)."""
 
     arch: str = "effiminivlm"
     modalities: str = "image_text"
     image_encoder: ImageEncoderCfg = field(default_factory=ImageEncoderCfg)
     text_encoder: TextEncoderCfg = field(default_factory=TextEncoderCfg)
     head: HeadCfg = field(default_factory=HeadCfg)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("modalities", self.modalities, MODALITIES)

@@ -16,8 +16,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from effiminivlm.data.dataset import Collator, ProductDataset
-from effiminivlm.models.factory import create_transforms
 from effiminivlm.runtime import autocast
 
 
@@ -36,16 +34,11 @@ class InferenceResult:
 
 
 def forward_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """Model output [B] (float32) for a collated batch, moved to `device`. With several images per item
-    ("mean"), the batch's `all_pixel_values` and `image_index` go to the model, which takes the mean of each
-    item's image features itself (`EffiMiniVLM.forward(..., image_index=...)`)."""
-    def put(key: str) -> torch.Tensor | None:
-        return batch[key].to(device) if batch.get(key) is not None else None
-
-    if "all_pixel_values" in batch:
-        return model(put("all_pixel_values"), put("input_ids"), put("attention_mask"), put("has_image"),
-                     image_index=put("image_index"))
-    return model(put("pixel_values"), put("input_ids"), put("attention_mask"), put("has_image"))
+    """Model output [B] (float32) for a collated batch: its tensors moved to `device`, then `model(batch)`,
+    the surface every architecture shares (`models.base.RatingModel`); the model reads the keys its own
+    processor wrote (e.g. "mean" mode's `all_pixel_values` + `image_index`)."""
+    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return model(on_device)
 
 
 @torch.no_grad()
@@ -92,13 +85,12 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
                 pad_to_max: bool = False, decoded: Any = None) -> DataLoader:
-    """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema): eval transforms
-    at the model's image size, text truncated at its max_length and padded to the longest in the batch, or
-    with `pad_to_max` to max_length (the protocol's canonical input). Shared by every stage that predicts.
-    `decoded`: per-row in-memory images (see `ProductDataset`), used instead of the row's references."""
-    cfg = model.cfg  # type: ignore[attr-defined]
-    mode = image_mode(model, images)
-    transform = create_transforms(cfg.image_encoder, train=False) if mode != "none" else None
-    ds = ProductDataset(table, transform, store, mode, decoded=decoded)
+    """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema), built by the
+    model's own processor (`model.processor(tokenizer)`): eval transforms at the model's image size, text
+    truncated at its max_length and padded to the longest in the batch, or with `pad_to_max` to max_length
+    (the protocol's canonical input). Shared by every stage that predicts. `decoded`: per-row in-memory
+    images (see `ProductDataset`), used instead of the row's references."""
+    processor = model.processor(tokenizer)  # type: ignore[operator]  (models.base.RatingModel)
+    ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=Collator(tokenizer, cfg.text_encoder.max_length, pad_to_max=pad_to_max))
+                      collate_fn=processor.collator(pad_to_max=pad_to_max))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class Sample:
     target: float
     rating_number: float
     weight: float = 1.0  # the loss weight of the item (`sample_weight` column; 1 when absent)
+    fields: dict[str, str] = field(default_factory=dict)  # category, title, features, description (raw)
+    n_refs: int = 0  # image references the row lists (a cold-start side feature)
 
 
 class ProductDataset(torch.utils.data.Dataset[Sample]):
@@ -131,19 +133,22 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
 
     def __getitem__(self, i: int) -> Sample:
         in_memory = self.decoded[i] if self.decoded is not None else None
+        refs = self._cols["images"][i].as_py() or []
         if in_memory:
             images, status = self._decoded_images(in_memory)
         else:
-            images, status = self._load_images(self._cols["images"][i].as_py() or [])
+            images, status = self._load_images(refs)
         target = self._target[i].as_py() if self._target is not None else None
         count = self._count[i].as_py() if self._count is not None else None
         weight = self._weight[i].as_py() if self._weight is not None else None
+        fields = {c: self._cols[c][i].as_py() or "" for c in TEXT_COLUMNS}
         return Sample(item_id=str(self._cols["parent_asin"][i].as_py()),
                       category=self._cols["category"][i].as_py() or "",
                       text=self.text(i), images=images, image_status=status,
                       target=math.nan if target is None else float(target),
                       rating_number=0.0 if count is None else float(count),
-                      weight=1.0 if weight is None else float(weight))
+                      weight=1.0 if weight is None else float(weight), fields=fields,
+                      n_refs=len(in_memory or refs))
 
 
 class Collator:

@@ -1,9 +1,11 @@
-"""models stage: EffiMiniVLM, its encoders and heads (created by name from registries), weight sources.
+"""models stage: the architectures (models.base.RatingModel subclasses), encoders and heads (created by
+name from registries), weight sources.
 
 Importing this package registers every architecture (MODEL_ARCHS, selected by `model.arch`), encoder and head.
 """
 
 from effiminivlm.models.archs import MODEL_ARCHS, get_arch
+from effiminivlm.models.base import RatingModel
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model
 from effiminivlm.models.heads import HEADS, create_head
 from effiminivlm.models.image_encoders import (
@@ -14,6 +16,7 @@ from effiminivlm.models.image_encoders import (
     image_data_config,
     resolve_image_cfg,
 )
+from effiminivlm.models.processor import Processor
 from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
 from effiminivlm.models.text_encoders import TEXT_ENCODERS, create_text_encoder
 
@@ -25,6 +28,8 @@ __all__ = [
     "TEXT_ENCODERS",
     "EffiMiniVLM",
     "ImageDataConfig",
+    "Processor",
+    "RatingModel",
     "create_head",
     "create_image_encoder",
     "create_model",

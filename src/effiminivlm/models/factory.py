@@ -14,21 +14,18 @@ from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
 from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
-from effiminivlm.data.images import to_rgb
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import recover_dir
 from effiminivlm.models.archs import check_model_names, get_arch
+from effiminivlm.models.base import RatingModel, read_model_config
 from effiminivlm.models.image_encoders import resolve_image_cfg
-from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
+from effiminivlm.models.processor import AUGMENTS, image_transform
 from effiminivlm.models.weights import resolve_source
 
-AUGMENTS = ("none", "flip")
 
-
-def create_model(cfg: ModelCfg, pretrained: bool = True) -> EffiMiniVLM:
+def create_model(cfg: ModelCfg, pretrained: bool = True) -> RatingModel:
     """The model of `cfg`, of the class `cfg.arch` names in MODEL_ARCHS; `pretrained=False` builds every part
     from configs with random init (no weights read, so presets whose weights are unreachable can still be
     profiled). Returned in eval mode."""
@@ -70,15 +67,10 @@ def create_transforms(image_cfg: ImageEncoderCfg, train: bool = False,
         raise EffiMiniVLMError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     image_cfg = resolve_image_cfg(image_cfg)
     size = image_cfg.image_size
-    steps: list[Callable[..., Any]] = [
-        to_rgb, T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
-    if train and augment == "flip":
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(mean=list(image_cfg.mean), std=list(image_cfg.std))]
-    return T.Compose(steps)
+    return image_transform((size, size), image_cfg.mean or (), image_cfg.std or (), train, augment)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[EffiMiniVLM, Any]:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RatingModel, Any]:
     """A folder written by `save_pretrained` -> (model in eval mode, tokenizer), with no network.
 
     The tokenizer comes from the folder's own tokenizer files, else from the source recorded in its config;
@@ -104,7 +96,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
 class LoadedModel(NamedTuple):
     """A model to measure, its tokenizer (None when not asked for or image-only) and a label for reports."""
 
-    model: EffiMiniVLM
+    model: RatingModel
     tokenizer: Any
     label: str
 
@@ -127,7 +119,7 @@ def load_model_or_recipe(model_dir: str | Path | None = None, recipe: str | Reci
         if tokenizer:
             model, tok = load_model(model_dir)
             return LoadedModel(model, tok, str(model_dir))
-        return LoadedModel(EffiMiniVLM.from_pretrained(Path(model_dir)), None, str(model_dir))
+        return LoadedModel(RatingModel.from_pretrained(Path(model_dir)), None, str(model_dir))
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe), list(overrides))
     if isinstance(recipe, Recipe) and overrides:
         rec = load_recipe(rec.to_dict(), list(overrides))

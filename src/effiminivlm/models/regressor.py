@@ -19,33 +19,24 @@ exact model offline, without unpickling anything.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
-import os
-from importlib import metadata
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from effiminivlm.config import ModelCfg, from_dict
-from effiminivlm.errors import EffiMiniVLMError, WeightsError
-from effiminivlm.files import atomic_write_text
-from effiminivlm.models.archs import MODEL_ARCHS, check_model_names, get_arch
+from effiminivlm.config import ModelCfg
+from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.base import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, RatingModel, read_model_config
 from effiminivlm.models.heads import create_head
 from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_cfg
-from effiminivlm.models.lora import apply_lora, merged_copy, set_trainable, wants_merge
+from effiminivlm.models.lora import apply_lora
 from effiminivlm.models.text_encoders import create_text_encoder
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "EffiMiniVLM", "read_model_config"]
 
 
 @MODEL_ARCHS.register("effiminivlm")
-class EffiMiniVLM(nn.Module):
+class EffiMiniVLM(RatingModel):
     """Image tower + text tower + regression head from a `ModelCfg` (random init unless `pretrained`).
 
     `self.cfg` is the given config with the image mean/std resolved from the encoder when unset, so the saved
@@ -53,11 +44,7 @@ class EffiMiniVLM(nn.Module):
     """
 
     def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
-        super().__init__()
-        if get_arch(cfg.arch) is not type(self):
-            raise EffiMiniVLMError(f"model.arch {cfg.arch!r} is not built by {type(self).__name__}; "
-                                   "use effiminivlm.models.create_model(cfg)")
-        self.cfg = copy.deepcopy(cfg)
+        super().__init__(cfg)
         if cfg.modalities != "text":
             self.cfg.image_encoder = resolve_image_cfg(cfg.image_encoder)
         uses_image, uses_text = cfg.modalities != "text", cfg.modalities != "image"
@@ -70,8 +57,6 @@ class EffiMiniVLM(nn.Module):
         self.image_dim = self.image_encoder.num_features if self.image_encoder is not None else 0
         self.text_dim = self.text_encoder.num_features if self.text_encoder is not None else 0
         self.head = create_head(cfg.head, in_dim=self.image_dim + self.text_dim)
-        self._frozen = {"image": False, "text": False}
-        self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (training.optim.freeze_layers)
         self.eval()  # like Hugging Face's from_pretrained: call .train() to fine-tune
 
     def encode_image(self, pixel_values: torch.Tensor | None, has_image: torch.Tensor | None,
@@ -114,11 +99,21 @@ class EffiMiniVLM(nn.Module):
         counts = torch.bincount(index, minlength=batch_size).clamp(min=1).unsqueeze(-1)
         return summed / counts
 
-    def forward(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
-                attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None, image_index: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Predicted rating [B], float32, from pixels, token ids/mask [B,L] and has_image [B].
+    def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The model surface: a collated batch; several images per item come as `all_pixel_values` with
+        their `image_index` (the "mean" mode), else one image per item as `pixel_values`."""
+        if batch.get("all_pixel_values") is not None:
+            return self._rate(batch["all_pixel_values"], batch.get("input_ids"), batch.get("attention_mask"),
+                              batch.get("has_image"), image_index=batch["image_index"])
+        return self._rate(batch.get("pixel_values"), batch.get("input_ids"), batch.get("attention_mask"),
+                          batch.get("has_image"))
+
+    def forward(self, pixel_values: torch.Tensor | Mapping[str, Any] | None,  # type: ignore[override]
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                has_image: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted rating [B], float32, from pixels, token ids/mask [B,L] and has_image [B]; a mapping as
+        the first argument is a collated batch (`forward_batch`, the surface every architecture shares).
 
         Without `image_index`, `pixel_values` is [B,3,H,W] (or None): one image per item. With `image_index`
         [N_img] (the item of each image), `pixel_values` is [N_img,3,H,W] holding every image of the batch and
@@ -126,6 +121,15 @@ class EffiMiniVLM(nn.Module):
         given, must then mark exactly the items that own an image. `image_features` [B, image_dim] replaces
         the image tower's output; zero rows stand for "no image".
         """
+        if isinstance(pixel_values, Mapping):
+            return self.forward_batch(pixel_values)
+        return self._rate(pixel_values, input_ids, attention_mask, has_image, image_features, image_index)
+
+    def _rate(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
+              attention_mask: torch.Tensor | None, has_image: torch.Tensor | None = None,
+              image_features: torch.Tensor | None = None, image_index: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """`forward`'s computation (called once however a subclass wraps `forward`)."""
         text = None
         if self.text_encoder is not None:
             if input_ids is None:
@@ -162,133 +166,17 @@ class EffiMiniVLM(nn.Module):
                                  "none, or one marked without an image owns some")
         return out
 
-    # ------------------------------------------------------------------------------------------ bookkeeping
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameter count (all of them by default: the efficiency protocol counts frozen ones too)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def num_params_by_part(self) -> dict[str, int]:
         """{"image_encoder": n, "text_encoder": n, "head": n} (absent towers count 0)."""
         parts = {"image_encoder": self.image_encoder, "text_encoder": self.text_encoder, "head": self.head}
         return {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
 
-    def freeze(self, *, image: bool, text: bool) -> None:
-        """Freeze (or unfreeze) towers. Frozen towers also stay in eval mode (BatchNorm statistics and dropout
-        fixed), so a frozen encoder is truly a fixed feature extractor."""
-        self._frozen = {"image": image, "text": text}
-        for tower, frozen in ((self.image_encoder, image), (self.text_encoder, text)):
-            if tower is not None:
-                set_trainable(tower, not frozen)  # with LoRA: only the adapters
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> EffiMiniVLM:
-        super().train(mode)
-        for tower, key in ((self.image_encoder, "image"), (self.text_encoder, "text")):
-            if tower is not None and self._frozen[key]:
-                tower.eval()
-        for part in self._frozen_parts:
-            part.eval()
-        return self
-
     # ------------------------------------------------------------------------------------------ save / load
 
     def config_dict(self, tokenizer_saved: bool = False) -> dict[str, Any]:
-        """The ModelCfg as saved: weight sources cleared (weights come from model.safetensors) and the text
-        architecture written out in full, so the folder rebuilds with no network and no source."""
-        cfg = dataclasses.asdict(self.cfg)
-        cfg["image_encoder"]["pretrained"] = None
-        text = cfg["text_encoder"]
-        if not tokenizer_saved:  # keep a pointer to where the tokenizer can still be found
-            text["tokenizer"] = text["tokenizer"] or text["pretrained"]
-        else:
-            text["tokenizer"] = None
-        text["pretrained"] = None
+        """The base's saved config with the text architecture written out in full, so the folder rebuilds
+        with no network and no source."""
+        cfg = super().config_dict(tokenizer_saved)
         if self.text_encoder is not None and hasattr(self.text_encoder, "architecture"):
-            text["config"] = self.text_encoder.architecture()
-        return {"format_version": FORMAT_VERSION, "effiminivlm_version": _version(), **cfg}
-
-    def save_pretrained(self, save_dir: str | Path, tokenizer: Any = None) -> Path:
-        """Write `config.json` + `model.safetensors` (+ the tokenizer's files) into `save_dir`; LoRA adapters
-        are merged first unless their config says `merge: false` (models.lora)."""
-        from safetensors.torch import save_model
-
-        if wants_merge(self):
-            return merged_copy(self).save_pretrained(save_dir, tokenizer=tokenizer)
-
-        out = Path(save_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{WEIGHTS_NAME}.tmp"
-        save_model(self, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, out / WEIGHTS_NAME)  # atomic: an interrupted save never leaves a half-written file
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
-        config = json.dumps(self.config_dict(tokenizer_saved=tokenizer is not None), indent=2)
-        atomic_write_text(out / CONFIG_NAME, config + "\n")
-        return out
-
-    @classmethod
-    def from_pretrained(cls, load_dir: str | Path, device: str | torch.device = "cpu") -> EffiMiniVLM:
-        """Rebuild a model saved by `save_pretrained`: offline, strict (every tensor must match)."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_model
-
-        folder = Path(load_dir)
-        cfg = read_model_config(folder)
-        arch = get_arch(cfg.arch, f"{folder / CONFIG_NAME}: arch")
-        if arch is not cls:  # the folder holds another registered architecture: let it load itself
-            return arch.from_pretrained(folder, device=device)
-        model = cls(cfg, pretrained=False)
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise WeightsError(f"{weights} is missing; a saved model folder holds {CONFIG_NAME} and "
-                               f"{WEIGHTS_NAME}")
-        try:
-            with safe_open(str(weights), framework="pt") as f:  # header only: check shapes before loading
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-            own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            bad = [f"{k} {shapes[k]} vs {own[k]}" for k in own if k in shapes and shapes[k] != own[k]]
-            if bad:
-                raise WeightsError(f"{weights} does not match {folder / CONFIG_NAME}: {len(bad)} shape "
-                                   f"mismatch(es), e.g. {', '.join(bad[:3])}")
-            missing, unexpected = load_model(model, str(weights), strict=False, device="cpu")
-        except (SafetensorError, RuntimeError, OSError) as e:
-            reason = str(e).splitlines()[0] if str(e) else ""
-            raise WeightsError(f"{weights}: cannot load ({type(e).__name__}: {reason})") from None
-        if missing or unexpected:
-            raise WeightsError(f"{weights} does not match {folder / CONFIG_NAME}: "
-                               f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-        return model.to(device).eval()
-
-
-def read_model_config(folder: Path) -> ModelCfg:
-    """The ModelCfg stored in `folder/config.json`; any problem names the file."""
-    path = Path(folder) / CONFIG_NAME
-    if not Path(folder).is_dir():
-        raise EffiMiniVLMError(f"{folder}: no such model folder (save one with model.save_pretrained)")
-    if not path.is_file():
-        raise EffiMiniVLMError(f"{path} is missing: {folder} is not a saved effiminivlm model")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EffiMiniVLMError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(data, dict) or "format_version" not in data:
-        raise EffiMiniVLMError(f"{path} is not an effiminivlm model config (no format_version)")
-    version = data.pop("format_version")
-    data.pop("effiminivlm_version", None)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise EffiMiniVLMError(f"{path}: format_version {version!r} is newer than this effiminivlm supports "
-                               f"({FORMAT_VERSION}); upgrade effiminivlm")
-    try:
-        cfg = from_dict(ModelCfg, data, "model")
-        check_model_names(cfg)
-    except (EffiMiniVLMError, ValueError, TypeError) as e:
-        raise EffiMiniVLMError(f"{path}: {e}") from None
-    return cfg
-
-
-def _version() -> str:
-    try:
-        return metadata.version("effiminivlm")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+            cfg["text_encoder"]["config"] = self.text_encoder.architecture()
+        return cfg

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from effiminivlm.data.dataset import ProductDataset, mean_token_length
@@ -69,21 +68,6 @@ class ModelProfile:
         return asdict(self)
 
 
-def _canonical_inputs(model: nn.Module, image_size: int | None, length: int | None) -> tuple[Any, ...]:
-    """(pixel_values, input_ids, attention_mask, has_image) for batch 1: every token attended, an image."""
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    pixels = has_image = ids = mask = None
-    if image_size is not None:
-        pixels = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
-        has_image = torch.ones(1, dtype=torch.bool, device=device)
-    if length is not None:  # the ids' values do not change the cost; 1 is in every vocabulary
-        ids = torch.ones(1, length, dtype=torch.long, device=device)
-        mask = torch.ones(1, length, dtype=torch.long, device=device)
-    return pixels, ids, mask, has_image
-
-
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise EffiMiniVLMError(f"{what} must be a positive integer, got {value!r}")
@@ -92,7 +76,7 @@ def _positive_int(value: Any, what: str) -> int:
 
 def _count_canonical(model: nn.Module, image_size: int | None, length: int | None, what: str) -> FlopCount:
     try:
-        return count_flops(model, _canonical_inputs(model, image_size, length))
+        return count_flops(model, (model.example_batch(image_size, length),))  # type: ignore[operator]
     except (RuntimeError, IndexError, ValueError) as e:  # e.g. more tokens than position embeddings
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise EffiMiniVLMError(f"cannot run the model on {what}: {reason}") from None

@@ -8,7 +8,7 @@ time, and a team that outgrows one process already runs a cluster. The pipeline,
                  same duplicate handling), handed to Ray as Arrow
     repartition  blocks of exactly `batch_size` rows, in input order (`strict=True`)
     collate      Ray tasks: decode + resize the images and tokenise the text of one block into one batch,
-                 with the canonical `ProductDataset` + `Collator`
+                 with the model's own processor (`ProductDataset` + collate)
     score        an actor pool (`--num-actors`, CPU or GPU actors) that loads the model once per actor
     write        the driver streams the scores, in input order, into the submission CSV (or a Parquet of
                  `item_id, score` when `--out` ends in .parquet), via a temporary file and a rename
@@ -35,13 +35,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from effiminivlm.data.dataset import Collator, ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.files import recover_dir
 from effiminivlm.inference import SCORE_RANGE, forward_batch, image_mode
-from effiminivlm.models.factory import create_transforms, load_model
+from effiminivlm.models.factory import load_model
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
 
@@ -79,20 +78,18 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _preprocessing(model_dir: str, images: str) -> tuple[Any, Any, int, str]:
-    """(tokenizer, eval transform, max_length, image mode) of a saved model, once per worker process."""
+def _preprocessing(model_dir: str, images: str) -> tuple[Any, str]:
+    """(the saved model's processor, image mode), once per worker process."""
     model, tokenizer = load_model(model_dir)
-    mode = image_mode(model, images)
-    transform = create_transforms(model.cfg.image_encoder, train=False) if mode != "none" else None
-    return tokenizer, transform, model.cfg.text_encoder.max_length, mode
+    return model.processor(tokenizer), image_mode(model, images)
 
 
 def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int
                   ) -> dict[str, list[Any]]:
     """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage)."""
-    tokenizer, transform, max_length, mode = _preprocessing(model_dir, images)
-    ds = ProductDataset(table, transform, store, mode)
-    collate = Collator(tokenizer, max_length)
+    processor, mode = _preprocessing(model_dir, images)
+    ds = processor.dataset(table, store, mode)
+    collate = processor.collator()
     payloads, sizes = [], []
     for start in range(0, len(ds), batch_size):
         batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])

@@ -173,13 +173,10 @@ def model_view_png(scorer: Scorer, img: Image.Image) -> bytes | None:
     """The image as the model saw it: the eval transform's tensor, un-normalised back to 8-bit RGB."""
     if scorer.images == "none":
         return None
-    from effiminivlm.models.factory import create_transforms
-    from effiminivlm.models.image_encoders import resolve_image_cfg
-
-    cfg = resolve_image_cfg(scorer.model.cfg.image_encoder)
-    tensor = create_transforms(cfg, train=False)(img)
-    mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
+    processor = scorer.model.processor(scorer.tokenizer)  # the model's own image size and normalisation
+    tensor = processor.transform(train=False)(img)
+    mean = np.asarray(processor.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(processor.std, dtype=np.float32)[:, None, None]
     arr = ((tensor.numpy() * std + mean).clip(0, 1) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
     buf = io.BytesIO()
     Image.fromarray(arr, mode="RGB").save(buf, format="PNG")

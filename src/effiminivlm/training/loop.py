@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from effiminivlm.config import Recipe, from_dict
-from effiminivlm.data.dataset import Collator, ProductDataset
+from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
@@ -35,7 +35,7 @@ from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
-from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms
+from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
 from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
@@ -68,7 +68,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(ds: ProductDataset, collate: Collator, batch_size: int, workers: int, *, shuffle_seed: int | None,
+def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_size: int, workers: int, *,
+            shuffle_seed: int | None,
             dist: distributed.Dist | None = None, epoch: int = 0) -> DataLoader:
     """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
     `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
@@ -167,12 +168,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)
     freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
-    mode = "none" if recipe.model.modalities == "text" else "first"
-    img_cfg = recipe.model.image_encoder
-    train_ds = ProductDataset(train_rows, create_transforms(img_cfg, True, recipe.data.augment), store, mode)
-    val_mode = "none" if mode == "none" else recipe.data.images  # first | mean, as evaluate/predict --images
-    val_ds = ProductDataset(val_rows, create_transforms(img_cfg, False), store, val_mode)
-    collate = Collator(tokenizer, recipe.model.text_encoder.max_length)
+    processor = model.processor(tokenizer)  # the architecture's own preprocessing (models.processor)
+    train_ds = processor.dataset(train_rows, store, "first", train=True, augment=recipe.data.augment)
+    val_ds = processor.dataset(val_rows, store, recipe.data.images)  # first | mean, as evaluate/predict
+    collate = processor.collator()
     workers = default_num_workers(recipe.data.num_workers)
     val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
                          shuffle_seed=None)
@@ -324,12 +323,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
 
 
 def init_output_bias(model: torch.nn.Module, value: float) -> None:
-    """Start the head's last Linear at the train-split mean rating instead of 0: the first steps then learn
-    differences between products rather than spending the warmup climbing from 0 to ~4."""
-    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
-    if last.bias is not None:
-        with torch.no_grad():
-            last.bias.fill_(value)
+    """Start the model's output at the train-split mean rating instead of 0 (`RatingModel.init_output_bias`:
+    the first steps then learn differences between products rather than climbing from 0 to ~4)."""
+    model.init_output_bias(value)  # type: ignore[operator]
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,0 +1,142 @@
+"""Blocks the architectures share, written once: the scaled-sigmoid output, mask-aware mean pooling,
+projection, a small transformer fusion encoder, attention pooling, cross-attention, an MLP head, and the two
+ways towers are built (transformers classes and timm models: random init from a config, or real weights
+from a weight source).
+
+Why one module: every peer system of the leaderboard is "towers + a small fusion + a head"; writing these
+parts once keeps each architecture's module short enough to read whole and makes them comparable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from effiminivlm.errors import WeightsError
+from effiminivlm.models.weights import load_into, load_state_dict, resolve_source
+
+
+class ScaledSigmoid(nn.Module):
+    """x -> 1 + 4 * sigmoid(x): a rating on [1, 5] by construction (the LoViF teams' output layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 + 4.0 * torch.sigmoid(x)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, D] -> [B, D]: the mean over the positions `mask` [B, L] marks (all when None); a row with no
+    marked position gives zeros, and whatever a masked position holds (even NaN) never leaks in."""
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.unsqueeze(-1).bool()
+    total = hidden.masked_fill(~m, 0.0).sum(1)  # masked_fill, not a product: masked rows may hold NaN
+    return total / m.sum(1).clamp(min=1).to(hidden.dtype)
+
+
+def projection(in_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear + LayerNorm: a tower's tokens into the fusion width."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+
+
+def fusion_encoder(dim: int, layers: int, heads: int, dropout: float = 0.1, ff_mult: int = 4
+                   ) -> nn.TransformerEncoder:
+    """A small post-norm TransformerEncoder (batch first, GELU) over fused tokens."""
+    layer = nn.TransformerEncoderLayer(dim, heads, dim * ff_mult, dropout, activation="gelu",
+                                       batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class AttentionPool(nn.Module):
+    """[B, L, D] -> [B, D]: a softmax over one learned score per token (masked positions excluded)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.score(tokens).squeeze(-1).float()
+        if mask is not None:
+            logits = logits.masked_fill(~mask.bool(), torch.finfo(logits.dtype).min)
+        weights = logits.softmax(-1).to(tokens.dtype)
+        return (weights.unsqueeze(-1) * tokens).sum(1)
+
+
+class CrossAttention(nn.Module):
+    """Queries attend to keys/values (pre-norm), then a feed-forward block; both residual."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(4 * dim, dim))
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pad = None if kv_mask is None else ~kv_mask.bool()
+        kv = self.norm_kv(kv)
+        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        return q + self.ff(self.norm_ff(q))
+
+
+def mlp_head(in_dim: int, hidden: int, dropout: float = 0.1, act: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """Linear-act-Dropout-Linear(., 1)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), act(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+
+# ------------------------------------------------------------------------------------------------- towers
+
+
+def hf_tower(model_cls: Any, config_cls: Any, config: dict[str, Any], source: str | None, what: str,
+             attn: str = "sdpa", **kwargs: Any) -> Any:
+    """A transformers model: random init from `config` (the published architecture written in the recipe,
+    so it builds offline), or `from_pretrained` on a weight source (hf-hub id or local folder; offline a
+    one-line WeightsError naming the option `what` and the local-dir form). `attn`: "eager" for a model
+    transformers has no SDPA attention for (DeBERTa)."""
+    if source is None:
+        return model_cls(config_cls(**config, attn_implementation=attn), **kwargs)
+    try:
+        path = resolve_source(source)
+    except WeightsError as e:
+        raise WeightsError(f"{what}: {e}") from None
+    try:
+        return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                         attn_implementation=attn, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{what}: cannot load {source} ({reason}); point it at a local copy: "
+                           "local-dir:/path/to/folder") from None
+
+
+_BOOKKEEPING = {"transformers_version", "architectures", "_name_or_path", "model_type", "dtype",
+                "torch_dtype",
+                "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states",
+                "_attn_implementation_autoset", "use_cache"}
+
+
+def hf_config(model: Any, keep: dict[str, Any]) -> dict[str, Any]:
+    """A built transformers model's architecture as recipe values: the keys of `keep` (the recipe's), or
+    every non-default key when `keep` is empty, read back from the model's config, so a model loaded from
+    a weight source saves what it really is and rebuilds offline."""
+    cfg = model.config.to_dict()
+    if keep:
+        return {k: cfg.get(k, v) for k, v in keep.items()}
+    return {k: v for k, v in model.config.to_diff_dict().items() if k not in _BOOKKEEPING}
+
+
+def timm_tower(name: str, source: str | None, what: str, **kwargs: Any) -> nn.Module:
+    """A timm model without classifier (`pretrained=False`: built offline), then a weight source's state
+    dict (safetensors / weights-only .pt / hf folder) loaded strictly when given."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if source is not None:
+        try:
+            state = load_state_dict(source)
+        except WeightsError as e:
+            raise WeightsError(f"{what}: {e}") from None
+        drop = ("classifier.", "head.fc.", "fc.", "head.")  # the classifier a tower does not keep
+        state = {k: v for k, v in state.items() if not k.startswith(drop)}
+        load_into(model, state, f"{what} from {source}")
+    return model

@@ -1,0 +1,125 @@
+"""minivitex: MiniViTex (early token fusion): CNN feature-map tokens and BERT-Mini tokens in one encoder.
+
+    pixels [B,3,384,384] --EfficientNetV2-S--> [B,1280,12,12] --> 144 tokens --proj--> [B,144,384] --+
+                                               attention pool --> image pseudo-CLS [B,1,384] ----------+
+    ids [B,32] --BERT-Mini (4 layers, 256-d)--> [B,32,256] --proj--> [B,32,384] --------------------+
+    [CLS; image pseudo-CLS; visual tokens; text tokens] + one shared positional encoding
+       --> 2-layer 4-head encoder (dropout 0.1) --> LayerNorm + Linear on CLS = rating [B]
+
+The backbone is any timm model (`backbone`: tf_efficientnetv2_s, or resnet50 / deit_small_patch16_224 as
+options); its feature map is average-pooled to `grid` x `grid` tokens (a ViT's patch tokens are laid back on
+their grid first). `modalities: image` drops the text tokens (the ablation), `text` the visual ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effiminivlm.config import ModelCfg
+from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.base import RatingModel
+from effiminivlm.models.blocks import (
+    AttentionPool,
+    fusion_encoder,
+    hf_config,
+    hf_tower,
+    projection,
+    timm_tower,
+)
+from effiminivlm.typed import check_int, check_number
+
+
+@dataclass
+class MiniViTexOptions:
+    backbone: str = "tf_efficientnetv2_s"  # a timm model name
+    image_pretrained: str | None = None  # the backbone's weights: local-file:/path/x.safetensors, ...
+    text_pretrained: str | None = None  # BERT-Mini: hf-hub:google/bert_uncased_L-4_H-256_A-4 or local-dir:
+    text: dict[str, Any] = field(default_factory=dict)  # BertConfig values
+    dim: int = 384
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    grid: int = 12  # visual tokens per side
+
+    def __post_init__(self) -> None:
+        check_int("dim", self.dim, 1, 8192)
+        check_int("layers", self.layers, 1, 64)
+        check_int("heads", self.heads, 1, self.dim)
+        check_number("dropout", self.dropout, ge=0, lt=1)
+        check_int("grid", self.grid, 1, 64)
+
+
+@MODEL_ARCHS.register("minivitex")
+class MiniViTex(RatingModel):
+    Options = MiniViTexOptions
+
+    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+        from transformers import BertConfig, BertModel
+
+        super().__init__(cfg)
+        o = self.opts
+        n_text = 0
+        if cfg.modalities != "text":
+            self.image_encoder = timm_tower(o.backbone, o.image_pretrained if pretrained else None,
+                                            "model.options.image_pretrained")
+            self.image_proj = projection(self.image_encoder.num_features, o.dim)
+            self.image_pool = AttentionPool(o.dim)  # the image-only pseudo-CLS
+        if cfg.modalities != "image":
+            text_source = o.text_pretrained if pretrained else None
+            self.text_encoder = hf_tower(BertModel, BertConfig, o.text, text_source,
+                                         "model.options.text_pretrained (BERT-Mini)",
+                                         add_pooling_layer=False)
+            self.text_proj = projection(self.text_encoder.config.hidden_size, o.dim)
+            n_text = cfg.text_encoder.max_length
+        self.cls = nn.Parameter(torch.zeros(1, 1, o.dim))
+        self.pos = nn.Parameter(torch.randn(1, 2 + o.grid**2 + n_text, o.dim) * 0.02)  # shared by all tokens
+        self.encoder = fusion_encoder(o.dim, o.layers, o.heads, o.dropout)
+        self.head = nn.Sequential(nn.LayerNorm(o.dim), nn.Linear(o.dim, 1))
+        nn.init.constant_(self.head[1].bias, 3.0)  # the middle of the 1-5 scale (train: the mean rating)
+        self.eval()
+
+    def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, grid*grid, num_features]: the backbone's last feature map, pooled to the grid."""
+        fmap = self.image_encoder.forward_features(pixels)
+        if fmap.ndim == 3:  # a ViT: patch tokens back onto their square grid
+            tokens = fmap[:, getattr(self.image_encoder, "num_prefix_tokens", 1):]
+            side = math.isqrt(tokens.shape[1])
+            fmap = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
+        return F.adaptive_avg_pool2d(fmap, self.opts.grid).flatten(2).transpose(1, 2)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        ref = batch["input_ids"] if batch.get("input_ids") is not None else batch["pixel_values"]
+        size, dev = len(ref), ref.device
+        g2 = self.opts.grid ** 2  # position slots: CLS 0, pseudo-CLS 1, visual 2..g2+1, text after
+        tokens = [self.cls.expand(size, -1, -1) + self.pos[:, :1]]
+        masks = [torch.ones(size, 1, dtype=torch.bool, device=dev)]
+        pixels = batch.get("pixel_values")
+        if self.image_encoder is not None and pixels is not None:
+            vis = self.image_proj(self.visual_tokens(pixels))
+            has = batch.get("has_image")
+            has = torch.ones(size, dtype=torch.bool, device=dev) if has is None else has.bool()
+            tokens.append(torch.cat([self.image_pool(vis).unsqueeze(1), vis], 1) + self.pos[:, 1:2 + g2])
+            masks.append(has.unsqueeze(1).expand(-1, 1 + g2))
+        if self.text_encoder is not None:
+            mask = batch["attention_mask"]
+            hidden = self.text_encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+            tokens.append(self.text_proj(hidden) + self.pos[:, 2 + g2:2 + g2 + hidden.shape[1]])
+            masks.append(mask.bool())
+        x, mask = torch.cat(tokens, 1), torch.cat(masks, 1)
+        x = self.encoder(x, src_key_padding_mask=~mask)
+        with torch.autocast(x.device.type, enabled=False):  # head in fp32
+            return self.head(x[:, 0].float()).squeeze(-1)
+
+    def saved_options(self) -> dict[str, Any]:
+        out = super().saved_options()
+        out["image_pretrained"] = out["text_pretrained"] = None
+        if self.text_encoder is not None:
+            out["text"] = hf_config(self.text_encoder, out["text"])
+        return out
