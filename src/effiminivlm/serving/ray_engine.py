@@ -42,6 +42,7 @@ from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.files import recover_dir
 from effiminivlm.inference import SCORE_RANGE, forward_batch, image_mode
 from effiminivlm.models.factory import create_transforms, load_model
+from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
 
@@ -87,11 +88,12 @@ def _preprocessing(model_dir: str, images: str) -> tuple[Any, Any, int, str]:
     return tokenizer, transform, model.cfg.text_encoder.max_length, mode
 
 
-def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int
-                  ) -> dict[str, list[Any]]:
-    """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage)."""
+def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int,
+                  draft: int | None = None) -> dict[str, list[Any]]:
+    """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage);
+    `draft`: the fast path's JPEG draft decoding, as `predict` below fp32."""
     tokenizer, transform, max_length, mode = _preprocessing(model_dir, images)
-    ds = ProductDataset(table, transform, store, mode)
+    ds = ProductDataset(table, transform, store, mode, draft=draft if mode != "none" else None)
     collate = Collator(tokenizer, max_length)
     payloads, sizes = [], []
     for start in range(0, len(ds), batch_size):
@@ -110,8 +112,8 @@ class ScoreActor:
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.precision = precision
-        self.model, _ = load_model(model_dir)
-        self.model.to(self.device).eval()
+        model, _ = load_model(model_dir)
+        self.model = optimize_for_inference(model, self.device, precision)  # predict's fast path below fp32
 
     def __call__(self, batches: pa.Table) -> dict[str, list[Any]]:
         ids: list[str] = []
@@ -207,7 +209,8 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
         scored = (ds.repartition(target_num_rows_per_block=batch_size, strict=True)
                   .map_batches(collate_block, batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5,
                                fn_kwargs={"model_dir": model_dir, "images": images, "store": store,
-                                          "batch_size": batch_size})
+                                          "batch_size": batch_size,
+                                          "draft": prof.image_size if prec != "fp32" else None})
                   .map_batches(ScoreActor, batch_size=1, batch_format="pyarrow",
                                compute=ray.data.ActorPoolStrategy(size=actors),
                                num_cpus=actor_cpus, num_gpus=1 if dev == "cuda" else 0,
