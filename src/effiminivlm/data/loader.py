@@ -76,7 +76,7 @@ class RowCollator:
 
 
 def restore_order(rows: Sequence[int] | torch.Tensor, n: int) -> list[int]:
-    """Positions that put outputs produced in `rows` order back in input order (checks every row came once)."""
+    """Positions that put outputs made in `rows` order back in input order (every row must come once)."""
     rows = [int(r) for r in rows]
     if sorted(rows) != list(range(n)):
         raise ValueError(f"batches covered {len(rows)} rows ({len(set(rows))} distinct) of {n}")

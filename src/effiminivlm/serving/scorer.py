@@ -47,7 +47,7 @@ class Scorer:
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.fast = self.precision != "fp32"
-        self.runner = optimize_for_inference(self.model, self.device, self.precision) if self.fast else self.model
+        self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.num_workers = default_num_workers(num_workers)

@@ -1,0 +1,119 @@
+"""The fast scoring path: length-sorted batches come back in input order, JPEG draft decoding, the optimised
+model copy (bf16 weights, channels-last, int8), the hi-res catalog, and the scorer's default path."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effiminivlm.config import load_recipe
+from effiminivlm.data.images import load_image_with_reason
+from effiminivlm.data.inputs import read_inputs
+from effiminivlm.data.loader import LengthSortedBatches, restore_order
+from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.realistic import write_hi_res_catalog
+from effiminivlm.inference import make_loader, run_inference
+from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
+
+from .conftest import SHARED_DEV
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = load_recipe("tiny", ["model.text_encoder.max_length=256",  # texts of many lengths, as real ones
+                               "model.text_encoder.config.max_position_embeddings=256"]).model
+    torch.manual_seed(0)
+    return create_model(cfg, pretrained=False), create_tokenizer(cfg.text_encoder)
+
+
+@pytest.fixture(scope="module")
+def hi_res(tmp_path_factory):
+    """24 items at 300-400 px (small for speed; the benchmark uses 1000-1500), real texts when present."""
+    texts = SHARED_DEV / "meta_Amazon_Fashion.jsonl"
+    out = tmp_path_factory.mktemp("hires") / "cat"
+    write_hi_res_catalog(out, 24, texts=texts if texts.is_file() else None, min_px=300, max_px=400)
+    return out
+
+
+def test_length_sorted_batches_cover_every_row_once_longest_first() -> None:
+    lengths = [5, 50, 20, 50, 1, 30, 7]
+    batches = list(LengthSortedBatches(lengths, 3))
+    assert batches == [[1, 3, 5], [2, 6, 0], [4]]  # stable: equal lengths keep input order
+    rows = [r for b in batches for r in b]
+    assert [rows[k] for k in restore_order(rows, 7)] == list(range(7))
+    windowed = list(LengthSortedBatches(lengths, 2, window=4))  # sorts within rows 0-3, then 4-6
+    assert windowed == [[1, 3], [2, 0], [5, 6], [4]]
+    with pytest.raises(ValueError, match="covered"):
+        restore_order([0, 0, 1], 3)
+
+
+def test_sorted_loader_returns_input_order_and_less_padding(tiny, hi_res) -> None:
+    model, tok = tiny
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    plain = make_loader(model, tok, src.table, src.store, batch_size=8)
+    fast = make_loader(model, tok, src.table, src.store, batch_size=8, sort_by_length=True)
+    assert sum(b["input_ids"].numel() for b in fast) < sum(b["input_ids"].numel() for b in plain)
+    a = run_inference(model, plain, CPU, progress=False)
+    b = run_inference(model, fast, CPU, progress=False)
+    assert b.item_id == a.item_id == src.table.column("parent_asin").to_pylist()
+    assert b.item_image_status == a.item_image_status
+    np.testing.assert_allclose(b.target, a.target)
+    np.testing.assert_allclose(b.pred, a.pred, atol=1e-5)  # fp32: only the batch composition changed
+    assert np.std(a.pred) > 0
+
+
+def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None:
+    big = Image.new("RGB", (1200, 1000), (200, 30, 40))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    big.save(jpeg, "JPEG")
+    big.save(png, "PNG")
+    img, reason = load_image_with_reason(io.BytesIO(jpeg.getvalue()), draft=224)
+    assert reason is None and img.mode == "RGB" and img.size == (300, 250)  # 1/4 scale: both sides >= 224
+    assert load_image_with_reason(io.BytesIO(jpeg.getvalue()), draft=450)[0].size == (600, 500)
+    assert load_image_with_reason(io.BytesIO(jpeg.getvalue()))[0].size == (1200, 1000)
+    assert load_image_with_reason(io.BytesIO(png.getvalue()), draft=224)[0].size == (1200, 1000)
+
+
+def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepared) -> None:
+    model, tok = tiny
+    table = read_prepared(prepared, "test")
+    fast = optimize_for_inference(model, CPU, "bf16")
+    assert fast is not model and fast.fast_levers == ["bf16_weights", "channels_last"]
+    assert {p.dtype for p in fast.image_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fast.text_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fast.head.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the caller's model is untouched
+    assert optimize_for_inference(model, CPU, "fp32") is model
+    exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
+    for levers in (ModelLevers(), ModelLevers(bf16_weights=False, int8_linear=True)):
+        runner = optimize_for_inference(model, CPU, "bf16", levers)
+        got = run_inference(runner, make_loader(model, tok, table, batch_size=8, sort_by_length=True),
+                            CPU, "bf16", progress=False)
+        assert got.pred.dtype == np.float64 and got.item_id == exact.item_id
+        assert np.abs(got.pred - exact.pred).max() < 0.005  # on the 1-5 scale (bf16 rounding of features)
+    int8 = optimize_for_inference(model, CPU, "bf16", ModelLevers(int8_linear=True))
+    assert "DynamicQuantizedLinear" in repr(int8.text_encoder)
+    assert int8.text_encoder.num_features == model.text_encoder.num_features
+
+
+def test_hi_res_catalog_has_real_texts_and_big_jpegs(hi_res) -> None:
+    lines = (hi_res / "meta_HiRes.jsonl").read_text().splitlines()
+    assert len(lines) == 24
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    assert src.table.num_rows == 24 and len(set(src.table.column("parent_asin").to_pylist())) == 24
+    sizes = [Image.open(p).size for p in sorted((hi_res / "images").glob("*.jpg"))]
+    assert len(sizes) == 24 and all(300 <= w <= 400 and w == h for w, h in sizes)
+    paths = [src.store.resolve(refs[0]) for refs in src.table.column("images").to_pylist()]
+    assert all(p is not None for p in paths)
+    if (SHARED_DEV / "meta_Amazon_Fashion.jsonl").is_file():  # real titles, not the generator's
+        first = (SHARED_DEV / "meta_Amazon_Fashion.jsonl").read_text().splitlines()[0]
+        assert src.table.column("title")[0].as_py()[:20] in first
+    with pytest.raises(Exception, match="not empty"):
+        write_hi_res_catalog(hi_res, 2)
