@@ -117,3 +117,39 @@ def test_hi_res_catalog_has_real_texts_and_big_jpegs(hi_res) -> None:
         assert src.table.column("title")[0].as_py()[:20] in first
     with pytest.raises(Exception, match="not empty"):
         write_hi_res_catalog(hi_res, 2)
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny, tmp_path_factory):
+    model, tok = tiny
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder, tokenizer=tok)
+    return folder
+
+
+def test_export_onnx_matches_the_pytorch_model_at_other_batch_and_length(tmp_path, saved_tiny) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    from effiminivlm.cli import main
+    from effiminivlm.models.factory import load_model
+
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(saved_tiny), "--out", str(out), "--format", "onnx"]) == 0
+    written = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "preprocess.json", "config.json", "tokenizer.json"} <= written
+    pre = json.loads((out / "preprocess.json").read_text())
+    model, tok = load_model(saved_tiny)
+    assert pre["image"]["size"] == [64, 64] and pre["text"]["max_length"] == model.cfg.text_encoder.max_length
+    texts = ["a", "blue canvas tote bag with zip " * 4, "mug", "leather shoe, size 9", "x " * 80]
+    enc = tok(texts, padding="longest", truncation=True, max_length=256, return_tensors="np")
+    pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    has = torch.tensor([True, False, True, True, False])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["score"], {"pixel_values": pixels.numpy(), "input_ids": enc["input_ids"],
+                                  "attention_mask": enc["attention_mask"], "has_image": has.numpy()})[0]
+    with torch.no_grad():
+        want = model(pixels, torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]), has)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    assert np.std(want.numpy()) > 0
+    assert main(["export", "--model", str(saved_tiny), "--out", str(out)]) == 2  # not empty: refused

@@ -6,7 +6,7 @@ the same process, one after the other, each after the same warmup rows:
 
 - **reference**: what the reference implementation does: fp32 weights, eager, per-image PIL open + RGB +
   Resize(S, S) + ToTensor + Normalize in the main process, the tokenizer padding to the longest text of the
-  batch and truncating at 256, batches in input order.
+  batch and truncating at 256 (or the model's max_length when shorter), batches in input order.
 - **fp32, no acceleration**: this package's exact path (`--precision fp32`): fp32, full JPEG decode,
   input-order batches, loading in the main process.
 - **fast**: the default path below fp32 (`inference.make_loader(sort_by_length, draft)` +
@@ -139,6 +139,7 @@ def reference_scores(model: torch.nn.Module, tokenizer: Any, table: pa.Table, st
     uses_images = getattr(model, "image_encoder", None) is not None
     tf = reference_transform(model) if uses_images else None
     size = model.cfg.image_encoder.image_size  # type: ignore[attr-defined]
+    max_length = min(REFERENCE_MAX_LENGTH, model.cfg.text_encoder.max_length)  # type: ignore[attr-defined]
     preds = []
     with torch.no_grad():
         for start in range(0, table.num_rows, batch_size):
@@ -154,7 +155,7 @@ def reference_scores(model: torch.nn.Module, tokenizer: Any, table: pa.Table, st
                     pixels.append(torch.zeros(3, size, size))
                     has.append(False)
             enc = tokenizer([texts.text(i) for i in rows], padding="longest", truncation=True,
-                            max_length=REFERENCE_MAX_LENGTH, return_tensors="pt")
+                            max_length=max_length, return_tensors="pt")
             out = model(torch.stack(pixels) if uses_images else None, enc["input_ids"], enc["attention_mask"],
                         torch.tensor(has))
             preds.append(out.float().numpy())
