@@ -153,3 +153,21 @@ def test_export_onnx_matches_the_pytorch_model_at_other_batch_and_length(tmp_pat
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
     assert np.std(want.numpy()) > 0
     assert main(["export", "--model", str(saved_tiny), "--out", str(out)]) == 2  # not empty: refused
+
+
+def test_export_openvino_ir_matches_the_pytorch_model(tmp_path, saved_tiny) -> None:
+    ov = pytest.importorskip("openvino")
+    from effiminivlm.models.export import example_inputs, export_model
+    from effiminivlm.models.factory import load_model
+
+    info = export_model(saved_tiny, tmp_path / "ov", "openvino")
+    assert info["files"][:2] == ["model.xml", "model.bin"] and info["check_max_abs_diff"] < 1e-3
+    model, tok = load_model(saved_tiny)
+    inputs = example_inputs(model, tok, batch=4)
+    compiled = ov.Core().compile_model(str(tmp_path / "ov" / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    names = ("pixel_values", "input_ids", "attention_mask", "has_image")
+    got = compiled({n: t.numpy() for n, t in zip(names, inputs, strict=True)})[compiled.output(0)]
+    with torch.no_grad():
+        want = model(*inputs)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)

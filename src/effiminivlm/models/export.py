@@ -156,8 +156,9 @@ def _to_openvino(onnx_path: Path, folder: Path, inputs: tuple[torch.Tensor, ...]
         raise EffiMiniVLMError("--format openvino needs openvino: pip install 'effiminivlm[openvino]'"
                                ) from None
     ov_model = ov.convert_model(str(onnx_path))
-    ov.save_model(ov_model, str(folder / "model.xml"))
-    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU")
+    ov.save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=False)  # the fp32 weights as trained
+    # checked in f32: the CPU plugin would otherwise pick bf16 on AMX machines (a deployment may choose it)
+    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     names = {p.get_any_name() for p in compiled.inputs}
     result = compiled({k: v for k, v in _feeds(inputs).items() if k in names})
     return np.asarray(result[compiled.output(0)])
