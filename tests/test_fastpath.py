@@ -171,3 +171,39 @@ def test_export_openvino_ir_matches_the_pytorch_model(tmp_path, saved_tiny) -> N
     with torch.no_grad():
         want = model(*inputs)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_bucketed_training_batches_cover_each_row_once_with_similar_lengths() -> None:
+    from effiminivlm.data.loader import BucketedShuffledBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 1000, size=200).tolist()
+    batches = list(BucketedShuffledBatches(lengths, 8, seed=3, pool_batches=5))
+    assert sorted(r for b in batches for r in b) == list(range(200)) and len(batches) == 25
+    assert [b for b in BucketedShuffledBatches(lengths, 8, seed=3, pool_batches=5)] == batches  # reproducible
+    assert list(BucketedShuffledBatches(lengths, 8, seed=4, pool_batches=5)) != batches  # a new epoch differs
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    random_spread = np.mean([np.ptp(rng.choice(lengths, 8)) for _ in range(200)])
+    assert spread < 0.5 * random_spread  # similar lengths in a batch: little padding
+
+
+def test_train_with_bucketed_batches_and_draft_decoding(tiny_recipe, prepared, tmp_path) -> None:
+    from effiminivlm.config import load_recipe
+    from effiminivlm.training import loop
+
+    recipe = load_recipe(tiny_recipe.to_dict(), ["data.bucket_by_length=true", "data.draft_decode=true"])
+    seen: list[list[str]] = []
+    step = loop.train_step
+
+    def spy(model, batch, *args, **kwargs):
+        seen.append(list(batch["item_id"]))
+        return step(model, batch, *args, **kwargs)
+
+    loop.train_step = spy
+    try:
+        summary = loop.train(recipe, prepared, tmp_path / "run", progress=False, log=lambda _: None)
+    finally:
+        loop.train_step = step
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file() and summary
+    assert len(seen) == 6 and all(len(b) == 8 for b in seen)
+    assert seen[:3] != seen[3:]  # each epoch draws its own bucketed batches

@@ -84,3 +84,30 @@ def restore_order(rows: Sequence[int] | torch.Tensor, n: int) -> list[int]:
     for pos, r in enumerate(rows):
         where[r] = pos
     return where
+
+
+class BucketedShuffledBatches(torch.utils.data.Sampler[list[int]]):
+    """Training batches of similar text length in a random order (bucketed padding for the training step).
+
+    Rows are shuffled with `seed`, cut into pools of `pool_batches` batches, each pool is sorted by length and
+    cut into batches, and the batches are shuffled again: every epoch still sees every row once in a fresh
+    order, but a batch's texts are about equally long, so little of the step's compute is padding. The
+    same (lengths, batch_size, seed) always gives the same batches (resume and reruns are reproducible)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool_batches: int = 16) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(lengths), generator=gen).tolist()
+        pool = batch_size * max(1, pool_batches)
+        batches: list[list[int]] = []
+        for start in range(0, len(order), pool):
+            rows = sorted(order[start:start + pool], key=lambda i: -lengths[i])
+            batches += [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+        self.batches = [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
