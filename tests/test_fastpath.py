@@ -207,3 +207,34 @@ def test_train_with_bucketed_batches_and_draft_decoding(tiny_recipe, prepared, t
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file() and summary
     assert len(seen) == 6 and all(len(b) == 8 for b in seen)
     assert seen[:3] != seen[3:]  # each epoch draws its own bucketed batches
+
+
+def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_res, saved_tiny, tmp_path,
+                                                                           capsys) -> None:
+    import json
+
+    from effiminivlm.cli import main
+
+    args = ["benchmark", "--baseline", "reference", "--model", str(saved_tiny), "--data",
+            str(hi_res / "meta_HiRes.jsonl"), "--batch-size", "4", "--warmup", "1", "--max-samples", "12",
+            "--json", str(tmp_path / "t3.json"), "--markdown", str(tmp_path / "t3.md")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "t3.json").read_text())
+    names = [r["name"] for r in report["runs"]]
+    assert names == ["reference pipeline", "fp32, no acceleration", "fast"]
+    assert all(r["samples"] == 12 and r["samples_per_s"] > 0 for r in report["runs"])
+    ref = report["runs"][0]["samples_per_s"]
+    assert report["fast_speedup_vs_reference"] == round(report["runs"][2]["samples_per_s"] / ref, 2)
+    assert "length-sorted batches" in report["runs"][2]["techniques"]
+    par = report["parity"]["fast_vs_fp32"]
+    assert par["items"] == 12 and 0 < par["max_abs_diff"] < 0.01 and abs(par["plcc_change"]) < 0.5
+    assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
+    parts = {(t["part"], t["precision"]) for t in report["model_only"]}
+    assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
+    assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])
+    assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
+    md = (tmp_path / "t3.md").read_text()
+    assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md
+    assert "| fast |" in capsys.readouterr().out
+    assert main([*args[:2], "best", *args[3:]]) == 2
+    assert "--baseline must be one of reference" in capsys.readouterr().err

@@ -140,6 +140,7 @@ def reference_scores(model: torch.nn.Module, tokenizer: Any, table: pa.Table, st
     tf = reference_transform(model) if uses_images else None
     size = model.cfg.image_encoder.image_size  # type: ignore[attr-defined]
     max_length = min(REFERENCE_MAX_LENGTH, model.cfg.text_encoder.max_length)  # type: ignore[attr-defined]
+    dev = next(model.parameters()).device
     preds = []
     with torch.no_grad():
         for start in range(0, table.num_rows, batch_size):
@@ -156,9 +157,9 @@ def reference_scores(model: torch.nn.Module, tokenizer: Any, table: pa.Table, st
                     has.append(False)
             enc = tokenizer([texts.text(i) for i in rows], padding="longest", truncation=True,
                             max_length=max_length, return_tensors="pt")
-            out = model(torch.stack(pixels) if uses_images else None, enc["input_ids"], enc["attention_mask"],
-                        torch.tensor(has))
-            preds.append(out.float().numpy())
+            out = model(torch.stack(pixels).to(dev) if uses_images else None, enc["input_ids"].to(dev),
+                        enc["attention_mask"].to(dev), torch.tensor(has, device=dev))
+            preds.append(out.float().cpu().numpy())  # the copy back also waits for a CUDA device
     return np.concatenate(preds) if preds else np.zeros(0)
 
 

@@ -83,6 +83,6 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start if len(usable) > warmup else float("nan")
         n = sum(len(b["item_id"]) for b in usable[warmup:])
-        out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 3),
-                             round(flops / 1e9 / seconds, 1), round(seconds * 1e3 / max(n, 1), 3)))
+        out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 6),
+                             round(flops / 1e9 / seconds, 3), round(seconds * 1e3 / max(n, 1), 3)))
     return out
