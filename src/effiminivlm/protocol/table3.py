@@ -71,9 +71,12 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
             "fp32_gflops": round(matmul_peak_gflops(torch.float32), 1)} if dev.type == "cpu" else {}
     say(f"reference pipeline on {wanted} items")
     runs = [run_reference(model, tokenizer, table, src.store, batch_size, warm_rows)]
+    say(f"  {runs[0].samples_per_s:.2f} samples/s")
     for cfg in (FP32_EXACT, fast, *(ablations(fast, compile_lever) if ablation else [])):
         say(f"{cfg.name} on {wanted} items")
         runs.append(run_path(model, tokenizer, table, src.store, cfg, batch_size, warm_rows, dev))
+        rate = runs[-1].samples_per_s
+        say(f"  {rate:.2f} samples/s ({rate / runs[0].samples_per_s:.2f}x the reference)")
     ref = runs[0].samples_per_s
     for r in runs:
         r.speedup_vs_reference = round(r.samples_per_s / ref, 2)
