@@ -60,9 +60,12 @@ def _inputs(part: str, batch: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: list[dict[str, Any]],
-                device: torch.device, precision: str, warmup: int = 1) -> list[TowerRate]:
+                device: torch.device, precision: str, warmup: int = 1,
+                flops_cache: dict[str, int] | None = None) -> list[TowerRate]:
     """Model-only rate of the text tower, the image tower and the whole model of `runner` (the fast path's
-    model) on `batches` (collated, untimed); FLOPs counted on `reference` (fp32) with the same shapes."""
+    model) on `batches` (collated, untimed); FLOPs counted on `reference` (fp32) with the same shapes, once
+    per part when the same `flops_cache` is passed for several runners."""
+    cache = flops_cache if flops_cache is not None else {}
     out = []
     for part in ("text_encoder", "image_encoder", "model"):
         ref = reference if part == "model" else getattr(reference, part, None)
@@ -70,7 +73,9 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
         usable = [b for b in batches if part == "text_encoder" or b.get("pixel_values") is not None]
         if ref is None or run is None or not usable:
             continue
-        flops = sum(count_flops(ref, _inputs(part, b)).total for b in usable[warmup:])
+        if part not in cache:
+            cache[part] = sum(count_flops(ref, _inputs(part, b)).total for b in usable[warmup:])
+        flops = cache[part]
         with torch.inference_mode():
             for k, b in enumerate(usable):
                 if k == warmup:

@@ -132,8 +132,9 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
     step = max(1, len(batches) // max(n_batches, 1))
     batches = batches[::step][:n_batches + 1]  # +1: the first is the warmup batch
     runner = optimize_for_inference(model, dev, fast.precision, fast.levers)
-    return [*tower_rates(model, runner, batches, dev, fast.precision),
-            *tower_rates(model, model, batches, dev, "fp32")]
+    flops: dict[str, int] = {}
+    return [*tower_rates(model, runner, batches, dev, fast.precision, flops_cache=flops),
+            *tower_rates(model, model, batches, dev, "fp32", flops_cache=flops)]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
