@@ -152,7 +152,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| path | techniques | samples/s | ms/sample | x reference | CPU busy |",
         "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in report["runs"]:
-        lines.append(f"| {r['name']} | {', '.join(r['techniques'])} | {r['samples_per_s']:.1f} | "
+        lines.append(f"| {r['name']} | {', '.join(r['techniques']) or 'none'} | {r['samples_per_s']:.1f} | "
                      f"{r['ms_per_sample']:.2f} | {r['speedup_vs_reference']:.2f} | {r['cpu_busy']:.2f} |")
     lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
