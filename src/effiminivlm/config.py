@@ -151,6 +151,8 @@ class DataCfg:
     images: str = "first"  # first | mean: which images of an item feed the model in train's validation
     augment: str = "none"  # none | flip (random horizontal flip during training)
     num_workers: int = 2
+    bucket_by_length: bool = False  # training batches of similar text length (one process only)
+    draft_decode: bool = True  # JPEGs decoded at the smallest DCT scale covering the model's image size
 
     def __post_init__(self) -> None:
         check_choice("images", self.images, IMAGE_MODES)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from effiminivlm.data.loader import LengthSortedBatches, RowCollator, RowDataset, restore_order, text_lengths
 from effiminivlm.runtime import autocast
 
 
@@ -44,11 +45,12 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.d
 @torch.no_grad()
 def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, precision: str = "fp32",
                   progress: bool = True, desc: str = "predict") -> InferenceResult:
-    """Predict every batch of `loader` in eval mode; returns predictions in loader order."""
+    """Predict every batch of `loader` in eval mode; returns predictions in loader order, or, when batches
+    carry their input rows (`make_loader(sort_by_length=True)`), in input-row order."""
     was_training = model.training
     model.eval()
     res = InferenceResult()
-    preds, targets, counts = [], [], []
+    preds, targets, counts, rows = [], [], [], []
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for batch in bar:
@@ -61,13 +63,25 @@ def run_inference(model: torch.nn.Module, loader: Any, device: torch.device, pre
         res.category.extend(batch["category"])
         res.image_status.update(batch["image_status"])
         res.item_image_status.extend(batch["image_status"])
+        if "row" in batch:
+            rows.extend(batch["row"].tolist())
     res.seconds = time.perf_counter() - start
     if preds:
         res.pred = np.concatenate(preds).astype(np.float64)
         res.target = np.concatenate(targets).astype(np.float64)
         res.rating_number = np.concatenate(counts).astype(np.float64)
+    if rows:
+        _to_input_order(res, restore_order(rows, len(res.item_id)))
     model.train(was_training)
     return res
+
+
+def _to_input_order(res: InferenceResult, where: list[int]) -> None:
+    """Reorder every per-row field of `res` so row r of the input is position r (`where[r]` = its slot)."""
+    res.pred, res.target, res.rating_number = res.pred[where], res.target[where], res.rating_number[where]
+    res.item_id = [res.item_id[k] for k in where]
+    res.category = [res.category[k] for k in where]
+    res.item_image_status = [res.item_image_status[k] for k in where]
 
 
 #: Every score is clipped to the rating scale before anyone sees it.
@@ -84,13 +98,21 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
-                pad_to_max: bool = False, decoded: Any = None) -> DataLoader:
+                pad_to_max: bool = False, decoded: Any = None, sort_by_length: bool = False,
+                draft: bool = False) -> DataLoader:
     """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema), built by the
     model's own processor (`model.processor(tokenizer)`): eval transforms at the model's image size, text
     truncated at its max_length and padded to the longest in the batch, or with `pad_to_max` to max_length
     (the protocol's canonical input). Shared by every stage that predicts. `decoded`: per-row in-memory
-    images (see `ProductDataset`), used instead of the row's references."""
+    images (see `ProductDataset`), used instead of the row's references.
+
+    The fast path's loading levers: `sort_by_length` batches rows of similar text length (bucketed padding;
+    batches carry `"row"` and `run_inference` returns input order); `draft` decodes JPEGs straight at the
+    smallest DCT scale that still covers the model's image size."""
     processor = model.processor(tokenizer)  # type: ignore[operator]  (models.base.RatingModel)
-    ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=processor.collator(pad_to_max=pad_to_max))
+    ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded, draft=draft)
+    collate = processor.collator(pad_to_max=pad_to_max)
+    if sort_by_length and not pad_to_max:
+        return DataLoader(RowDataset(ds), batch_sampler=LengthSortedBatches(text_lengths(ds), batch_size),
+                          num_workers=num_workers, collate_fn=RowCollator(collate))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)

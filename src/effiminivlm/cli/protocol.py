@@ -80,7 +80,7 @@ def benchmark_cmd(
     split: str | None = typer.Option(None, help="Split of a prepared folder (default test; all: every row)."),
     images_dir: str | None = typer.Option(None, help="Images of input.csv, or the fetch-images cache."),
     batch_size: int = typer.Option(32, help="Batch size."),
-    warmup: int = typer.Option(2, help="Warmup batches, run before the clock starts and never counted."),
+    warmup: int = typer.Option(5, help="Warmup batches, run before the clock starts and never counted."),
     batches: int | None = typer.Option(None, help="Measured batches (default: every row after warmup)."),
     max_samples: int | None = typer.Option(None, help="Measured samples instead of --batches."),
     scope: str = typer.Option("end_to_end", help="end_to_end (read + decode + tokenize + forward) | model "
@@ -93,12 +93,33 @@ def benchmark_cmd(
     threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's)."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    baseline: str | None = typer.Option(None, "--baseline", help="reference: time the reference pipeline, "
+                                        "the fp32 path and the fast path on the same items in one run (the "
+                                        "Table 3 report, with parity and the measured matmul peak)."),
+    ablation: bool = typer.Option(False, "--ablation", help="With --baseline: also time the fast path with "
+                                  "each lever flipped."),
+    compile_lever: bool = typer.Option(False, "--compile", help="With --ablation: also try torch.compile."),
+    markdown: str | None = typer.Option(None, "--markdown", help="With --baseline: write the report as "
+                                        "Markdown here."),
 ) -> None:
-    """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision)."""
+    """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision); with
+    --baseline reference, the fast path against the reference pipeline (Table 3)."""
     from effiminivlm.protocol.runtime import run_benchmark
     from effiminivlm.protocol.tables import print_report
 
     _writable(json_out, "--json", "file")
+    _writable(markdown, "--markdown", "file")
+    if baseline is not None:
+        from effiminivlm.protocol.table3 import BASELINES, render_markdown, run_table3
+
+        if baseline not in BASELINES:
+            raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        report = run_table3(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
+                            batch_size=batch_size, warmup=warmup, max_samples=max_samples, ablation=ablation,
+                            compile_lever=compile_lever, device=device, json_out=json_out,
+                            markdown_out=markdown, log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(render_markdown(report))
+        return
     _check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,

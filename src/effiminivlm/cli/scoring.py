@@ -123,6 +123,21 @@ def serve_cmd(
 
 
 
+@app.command("export")
+def export_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder."),
+    out: str = typer.Option(..., "--out", help="New (or empty) folder for the graph, tokenizer and "
+                            "preprocess.json."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime) | openvino (OpenVINO IR)."),
+) -> None:
+    """Export a deployable graph + tokenizer + preprocessing config, checked against the PyTorch model."""
+    import json
+
+    from effiminivlm.models.export import export_model
+
+    typer.echo(json.dumps(export_model(model, out, fmt), indent=2))
+
+
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the packaged recipes."""

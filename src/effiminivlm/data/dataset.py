@@ -66,11 +66,15 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
     `decoded` (one list per row, or None): images already in memory (a service's uploads, decoded with
     `data.images.decode_image_bytes`); a row with a non-empty list uses those, in order, instead of its
     references, through the same transform and the same first/mean rule, so no upload becomes a temp file.
+
+    `draft` (pixels, the fast path): JPEG files are decoded at a reduced DCT scale whose sides stay >= it
+    (`load_image_with_reason(draft=...)`); None decodes at full size.
     """
 
     def __init__(self, table: pa.Table, transform: Callable[[Image.Image], torch.Tensor] | None,
                  store: ImageStore | None = None, images: str = "first", max_images: int = 8,
-                 decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> None:
+                 decoded: Sequence[Sequence[Image.Image] | None] | None = None,
+                 draft: int | None = None) -> None:
         if images not in ("first", "mean", "none"):
             raise ValueError(f"images must be first, mean or none, got {images!r}")
         if images != "none" and transform is None:
@@ -87,6 +91,7 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         if decoded is not None and len(decoded) != self.n:
             raise ValueError(f"decoded has {len(decoded)} entries for {self.n} rows")
         self.decoded = decoded
+        self.draft = draft
         self._cols = {c: self.table.column(c) for c in ("parent_asin", *TEXT_COLUMNS, "images")}
         names = set(self.table.column_names)
         self._target = self.table.column("average_rating") if "average_rating" in names else None
@@ -112,7 +117,7 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
             if path is None:
                 first_failure = first_failure or "unresolved"
                 continue
-            img, reason = load_image_with_reason(path)
+            img, reason = load_image_with_reason(path, draft=self.draft)
             if img is None:
                 first_failure = first_failure or (reason or "load_failed")
                 continue

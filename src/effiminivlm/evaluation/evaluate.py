@@ -20,6 +20,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.evaluation.report import render_markdown, write_report
 from effiminivlm.inference import SCORE_RANGE, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
+from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
 
 
@@ -37,9 +38,11 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     prec = resolve_precision(precision, dev)
     mode = image_mode(model, images)
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
+    fast = prec != "fp32"  # the fast path below fp32 (see serving.scorer.Scorer); fp32 is the exact one
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
-                         num_workers=default_num_workers(num_workers))
-    res = run_inference(model.to(dev), loader, dev, prec, progress=progress, desc="score")
+                         num_workers=default_num_workers(num_workers), sort_by_length=fast, draft=fast)
+    runner = optimize_for_inference(model, dev, prec)
+    res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")
     res.pred = np.clip(res.pred, *SCORE_RANGE)  # the same clipping as every served score
     metrics = compute_metrics(res.pred, res.target, res.category, res.rating_number, min_rating_number)
     conf = load_conformal(model_dir)

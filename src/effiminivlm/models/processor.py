@@ -75,10 +75,15 @@ class Processor:
 
     def dataset(self, table: pa.Table, store: ImageStore | None = None, images: str = "first", *,
                 train: bool = False, augment: str = "none",
-                decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> ProductDataset:
+                decoded: Sequence[Sequence[Image.Image] | None] | None = None,
+                draft: bool = False) -> ProductDataset:
+        """`draft` (the fast path): JPEGs decoded at the smallest DCT scale that still covers the model's
+        image size (see `ProductDataset`)."""
         mode = self.image_mode(images)
         transform = self.transform(train, augment) if mode != "none" else None
-        return ProductDataset(table, transform, store, mode, max_images=self.max_images, decoded=decoded)
+        size = max(self.image_hw) if draft and mode != "none" else None
+        return ProductDataset(table, transform, store, mode, max_images=self.max_images, decoded=decoded,
+                              draft=size)
 
     def collator(self, pad_to_max: bool = False) -> Callable[[list[Sample]], dict[str, Any]]:
         """The collate function (text padded to the longest, or with `pad_to_max` to max_length); a

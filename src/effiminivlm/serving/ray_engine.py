@@ -41,6 +41,7 @@ from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.files import recover_dir
 from effiminivlm.inference import SCORE_RANGE, forward_batch, image_mode
 from effiminivlm.models.factory import load_model
+from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
 
@@ -84,11 +85,12 @@ def _preprocessing(model_dir: str, images: str) -> tuple[Any, str]:
     return model.processor(tokenizer), image_mode(model, images)
 
 
-def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int
-                  ) -> dict[str, list[Any]]:
-    """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage)."""
+def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int,
+                  draft: bool = False) -> dict[str, list[Any]]:
+    """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage);
+    `draft`: the fast path's JPEG draft decoding, as `predict` below fp32."""
     processor, mode = _preprocessing(model_dir, images)
-    ds = processor.dataset(table, store, mode)
+    ds = processor.dataset(table, store, mode, draft=draft)
     collate = processor.collator()
     payloads, sizes = [], []
     for start in range(0, len(ds), batch_size):
@@ -107,8 +109,8 @@ class ScoreActor:
             torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.precision = precision
-        self.model, _ = load_model(model_dir)
-        self.model.to(self.device).eval()
+        model, _ = load_model(model_dir)
+        self.model = optimize_for_inference(model, self.device, precision)  # predict's fast path below fp32
 
     def __call__(self, batches: pa.Table) -> dict[str, list[Any]]:
         ids: list[str] = []
@@ -204,7 +206,8 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
         scored = (ds.repartition(target_num_rows_per_block=batch_size, strict=True)
                   .map_batches(collate_block, batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5,
                                fn_kwargs={"model_dir": model_dir, "images": images, "store": store,
-                                          "batch_size": batch_size})
+                                          "batch_size": batch_size,
+                                          "draft": prec != "fp32"})
                   .map_batches(ScoreActor, batch_size=1, batch_format="pyarrow",
                                compute=ray.data.ActorPoolStrategy(size=actors),
                                num_cpus=actor_cpus, num_gpus=1 if dev == "cuda" else 0,

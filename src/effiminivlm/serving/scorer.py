@@ -22,12 +22,19 @@ from effiminivlm.data.text import clean_text
 from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
+from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
 
 
 class Scorer:
     """Scores products with a trained EffiMiniVLM. `images`: "first" (main image) or "mean" (the mean of
-    the item's image features; still one forward pass per batch)."""
+    the item's image features; still one forward pass per batch).
+
+    Below fp32 (the default "auto" is bf16 on a CPU) scoring takes the fast path: `runner` is the model
+    with bf16 weights and channels-last convolutions (`models.optimize`), batches are length-sorted with
+    bucketed padding and JPEGs are draft-decoded (`inference.make_loader`); scores come back in input order.
+    `precision="fp32"` keeps the exact path (fp32 weights, full decode, rows batched in input order).
+    `model` stays the unmodified fp32 model (what profiles and reports describe)."""
 
     lower_better = False
     score_range = SCORE_RANGE
@@ -39,6 +46,8 @@ class Scorer:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.fast = self.precision != "fp32"
+        self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.num_workers = default_num_workers(num_workers)
@@ -65,12 +74,12 @@ class Scorer:
         `decoded`: per-row images already in memory (uploads), used instead of the row's references."""
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
                            batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
-                           decoded=decoded)
+                           decoded=decoded, sort_by_length=self.fast, draft=self.fast)
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:
         """Predictions (clipped to [1, 5]) for every row of `table`, in row order."""
-        res = run_inference(self.model, self.loader(table, store, decoded=decoded), self.device,
+        res = run_inference(self.runner, self.loader(table, store, decoded=decoded), self.device,
                             self.precision, progress=progress, desc="score")
         res.pred = np.clip(res.pred, *SCORE_RANGE)
         return res

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from effiminivlm.config import Recipe, from_dict
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
+from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
@@ -69,12 +70,15 @@ def seed_everything(seed: int) -> None:
 
 
 def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_size: int, workers: int, *,
-            shuffle_seed: int | None,
-            dist: distributed.Dist | None = None, epoch: int = 0) -> DataLoader:
+            shuffle_seed: int | None, dist: distributed.Dist | None = None, epoch: int = 0,
+            lengths: list[int] | None = None) -> DataLoader:
     """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
     `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
     global batch holds the items of the single-process step (`batch_size` is then the per-rank share)."""
     sampler: torch.utils.data.Sampler[int] | None = None
+    if shuffle_seed is not None and lengths is not None and not (dist is not None and dist.enabled):
+        batches = BucketedShuffledBatches(lengths, batch_size, shuffle_seed + epoch)  # data.bucket_by_length
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers)
     if shuffle_seed is not None and dist is not None and dist.enabled:
         sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=shuffle_seed)
         sampler.set_epoch(epoch)
@@ -169,8 +173,11 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
     processor = model.processor(tokenizer)  # the architecture's own preprocessing (models.processor)
-    train_ds = processor.dataset(train_rows, store, "first", train=True, augment=recipe.data.augment)
-    val_ds = processor.dataset(val_rows, store, recipe.data.images)  # first | mean, as evaluate/predict
+    draft = recipe.data.draft_decode  # JPEGs decoded near the model's size
+    train_ds = processor.dataset(train_rows, store, "first", train=True, augment=recipe.data.augment,
+                                 draft=draft)
+    val_ds = processor.dataset(val_rows, store, recipe.data.images, draft=draft)  # first | mean, as evaluate
+    lengths = text_lengths(train_ds) if recipe.data.bucket_by_length and not dist.enabled else None
     collate = processor.collator()
     workers = default_num_workers(recipe.data.num_workers)
     val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
@@ -223,7 +230,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         stop_reason = "early_stopping"
     while state.epoch < tc.epochs and stop_reason != "early_stopping":
         epoch = state.epoch + 1
-        loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch)
+        loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch,
+                         lengths=lengths)
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()

@@ -50,11 +50,14 @@ def too_many_pixels(size: tuple[int, int]) -> bool:
     return bool(limit) and size[0] * size[1] > limit
 
 
-def load_image_with_reason(path: str | os.PathLike[str] | io.BytesIO, max_pixels: int | None = None
-                           ) -> tuple[Image.Image | None, str | None]:
+def load_image_with_reason(path: str | os.PathLike[str] | io.BytesIO, max_pixels: int | None = None,
+                           draft: int | None = None) -> tuple[Image.Image | None, str | None]:
     """(RGB image, None) or (None, reason) with reason one of missing, decode_error, too_small,
     decompression_bomb, too_many_pixels. Pillow's decompression-bomb limit stays on: a bomb is a counted
-    failure; `max_pixels` is a caller's tighter cap (a service's upload limit), checked on the header."""
+    failure; `max_pixels` is a caller's tighter cap (a service's upload limit), checked on the header.
+
+    `draft` (pixels): a JPEG is decoded straight at the smallest DCT scale (1/2, 1/4, 1/8) whose sides stay
+    >= `draft`, ~3x cheaper for a 1000-1500 px photo headed for a 224 px model; other formats ignore it."""
     try:
         with Image.open(path) as img:  # reads the header only: size checks before paying for the decode
             if too_many_pixels(img.size):
@@ -63,6 +66,8 @@ def load_image_with_reason(path: str | os.PathLike[str] | io.BytesIO, max_pixels
                 return None, "too_many_pixels"
             if min(img.size) < MIN_SIDE:
                 return None, "too_small"
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))
             img.load()
             return to_rgb(img), None
     except FileNotFoundError:

@@ -1,0 +1,96 @@
+"""Fast CPU scoring vs the reference pipeline, every figure of issue 10 in one run (the Table 3 report).
+
+Writes realistic inputs (real development texts + generated JPEGs at Amazon hi_res size, 1000-1500 px),
+builds the offline recipe with its pretrained towers and a head fitted by ridge regression on the warmup
+items' features (so predictions vary like a trained model's, and the measured items stay out of the fit),
+then runs `benchmark --baseline reference --ablation` on the same items: reference pipeline, fp32 "no
+acceleration", the fast path, each lever flipped, parity (fast vs fp32: PLCC change, max abs diff), model-only
+GFLOP/s of each tower next to the bf16 / fp32 matmul peak it measures. About 10 minutes on 2 idle cores.
+
+    .venv/bin/python benchmarks/bench_fast.py --out bench-fast            # 1000 measured items
+    .venv/bin/python benchmarks/bench_fast.py --items 200 --no-ablation   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effiminivlm.config import load_recipe
+from effiminivlm.data.inputs import read_inputs
+from effiminivlm.data.realistic import write_hi_res_catalog
+from effiminivlm.inference import make_loader
+from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.protocol.table3 import render_markdown, run_table3
+
+DEV = (Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2023-fashion-dev"
+       / "meta_Amazon_Fashion.jsonl")
+
+
+def fit_head(model: torch.nn.Module, tokenizer: object, meta: Path, rows: int, batch_size: int) -> float:
+    """Ridge-fit the head's last linear layer on the first `rows` items (fp32); returns the fit's PLCC."""
+    src = read_inputs([str(meta)])
+    table = src.table.slice(0, rows)
+    last = model.head[-1]
+    feats: list[torch.Tensor] = []
+    hook = last.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].detach().float()))
+    with torch.no_grad():
+        for b in make_loader(model, tokenizer, table, src.store, batch_size=batch_size):
+            model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["has_image"])
+    hook.remove()
+    x = torch.cat(feats).double()
+    y = torch.tensor(table.column("average_rating").to_pylist(), dtype=torch.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    w = torch.linalg.solve(z.T @ z + 10.0 * rows * torch.eye(z.shape[1], dtype=torch.float64),
+                           z.T @ (y - y.mean()))
+    with torch.no_grad():
+        last.weight.copy_((w / sd).float().unsqueeze(0))
+        last.bias.fill_(float(y.mean() - (w / sd) @ mu))
+    pred = (z @ w + y.mean()).numpy()
+    return float(np.corrcoef(pred, y.numpy())[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1000, help="measured items (after the warmup batches)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=5, help="warmup batches (also the head's fitting items)")
+    ap.add_argument("--texts", default=str(DEV), help="real meta file for the texts (default: dev sample)")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the lever-by-lever runs")
+    ap.add_argument("--compile", action="store_true", help="also try torch.compile in the ablation")
+    ap.add_argument("--out", default=None, help="folder for report.json / report.md (default: temp)")
+    args = ap.parse_args()
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-fast-"))
+    out.mkdir(parents=True, exist_ok=True)
+    texts = Path(args.texts) if Path(args.texts).is_file() else None
+    n = args.items + args.warmup * args.batch_size
+    t0 = time.perf_counter()
+    cat = write_hi_res_catalog(out / "catalog", n, texts=texts, overwrite=True)
+    print(f"inputs: {n} items, {cat.image_bytes / 1e6:.0f} MB of JPEGs (1000-1500 px), texts from "
+          f"{cat.text_source} ({time.perf_counter() - t0:.0f} s)")
+
+    recipe = load_recipe("offline")
+    torch.manual_seed(0)
+    model = create_model(recipe.model, pretrained=True)
+    tokenizer = create_tokenizer(recipe.model.text_encoder)
+    fit = fit_head(model, tokenizer, cat.meta_path, args.warmup * args.batch_size, args.batch_size)
+    print(f"model: offline towers (pretrained) + head fitted by ridge on the {args.warmup * args.batch_size} "
+          f"warmup items (in-sample PLCC {fit:.3f})")
+    model.save_pretrained(out / "model", tokenizer=tokenizer)
+    report = run_table3([str(cat.meta_path)], model_dir=out / "model", batch_size=args.batch_size,
+                        warmup=args.warmup, max_samples=args.items, ablation=not args.no_ablation,
+                        compile_lever=args.compile, json_out=out / "report.json",
+                        markdown_out=out / "report.md", log=print)
+    print(render_markdown(report))
+    print(f"report: {out / 'report.json'}, {out / 'report.md'} ({time.perf_counter() - t0:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

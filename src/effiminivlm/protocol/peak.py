@@ -1,0 +1,93 @@
+"""What the machine can do and what the model achieves: matrix-multiply peak and model-only GFLOP/s.
+
+Why measured, never looked up: the same code runs on CPUs with and without AMX / AVX-512 BF16, under other
+jobs' load, with different thread counts; "50% of peak" only means something against the peak of this
+machine, in this process, with these threads, measured in the same run. FLOPs are counted by the
+protocol's counter (`protocol.flops.count_flops`, 2 per multiply-add) on the real, padded input shapes of
+every batch, so a tower's GFLOP/s counts the padding it computes, as a matrix-multiply peak does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from effiminivlm.protocol.flops import count_flops
+from effiminivlm.runtime import autocast
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Best GFLOP/s of an n x n x n `torch.matmul` in `dtype` over ~`seconds` (after one warmup call)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    runs = 0
+    while runs < 3 or time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+        runs += 1
+    return 2 * n**3 / best / 1e9
+
+
+@dataclass
+class TowerRate:
+    """Model-only time and achieved rate of one part over pre-collated batches."""
+
+    part: str
+    precision: str
+    samples: int
+    seconds: float
+    gflop: float  # counted on the padded shapes that ran
+    gflop_per_s: float
+    ms_per_sample: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _inputs(part: str, batch: dict[str, Any]) -> tuple[Any, ...]:
+    if part == "text_encoder":
+        return batch["input_ids"], batch["attention_mask"]
+    if part == "image_encoder":
+        return (batch["pixel_values"],)
+    return batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["has_image"]
+
+
+def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: list[dict[str, Any]],
+                device: torch.device, precision: str, warmup: int = 1,
+                flops_cache: dict[str, int] | None = None) -> list[TowerRate]:
+    """Model-only rate of the text tower, the image tower and the whole model of `runner` (the fast path's
+    model) on `batches` (collated, untimed); FLOPs counted on `reference` (fp32) with the same shapes, once
+    per part when the same `flops_cache` is passed for several runners."""
+    cache = flops_cache if flops_cache is not None else {}
+    out = []
+    for part in ("text_encoder", "image_encoder", "model"):
+        ref = reference if part == "model" else getattr(reference, part, None)
+        run = runner if part == "model" else getattr(runner, part, None)
+        usable = [b for b in batches if part == "text_encoder" or b.get("pixel_values") is not None]
+        if ref is None or run is None or not usable:
+            continue
+        if part not in cache:
+            cache[part] = sum(count_flops(ref, _inputs(part, b)).total for b in usable[warmup:])
+        flops = cache[part]
+        with torch.inference_mode():
+            for k, b in enumerate(usable):
+                if k == warmup:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                with autocast(device, precision):
+                    run(*(t.to(device) for t in _inputs(part, b)))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start if len(usable) > warmup else float("nan")
+        n = sum(len(b["item_id"]) for b in usable[warmup:])
+        out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 6),
+                             round(flops / 1e9 / seconds, 3), round(seconds * 1e3 / max(n, 1), 3)))
+    return out

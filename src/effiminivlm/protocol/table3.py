@@ -1,0 +1,171 @@
+"""The Table 3 runtime report of the EffiMiniVLM paper, complete, from one run (`benchmark --baseline
+reference`): FLOPs (G), active params, the techniques each row uses, the fp32 "no acceleration" row, the
+reference pipeline, the fast path (+ each lever on/off with `ablation`), the fast path's parity with fp32,
+and model-only achieved GFLOP/s next to this machine's measured bf16 and fp32 matrix-multiply peak.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from effiminivlm import files
+from effiminivlm.config import Recipe
+from effiminivlm.data.dataset import ProductDataset, mean_token_length
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.inputs import read_inputs
+from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.inference import make_loader
+from effiminivlm.models.factory import load_model_or_recipe
+from effiminivlm.models.optimize import optimize_for_inference
+from effiminivlm.protocol.fastpath import (
+    FAST,
+    FP32_EXACT,
+    PathConfig,
+    ablations,
+    parity,
+    run_path,
+    run_reference,
+)
+from effiminivlm.protocol.peak import matmul_peak_gflops, tower_rates
+from effiminivlm.protocol.profile import profile_model
+from effiminivlm.protocol.runtime import _is_prepared, _load_avg, device_name
+from effiminivlm.runtime import resolve_device
+
+BASELINES = ("reference",)
+
+
+def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe: str | Recipe | None = None,
+               split: str | None = None, images_dir: str | None = None, batch_size: int = 32,
+               warmup: int = 5, max_samples: int | None = None, ablation: bool = False,
+               compile_lever: bool = False, fast: PathConfig = FAST, model_batches: int = 6,
+               device: str | None = None, json_out: str | Path | None = None,
+               markdown_out: str | Path | None = None, log: Callable[[str], None] | None = None
+               ) -> dict[str, Any]:
+    """Run every path on the same items (the `warmup` batches first, untimed) and return the report."""
+    say = log or (lambda _msg: None)
+    if batch_size < 1 or warmup < 0 or (max_samples is not None and max_samples < 1):
+        raise EffiMiniVLMError("--batch-size and --max-samples must be >= 1 and --warmup >= 0")
+    split = (split or "test") if _is_prepared(inputs) else split
+    src = read_inputs(inputs, split=None if split == "all" else split, images_dir=images_dir)
+    warm_rows = warmup * batch_size
+    wanted = max_samples if max_samples is not None else src.table.num_rows - warm_rows
+    if wanted < 1 or warm_rows + wanted > src.table.num_rows:
+        raise DataError(f"{', '.join(inputs)}: {src.table.num_rows} rows do not hold {warmup} warmup "
+                        f"batch(es) of {batch_size} plus {max(wanted, 1)} measured rows")
+    table = src.table.slice(0, warm_rows + wanted)
+    model, tokenizer, label = load_model_or_recipe(model_dir, recipe)
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    load_before = _load_avg()
+
+    say("measuring the matrix-multiply peak (bf16, fp32)")
+    peak = {"bf16_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
+            "fp32_gflops": round(matmul_peak_gflops(torch.float32), 1)} if dev.type == "cpu" else {}
+    say(f"reference pipeline on {wanted} items")
+    runs = [run_reference(model, tokenizer, table, src.store, batch_size, warm_rows)]
+    say(f"  {runs[0].samples_per_s:.2f} samples/s")
+    for cfg in (FP32_EXACT, fast, *(ablations(fast, compile_lever) if ablation else [])):
+        say(f"{cfg.name} on {wanted} items")
+        runs.append(run_path(model, tokenizer, table, src.store, cfg, batch_size, warm_rows, dev))
+        rate = runs[-1].samples_per_s
+        say(f"  {rate:.2f} samples/s ({rate / runs[0].samples_per_s:.2f}x the reference)")
+    ref = runs[0].samples_per_s
+    for r in runs:
+        r.speedup_vs_reference = round(r.samples_per_s / ref, 2)
+    target = _targets(table.slice(warm_rows))
+    by_name = {r.name: r for r in runs}
+    checks = {"fast_vs_fp32": parity(by_name[fast.name].pred, by_name[FP32_EXACT.name].pred, target)}
+    for r in runs[3:]:
+        checks[f"{r.name} vs fp32"] = parity(r.pred, by_name[FP32_EXACT.name].pred, target)
+
+    say("model-only rates (pre-collated, length-sorted batches)")
+    rates = _model_only(model, tokenizer, table, src.store, fast, batch_size, model_batches, dev)
+    texts = ProductDataset(table, None, images="none")
+    mean_tokens, _ = mean_token_length(texts, tokenizer, model.cfg.text_encoder.max_length)
+    prof = profile_model(model, mean_tokens=mean_tokens if model.text_encoder is not None else None)
+    report = {
+        "model": label, "inputs": list(inputs), "split": split, "items": wanted, "batch_size": batch_size,
+        "warmup_batches": warmup, "device": str(dev), "device_name": device_name(dev),
+        "torch_version": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_avg_1m_before": load_before, "load_avg_1m_after": _load_avg(),
+        "params_m": round(prof.params_m, 3), "active_params_m": round(prof.params_m, 3),
+        "flops_g_canonical": round(prof.flops_g, 3),
+        "flops_g_mean_length": (None if prof.flops_g_mean_length is None
+                                else round(prof.flops_g_mean_length, 3)),
+        "mean_tokens": round(mean_tokens, 1), "matmul_peak": peak,
+        "runs": [r.to_dict() for r in runs], "parity": checks,
+        "model_only": [t.to_dict() for t in rates],
+        "fast_speedup_vs_reference": by_name[fast.name].speedup_vs_reference,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text_rate = next((t.gflop_per_s for t in rates if t.part == "text_encoder"), None)
+    if text_rate is not None and peak:
+        report["text_tower_share_of_bf16_peak"] = round(text_rate / peak["bf16_gflops"], 3)
+    if json_out is not None:
+        files.write_json(report, json_out)
+    if markdown_out is not None:
+        files.atomic_write_text(markdown_out, render_markdown(report))
+    return report
+
+
+def _targets(table: pa.Table) -> np.ndarray:
+    if "average_rating" not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return np.array([np.nan if v is None else float(v) for v in table.column("average_rating").to_pylist()])
+
+
+def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: ImageStore | None,
+                fast: PathConfig, batch_size: int, n_batches: int, dev: torch.device) -> list[Any]:
+    """Model-only rates of the fast path's model (bf16) and of the fp32 model, on the same `n_batches`
+    collated batches (length-sorted, like the fast path's, taken evenly across the length range)."""
+    loader = make_loader(model, tokenizer, table, store, batch_size=batch_size, sort_by_length=True,
+                         draft=True)
+    batches = list(loader)
+    step = max(1, len(batches) // max(n_batches, 1))
+    batches = batches[::step][:n_batches + 1]  # +1: the first is the warmup batch
+    runner = optimize_for_inference(model, dev, fast.precision, fast.levers)
+    flops: dict[str, int] = {}
+    return [*tower_rates(model, runner, batches, dev, fast.precision, flops_cache=flops),
+            *tower_rates(model, model, batches, dev, "fp32", flops_cache=flops)]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: the setup, the Table 3 rows, parity and the model-only rates."""
+    peak = report.get("matmul_peak") or {}
+    lines = [
+        f"# EffiMiniVLM runtime (Table 3): {report['model']}", "",
+        f"{report['device_name']}, torch {report['torch_version']}, {report['threads']} threads; load avg "
+        f"{report['load_avg_1m_before']} before / {report['load_avg_1m_after']} after; measured "
+        f"{report['measured_at']}.",
+        f"{report['items']} items of {', '.join(report['inputs'])}, batch {report['batch_size']}, "
+        f"{report['warmup_batches']} warmup batch(es) excluded; mean {report['mean_tokens']} real tokens.",
+        f"Active params {report['active_params_m']} M; FLOPs {report['flops_g_canonical']} G canonical, "
+        f"{report['flops_g_mean_length']} G at the mean length.", "",
+        "| path | techniques | samples/s | ms/sample | x reference | CPU busy |",
+        "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in report["runs"]:
+        lines.append(f"| {r['name']} | {', '.join(r['techniques']) or 'none'} | {r['samples_per_s']:.1f} | "
+                     f"{r['ms_per_sample']:.2f} | {r['speedup_vs_reference']:.2f} | {r['cpu_busy']:.2f} |")
+    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, p in report["parity"].items():
+        lines.append(f"| {name} | {p['items']} | {p['plcc_fp32']:.4f} | {p['plcc_fast']:.4f} | "
+                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} |")
+    lines += ["", f"Model only (pre-collated batches). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
+              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s.", "",
+              "| part | precision | samples | GFLOP | GFLOP/s | ms/sample | share of peak |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for t in report["model_only"]:
+        ref = peak.get("bf16_gflops" if t["precision"] != "fp32" else "fp32_gflops")
+        share = f"{t['gflop_per_s'] / ref:.0%}" if ref else "-"
+        lines.append(f"| {t['part']} | {t['precision']} | {t['samples']} | {t['gflop']:.1f} | "
+                     f"{t['gflop_per_s']:.1f} | {t['ms_per_sample']:.2f} | {share} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,240 @@
+"""The fast scoring path: length-sorted batches come back in input order, JPEG draft decoding, the optimised
+model copy (bf16 weights, channels-last, int8), the hi-res catalog, and the scorer's default path."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effiminivlm.config import load_recipe
+from effiminivlm.data.images import load_image_with_reason
+from effiminivlm.data.inputs import read_inputs
+from effiminivlm.data.loader import LengthSortedBatches, restore_order
+from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.realistic import write_hi_res_catalog
+from effiminivlm.inference import make_loader, run_inference
+from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
+
+from .conftest import SHARED_DEV
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = load_recipe("tiny", ["model.text_encoder.max_length=256",  # texts of many lengths, as real ones
+                               "model.text_encoder.config.max_position_embeddings=256"]).model
+    torch.manual_seed(0)
+    return create_model(cfg, pretrained=False), create_tokenizer(cfg.text_encoder)
+
+
+@pytest.fixture(scope="module")
+def hi_res(tmp_path_factory):
+    """24 items at 300-400 px (small for speed; the benchmark uses 1000-1500), real texts when present."""
+    texts = SHARED_DEV / "meta_Amazon_Fashion.jsonl"
+    out = tmp_path_factory.mktemp("hires") / "cat"
+    write_hi_res_catalog(out, 24, texts=texts if texts.is_file() else None, min_px=300, max_px=400)
+    return out
+
+
+def test_length_sorted_batches_cover_every_row_once_longest_first() -> None:
+    lengths = [5, 50, 20, 50, 1, 30, 7]
+    batches = list(LengthSortedBatches(lengths, 3))
+    assert batches == [[1, 3, 5], [2, 6, 0], [4]]  # stable: equal lengths keep input order
+    rows = [r for b in batches for r in b]
+    assert [rows[k] for k in restore_order(rows, 7)] == list(range(7))
+    windowed = list(LengthSortedBatches(lengths, 2, window=4))  # sorts within rows 0-3, then 4-6
+    assert windowed == [[1, 3], [2, 0], [5, 6], [4]]
+    with pytest.raises(ValueError, match="covered"):
+        restore_order([0, 0, 1], 3)
+
+
+def test_sorted_loader_returns_input_order_and_less_padding(tiny, hi_res) -> None:
+    model, tok = tiny
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    plain = make_loader(model, tok, src.table, src.store, batch_size=8)
+    fast = make_loader(model, tok, src.table, src.store, batch_size=8, sort_by_length=True)
+    assert sum(b["input_ids"].numel() for b in fast) < sum(b["input_ids"].numel() for b in plain)
+    a = run_inference(model, plain, CPU, progress=False)
+    b = run_inference(model, fast, CPU, progress=False)
+    assert b.item_id == a.item_id == src.table.column("parent_asin").to_pylist()
+    assert b.item_image_status == a.item_image_status
+    np.testing.assert_allclose(b.target, a.target)
+    np.testing.assert_allclose(b.pred, a.pred, atol=1e-5)  # fp32: only the batch composition changed
+    assert np.std(a.pred) > 0
+
+
+def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None:
+    big = Image.new("RGB", (1200, 1000), (200, 30, 40))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    big.save(jpeg, "JPEG")
+    big.save(png, "PNG")
+    img, reason = load_image_with_reason(io.BytesIO(jpeg.getvalue()), draft=224)
+    assert reason is None and img.mode == "RGB" and img.size == (300, 250)  # 1/4 scale: both sides >= 224
+    assert load_image_with_reason(io.BytesIO(jpeg.getvalue()), draft=450)[0].size == (600, 500)
+    assert load_image_with_reason(io.BytesIO(jpeg.getvalue()))[0].size == (1200, 1000)
+    assert load_image_with_reason(io.BytesIO(png.getvalue()), draft=224)[0].size == (1200, 1000)
+
+
+def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepared) -> None:
+    model, tok = tiny
+    table = read_prepared(prepared, "test")
+    fast = optimize_for_inference(model, CPU, "bf16")
+    assert fast is not model and fast.fast_levers == ["bf16_weights", "channels_last"]
+    assert {p.dtype for p in fast.image_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fast.text_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fast.head.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the caller's model is untouched
+    assert optimize_for_inference(model, CPU, "fp32") is model
+    exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
+    for levers in (ModelLevers(), ModelLevers(bf16_weights=False, int8_linear=True)):
+        runner = optimize_for_inference(model, CPU, "bf16", levers)
+        got = run_inference(runner, make_loader(model, tok, table, batch_size=8, sort_by_length=True),
+                            CPU, "bf16", progress=False)
+        assert got.pred.dtype == np.float64 and got.item_id == exact.item_id
+        assert np.abs(got.pred - exact.pred).max() < 0.005  # on the 1-5 scale (bf16 rounding of features)
+    int8 = optimize_for_inference(model, CPU, "bf16", ModelLevers(int8_linear=True))
+    assert "DynamicQuantizedLinear" in repr(int8.text_encoder)
+    assert int8.text_encoder.num_features == model.text_encoder.num_features
+
+
+def test_hi_res_catalog_has_real_texts_and_big_jpegs(hi_res) -> None:
+    lines = (hi_res / "meta_HiRes.jsonl").read_text().splitlines()
+    assert len(lines) == 24
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    assert src.table.num_rows == 24 and len(set(src.table.column("parent_asin").to_pylist())) == 24
+    sizes = [Image.open(p).size for p in sorted((hi_res / "images").glob("*.jpg"))]
+    assert len(sizes) == 24 and all(300 <= w <= 400 and w == h for w, h in sizes)
+    paths = [src.store.resolve(refs[0]) for refs in src.table.column("images").to_pylist()]
+    assert all(p is not None for p in paths)
+    if (SHARED_DEV / "meta_Amazon_Fashion.jsonl").is_file():  # real titles, not the generator's
+        first = (SHARED_DEV / "meta_Amazon_Fashion.jsonl").read_text().splitlines()[0]
+        assert src.table.column("title")[0].as_py()[:20] in first
+    with pytest.raises(Exception, match="not empty"):
+        write_hi_res_catalog(hi_res, 2)
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny, tmp_path_factory):
+    model, tok = tiny
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder, tokenizer=tok)
+    return folder
+
+
+def test_export_onnx_matches_the_pytorch_model_at_other_batch_and_length(tmp_path, saved_tiny) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    from effiminivlm.cli import main
+    from effiminivlm.models.factory import load_model
+
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(saved_tiny), "--out", str(out), "--format", "onnx"]) == 0
+    written = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "preprocess.json", "config.json", "tokenizer.json"} <= written
+    pre = json.loads((out / "preprocess.json").read_text())
+    model, tok = load_model(saved_tiny)
+    assert pre["image"]["size"] == [64, 64] and pre["text"]["max_length"] == model.cfg.text_encoder.max_length
+    texts = ["a", "blue canvas tote bag with zip " * 4, "mug", "leather shoe, size 9", "x " * 80]
+    enc = tok(texts, padding="longest", truncation=True, max_length=256, return_tensors="np")
+    pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    has = torch.tensor([True, False, True, True, False])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["score"], {"pixel_values": pixels.numpy(), "input_ids": enc["input_ids"],
+                                  "attention_mask": enc["attention_mask"], "has_image": has.numpy()})[0]
+    with torch.no_grad():
+        want = model(pixels, torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]), has)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    assert np.std(want.numpy()) > 0
+    assert main(["export", "--model", str(saved_tiny), "--out", str(out)]) == 2  # not empty: refused
+
+
+def test_export_openvino_ir_matches_the_pytorch_model(tmp_path, saved_tiny) -> None:
+    ov = pytest.importorskip("openvino")
+    from effiminivlm.models.export import example_inputs, export_model
+    from effiminivlm.models.factory import load_model
+
+    info = export_model(saved_tiny, tmp_path / "ov", "openvino")
+    assert info["files"][:2] == ["model.xml", "model.bin"] and info["check_max_abs_diff"] < 1e-3
+    model, tok = load_model(saved_tiny)
+    inputs = example_inputs(model, tok, batch=4)
+    compiled = ov.Core().compile_model(str(tmp_path / "ov" / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    names = ("pixel_values", "input_ids", "attention_mask", "has_image")
+    got = compiled({n: t.numpy() for n, t in zip(names, inputs, strict=True)})[compiled.output(0)]
+    with torch.no_grad():
+        want = model(*inputs)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_bucketed_training_batches_cover_each_row_once_with_similar_lengths() -> None:
+    from effiminivlm.data.loader import BucketedShuffledBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 1000, size=200).tolist()
+    batches = list(BucketedShuffledBatches(lengths, 8, seed=3, pool_batches=5))
+    assert sorted(r for b in batches for r in b) == list(range(200)) and len(batches) == 25
+    assert [b for b in BucketedShuffledBatches(lengths, 8, seed=3, pool_batches=5)] == batches  # reproducible
+    assert list(BucketedShuffledBatches(lengths, 8, seed=4, pool_batches=5)) != batches  # a new epoch differs
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    random_spread = np.mean([np.ptp(rng.choice(lengths, 8)) for _ in range(200)])
+    assert spread < 0.5 * random_spread  # similar lengths in a batch: little padding
+
+
+def test_train_with_bucketed_batches_and_draft_decoding(tiny_recipe, prepared, tmp_path) -> None:
+    from effiminivlm.config import load_recipe
+    from effiminivlm.training import loop
+
+    recipe = load_recipe(tiny_recipe.to_dict(), ["data.bucket_by_length=true", "data.draft_decode=true"])
+    seen: list[list[str]] = []
+    step = loop.train_step
+
+    def spy(model, batch, *args, **kwargs):
+        seen.append(list(batch["item_id"]))
+        return step(model, batch, *args, **kwargs)
+
+    loop.train_step = spy
+    try:
+        summary = loop.train(recipe, prepared, tmp_path / "run", progress=False, log=lambda _: None)
+    finally:
+        loop.train_step = step
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file() and summary
+    assert len(seen) == 6 and all(len(b) == 8 for b in seen)
+    assert seen[:3] != seen[3:]  # each epoch draws its own bucketed batches
+
+
+def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_res, saved_tiny, tmp_path,
+                                                                           capsys) -> None:
+    import json
+
+    from effiminivlm.cli import main
+
+    args = ["benchmark", "--baseline", "reference", "--model", str(saved_tiny), "--data",
+            str(hi_res / "meta_HiRes.jsonl"), "--batch-size", "4", "--warmup", "1", "--max-samples", "12",
+            "--json", str(tmp_path / "t3.json"), "--markdown", str(tmp_path / "t3.md")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "t3.json").read_text())
+    names = [r["name"] for r in report["runs"]]
+    assert names == ["reference pipeline", "fp32, no acceleration", "fast"]
+    assert all(r["samples"] == 12 and r["samples_per_s"] > 0 for r in report["runs"])
+    ref = report["runs"][0]["samples_per_s"]
+    assert report["fast_speedup_vs_reference"] == round(report["runs"][2]["samples_per_s"] / ref, 2)
+    assert "length-sorted batches" in report["runs"][2]["techniques"]
+    par = report["parity"]["fast_vs_fp32"]
+    assert par["items"] == 12 and 0 < par["max_abs_diff"] < 0.01 and abs(par["plcc_change"]) < 0.5
+    assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
+    parts = {(t["part"], t["precision"]) for t in report["model_only"]}
+    assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
+    assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])
+    assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
+    md = (tmp_path / "t3.md").read_text()
+    assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md
+    assert "| fast |" in capsys.readouterr().out
+    assert main([*args[:2], "best", *args[3:]]) == 2
+    assert "--baseline must be one of reference" in capsys.readouterr().err
