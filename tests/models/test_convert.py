@@ -15,6 +15,7 @@ from transformers import AutoModel, BertConfig
 
 from effiminivlm.cli import main
 from effiminivlm.errors import WeightsError
+from effiminivlm.inference import forward_batch
 from effiminivlm.models import load_model
 from effiminivlm.models.convert import convert_reference
 from effiminivlm.models.weights import resolve_source
@@ -97,7 +98,8 @@ def test_converted_model_predicts_what_the_reference_predicts(reference, text_di
     pixels, ids, mask, has = _inputs()
     with torch.no_grad():
         expected = ref(pixels, ids, mask, has_images=has.float().unsqueeze(1)).squeeze(-1)
-        got = model(pixels, ids, mask, has_image=has)
+        batch = {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask, "has_image": has}
+        got = forward_batch(model, batch, torch.device("cpu"))  # the model surface every caller uses
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert not torch.allclose(got[0], got[2])  # real, distinct predictions (not a constant)
 
