@@ -133,8 +133,8 @@ def rows_markdown(rows: Sequence[RecipeRow], cfg: ProtocolCfg = DEFAULT_PROTOCOL
                      f"{_num(r.params_m, 2)} | {_num(r.trainable_m, 3)} | {_num(r.flops_g, 2)} | "
                      f"{_num(r.c, 3)} | {_num(r.e, 3)} |")
     lines += ["", "Params: all parameters (frozen included: the protocol's P); trainable after the recipe's "
-              "own freezing. FLOPs: one canonical forward pass (batch 1, one image at the recipe's size, text "
-              "padded to its max length, every token attended; 2 FLOPs per multiply-add). C = (P/"
+              "own freezing. FLOPs: one canonical forward pass (batch 1, one image at the recipe's size, "
+              "text padded to its max length, every token attended; 2 FLOPs per multiply-add). C = (P/"
               f"{cfg.params_target_m:g}M)^{cfg.params_weight:g} x (F/{cfg.flops_target_g:g}G)^"
               f"{cfg.flops_weight:g}; best E = E(C), the most a model of that cost earns (CES = max(0, PLCC) "
               f"x E), capped at {cfg.e_cap:.2f} below C = {cap_cost(cfg):.3f}. Built with random init: no "
