@@ -71,6 +71,18 @@ def _apply_freezing(model: torch.nn.Module, train: Any) -> None:
         freeze_layers(model, train.freeze_text_layers, train.freeze_image_blocks)
 
 
+def _tower(model: torch.nn.Module, attr: str, registered: str, used: bool) -> str:
+    """The tower's registry name where the recipe's encoder section builds it (effiminivlm), else the class
+    of the module the architecture built from its own options; "-" when absent."""
+    module = getattr(model, attr, None)
+    if module is None or not used:
+        return "-"
+    if type(model).__name__ == "EffiMiniVLM":
+        return registered
+    inner = getattr(module, "model", None)  # timm / torchvision wrappers hold the network as .model
+    return type(inner if isinstance(inner, torch.nn.Module) else module).__name__
+
+
 def profile_recipe(name: str, spec: str, cfg: ProtocolCfg = DEFAULT_PROTOCOL) -> RecipeRow:
     """Build `spec`'s architecture with random init and count it; a recipe that fails gives a row with
     `error` (one line) instead of stopping the table."""
@@ -81,9 +93,11 @@ def profile_recipe(name: str, spec: str, cfg: ProtocolCfg = DEFAULT_PROTOCOL) ->
     try:
         recipe = config.load_recipe(spec)
         m = recipe.model
-        row.arch, row.image_encoder, row.text_encoder = m.arch, m.image_encoder.name, m.text_encoder.name
+        row.arch = m.arch
         torch.manual_seed(0)
         model = create_model(m, pretrained=False)
+        row.image_encoder = _tower(model, "image_encoder", m.image_encoder.name, m.modalities != "text")
+        row.text_encoder = _tower(model, "text_encoder", m.text_encoder.name, m.modalities != "image")
         _apply_freezing(model, recipe.train)
         prof = profile_model(model, label=name, cfg=cfg)
     except EffiMiniVLMError as e:
@@ -115,8 +129,11 @@ def recipe_table(folder: str | Path | None = None, packaged: bool = True, names:
     return rows
 
 
-def _num(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def fmt_num(value: float | None, digits: int) -> str:
+    """Fixed decimals, but 3 significant digits below 1 so a tiny model's numbers do not print as 0.00."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if 0 < abs(value) < 1 else f"{value:.{digits}f}"
 
 
 def rows_markdown(rows: Sequence[RecipeRow], cfg: ProtocolCfg = DEFAULT_PROTOCOL) -> str:
@@ -130,8 +147,8 @@ def rows_markdown(rows: Sequence[RecipeRow], cfg: ProtocolCfg = DEFAULT_PROTOCOL
         size = f"{r.image_size}px" if r.image_size else "no image"
         tokens = f"{r.max_length} tok" if r.max_length else "no text"
         lines.append(f"| {r.name} | {r.arch} | {r.image_encoder} / {r.text_encoder} | {size}, {tokens} | "
-                     f"{_num(r.params_m, 2)} | {_num(r.trainable_m, 3)} | {_num(r.flops_g, 2)} | "
-                     f"{_num(r.c, 3)} | {_num(r.e, 3)} |")
+                     f"{fmt_num(r.params_m, 2)} | {fmt_num(r.trainable_m, 2)} | {fmt_num(r.flops_g, 2)} | "
+                     f"{fmt_num(r.c, 3)} | {r.e:.3f} |")
     lines += ["", "Params: all parameters (frozen included: the protocol's P); trainable after the recipe's "
               "own freezing. FLOPs: one canonical forward pass (batch 1, one image at the recipe's size, "
               "text padded to its max length, every token attended; 2 FLOPs per multiply-add). C = (P/"

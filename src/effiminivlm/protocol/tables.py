@@ -184,6 +184,8 @@ def print_recipes(rows: list[Any], console: Any = None) -> None:
     from rich import box
     from rich.table import Table
 
+    from effiminivlm.protocol.recipes import fmt_num
+
     table = Table(box=box.SIMPLE_HEAD,
                   title="Recipes by the LoViF 2026 protocol (random init, canonical input)")
     for col in ("recipe", "arch", "towers", "input"):
@@ -197,6 +199,6 @@ def print_recipes(rows: list[Any], console: Any = None) -> None:
         size = f"{r.image_size}px" if r.image_size else "-"
         tokens = f"{r.max_length} tok" if r.max_length else "-"
         table.add_row(r.name, r.arch, f"{r.image_encoder} / {r.text_encoder}", f"{size}, {tokens}",
-                      f"{r.params_m:.2f}", f"{r.trainable_m:.3f}", f"{r.flops_g:.2f}", f"{r.c:.3f}",
+                      fmt_num(r.params_m, 2), fmt_num(r.trainable_m, 2), fmt_num(r.flops_g, 2), f"{r.c:.3g}",
                       f"{r.e:.3f}")
     _console(console).print(table)
