@@ -102,6 +102,8 @@ def test_converted_model_predicts_what_the_reference_predicts(reference, text_di
         got = forward_batch(model, batch, torch.device("cpu"))  # the model surface every caller uses
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert not torch.allclose(got[0], got[2])  # real, distinct predictions (not a constant)
+    again = convert_reference(ckpt, str(text_dir), tmp_path / "m", overwrite=True)  # a bare folder path
+    assert again.hidden_dims == [64, 32] and load_model(tmp_path / "m")[0].num_params() == model.num_params()
 
 
 def test_refuses_an_existing_folder_and_foreign_files(reference, text_dir, tmp_path) -> None:

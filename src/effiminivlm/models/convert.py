@@ -30,6 +30,7 @@ from effiminivlm.files import partial_dir, remove_stale_partials, replace_dir
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.regressor import EffiMiniVLM
 from effiminivlm.models.text_encoders import _bert_keys
+from effiminivlm.models.weights import PREFIXES as PREFIXES_OF_SOURCES
 from effiminivlm.models.weights import read_hf_config, read_state_dict_file
 
 # Reference prefix -> our prefix (the reference's Sequential index 0 is torchvision's `features`).
@@ -132,11 +133,20 @@ def reference_model_cfg(source: str, hidden_dims: list[int], dropout: float = RE
         head=HeadCfg(name="mlp", hidden_dims=list(hidden_dims), dropout=dropout))
 
 
+def text_source(text_model: str) -> str:
+    """A weight source for `--text-model`: a bare path to an existing folder means ``local-dir:<path>``."""
+    kind = text_model.partition(":")[0]
+    if kind not in PREFIXES_OF_SOURCES and Path(text_model).expanduser().is_dir():
+        return f"local-dir:{Path(text_model).expanduser()}"
+    return text_model
+
+
 def load_reference(ckpt: str | Path, text_model: str, dropout: float = REFERENCE_DROPOUT,
                    image_size: int = REFERENCE_IMAGE_SIZE, max_length: int = REFERENCE_MAX_LENGTH
                    ) -> EffiMiniVLM:
     """The reference checkpoint as an EffiMiniVLM in eval mode (strict: every tensor mapped, shapes equal)."""
     path = Path(ckpt)
+    text_model = text_source(text_model)
     state = read_reference_state(path)
     cfg = reference_model_cfg(text_model, head_dims(state, str(path)), dropout, image_size, max_length)
     model = create_model(cfg, pretrained=False)
