@@ -114,8 +114,9 @@ import json, sys
 from effiminivlm.config import load_recipe
 from effiminivlm.errors import WeightsError
 from effiminivlm.models.factory import create_tokenizer
-from effiminivlm.protocol.runtime import run_benchmark
+from effiminivlm.protocol.runtime import current_rss_mb, run_benchmark
 name, data, out, batch_size, batches, fallback = sys.argv[1:]
+before = current_rss_mb()  # everything imported, no model yet
 recipe, note = load_recipe(name), None
 try:
     create_tokenizer(recipe.model.text_encoder)
@@ -124,13 +125,13 @@ except WeightsError:
     note = "tokenizer " + fallback + " (the recipe's is not reachable offline)"
 run_benchmark([data], recipe=recipe, scope="both", precision="fp32", batch_size=int(batch_size), warmup=1,
               batches=int(batches), json_out=out)
-print(json.dumps({"note": note}))
+print(json.dumps({"note": note, "rss_before_model_mb": before}))
 """
 
 
 def run_runtime(recipes: list[str], items: int, batch_size: int, batches: int, log=print) -> list[dict]:
     """`run_benchmark` (scope both, fp32) per recipe, each in a fresh process (so its peak RSS is its own) on
-    the same synthetic catalog; plus the peak RSS of a process that only imports (the baseline)."""
+    the same synthetic catalog; the process's RSS before the model is built is its baseline."""
     from effiminivlm.data.synth import write_synth
 
     out = []
@@ -139,11 +140,6 @@ def run_runtime(recipes: list[str], items: int, batch_size: int, batches: int, l
     with tempfile.TemporaryDirectory() as tmp:
         write_synth(Path(tmp) / "catalog", n=items, seed=0, image_size=256, progress=False)
         data = Path(tmp) / "catalog" / "lovif" / "input.csv"
-        probe = ("import effiminivlm.protocol.runtime, effiminivlm.models.factory; "
-                 "from effiminivlm.runtime import peak_rss_mb; print(peak_rss_mb())")
-        base = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                              text=True, check=True)
-        baseline = float(base.stdout.strip())
         for name in recipes:
             log(f"runtime: {name} ...")
             js = Path(tmp) / f"{name}.json"
@@ -153,20 +149,21 @@ def run_runtime(recipes: list[str], items: int, batch_size: int, batches: int, l
                 reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
                 out.append({"recipe": name, "error": reason.removeprefix("error: ")})
                 continue
-            note = json.loads(proc.stdout.strip().splitlines()[-1])["note"]
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
             results = json.loads(js.read_text())["runs"]
             by_scope = {r["scope"]: r for r in results}
             e2e, model = by_scope["end_to_end"], by_scope["model"]
             out.append({"recipe": name, "e2e_sps": e2e["samples_per_s"], "model_sps": model["samples_per_s"],
-                        "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in results), "baseline_mb": baseline,
+                        "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in results),
+                        "baseline_mb": child["rss_before_model_mb"],
                         "load": e2e["load_avg_1m"], "threads": e2e["threads"], "device": e2e["device_name"],
-                        "samples": e2e["samples"], "note": note})
+                        "samples": e2e["samples"], "note": child["note"]})
     return out
 
 
 def runtime_markdown(runs: list[dict], args: argparse.Namespace) -> str:
-    lines = ["| recipe | samples/s end to end | samples/s model only | peak RSS (MB) | above import baseline "
-             "(MB) | load avg | note |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| recipe | samples/s end to end | samples/s model only | peak RSS (MB) | peak minus RSS before "
+             "the model (MB) | load avg | note |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in runs:
         if "error" in r:
             lines.append(f"| {r['recipe']} | error: {r['error']} | | | | | |")
@@ -179,11 +176,10 @@ def runtime_markdown(runs: list[dict], args: argparse.Namespace) -> str:
     if ok:
         lines += ["", f"{ok['device']}, {ok['threads']} torch threads, fp32, batch {args.batch_size}, "
                   f"{ok['samples']} measured samples per scope after 1 warmup batch, synthetic 256 px "
-                  "images; "
-                  f"each recipe in its own process (peak RSS is that process's; the import-only baseline was "
-                  f"{ok['baseline_mb']:.0f} MB). Random init: timings do not depend on the weights. The load "
-                  "average shows how busy the shared CPU was: figures taken under load are slower than on an "
-                  "idle machine."]
+                  "images; each recipe in its own process (peak RSS is that process's, imports included: "
+                  f"{ok['baseline_mb']:.0f} MB before the model was built for {ok['recipe']}). Random init: "
+                  "timings do not depend on the weights. The load average shows how busy the shared CPU "
+                  "was: figures taken under load are slower than on an idle machine."]
     return "\n".join(lines) + "\n"
 
 

@@ -59,4 +59,4 @@ def test_runtime_table_reports_memory_above_the_import_baseline(peers) -> None:
             {"recipe": "big", "error": "boom"}]
     text = peers.runtime_markdown(runs, argparse.Namespace(batch_size=8))
     assert "| paper | 10.0 | 20.0 | 900 | 500 | 3.2 |  |" in text and "| big | error: boom |" in text
-    assert "import-only baseline was 400 MB" in text and "cpu X, 2 torch threads" in text
+    assert "400 MB before the model was built for paper" in text and "cpu X, 2 torch threads" in text
