@@ -39,18 +39,20 @@ SYSTEMS: dict[str, tuple[str | None, str, str]] = {
     "olacnqoddchl": ("smolvlm2-regressor", "SmolVLM2-256M-Video-Instruct, LM head dropped, masked mean pool, "
                      "MLP 576-288-1, 1+4 sigmoid; PLCC-composite loss",
                      "**inconsistent source**: the same SmolVLM2-256M regressor is published as 152.12M / "
-                     "31.14G (this row) and 228M / 61.44G (the Snap baseline row, wleach); at most one of "
-                     "the "
-                     "two can count the same model and input (one 384x384 image, fields truncated to 100 "
-                     "tokens)"),
+                     "31.14G (this row) and 228M / 61.44G (the Snap baseline row, wleach). The whole "
+                     "model with the LM head dropped (tied embeddings counted once) is ~228M, so 152.12M "
+                     "leaves part of it out. F: the canonical pass runs the whole instruction "
+                     "prompt (4 fields x 100 "
+                     "tokens + the instruction, max_length 448) and the image tokens through the 30-layer "
+                     "decoder; both published F assume far fewer tokens"),
     "iamxredz": ("clip-fusion", "LoViFModel: CLIP ViT-B/32 image + CLIP text towers (first 11 layers "
-                 "frozen), "
-                 "tokens projected to 512, 2-layer 8-head fusion transformer, MLP, scaled sigmoid",
-                 "CLIP ViT-B/32 with both towers is 151.3M parameters alone, above the published 145.14M, "
-                 "so the published P leaves something out; the text is capped at CLIP's 77 tokens and the "
-                 "image at 224 px (49 patches), which fix F"),
+                 "frozen), tokens projected to 512, 2-layer 8-head fusion transformer, MLP, scaled sigmoid",
+                 "P: CLIP ViT-B/32's two towers are 151.3M alone, before the projections, the fusion "
+                 "encoder and the head, so the published 145.14M leaves part out. F: one 224 px image (50 "
+                 "tokens) and 77 text tokens, CLIP's limit; the source does not say what input its F counts"),
     "wleach": ("smolvlm2-regressor", "Snap Inc. baseline (unranked): SmolVLM2-256M regressor, MSE",
-               "see olacnqoddchl: same architecture, other published figures"),
+               "P: the whole regressor (see olacnqoddchl); F: the canonical 448-token prompt is far longer "
+               "than the input the published F counts"),
     "yinloonkhor": ("paper", "EffiMiniVLM: torchvision EfficientNet-B0 + MiniLMv2-L6-H384 (CLS), MLP "
                     "1664-512-256-1", "same model (reference `model.py`, 224 px, 256 tokens); the "
                     "published figures are rounded to 0.1"),
@@ -61,7 +63,8 @@ SYSTEMS: dict[str, tuple[str | None, str, str]] = {
     "Shubhojit": (None, "not described in the sources available here", "no recipe: architecture unknown"),
     "Hope": ("latent-query", "LatentQuery Fusion: DINOv2-base on the top-k 224 px images + DistilBERT "
              "(256 tokens), LoRA on q/v, 8 latent queries x 3 cross-attention layers, calibration",
-             "published FLOPs are for k = 1 image; each extra image adds a full DINOv2 pass"),
+             "counted at k = 1 image, as published (each extra image adds a DINOv2 pass); the source does "
+             "not give the width of the latent-query block, which covers a difference of a few percent"),
 }
 # Designs from the papers behind this project that have no leaderboard row.
 UNRANKED: dict[str, tuple[str, str]] = {
