@@ -23,6 +23,7 @@ IMAGE_CASES = {
     "timm": {"model_name": "test_efficientnet"},
     "tf_efficientnet_lite0": {},
     "efficientnet_b0": {},
+    "timm_efficientnet_b0": {},
 }
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
              "vocab_size": 200, "max_position_embeddings": 32}
@@ -140,3 +141,42 @@ def test_lite0_mapping_rejects_unknown_keys() -> None:
                                   "_blocks.0._se_reduce.weight": torch.zeros(1)})
     with pytest.raises(WeightsError, match="_blocks.16"):
         lite0_state_dict_to_timm({"_blocks.16._bn0.weight": torch.zeros(1)})
+
+
+def test_timm_b0_takes_torchvision_weights_and_swaps_in_the_paper_recipe(tmp_path) -> None:
+    """The three 1280-d towers swap by name in one recipe; timm's B0 is torchvision's B0 tensor for tensor."""
+    from safetensors.torch import save_file
+
+    from effiminivlm.config import load_recipe
+    from effiminivlm.models import create_image_encoder, resolve_image_cfg
+
+    counts, means = {}, {}
+    for name in ("efficientnet_b0", "timm_efficientnet_b0", "tf_efficientnet_lite0"):
+        cfg = load_recipe("paper", [f"model.image_encoder.name={name}"]).model.image_encoder
+        encoder = create_image_encoder(cfg, pretrained=False)
+        assert encoder.num_features == 1280
+        counts[name] = sum(p.numel() for p in encoder.parameters())
+        means[name] = resolve_image_cfg(cfg).mean
+    assert counts["efficientnet_b0"] == counts["timm_efficientnet_b0"] == 4_007_548
+    assert counts["tf_efficientnet_lite0"] == 3_371_008
+    assert means["efficientnet_b0"] == means["timm_efficientnet_b0"] == [0.485, 0.456, 0.406]
+    assert means["tf_efficientnet_lite0"] == [0.5, 0.5, 0.5]
+    torch.manual_seed(0)
+    tv = IMAGE_ENCODERS.build("efficientnet_b0", source=None)
+    with torch.no_grad():  # non-default BatchNorm statistics, so the running buffers must map too
+        tv.train()(torch.randn(4, 3, 64, 64))
+    save_file({k: v.contiguous() for k, v in tv.model.state_dict().items()}, str(tmp_path / "tv.safetensors"))
+    timm_b0 = IMAGE_ENCODERS.build("timm_efficientnet_b0", source=f"local-file:{tmp_path / 'tv.safetensors'}")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = tv.eval()(pixels), timm_b0.eval()(pixels)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    with pytest.raises(EffiMiniVLMError, match="no efficientnet_b0 tag 'nope'"):
+        IMAGE_ENCODERS.build("timm_efficientnet_b0", source=None, tag="nope")
+    save_file({"features.0.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError, match="do not match the architecture"):
+        IMAGE_ENCODERS.build("timm_efficientnet_b0", source=f"local-file:{tmp_path / 'bad.safetensors'}")
+    save_file({"features.0.0.weight": torch.zeros(1), "features.9.x": torch.zeros(1)},
+              str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError, match="features.9.x.*not a B0 state dict"):
+        IMAGE_ENCODERS.build("timm_efficientnet_b0", source=f"local-file:{tmp_path / 'bad.safetensors'}")

@@ -139,9 +139,30 @@ def export_cmd(
 
 
 @app.command("recipes")
-def recipes_cmd() -> None:
-    """List the packaged recipes."""
-    from effiminivlm.config import list_recipes
+def recipes_cmd(
+    folder: str | None = typer.Argument(None, help="Also a folder of recipe YAMLs (yours)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (one object per recipe)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (docs/PEERS.md)."),
+    names: bool = typer.Option(False, "--names", help="Only list the names (instant: nothing is built)."),
+    only: list[str] = typer.Option([], "--only", help="Only this recipe (repeat)."),
+) -> None:
+    """Every recipe with its arch, params (all, trainable), canonical FLOPs, C and the best E it can earn."""
+    from effiminivlm import config
+    from effiminivlm.protocol.recipes import recipe_sources, recipe_table, rows_json, rows_markdown
 
-    for name in list_recipes():
-        typer.echo(name)
+    if json_out and markdown:
+        raise ConfigError("give at most one of --json and --markdown")
+    if names:
+        for name, _ in recipe_sources(folder):
+            typer.echo(name)
+        return
+    config.list_recipes()  # an unreadable package fails before any model is built
+    rows = recipe_table(folder, names=only, log=lambda msg: typer.echo(msg, err=True))
+    if json_out:
+        typer.echo(rows_json(rows), nl=False)
+    elif markdown:
+        typer.echo(rows_markdown(rows), nl=False)
+    else:
+        from effiminivlm.protocol.tables import print_recipes
+
+        print_recipes(rows)

@@ -8,6 +8,9 @@ modality alone can explain it. Each item has two hidden attributes with equal ef
   * its **quality tier** (6 tiers), written in the title, features, description and details (material and
     construction words) and never visible in the image (the drawing does not depend on it).
 
+The multi-label target (`categories`, see `synth_categories`) follows the same split: colour labels only
+the image shows, quality-line and audience labels only the text states.
+
     rating = clip(3.85 + category offset + 0.75 * colour effect + 0.75 * tier effect + N(0, 0.25), 1, 5)
 
 rounded to one decimal like the real data. The effect levels are -1, -0.6, -0.2, 0.2, 0.6, 1 for both, so
@@ -239,6 +242,20 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- items
 
+# The multi-label target (Amazon's `categories`): every item's labels come from the image (its colour
+# collection), from the text (its quality line and audience) and from both (category, product type), so a
+# classifier needs both modalities: an image-only model cannot tell the quality line, a text-only one the
+# colour. Derived from the item's own attributes, so no random draw is added and the rest of the item is
+# unchanged.
+QUALITY_LINES = ("Value Buys", "Value Buys", "Everyday Basics", "Everyday Basics", "Premium Selection",
+                 "Premium Selection")
+
+
+def synth_categories(category: str, noun: str, audience: str, colour: str, tier: int) -> list[str]:
+    """[main category, product type, audience (text), "<Colour> Collection" (image), quality line (text)]."""
+    return [category, noun, f"For {audience}", f"{colour.title()} Collection", QUALITY_LINES[tier]]
+
+
 
 @dataclass
 class SynthItem:
@@ -301,7 +318,7 @@ def make_item(index: int, seed: int = 0, image_size: int = 96, missing_descripti
     record = {
         "main_category": category, "title": title, "average_rating": rating, "rating_number": rating_number,
         "features": features, "description": description, "price": price, "images": refs, "videos": [],
-        "store": brand, "categories": [],
+        "store": brand, "categories": synth_categories(category, noun, audience, colour, tier),
         "details": {"Brand": brand, "Material": material, "Department": audience,
                     "Package Dimensions": f"{dims[0]} x {dims[1]} x {dims[2]} inches",
                     "Item model number": f"{brand[:3].upper()}-{int(rng.integers(1000, 10000))}",

@@ -13,6 +13,7 @@ the encoder's normalisation: `resolve_image_cfg` fills an unset `mean`/`std` fro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +159,67 @@ def _timm_data_config(model_name: str | None = None, **kwargs: Any) -> ImageData
         raise EffiMiniVLMError("image encoder 'timm' needs model.image_encoder.kwargs.model_name "
                                "(e.g. test_efficientnet)")
     return timm_data_config(model_name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EfficientNet-B0 in timm: the same network as torchvision's (same layers, BatchNorm eps, 4,007,548 params)
+
+TIMM_B0_TAG = "ra_in1k"  # timm's default pretrained tag: hf-hub:timm/efficientnet_b0.ra_in1k
+
+
+@functools.cache
+def _torchvision_to_timm_b0_names() -> dict[str, str]:
+    """torchvision B0 key -> timm B0 key, pairing the two networks' tensors in forward order.
+
+    Both modules register their tensors in forward order (stem, then per MBConv block expand / depthwise /
+    SE / project, then the 1x1 head conv), so the i-th tensor of one is the i-th of the other; the shapes of
+    every pair are checked once here."""
+    tv = torchvision.models.efficientnet_b0(weights=None).state_dict()
+    tm = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0).state_dict()
+    pairs = list(zip([k for k in tv if not k.startswith("classifier.")], tm, strict=True))
+    assert all(tv[a].shape == tm[b].shape for a, b in pairs), "torchvision and timm B0 layouts diverged"
+    return dict(pairs)
+
+
+def torchvision_b0_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision EfficientNet-B0 weights (``features.*``, classifier dropped) renamed onto timm's
+    ``efficientnet_b0``; a key outside torchvision's B0 fails naming it (the shapes are checked on load)."""
+    names = _torchvision_to_timm_b0_names()
+    kept = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    unknown = sorted(set(kept) - set(names))
+    if unknown:
+        raise WeightsError(f"{len(unknown)} key(s) of the torchvision weights are not in an EfficientNet-B0 "
+                           f"(e.g. {', '.join(unknown[:3])}): not a B0 state dict")
+    return {names[k]: v for k, v in kept.items()}
+
+
+def _timm_b0_name(tag: str) -> str:
+    name = f"efficientnet_b0.{tag}"
+    if name not in timm.list_pretrained("efficientnet_b0.*"):
+        tags = ", ".join(n.partition(".")[2] for n in timm.list_pretrained("efficientnet_b0.*"))
+        raise EffiMiniVLMError(f"model.image_encoder.kwargs.tag: timm has no efficientnet_b0 tag {tag!r} "
+                               f"(known: {tags})")
+    return name
+
+
+@IMAGE_ENCODERS.register("timm_efficientnet_b0")
+def timm_efficientnet_b0(source: str | None = None, tag: str = TIMM_B0_TAG, **kwargs: Any
+                         ) -> TimmImageEncoder:
+    """timm's EfficientNet-B0, 1280-d; `tag` picks the pretrained config (mean/std, interpolation) and names
+    the hub weights (``hf-hub:timm/efficientnet_b0.<tag>``). Takes timm-layout weights, and torchvision's
+    (``torchvision:IMAGENET1K_V1`` or a torchvision B0 file): it swaps with `efficientnet_b0` in a recipe."""
+    encoder = TimmImageEncoder(_timm_b0_name(tag), **kwargs)
+    if source:
+        state = load_state_dict(source, torchvision_enum=torchvision.models.EfficientNet_B0_Weights)
+        if "features.0.0.weight" in state:
+            state = torchvision_b0_to_timm(state)
+        encoder.load_weights(state, f"timm_efficientnet_b0 from {source}")
+    return encoder
+
+
+@IMAGE_DATA_CONFIGS.register("timm_efficientnet_b0")
+def _timm_b0_data_config(tag: str = TIMM_B0_TAG, **kwargs: Any) -> ImageDataConfig:
+    return timm_data_config(_timm_b0_name(tag))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from effiminivlm.protocol.formulas import (
 if TYPE_CHECKING:
     pass
 
-_USER_COLOURS = ("#d62728", "#1f77b4", "#9467bd", "#ff7f0e")
+_USER_COLOURS = ("#d62728", "#1f77b4", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 @dataclass(frozen=True)

@@ -177,3 +177,28 @@ def print_report(results: list[BenchmarkResult], console: Any = None) -> None:
     from rich.console import Console
 
     (console or Console(width=None if sys.stdout.isatty() else 150)).print(render_table(results))
+
+
+def print_recipes(rows: list[Any], console: Any = None) -> None:
+    """`effiminivlm recipes`: one line per recipe (protocol.recipes.RecipeRow), errors in place of numbers."""
+    from rich import box
+    from rich.table import Table
+
+    from effiminivlm.protocol.recipes import fmt_num
+
+    table = Table(box=box.SIMPLE_HEAD,
+                  title="Recipes by the LoViF 2026 protocol (random init, canonical input)")
+    for col in ("recipe", "arch", "towers", "input"):
+        table.add_column(col)
+    for col in ("params M", "trainable M", "FLOPs G", "C", "best E"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if r.error:
+            table.add_row(r.name, r.arch or "-", f"[red]error: {r.error}[/]", "", "", "", "", "", "")
+            continue
+        size = f"{r.image_size}px" if r.image_size else "-"
+        tokens = f"{r.max_length} tok" if r.max_length else "-"
+        table.add_row(r.name, r.arch, f"{r.image_encoder} / {r.text_encoder}", f"{size}, {tokens}",
+                      fmt_num(r.params_m, 2), fmt_num(r.trainable_m, 2), fmt_num(r.flops_g, 2), f"{r.c:.3g}",
+                      f"{r.e:.3f}")
+    _console(console).print(table)
