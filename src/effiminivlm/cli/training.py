@@ -77,7 +77,8 @@ def train_cmd(
         if resume or resolved is None:
             raise ConfigError("--kfold resumes by itself (rerun the same command); drop --resume")
         result = run_kfold(resolved, data, out, k=kfold, seeds=seeds, fold_seed=fold_seed,
-                           overwrite=overwrite, images_dir=images_dir, device=device, log=typer.echo)
+                           overwrite=overwrite, images_dir=images_dir, device=device, features=features,
+                           log=typer.echo)
         typer.echo(result["markdown"])
         for kind, path in result["paths"].items():
             typer.echo(f"{kind}: {path}")
@@ -134,6 +135,8 @@ def soup_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already at --out."),
+    features: str | None = typer.Option(None, "--features", help="Probe models: score soups by the head on "
+                                        "this feature cache of --data (no tower pass)."),
 ) -> None:
     """Average fine-tuned checkpoints' weights (uniform, or greedy on validation PLCC)."""
     import json
@@ -145,7 +148,7 @@ def soup_cmd(
     _check_inference("first", batch_size, 0, precision, device)
     summary = soup(runs, out, greedy=greedy, data=data, split=split, images_dir=images_dir,
                    batch_size=batch_size, device=device, precision=precision, overwrite=overwrite,
-                   log=typer.echo)
+                   features=features, log=typer.echo)
     typer.echo(json.dumps(summary, indent=2))
 
 
