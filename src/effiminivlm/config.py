@@ -179,14 +179,18 @@ def _check_loss(value: Any) -> None:
 
 @dataclass
 class DistillCfg:
-    """Distillation from a bigger model's scores (`train --teacher SCORES`): the training target of an item
-    the teacher scored is (1 - alpha) * its rating + alpha * the teacher's score."""
+    """Distillation from a bigger model (`train --teacher SCORES | DIR`): the training target of an item
+    the teacher scored is (1 - alpha) * its rating + alpha * the teacher's score; with per-item teacher
+    embeddings (a folder, `training.embed_distill`) the loss adds embed_weight x a relational term."""
 
     teacher: str | None = None  # a submission-format CSV (item_id, score, ...)
     alpha: float = 0.5
+    embeddings: str | None = None  # a folder of *.safetensors: item ids + one embedding per item
+    embed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha, ge=0)
+        check_number("embed_weight", self.embed_weight, ge=0)
         if self.alpha > 1:
             fail("alpha", "in [0, 1]", self.alpha)
 

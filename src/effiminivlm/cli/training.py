@@ -33,8 +33,10 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in --out (its model "
                                    "included) and train from scratch."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="Distil from a bigger model's scores: a "
-                                       "submission CSV (item_id,score); blend with train.distill.alpha."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distil from a bigger model: its scores (a "
+                                       "submission CSV item_id,score; blend with train.distill.alpha) or a "
+                                       "folder of per-item embeddings (*.safetensors; "
+                                       "train.distill.embed_weight)."),
     pseudo: str | None = typer.Option(None, "--pseudo", help="Mix in pseudo-labelled rows (a folder written "
                                       "by `effiminivlm pseudo-label`)."),
     pseudo_weight: float | None = typer.Option(None, "--pseudo-weight", help="Loss weight of a pseudo row "
@@ -109,12 +111,16 @@ def _technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight:
     from pathlib import Path
 
     out = []
+    if teacher is not None and Path(teacher).is_dir():  # a folder of per-item teacher embeddings
+        out.append(f"train.distill.embeddings={json.dumps(str(Path(teacher).resolve()))}")
+        teacher = None
     for key, path, kind in (("train.distill.teacher", teacher, "file"), ("train.pseudo.path", pseudo, "dir")):
         if path is None:
             continue
         p = Path(path)
         if not (p.is_file() if kind == "file" else p.is_dir()):
-            raise ConfigError(f"--{key.split('.')[1] if kind == 'dir' else 'teacher'} {path}: no such {kind}")
+            raise ConfigError(f"--{key.split('.')[1] if kind == 'dir' else 'teacher'} {path}: no such "
+                              f"{'file or folder' if key.endswith('teacher') else kind}")
         out.append(f"{key}={json.dumps(str(p.resolve()))}")
     if pseudo_weight is not None:
         out.append(f"train.pseudo.weight={pseudo_weight!r}")

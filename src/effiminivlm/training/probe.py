@@ -133,6 +133,9 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     if tc.pseudo.path:
         raise ConfigError("train.pseudo: probe recipes fit on cached features of the dataset's items; "
                           "pseudo-labelled rows have none (fine-tune, or prepare them as a dataset)")
+    if tc.distill.embeddings:
+        raise ConfigError("train.distill.embeddings shapes the towers' representation; a probe's towers are "
+                          "frozen (use the teacher's scores, --teacher SCORES.csv, or fine-tune)")
     if tc.probe == "ridge" and recipe.model.head.hidden_dims:
         raise ConfigError("train.probe=ridge needs a linear head: set model.head.hidden_dims=[]")
     out = Path(out_dir)
