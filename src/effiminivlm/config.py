@@ -31,7 +31,7 @@ from effiminivlm.typed import check_choice, check_int, check_number, fail, from_
 MODALITIES = ("image_text", "image", "text")
 MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
 PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
-PROBE_ALPHAS = ("loo_plcc", "loo_mse", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
+PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
@@ -238,7 +238,7 @@ class TrainCfg:
     eval_batch_size: int = 64
     missing_rating_number: str = "median"  # median | one | drop: weight of train rows without rating_number
     probe: str = "none"  # none (fine-tune) | ridge | head: frozen towers, only the head on cached features
-    probe_alpha: str = "loo_plcc"  # ridge's alpha by leave-one-out on train (loo_plcc | loo_mse) or val_plcc
+    probe_alpha: str = "loo_mse"  # ridge's alpha by leave-one-out on train (loo_mse | loo_plcc) or val_plcc
     distill: DistillCfg = field(default_factory=DistillCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 

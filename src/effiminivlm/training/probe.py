@@ -4,8 +4,9 @@ cached features (`training.embed`).
 * ``ridge``: the head is one Linear layer (`model.head.hidden_dims: []`) solved in closed form: weighted
   ridge on the standardised [image; text] features, the recipe's sample weights (`train.sample_weights`,
   `train.missing_rating_number` for unknown counts), alpha chosen from `ALPHAS` by `train.probe_alpha`:
-  exact leave-one-out over the train split (`training.ridge`; PLCC or weighted MSE of the LOO predictions)
-  or the validation PLCC (ties: the larger alpha, the simpler model). Seconds for thousands of items.
+  exact leave-one-out over the train split (`training.ridge`; weighted MSE, the default, or PLCC of the LOO
+  predictions) or the validation PLCC (ties: the larger alpha, the simpler model). Seconds for thousands of
+  items.
 * ``head``: the recipe's MLP head trained alone on the cached features with the recipe's loss (a name or a
   mixture), sample weights, AdamW and schedule, early-stopped on validation PLCC like `training.loop`; each
   epoch costs a few milliseconds.
