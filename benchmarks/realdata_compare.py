@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.model_selection import KFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,12 +43,20 @@ from effiminivlm.config import Recipe, load_recipe  # noqa: E402
 from effiminivlm.data.folds import write_fold_dataset  # noqa: E402
 from effiminivlm.data.prepare import read_prepared  # noqa: E402
 from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs, fmt_mean_sd  # noqa: E402
+from effiminivlm.evaluation.metrics import compute_metrics  # noqa: E402
 from effiminivlm.files import atomic_write_text, write_json  # noqa: E402
+from effiminivlm.models.heads import create_head  # noqa: E402
+from effiminivlm.training.embed import feature_matrix, load_features  # noqa: E402
 from effiminivlm.training.kfold import probe_features, run_and_test  # noqa: E402
-from effiminivlm.training.probe import evaluate_on_features  # noqa: E402
-from effiminivlm.training.soup import soup  # noqa: E402
+from effiminivlm.training.probe import _ridge_head, _train_head  # noqa: E402
+from effiminivlm.training.soup import average_state  # noqa: E402
+from effiminivlm.training.train_rows import mix_train_rows  # noqa: E402
+from effiminivlm.training.weights import WEIGHT_COLUMN, fill_missing_rating_number  # noqa: E402
 
-HEAD = ["train.probe=head", "model.head.hidden_dims=[512,256]", "model.head.dropout=0.1"]
+# The MLP head alone on cached features. Batches of 512 (8 steps an epoch): on this shared CPU a step costs
+# ~0.4 s of wall time whatever its size, so batch 32 (129 steps an epoch) took ~10 minutes per fit.
+HEAD = ["train.probe=head", "model.head.hidden_dims=[512,256]", "model.head.dropout=0.1",
+        "train.batch_size=512", "train.lr=3e-3"]
 SEEDS = 3
 # name -> (label, overrides, seeds)
 PROBE_ROWS: dict[str, tuple[str, list[str], int]] = {
@@ -63,8 +72,6 @@ PROBE_ROWS: dict[str, tuple[str, list[str], int]] = {
     "head-rank": ("probe head, weighted_huber + 0.5 rank",
                   [*HEAD, "train.loss={weighted_huber: 1.0, rank: 0.5}"], 1),
     "head-kl": ("probe head, kl", [*HEAD, "train.loss=kl"], 1),
-    "head-w-invfreq": ("probe head, sample weights inverse_bin_freq",
-                       [*HEAD, "train.sample_weights=inverse_bin_freq"], 1),
 }
 DISTILL_ROWS = {"distill-ridge": ("probe ridge, distilled from TF-IDF (out-of-fold)", []),
                 "distill-head": ("probe head, distilled from TF-IDF (out-of-fold)", HEAD)}
@@ -102,24 +109,6 @@ def _probe_row(recipe: Recipe, folds: list[Path], d: Path, seeds: int, features:
     return runs
 
 
-def _soup_rows(head_dir: Path, folds: list[Path], out: Path, features: Path, seeds: list[int]
-               ) -> dict[str, list[dict[str, Any]]]:
-    rows: dict[str, list[dict[str, Any]]] = {"soup-uniform": [], "soup-greedy": []}
-    for name, greedy in (("soup-uniform", False), ("soup-greedy", True)):
-        d = _row_dir(out, name, {"members": str(head_dir), "seeds": seeds, "greedy": greedy})
-        for f, fold in enumerate(folds):
-            model, report = d / f"fold-{f}" / "model", d / f"fold-{f}" / "eval-test" / "metrics.json"
-            if not report.is_file():
-                members = [str(head_dir / f"fold-{f}" / f"seed-{s}") for s in seeds]
-                soup(members, model, greedy=greedy, data=str(fold), features=features, overwrite=True,
-                     progress=False, log=lambda m: None)
-                evaluate_on_features(model, fold, features, report.parent)
-            metrics = json.loads(report.read_text())
-            rows[name].append({"fold": f, "seed": 0, "metrics": {g: v for g, v in metrics.items()
-                                                                  if isinstance(v, dict) and "n" in v}})
-    return rows
-
-
 def teacher_csv(fold: Path, path: Path, inner_k: int = 5) -> dict[str, Any]:
     """TF-IDF out-of-fold scores of the fold's TRAIN items (inner K-fold over train, alpha by the fold's
     val PLCC per inner fit): the teacher never scores an item it was fitted on."""
@@ -134,6 +123,92 @@ def teacher_csv(fold: Path, path: Path, inner_k: int = 5) -> dict[str, Any]:
     lines = ["item_id,score"] + [f"{i},{s:.6f}" for i, s in zip(ids[tr], oof, strict=True)]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return {"items": int(tr.size), "oof_plcc": float(np.corrcoef(oof, rows.y[tr])[0, 1])}
+
+class _HeadOnly(torch.nn.Module):
+    """What `probe._train_head` needs of a model: its `head`. The lean path fits heads without building,
+    saving and reloading the 23M-parameter towers for every fit (minutes each on a loaded CPU)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+
+def _lean_split(fold: Path, feats: dict[str, Any], split: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    rows = read_prepared(fold, split)
+    return rows, feature_matrix(feats, rows.column("parent_asin").to_pylist()), \
+        rows.column("average_rating").to_numpy().astype(np.float64)
+
+
+def lean_head(recipe: Recipe, fold: Path, feats: dict[str, Any], seed: int, cache: Path
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(test metrics, head state) of the recipe's probe head fitted on `fold` from the feature cache, with
+    the probe's own pieces (train rows with sample weights and teacher labels, `probe._train_head`);
+    cached in `cache` (a .pt of the metrics and state), so reruns skip it."""
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        return json.loads(saved["metrics"]), saved["state"]
+    tc = recipe.train
+    rows, x_tr, _ = _lean_split(fold, feats, "train")
+    _, x_va, y_va = _lean_split(fold, feats, "val")
+    te_rows, x_te, y_te = _lean_split(fold, feats, "test")
+    rows, weighting = fill_missing_rating_number(rows, tc.missing_rating_number)
+    rows, _ = mix_train_rows(rows, tc, weighting["mu"], log=lambda m: None)
+    y_tr = rows.column("average_rating").to_numpy().astype(np.float64)
+    w = rows.column(WEIGHT_COLUMN).to_numpy().astype(np.float64)
+    torch.manual_seed(0)  # every seed starts from the same head, as build_probe_model does
+    model = _HeadOnly(create_head(recipe.model.head, x_tr.shape[1]))
+    torch.manual_seed(seed)
+    if tc.probe == "ridge":
+        _ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha)
+    else:
+        _train_head(model, recipe, x_tr, y_tr, w, x_va, y_va, lambda m: None)
+    metrics = _head_metrics(model.head, x_te, y_te, te_rows)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"metrics": json.dumps(metrics), "state": model.head.state_dict()}, cache)
+    return metrics, model.head.state_dict()
+
+
+def _head_metrics(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: Any) -> dict[str, Any]:
+    head.eval()
+    with torch.no_grad():
+        pred = np.clip(head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy(), 1, 5)
+    counts = np.array([0.0 if c is None else float(c) for c in rows.column("rating_number").to_pylist()])
+    m = compute_metrics(pred, y, None, counts, 10)
+    return {g: v for g, v in m.items() if isinstance(v, dict) and "n" in v}
+
+
+def lean_soups(recipe: Recipe, folds: list[Path], feats: dict[str, Any], states: dict[tuple[int, int], Any]
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Uniform and greedy (Wortsman: best member first, add one only if val PLCC improves) soups of the
+    seeds' heads per fold, with `soup.average_state`."""
+    out: dict[str, list[dict[str, Any]]] = {"soup-uniform": [], "soup-greedy": []}
+    for f, fold in enumerate(folds):
+        _, x_va, y_va = _lean_split(fold, feats, "val")
+        te_rows, x_te, y_te = _lean_split(fold, feats, "test")
+        members = [states[(f, s)] for s in sorted(s for g, s in states if g == f)]
+        head = create_head(recipe.model.head, x_va.shape[1])
+
+        va_rows = read_prepared(fold, "val")
+
+        def val_plcc(state: dict[str, torch.Tensor], head: torch.nn.Module = head, x: np.ndarray = x_va,
+                     y: np.ndarray = y_va, r: Any = va_rows) -> float:
+            head.load_state_dict(state)
+            return _head_metrics(head, x, y, r)["overall"]["plcc"]
+
+        head.load_state_dict(average_state(members))
+        uniform = _head_metrics(head, x_te, y_te, te_rows)
+        out["soup-uniform"].append({"fold": f, "seed": 0, "metrics": uniform})
+        own = [val_plcc(m) for m in members]
+        order = sorted(range(len(members)), key=lambda i: -own[i])
+        chosen, best = [order[0]], own[order[0]]
+        for i in order[1:]:
+            p = val_plcc(average_state([members[j] for j in [*chosen, i]]))
+            if p > best:
+                chosen, best = [*chosen, i], p
+        head.load_state_dict(average_state([members[j] for j in chosen]))
+        out["soup-greedy"].append({"fold": f, "seed": 0, "metrics": _head_metrics(head, x_te, y_te, te_rows),
+                                   "members": len(chosen)})
+    return out
 
 
 def _summary(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,16 +276,28 @@ def main(argv: list[str] | None = None) -> int:
         found = _backbone(path)
         if found is not None:
             rows[path.name] = found
+    feats = load_features(features)
+    states: dict[tuple[int, int], Any] = {}
     for name, (label, overrides, seeds) in PROBE_ROWS.items():
         if not want(name):
             continue
         recipe = load_recipe("probe", [*base, *overrides])
         d = _row_dir(out, name, {"recipe": recipe.to_dict(), "seeds": seeds, "features": str(features)})
-        rows[name] = _summary(label, _probe_row(recipe, folds, d, seeds, features))
+        if recipe.train.probe == "ridge":  # the real path: train_probe + evaluate_on_features, models saved
+            runs = _probe_row(recipe, folds, d, seeds, features)
+        else:  # heads: the lean path (same fitting code, no towers built or saved per fit)
+            runs = []
+            for f, fold in enumerate(folds):
+                for i in range(seeds):
+                    seed = recipe.train.seed + i
+                    metrics, state = lean_head(recipe, fold, feats, seed, d / f"fold-{f}-seed-{seed}.pt")
+                    runs.append({"fold": f, "seed": seed, "metrics": metrics})
+                    if name == "head-huber":
+                        states[(f, seed)] = state
+        rows[name] = _summary(label, runs)
         print(f"{name}: PLCC {fmt_mean_sd(rows[name]['aggregate']['overall']['plcc'])}", flush=True)
-    if want("soup") and (out / "head-huber").is_dir():
-        seeds = [probe.train.seed + i for i in range(SEEDS)]
-        for name, runs in _soup_rows(out / "head-huber", folds, out, features, seeds).items():
+    if want("soup") and states:
+        for name, runs in lean_soups(load_recipe("probe", [*base, *HEAD]), folds, feats, states).items():
             rows[name] = _summary(f"probe head, {name.split('-')[1]} soup of {SEEDS} seeds", runs)
             print(f"{name}: PLCC {fmt_mean_sd(rows[name]['aggregate']['overall']['plcc'])}", flush=True)
     teachers = {}
@@ -227,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         for f, fold in enumerate(folds):
             teacher = (out / "teacher" / f"fold-{f}.csv").resolve()
             recipe = load_recipe("probe", [*base, *overrides, f"train.distill.teacher={teacher}"])
-            runs.append(run_and_test(recipe, fold, d / f"fold-{f}" / "seed-42", f, 42, images_dir=None,
-                                     device="cpu", progress=False, log=lambda m: None, features=features))
+            metrics, _ = lean_head(recipe, fold, feats, 42, d / f"fold-{f}-seed-42.pt")
+            runs.append({"fold": f, "seed": 42, "metrics": metrics})
         rows[name] = _summary(label, runs)
         print(f"{name}: PLCC {fmt_mean_sd(rows[name]['aggregate']['overall']['plcc'])}", flush=True)
     table = render(rows)
