@@ -31,6 +31,7 @@ from effiminivlm.typed import check_choice, check_int, check_number, fail, from_
 MODALITIES = ("image_text", "image", "text")
 MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
 PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
+PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
@@ -182,14 +183,18 @@ def _check_loss(value: Any) -> None:
 
 @dataclass
 class DistillCfg:
-    """Distillation from a bigger model's scores (`train --teacher SCORES`): the training target of an item
-    the teacher scored is (1 - alpha) * its rating + alpha * the teacher's score."""
+    """Distillation from a bigger model (`train --teacher SCORES | DIR`): the training target of an item
+    the teacher scored is (1 - alpha) * its rating + alpha * the teacher's score; with per-item teacher
+    embeddings (a folder, `training.embed_distill`) the loss adds embed_weight x a relational term."""
 
     teacher: str | None = None  # a submission-format CSV (item_id, score, ...)
     alpha: float = 0.5
+    embeddings: str | None = None  # a folder of *.safetensors: item ids + one embedding per item
+    embed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha, ge=0)
+        check_number("embed_weight", self.embed_weight, ge=0)
         if self.alpha > 1:
             fail("alpha", "in [0, 1]", self.alpha)
 
@@ -237,12 +242,14 @@ class TrainCfg:
     eval_batch_size: int = 64
     missing_rating_number: str = "median"  # median | one | drop: weight of train rows without rating_number
     probe: str = "none"  # none (fine-tune) | ridge | head: frozen towers, only the head on cached features
+    probe_alpha: str = "loo_mse"  # ridge's alpha by leave-one-out on train (loo_mse | loo_plcc) or val_plcc
     distill: DistillCfg = field(default_factory=DistillCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 
     def __post_init__(self) -> None:
         check_choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
         check_choice("probe", self.probe, PROBES)
+        check_choice("probe_alpha", self.probe_alpha, PROBE_ALPHAS)
         check_number("huber_delta", self.huber_delta, gt=0)
         check_number("weight_cap", self.weight_cap, gt=0)
         check_int("epochs", self.epochs, 1, 100_000)

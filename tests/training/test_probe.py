@@ -131,3 +131,38 @@ def test_cli_embed_then_train_with_features(prepared: Path, tmp_path: Path) -> N
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--recipe", "tiny", *sets,
                  "--resume"]) == 2
     assert main(["embed", str(prepared), "--out", str(cache)]) == 2  # neither --model nor --recipe
+
+
+def test_probe_takes_loss_mixtures_sample_weights_teacher_and_a_shared_cache(prepared: Path, tmp_path: Path
+                                                                             ) -> None:
+    """The probe's train rows are the loop's (sample weights, teacher labels); a head takes a loss mixture;
+    `run_kfold(features=...)` reuses one cache; `soup(features=...)` scores heads on it."""
+    from effiminivlm.training.soup import soup
+
+    ids = read_prepared(prepared, "train").column("parent_asin").to_pylist()
+    teacher = tmp_path / "t.csv"
+    teacher.write_text("item_id,score\n" + "".join(f"{i},5.0\n" for i in ids))
+    base = load_recipe("tiny", PROBE)
+    plain = train_probe(base, prepared, tmp_path / "plain", log=lambda _: None)
+    taught = train_probe(load_recipe("tiny", [*PROBE, f"train.distill.teacher={teacher}",
+                                              "train.distill.alpha=1.0"]), prepared, tmp_path / "t",
+                         log=lambda _: None)
+    assert taught["distill"]["teacher_scored"] == len(ids) and plain["sample_weights"] == "rating_count"
+    bias = load_model(tmp_path / "t" / "model")[0].head[-1].bias.item()
+    assert bias == pytest.approx(5.0, abs=1e-3)  # every target is the teacher's 5.0: a constant fit
+    assert plain["alpha_by"] == "loo_mse" and all("loo_mse" in c for c in plain["alpha_curve"])
+    cache = tmp_path / "plain-kf"
+    head = [*PROBE, "train.probe=head", "model.head.hidden_dims=[8]", "train.epochs=2",
+            "train.loss={weighted_huber: 1.0, plcc: 0.5, rank: 0.2}", "train.sample_weights=inverse_bin_freq"]
+    first = run_kfold(base, prepared, cache, k=2, log=lambda _: None)
+    shared = run_kfold(load_recipe("tiny", head), prepared, tmp_path / "head-kf", k=2, seeds=2,
+                       features=cache / "features.safetensors", log=lambda _: None)
+    assert not (tmp_path / "head-kf" / "features.safetensors").exists() and len(shared["runs"]) == 4
+    assert first["aggregate"]["overall"]["rmse"]["n_runs"] == 2
+    members = [str(tmp_path / "head-kf" / "fold-0" / f"seed-{s}") for s in (42, 43)]
+    fold = tmp_path / "head-kf" / "folds" / "fold-0"
+    via_features = soup(members, tmp_path / "s1", data=str(fold), features=cache / "features.safetensors",
+                        progress=False, log=lambda _: None)
+    via_towers = soup(members, tmp_path / "s2", data=str(fold), precision="fp32", progress=False,
+                      log=lambda _: None)
+    assert via_features["val_plcc"] == pytest.approx(via_towers["val_plcc"], abs=1e-4)

@@ -33,8 +33,10 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in --out (its model "
                                    "included) and train from scratch."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
-    teacher: str | None = typer.Option(None, "--teacher", help="Distil from a bigger model's scores: a "
-                                       "submission CSV (item_id,score); blend with train.distill.alpha."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distil from a bigger model: its scores (a "
+                                       "submission CSV item_id,score; blend with train.distill.alpha) or a "
+                                       "folder of per-item embeddings (*.safetensors; "
+                                       "train.distill.embed_weight)."),
     pseudo: str | None = typer.Option(None, "--pseudo", help="Mix in pseudo-labelled rows (a folder written "
                                       "by `effiminivlm pseudo-label`)."),
     pseudo_weight: float | None = typer.Option(None, "--pseudo-weight", help="Loss weight of a pseudo row "
@@ -77,7 +79,8 @@ def train_cmd(
         if resume or resolved is None:
             raise ConfigError("--kfold resumes by itself (rerun the same command); drop --resume")
         result = run_kfold(resolved, data, out, k=kfold, seeds=seeds, fold_seed=fold_seed,
-                           overwrite=overwrite, images_dir=images_dir, device=device, log=typer.echo)
+                           overwrite=overwrite, images_dir=images_dir, device=device, features=features,
+                           log=typer.echo)
         typer.echo(result["markdown"])
         for kind, path in result["paths"].items():
             typer.echo(f"{kind}: {path}")
@@ -108,12 +111,16 @@ def _technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight:
     from pathlib import Path
 
     out = []
+    if teacher is not None and Path(teacher).is_dir():  # a folder of per-item teacher embeddings
+        out.append(f"train.distill.embeddings={json.dumps(str(Path(teacher).resolve()))}")
+        teacher = None
     for key, path, kind in (("train.distill.teacher", teacher, "file"), ("train.pseudo.path", pseudo, "dir")):
         if path is None:
             continue
         p = Path(path)
         if not (p.is_file() if kind == "file" else p.is_dir()):
-            raise ConfigError(f"--{key.split('.')[1] if kind == 'dir' else 'teacher'} {path}: no such {kind}")
+            raise ConfigError(f"--{key.split('.')[1] if kind == 'dir' else 'teacher'} {path}: no such "
+                              f"{'file or folder' if key.endswith('teacher') else kind}")
         out.append(f"{key}={json.dumps(str(p.resolve()))}")
     if pseudo_weight is not None:
         out.append(f"train.pseudo.weight={pseudo_weight!r}")
@@ -134,6 +141,8 @@ def soup_cmd(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto (default)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already at --out."),
+    features: str | None = typer.Option(None, "--features", help="Probe models: score soups by the head on "
+                                        "this feature cache of --data (no tower pass)."),
 ) -> None:
     """Average fine-tuned checkpoints' weights (uniform, or greedy on validation PLCC)."""
     import json
@@ -145,7 +154,7 @@ def soup_cmd(
     _check_inference("first", batch_size, 0, precision, device)
     summary = soup(runs, out, greedy=greedy, data=data, split=split, images_dir=images_dir,
                    batch_size=batch_size, device=device, precision=precision, overwrite=overwrite,
-                   log=typer.echo)
+                   features=features, log=typer.echo)
     typer.echo(json.dumps(summary, indent=2))
 
 

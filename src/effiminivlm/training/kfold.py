@@ -54,9 +54,11 @@ def check_plan(out: Path, plan: dict[str, Any], overwrite: bool, name: str = PLA
 
 def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: int = 5, seeds: int = 1,
               fold_seed: int = 0, overwrite: bool = False, images_dir: str | Path | None = None,
-              device: str | None = None, progress: bool = False,
+              device: str | None = None, progress: bool = False, features: str | Path | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train + test `recipe` on K folds x `seeds` seeds (train.seed, +1, ...); returns the kfold.json dict."""
+    """Train + test `recipe` on K folds x `seeds` seeds (train.seed, +1, ...); returns the kfold.json dict.
+    A probe recipe uses `features` (a cache of every item of DATA, `effiminivlm embed`) when given, so a
+    sweep of head settings embeds once; without it the run embeds into RUN/features.safetensors."""
     if seeds < 1:
         raise EffiMiniVLMError(f"--seeds must be at least 1, got {seeds}")
     data, out = Path(data_dir), Path(out_dir)
@@ -66,7 +68,10 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     check_plan(out, plan, overwrite)
     if images_dir is None and (data / "images").is_dir():  # the source's fetch-images cache serves every fold
         images_dir = data / "images"
-    features = probe_features(recipe, data, out, images_dir, device, progress, log)
+    if features is not None and recipe.train.probe == "none":
+        raise EffiMiniVLMError("--features is for probe recipes (train.probe ridge | head)")
+    features = Path(features) if features is not None else probe_features(recipe, data, out, images_dir,
+                                                                            device, progress, log)
     runs: list[dict[str, Any]] = []
     for f in range(k):
         fold_data = out / "folds" / f"fold-{f}"

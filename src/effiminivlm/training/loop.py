@@ -41,6 +41,7 @@ from effiminivlm.runtime import autocast, default_num_workers, resolve_device, r
 from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
@@ -193,6 +194,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     loss_fn = build_loss(tc.loss, {"delta": tc.huber_delta})
+    distiller, embed_stats = setup_embedding_distillation(
+        tc, model, train_rows.column("parent_asin").to_pylist(), strict=strict, log=log)
+    if distiller is not None:  # + the relational term of per-item teacher embeddings (--teacher DIR)
+        loss_fn, mixed["distill_embeddings"] = distiller.wrap(loss_fn), embed_stats
 
     state = TrainState()
     records: list[dict[str, Any]] = []  # the metrics.jsonl lines, also kept in each checkpoint
@@ -242,6 +247,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             if i >= steps_per_epoch:
                 break
             statuses.update(batch["image_status"])
+            if distiller is not None:
+                distiller.ids = batch["item_id"]
             loss = train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
                               tc.grad_accum_steps, dist if dist.enabled else None)
             scheduler.step()

@@ -2,11 +2,18 @@
 cached features (`training.embed`).
 
 * ``ridge``: the head is one Linear layer (`model.head.hidden_dims: []`) solved in closed form: weighted
-  ridge on the standardised [image; text] features, the paper's rating-count weights as sample weights
-  (`train.missing_rating_number` for unknown counts), alpha chosen from `ALPHAS` by validation PLCC (ties:
-  the larger alpha, the simpler model). Seconds for thousands of items.
-* ``head``: the recipe's MLP head trained alone on the cached features with the recipe's loss, AdamW and
-  schedule, early-stopped on validation PLCC like `training.loop`; each epoch costs a few milliseconds.
+  ridge on the standardised [image; text] features, the recipe's sample weights (`train.sample_weights`,
+  `train.missing_rating_number` for unknown counts), alpha chosen from `ALPHAS` by `train.probe_alpha`:
+  exact leave-one-out over the train split (`training.ridge`; weighted MSE, the default, or PLCC of the LOO
+  predictions) or the validation PLCC (ties: the larger alpha, the simpler model). Seconds for thousands of
+  items.
+* ``head``: the recipe's MLP head trained alone on the cached features with the recipe's loss (a name or a
+  mixture), sample weights, AdamW and schedule, early-stopped on validation PLCC like `training.loop`; each
+  epoch costs a few milliseconds.
+
+Both take the training loop's train rows (`train_rows.mix_train_rows`): sample weights, and with
+`train.distill.teacher` the teacher's soft labels blended into the targets. Pseudo-labelled rows are refused:
+their items have no cached features.
 
 Either way the result is an ordinary model folder (towers + fitted head) that `evaluate`, `predict` and the
 scorer load like any other, and the run folder has `recipe.yaml`, `train_summary.json` and `model/`.
@@ -38,9 +45,11 @@ from effiminivlm.files import atomic_write_text, replace_dir, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.runtime import resolve_device, resolve_precision
 from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
-from effiminivlm.training.losses import create_loss, rating_weights
+from effiminivlm.training.losses import build_loss
+from effiminivlm.training.ridge import select_alpha
 from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
-from effiminivlm.training.weights import fill_missing_rating_number
+from effiminivlm.training.train_rows import mix_train_rows
+from effiminivlm.training.weights import WEIGHT_COLUMN, fill_missing_rating_number
 
 __all__ = ["ALPHAS", "build_probe_model", "evaluate_on_features", "fit_ridge", "train_probe"]
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
@@ -117,11 +126,17 @@ def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
 def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
                 features: str | Path | None = None, overwrite: bool = False,
                 images_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
-                log: Callable[[str], None] = print, **_: Any) -> dict[str, Any]:
+                log: Callable[[str], None] = print, strict: bool = False, **_: Any) -> dict[str, Any]:
     """Fit the head of `recipe` (train.probe ridge | head) on cached features; returns the run summary."""
     tc = recipe.train
     if tc.probe not in ("ridge", "head"):
         raise ConfigError(f"train.probe must be ridge or head for a probe run, got {tc.probe!r}")
+    if tc.pseudo.path:
+        raise ConfigError("train.pseudo: probe recipes fit on cached features of the dataset's items; "
+                          "pseudo-labelled rows have none (fine-tune, or prepare them as a dataset)")
+    if tc.distill.embeddings:
+        raise ConfigError("train.distill.embeddings shapes the towers' representation; a probe's towers are "
+                          "frozen (use the teacher's scores, --teacher SCORES.csv, or fine-tune)")
     if tc.probe == "ridge" and recipe.model.head.hidden_dims:
         raise ConfigError("train.probe=ridge needs a linear head: set model.head.hidden_dims=[]")
     out = Path(out_dir)
@@ -145,16 +160,16 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
                             precision=resolve_precision(tc.precision, dev), progress=progress)
     x_tr = feature_matrix(feats, train_rows.column("parent_asin").to_pylist())
     x_va = feature_matrix(feats, val_rows.column("parent_asin").to_pylist())
-    y_tr = train_rows.column("average_rating").to_numpy().astype(np.float64)
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
-    counts = torch.as_tensor(train_rows.column("rating_number").to_numpy(zero_copy_only=False).astype(float))
-    w = rating_weights(counts, weighting["mu"], tc.weight_cap).double().numpy()
-    if tc.loss == "huber" or not w.any():  # an unweighted loss, or no usable weight: plain least squares
+    train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
+    y_tr = train_rows.column("average_rating").to_numpy().astype(np.float64)  # teacher-blended if distilling
+    w = train_rows.column(WEIGHT_COLUMN).to_numpy().astype(np.float64)
+    if not w.any():  # no usable weight: plain least squares
         w = np.ones_like(y_tr)
     if tc.probe == "ridge":
-        result = _ridge_head(model, x_tr, y_tr, w, x_va, y_va)
+        result = _ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha)
     else:
-        result = _train_head(model, recipe, x_tr, y_tr, counts, weighting["mu"], x_va, y_va, log)
+        result = _train_head(model, recipe, x_tr, y_tr, w, x_va, y_va, log)
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     model.save_pretrained(out / MODEL_TMP, tokenizer=tokenizer)
     with torch.no_grad():
@@ -162,7 +177,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     save_conformal(out / MODEL_TMP, fit_conformal(val_pred, y_va))
     replace_dir(out / MODEL_TMP, out / "model")
     summary = {"probe": tc.probe, **result, "mu": weighting["mu"], "missing_rating_number": weighting,
-               "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
+               **mixed, "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
     write_json(summary, out / "train_summary.json")
     log(f"probe {tc.probe}: val PLCC {summary['best_val_plcc']:.4f} "
         + (f"(alpha {result['alpha']:g})" if tc.probe == "ridge" else f"(epoch {result['best_epoch']})"))
@@ -170,30 +185,37 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
 
 
 def _ridge_head(model: torch.nn.Module, x_tr: np.ndarray, y_tr: np.ndarray, w: np.ndarray,
-                x_va: np.ndarray, y_va: np.ndarray) -> dict[str, Any]:
-    """Closed-form ridge over ALPHAS, the best by val PLCC written into the model's Linear head."""
-    best: tuple[float, float, np.ndarray, float] | None = None
+                x_va: np.ndarray, y_va: np.ndarray, criterion: str) -> dict[str, Any]:
+    """Closed-form ridge over ALPHAS, alpha by `criterion` (LOO on train, or val PLCC), written into the
+    model's Linear head. The val PLCC of every alpha is kept in the curve either way."""
     curve = []
+    fits = []
     for alpha in ALPHAS:
         coef, b = fit_ridge(x_tr, y_tr, w, alpha)
-        p = _plcc(x_va @ coef + b, y_va)
-        curve.append({"alpha": alpha, "val_plcc": p})
-        score = -math.inf if math.isnan(p) else p
-        if best is None or score >= best[0]:
-            best = (score, alpha, coef, b)
-    assert best is not None
+        fits.append((coef, b))
+        curve.append({"alpha": alpha, "val_plcc": _plcc(x_va @ coef + b, y_va)})
+    if criterion == "val_plcc":
+        scores = [-math.inf if math.isnan(c["val_plcc"]) else c["val_plcc"] for c in curve]
+        pick = max(i for i, v in enumerate(scores) if v == max(scores))  # ties: the larger alpha
+    else:
+        pick, loo = select_alpha(x_tr, y_tr, w, ALPHAS, criterion)
+        for c, extra in zip(curve, loo, strict=True):
+            c.update({k: v for k, v in extra.items() if k != "alpha"})
+    coef, b = fits[pick]
     linear = model.head[-1]
     with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(best[2], dtype=torch.float32).unsqueeze(0))
-        linear.bias.fill_(best[3])
+        linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32).unsqueeze(0))
+        linear.bias.fill_(b)
     model.head.eval()
-    return {"alpha": best[1], "best_val_plcc": best[0], "alpha_curve": curve}
+    return {"alpha": ALPHAS[pick], "alpha_by": criterion, "best_val_plcc": curve[pick]["val_plcc"],
+            "alpha_curve": curve}
 
 
 def _train_head(model: torch.nn.Module, recipe: Recipe, x_tr: np.ndarray, y_tr: np.ndarray,
-                counts: torch.Tensor, mu: float, x_va: np.ndarray, y_va: np.ndarray,
+                w: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
                 log: Callable[[str], None]) -> dict[str, Any]:
-    """The MLP head alone on cached features: the recipe's loss, AdamW, cosine schedule, early stopping."""
+    """The MLP head alone on cached features: the recipe's loss (a mixture too) with the sample weights `w`,
+    AdamW, cosine schedule, early stopping on val PLCC."""
     from transformers import get_cosine_schedule_with_warmup
 
     tc = recipe.train
@@ -206,7 +228,8 @@ def _train_head(model: torch.nn.Module, recipe: Recipe, x_tr: np.ndarray, y_tr: 
     steps = math.ceil(len(yt) / tc.batch_size)
     opt = torch.optim.AdamW(head.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(tc.warmup_ratio * steps * tc.epochs), steps * tc.epochs)
-    loss_fn = create_loss(tc.loss, mu=mu, delta=tc.huber_delta, cap=tc.weight_cap)
+    loss_fn = build_loss(tc.loss, {"delta": tc.huber_delta})
+    wt = torch.as_tensor(w, dtype=torch.float32)
     gen = torch.Generator().manual_seed(tc.seed)
     best = {"best_val_plcc": -math.inf, "best_epoch": 0}
     best_state = None
@@ -214,7 +237,7 @@ def _train_head(model: torch.nn.Module, recipe: Recipe, x_tr: np.ndarray, y_tr: 
     for epoch in range(1, tc.epochs + 1):
         head.train()
         for idx in torch.randperm(len(yt), generator=gen).split(tc.batch_size):
-            loss = loss_fn(head(xt[idx]).squeeze(-1), yt[idx], counts[idx].float())
+            loss = loss_fn(head(xt[idx]).squeeze(-1), yt[idx], wt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)

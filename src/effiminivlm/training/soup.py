@@ -88,16 +88,20 @@ def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 def soup(runs: list[str], out: str | Path, *, greedy: bool = False, data: str | None = None,
          split: str = "val", images_dir: str | None = None, batch_size: int = 64, device: str | None = None,
          precision: str = "auto", overwrite: bool = False, progress: bool = True,
-         log: Callable[[str], None] = print) -> dict[str, Any]:
+         features: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Average the checkpoints of `runs` (uniformly, or greedily on `data`'s `split` PLCC) into `out`.
 
     An existing `out` is replaced only with `overwrite` and only when it is a saved model folder that is not
-    one of the soup's own members."""
+    one of the soup's own members. `features` (a cache of `data`'s items, `effiminivlm embed`) scores the
+    soups of probe models (frozen towers) by their head on the cached features, with no tower pass; it is
+    refused unless every member's towers are the ones that made the cache."""
     if len(runs) < 2:
         raise EffiMiniVLMError("a soup needs at least two checkpoints")
     _check_out(Path(out), [model_folder(r) for r in runs], overwrite)
     if greedy and data is None:
         raise EffiMiniVLMError("--greedy needs --data (a prepared folder whose validation split decides)")
+    if features is not None and data is None:
+        raise EffiMiniVLMError("--features needs --data (the prepared folder the cache was made from)")
     folders = [model_folder(r) for r in runs]
     loaded = [load_model(f) for f in folders]
     models, tokenizer = [m for m, _ in loaded], loaded[0][1]
@@ -107,8 +111,9 @@ def soup(runs: list[str], out: str | Path, *, greedy: bool = False, data: str | 
     target = models[0]
     summary: dict[str, Any] = {"kind": "greedy" if greedy else "uniform", "members": names}
     if data is not None:
-        evaluate = _plcc_on(target, tokenizer, data, split, images_dir, batch_size, device, precision,
-                            progress)
+        evaluate = (_plcc_on_features(target, models, data, split, features) if features is not None else
+                    _plcc_on(target, tokenizer, data, split, images_dir, batch_size, device, precision,
+                             progress))
         own = [evaluate(s) for s in states]
         summary["member_plcc"] = dict(zip(names, own, strict=True))
         if greedy:
@@ -172,5 +177,34 @@ def _plcc_on(model: torch.nn.Module, tokenizer: Any, data: str, split: str, imag
         model.load_state_dict(state)
         res = run_inference(model, loader, dev, prec, progress=progress, desc="soup")
         return float(compute_metrics(res.pred, res.target)["overall"]["plcc"])
+
+    return plcc
+
+
+def _plcc_on_features(model: torch.nn.Module, members: list[torch.nn.Module], data: str, split: str,
+                      features: str | Path) -> Callable[[dict[str, torch.Tensor]], float]:
+    """A function: state dict -> PLCC of the head on the cached features of `split`. Valid because every
+    member's towers match the cache (checked): their average is those same towers."""
+    from effiminivlm.training.embed import feature_matrix, load_features, model_signature
+
+    signature = model_signature(members[0])
+    for m in members[1:]:
+        if model_signature(m) != signature:
+            raise EffiMiniVLMError("--features: the checkpoints' towers differ (fine-tuned models); "
+                                   "drop --features to score the soup through its towers")
+    feats = load_features(features, signature)
+    table = read_prepared(data, split)
+    if table.num_rows < 2:
+        raise DataError(f"{data}: split {split!r} has {table.num_rows} rows; a soup needs at least 2 to "
+                        "measure PLCC")
+    x = torch.as_tensor(feature_matrix(feats, table.column("parent_asin").to_pylist()), dtype=torch.float32)
+    y = table.column("average_rating").to_numpy().astype(np.float64)
+
+    def plcc(state: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            pred = model.head(x.to(next(model.head.parameters()).dtype)).squeeze(-1).double().numpy()
+        return float(compute_metrics(pred, y)["overall"]["plcc"])
 
     return plcc
