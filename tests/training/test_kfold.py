@@ -136,3 +136,22 @@ def test_cli_train_kfold(prepared, tmp_path) -> None:
     agg = json.loads((out / "kfold.json").read_text())["aggregate"]["overall"]["rmse"]
     assert agg["n_runs"] == 4 and agg["sd_seeds"] is not None and agg["sd_folds"] is not None
     assert main([*args[:-2], "--resume"]) == 2
+
+
+def test_a_plan_written_before_a_new_setting_existed_is_continued_and_a_real_change_named(tmp_path) -> None:
+    """A study stored by an older version lacks settings added since: they take their defaults and the
+    study continues; a recipe that truly differs is refused naming the dotted keys."""
+    from effiminivlm.config import load_recipe
+    from effiminivlm.training.kfold import PLAN, check_plan
+
+    recipe = load_recipe("tiny").to_dict()
+    old = json.loads(json.dumps(recipe))
+    del old["data"]["draft_decode"], old["train"]["probe_alpha"]  # written before these settings existed
+    (tmp_path / "fold-0").mkdir()
+    (tmp_path / PLAN).write_text(json.dumps({"k": 3, "fold_seed": 0, "data": "d", "recipe": old}))
+    plan = {"k": 3, "fold_seed": 0, "data": "d", "recipe": recipe}
+    check_plan(tmp_path, plan, overwrite=False)  # continued, not refused
+    changed = json.loads(json.dumps(recipe))
+    changed["train"]["lr"] = 0.5
+    with pytest.raises(EffiMiniVLMError, match=r"another recipe \(train\.lr\)"):
+        check_plan(tmp_path, {**plan, "recipe": changed}, overwrite=False)

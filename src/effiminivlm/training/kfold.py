@@ -42,14 +42,38 @@ def check_plan(out: Path, plan: dict[str, Any], overwrite: bool, name: str = PLA
             raise EffiMiniVLMError(f"--out {out} is not empty and holds no such run ({name}); "
                                    "choose an empty folder")
         old = json.loads(plan_path.read_text())
+        if "recipe" in old and "recipe" in plan:
+            old["recipe"] = _with_defaults(old["recipe"])
         if overwrite:
             shutil.rmtree(out)
         elif any(old.get(k) != plan[k] for k in keys):
             diff = [k for k in keys if old.get(k) != plan[k]]
+            if "recipe" in diff:
+                keys_differ = _differing_keys(old["recipe"], plan["recipe"])
+                diff[diff.index("recipe")] = f"recipe ({', '.join(keys_differ[:5]) or 'recipe'})"
             raise EffiMiniVLMError(f"--out {out} holds a run with another {', '.join(diff)}; "
                                    "pass --overwrite to replace it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(plan, plan_path)
+
+
+def _with_defaults(recipe: Any) -> Any:
+    """A stored recipe as this version reads it: settings added since it was written take their defaults,
+    so a study started by an older version continues instead of being refused as "another recipe"."""
+    try:
+        return load_recipe(recipe).to_dict()
+    except EffiMiniVLMError:  # a key this version no longer knows: compare as stored (and refuse)
+        return recipe
+
+
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts (for the refusal message)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _differing_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: int = 5, seeds: int = 1,
