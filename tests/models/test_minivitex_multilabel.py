@@ -98,3 +98,12 @@ def test_attach_categories_counts_items_missing_from_the_meta_files(prepared):
     log = InputLog()
     got = attach_categories(table, prepared, log).column("categories").to_pylist()
     assert got[0] == [] and all(got[1:]) and log.bad == {"no_categories": 1}
+
+
+def test_predict_refuses_a_multilabel_model_in_one_line(trained, prepared, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    code = main(["predict", str(prepared), "--model", str(trained / "model"), "--out", str(out),
+                 "--num-workers", "0"])
+    cap = capsys.readouterr()
+    assert code != 0 and not out.exists()
+    assert "is a multilabel model" in cap.err + cap.out and "Traceback" not in cap.err
