@@ -54,6 +54,7 @@ class Sample:
     weight: float = 1.0  # the loss weight of the item (`sample_weight` column; 1 when absent)
     fields: dict[str, str] = field(default_factory=dict)  # category, title, features, description (raw)
     n_refs: int = 0  # image references the row lists (a cold-start side feature)
+    categories: list[str] = field(default_factory=list)  # the optional `categories` column (multi-label)
 
 
 class ProductDataset(torch.utils.data.Dataset[Sample]):
@@ -97,6 +98,7 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         self._target = self.table.column("average_rating") if "average_rating" in names else None
         self._count = self.table.column("rating_number") if "rating_number" in names else None
         self._weight = self.table.column("sample_weight") if "sample_weight" in names else None
+        self._categories = self.table.column("categories") if "categories" in names else None
 
     def __len__(self) -> int:
         return self.n
@@ -153,7 +155,8 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
                       target=math.nan if target is None else float(target),
                       rating_number=0.0 if count is None else float(count),
                       weight=1.0 if weight is None else float(weight), fields=fields,
-                      n_refs=len(in_memory or refs))
+                      n_refs=len(in_memory or refs),
+                      categories=(self._categories[i].as_py() or []) if self._categories is not None else [])
 
 
 class Collator:

@@ -183,3 +183,35 @@ def read_categories(paths: Sequence[str | Path], log: InputLog | None = None) ->
             out[asin] = cats
     return out
 
+
+
+def attach_categories(table: Any, data_dir: str | Path, log: InputLog | None = None) -> Any:
+    """`table` (prepared rows) with a `categories` list<string> column read from the meta files its
+    `prepare` run read (summary.json `inputs`).
+
+    Why from the sources and not a prepared column: the prepared schema is the rating task's, and only a
+    multi-label model needs the category paths, so they are joined on `parent_asin` when such a model asks
+    (`RatingModel.data_columns`). A row whose item is in none of the files gets no labels and is counted in
+    `log` as `no_categories` with its parent_asin."""
+    import pyarrow as pa
+
+    if "categories" in table.column_names:
+        return table
+    summary = Path(data_dir) / "summary.json"
+    try:
+        inputs = [f["path"] for f in json.loads(summary.read_text(encoding="utf-8"))["inputs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{summary}: cannot read the meta files it lists under `inputs` ({e})") from None
+    missing = [p for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{summary}: meta file {missing[0]} (listed under inputs) is gone; the multi-label "
+                        "task reads `categories` from it")
+    log = log or InputLog()
+    cats = read_categories(inputs, log)
+    column = []
+    for asin in table.column("parent_asin").to_pylist():
+        got = cats.get(asin)
+        if got is None:
+            log.record("no_categories", f"{summary}: parent_asin {asin}", "not in any listed meta file")
+        column.append(clean_labels(got or []))
+    return table.append_column("categories", pa.array(column, type=pa.list_(pa.string())))

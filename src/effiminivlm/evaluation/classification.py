@@ -134,3 +134,52 @@ def classification_metrics(y_true: Any, scores: Any, thresholds: float | Any = D
     return {"n": int(y.shape[0]), "classes": int(y.shape[1]), "map": m_ap,
             "classes_without_positives": without,
             **f1, "thresholds": float(t) if not t.ndim else [float(v) for v in t]}
+
+
+def sigmoid(logits: Any) -> np.ndarray:
+    """Probabilities of a multi-label head's logits (numerically stable for large |logit|)."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def bce_loss(y_true: Any, logits: Any) -> float:
+    """Mean binary cross-entropy of logits against a multi-hot matrix (the `bce` loss, unweighted)."""
+    y, s = _check(y_true, logits)
+    return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+
+def validation_metrics(y_true: Any, logits: Any) -> dict[str, Any]:
+    """What training selects a multi-label checkpoint by: `map` (threshold-free), `loss` (BCE) and the F1s
+    at 0.5, flat so each becomes one `val_*` field of metrics.jsonl."""
+    m = classification_metrics(y_true, sigmoid(logits))
+    keep = ("map", "micro_f1", "macro_f1", "samples_f1", "classes_without_positives")
+    return {"loss": bce_loss(y_true, logits), **{k: m[k] for k in keep}}
+
+
+def multilabel_report(y_true: Any, logits: Any, thresholds: Any | None = None,
+                      labels: list[str] | None = None) -> dict[str, Any]:
+    """The evaluate report of a multi-label model: mAP and the F1s at 0.5 and at the per-class thresholds
+    tuned on val (`thresholds`, saved with the model; absent: that block is left out), plus per-label AP."""
+    y, s = _check(y_true, logits)
+    p = sigmoid(s)
+    out: dict[str, Any] = {"task": "multilabel", "n": int(y.shape[0]), "classes": int(y.shape[1]),
+                           "bce": bce_loss(y, s), "at_0.5": classification_metrics(y, p)}
+    out["map"] = out["at_0.5"]["map"]
+    if thresholds is not None:
+        out["tuned"] = classification_metrics(y, p, np.asarray(thresholds, dtype=np.float64))
+    names = labels or [str(k) for k in range(y.shape[1])]
+    out["per_label"] = [{"label": n, "positives": int(y[:, k].sum()),
+                         "ap": None if not y[:, k].any() else average_precision(y[:, k], p[:, k])}
+                        for k, n in enumerate(names)]
+    return out
+
+
+def render_multilabel_markdown(report: dict[str, Any], title: str) -> str:
+    """A short Markdown table: mAP and the three F1s at 0.5 and with tuned thresholds."""
+    rows = [("0.5", report["at_0.5"])] + ([("tuned on val", report["tuned"])] if "tuned" in report else [])
+    head = f"{report['n']} items, {report['classes']} labels, mAP {report['map']:.4f}"
+    lines = [f"# {title}", "", head, "",
+             "| thresholds | mAP | micro F1 | macro F1 | sample F1 |", "|---|---|---|---|---|"]
+    keys = ("map", "micro_f1", "macro_f1", "samples_f1")
+    lines += ["| " + " | ".join([name] + [f"{m[k]:.4f}" for k in keys]) + " |" for name, m in rows]
+    return "\n".join(lines) + "\n"

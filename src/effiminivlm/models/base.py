@@ -46,6 +46,9 @@ class RatingModel(nn.Module):
     """Base of every architecture: `forward(batch)` -> [B] float32 ratings, plus the shared bookkeeping."""
 
     Options: ClassVar[type] = NoOptions
+    #: what `forward` returns: "rating" ([B] ratings) or "multilabel" ([B, K] logits, `target` multi-hot);
+    #: the loop and `evaluate` choose their metrics by it, never by the architecture
+    task: str = "rating"
 
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()
@@ -87,6 +90,16 @@ class RatingModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.forward_batch(batch)
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        """Columns beyond the prepared schema this model's processor reads (e.g. `categories`, which
+        `data.labels.attach_categories` joins from the source meta files); none by default."""
+        return ()
+
+    def fit_task(self, train_rows: Any) -> None:
+        """Fit what the task learns from the TRAIN split before training (e.g. a label vocabulary and the
+        head's size); deterministic, so a resumed run rebuilds the same shapes. Nothing for ratings."""
 
     def init_output_bias(self, rating: float) -> None:
         """Make the output start at `rating` (the train-split mean): the bias of the last Linear of `head`,

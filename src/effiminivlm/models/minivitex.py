@@ -9,6 +9,11 @@
 The backbone is any timm model (`backbone`: tf_efficientnetv2_s, or resnet50 / deit_small_patch16_224 as
 options); its feature map is average-pooled to `grid` x `grid` tokens (a ViT's patch tokens are laid back on
 their grid first). `modalities: image` drops the text tokens (the ablation), `text` the visual ones.
+
+The second head (`task: multilabel`): one logit per label of the item's `categories` (sigmoid + BCE, loss
+`bce`). Its vocabulary is built from the TRAIN split (`fit_task`: labels in >= `min_label_freq` items, at
+most `max_labels`), saved in config.json (`labels`) with the per-class `thresholds` tuned on val, so a
+reloaded folder rebuilds the same head offline.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from effiminivlm.config import ModelCfg
+from effiminivlm.data.dataset import Sample
+from effiminivlm.data.labels import LabelVocab, build_label_vocab
+from effiminivlm.errors import ConfigError
 from effiminivlm.models.archs import MODEL_ARCHS
 from effiminivlm.models.base import RatingModel
 from effiminivlm.models.blocks import (
@@ -33,6 +41,7 @@ from effiminivlm.models.blocks import (
     projection,
     timm_tower,
 )
+from effiminivlm.models.processor import Processor
 from effiminivlm.typed import check_int, check_number
 
 
@@ -47,6 +56,11 @@ class MiniViTexOptions:
     heads: int = 4
     dropout: float = 0.1
     grid: int = 12  # visual tokens per side
+    task: str = "rating"  # rating | multilabel (the `categories` head)
+    min_label_freq: int = 5  # multilabel: a label is kept when in >= this many train items
+    max_labels: int | None = None  # multilabel: at most this many (the most frequent)
+    labels: list[str] | None = None  # multilabel: the vocabulary (set by fit_task, saved with the model)
+    thresholds: list[float] | None = None  # multilabel: per-class thresholds tuned on val (None: 0.5)
 
     def __post_init__(self) -> None:
         check_int("dim", self.dim, 1, 8192)
@@ -54,6 +68,29 @@ class MiniViTexOptions:
         check_int("heads", self.heads, 1, self.dim)
         check_number("dropout", self.dropout, ge=0, lt=1)
         check_int("grid", self.grid, 1, 64)
+        if self.task not in ("rating", "multilabel"):
+            raise ConfigError(f"model.options.task must be rating or multilabel, got {self.task!r}")
+        check_int("min_label_freq", self.min_label_freq, 1, 10**9)
+        if self.max_labels is not None:
+            check_int("max_labels", self.max_labels, 1, 10**6)
+        if self.labels is not None and (not all(isinstance(x, str) for x in self.labels)
+                                        or len(set(self.labels)) != len(self.labels) or not self.labels):
+            raise ConfigError("model.options.labels must be a non-empty list of distinct strings")
+        if self.thresholds is not None and (self.labels is None or len(self.thresholds) != len(self.labels)):
+            raise ConfigError(f"model.options.thresholds: {len(self.thresholds)} values for "
+                              f"{len(self.labels or [])} labels")
+
+
+class LabelProcessor(Processor):
+    """MiniViTex's multi-label batches: the default fields, with `target` the items' multi-hot [B, K]
+    `categories` over the model's vocabulary (labels outside it ignored)."""
+
+    def __init__(self, cfg: ModelCfg, tokenizer: Any, labels: list[str]) -> None:
+        super().__init__(cfg, tokenizer)
+        self.vocab = LabelVocab(list(labels), {}, 1, 0)
+
+    def extra(self, samples: list[Sample]) -> dict[str, Any]:
+        return {"target": torch.from_numpy(self.vocab.encode_many([s.categories for s in samples]))}
 
 
 @MODEL_ARCHS.register("minivitex")
@@ -81,9 +118,47 @@ class MiniViTex(RatingModel):
         self.cls = nn.Parameter(torch.zeros(1, 1, o.dim))
         self.pos = nn.Parameter(torch.randn(1, 2 + o.grid**2 + n_text, o.dim) * 0.02)  # shared by all tokens
         self.encoder = fusion_encoder(o.dim, o.layers, o.heads, o.dropout)
-        self.head = nn.Sequential(nn.LayerNorm(o.dim), nn.Linear(o.dim, 1))
-        nn.init.constant_(self.head[1].bias, 3.0)  # the middle of the 1-5 scale (train: the mean rating)
+        self.task = o.task
+        self.head = nn.Sequential(nn.LayerNorm(o.dim), nn.Linear(o.dim, len(o.labels or [None])))
+        nn.init.constant_(self.head[1].bias, 3.0 if o.task == "rating" else 0.0)  # rating: mid of 1-5
         self.eval()
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        return ("categories",) if self.task == "multilabel" else ()
+
+    def processor(self, tokenizer: Any) -> Processor:
+        if self.task != "multilabel":
+            return super().processor(tokenizer)
+        if not self.opts.labels:
+            raise ConfigError("a multilabel MiniViTex has no label vocabulary yet: call fit_task(train_rows)")
+        return LabelProcessor(self.cfg, tokenizer, self.opts.labels)
+
+    def fit_task(self, train_rows: Any) -> None:
+        """Multilabel: the vocabulary of the train split's `categories`, a head of that size, its biases at
+        each label's log-odds in train (the first steps then learn differences, not the base rates)."""
+        if self.task != "multilabel":
+            return
+        cats = train_rows.column("categories").to_pylist()
+        vocab = build_label_vocab(cats, self.opts.min_label_freq, self.opts.max_labels)
+        if not len(vocab):
+            raise ConfigError(f"no label of `categories` is in >= {self.opts.min_label_freq} of the "
+                              f"{len(cats)} train items; lower model.options.min_label_freq")
+        ref = self.head[1].weight
+        head = nn.Linear(self.opts.dim, len(vocab)).to(device=ref.device, dtype=ref.dtype)
+        p = torch.tensor([vocab.counts[x] / max(vocab.n_items, 1) for x in vocab.labels]).clamp(1e-3, 0.999)
+        with torch.no_grad():
+            head.bias.copy_(torch.log(p / (1 - p)))
+        self.head[1] = head
+        self.opts.labels, self.opts.thresholds = list(vocab.labels), None
+
+    def init_output_bias(self, rating: float) -> None:
+        if self.task == "rating":  # multilabel: fit_task set the label base rates
+            super().init_output_bias(rating)
+
+    def set_thresholds(self, thresholds: Any) -> None:
+        """Per-class decision thresholds (tuned on val), saved with the model."""
+        self.opts.thresholds = [float(t) for t in thresholds]
 
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, grid*grid, num_features]: the backbone's last feature map, pooled to the grid."""
@@ -115,7 +190,8 @@ class MiniViTex(RatingModel):
         x, mask = torch.cat(tokens, 1), torch.cat(masks, 1)
         x = self.encoder(x, src_key_padding_mask=~mask)
         with torch.autocast(x.device.type, enabled=False):  # head in fp32
-            return self.head(x[:, 0].float()).squeeze(-1)
+            out = self.head(x[:, 0].float())
+        return out if self.task == "multilabel" else out.squeeze(-1)
 
     def saved_options(self) -> dict[str, Any]:
         out = super().saved_options()

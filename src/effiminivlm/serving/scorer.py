@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
+from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
@@ -58,6 +59,9 @@ class Scorer:
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
         """Load a folder written by `save_pretrained` (offline)."""
         model, tokenizer = load_model(model_dir)
+        if getattr(model, "task", "rating") != "rating":  # a label head's logits are no rating to clip
+            raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
+                                   "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
         return scorer

@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 from effiminivlm.config import Recipe, from_dict
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
+from effiminivlm.data.labels import attach_categories
 from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.evaluation.classification import sigmoid, tune_thresholds, validation_metrics
 from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
@@ -170,6 +172,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
     model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
+    if "categories" in model.data_columns:  # a multi-label head's targets, joined from the meta files
+        train_rows, val_rows = attach_categories(train_rows, data_dir), attach_categories(val_rows, data_dir)
+    model.fit_task(train_rows)  # e.g. the label vocabulary of the TRAIN split (models.base)
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)
     freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
@@ -282,8 +287,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                                    "finite (the model diverged); lower train.lr or use train.precision=fp32. "
                                    + (f"The last good state (epoch {state.epoch}) is in {ckpt_path}"
                                       if state.epoch else "No epoch finished, so there is no checkpoint"))
-        metrics = compute_metrics(val.pred, val.target)["overall"]
-        plcc = metrics["plcc"]
+        metrics = _val_metrics(model.task, val.pred, val.target)
+        plcc = metrics[SELECT_METRIC[model.task]]  # the selection metric (PLCC, or mAP for labels)
         improved = not math.isnan(plcc) and plcc > state.best_plcc
         record = {
             "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
@@ -291,7 +296,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             "train_loss_terms": {k: v / max(n_steps, 1) for k, v in term_sums.items()},
             "train_seconds": round(train_seconds, 3),
             "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
-            "val_loss": metrics["huber"], **{f"val_{k}": v for k, v in metrics.items() if k != "huber"},
+            "val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
             "best": improved, "image_status": dict(statuses), "val_image_status": dict(val.image_status),
             "nonfinite_steps": state.nonfinite_steps,
         }
@@ -299,13 +304,17 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
             if dist.is_main:
                 tmp = out / MODEL_TMP
+                if model.task == "multilabel":  # per-class thresholds from this epoch's val, saved with it
+                    model.set_thresholds(tune_thresholds(val.target, sigmoid(val.pred)))
                 model.save_pretrained(tmp, tokenizer=tokenizer)
-                save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this epoch's val
+                if model.task == "rating":
+                    save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this val
                 replace_dir(tmp, out / "model")
         else:
             state.bad_epochs += 1
         state.epoch = epoch
-        state.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_plcc")})
+        state.history.append({"epoch": epoch, "train_loss": record["train_loss"],
+                              "val_loss": record["val_loss"], f"val_{SELECT_METRIC[model.task]}": plcc})
         records.append(to_jsonable(record))
         rngs = distributed.gather(dist, rng_state())  # every rank's streams, for an exact --resume
         if dist.is_main:
@@ -318,8 +327,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                 **({"rng_ranks": rngs} if dist.enabled else {}),
             })
         distributed.barrier(dist)
-        log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['huber']:.4f}, "
-            f"val PLCC {plcc:.4f}{' (best)' if improved else ''}, {record['samples_per_s']} samples/s")
+        log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['loss']:.4f}, "
+            f"val {SELECT_METRIC[model.task]} {plcc:.4f}{' (best)' if improved else ''}, "
+            f"{record['samples_per_s']} samples/s")
         if distributed.broadcast(dist, state.bad_epochs >= tc.patience):  # rank 0 decides for all
             stop_reason = "early_stopping"
 
@@ -327,6 +337,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise EffiMiniVLMError("no epoch produced a defined validation PLCC (constant predictions?); "
                                "no model was saved")
     summary = {"best_epoch": state.best_epoch, "best_val_plcc": state.best_plcc, "epochs_run": state.epoch,
+               "select_metric": SELECT_METRIC[model.task],
                "stop_reason": stop_reason, "mu": mu, "missing_rating_number": weighting, "steps": state.step,
                "precision": precision, "device": str(dev), "model_dir": str(out / "model"),
                "history": state.history, **mixed}
@@ -335,6 +346,19 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     distributed.barrier(dist)
     distributed.teardown(dist)
     return summary
+
+
+#: the validation metric a model's task keeps its best checkpoint by
+SELECT_METRIC = {"rating": "plcc", "multilabel": "map"}
+
+
+def _val_metrics(task: str, pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    """The epoch's validation metrics for the model's task, with its loss under `loss`."""
+    if task == "multilabel":
+        return validation_metrics(target, pred)
+    metrics = compute_metrics(pred, target)["overall"]
+    metrics["loss"] = metrics.pop("huber")
+    return metrics
 
 
 def init_output_bias(model: torch.nn.Module, value: float) -> None:

@@ -94,6 +94,21 @@ def huber(delta: float = 1.0) -> LossFn:
     return loss
 
 
+@LOSSES.register("bce")
+def bce() -> LossFn:
+    """Multi-label (a classification head): mean_i w_i mean_k BCE(sigmoid(logit_ik), y_ik), `pred` the
+    [B, K] logits and `target` the [B, K] multi-hot labels."""
+
+    def loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != 2 or target.shape != pred.shape:
+            raise EffiMiniVLMError(f"loss bce needs [B, K] logits and labels (a multilabel model), got "
+                                   f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        per_item = F.binary_cross_entropy_with_logits(_f(pred), _f(target), reduction="none").mean(1)
+        return (weight * per_item).mean()
+
+    return loss
+
+
 # The paper's loss: Huber weighted by the sample weights (train.sample_weights: rating_count by default).
 LOSSES.register("weighted_huber")(huber)
 
@@ -261,3 +276,9 @@ def check_recipe_names(recipe: Recipe) -> None:
     the model built."""
     check_model_names(recipe.model)
     build_loss(recipe.train.loss, {"delta": recipe.train.huber_delta})
+    names = {t.name for t in parse_loss_spec(recipe.train.loss)}
+    multilabel = recipe.model.options.get("task") == "multilabel"
+    if multilabel != ("bce" in names) or (multilabel and names != {"bce"}):
+        raise ConfigError(f"train.loss {recipe.train.loss!r} does not fit model.options.task "
+                          f"{recipe.model.options.get('task', 'rating')!r}: a multilabel head trains with "
+                          "loss bce alone, a rating head with a rating loss")
