@@ -3,23 +3,17 @@ says "recipe pending" for recipes not in this checkout, and rewrites only the ge
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 from effiminivlm.protocol.recipes import RecipeRow
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py"
+from tests._scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("bench_peers", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_peers")
 
 
 def test_leaderboard_rows_show_measured_pending_and_unknown_systems(peers) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,16 +10,12 @@ import numpy as np
 import pytest
 
 from effiminivlm.data.prepare import read_prepared
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "baseline_tfidf.py"
+from tests._scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def baseline():
-    spec = importlib.util.spec_from_file_location("baseline_tfidf", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("baseline_tfidf")
 
 
 def test_fixed_split_uses_the_prepared_split(baseline, prepared: Path) -> None:
