@@ -166,3 +166,13 @@ def test_probe_takes_loss_mixtures_sample_weights_teacher_and_a_shared_cache(pre
     via_towers = soup(members, tmp_path / "s2", data=str(fold), precision="fp32", progress=False,
                       log=lambda _: None)
     assert via_features["val_plcc"] == pytest.approx(via_towers["val_plcc"], abs=1e-4)
+
+
+def test_signature_ignores_empty_arch_options_so_older_caches_stay_valid(tiny_recipe) -> None:
+    """A cache written before `model.options` existed carries no such key: with no options set the
+    signature must not name it, while options that change the model do change the signature."""
+    model = create_model(tiny_recipe.model, pretrained=False)
+    sig = json.loads(model_signature(model))
+    assert "options" not in sig and "weights_blake2b" in sig
+    model.config_dict = lambda: {**type(model).config_dict(model), "options": {"k": 1}}  # type: ignore[method-assign]
+    assert json.loads(model_signature(model))["options"] == {"k": 1}

@@ -37,6 +37,8 @@ def model_signature(model: torch.nn.Module) -> str:
     cfg = model.config_dict()  # type: ignore[attr-defined]
     cfg.pop("effiminivlm_version", None)
     cfg.pop("head", None)  # the head does not change the features
+    if not cfg.get("options"):  # no arch options: caches made before `model.options` existed stay valid
+        cfg.pop("options", None)
     for tower in ("image_encoder", "text_encoder"):  # where weights/tokenizer came from: a saved model and
         for key in ("pretrained", "tokenizer"):  # the recipe it was trained from differ only here
             cfg.get(tower, {}).pop(key, None)
