@@ -7,6 +7,8 @@ whose head ran under autocast fails `test_bf16_scores_are_distinct_float32_and_c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,3 +96,19 @@ def test_forward_batch_output_is_float32_under_autocast(model) -> None:
     with torch.no_grad(), autocast(CPU, "bf16"):
         out = forward_batch(model, _batch(4), CPU)
     assert out.dtype == torch.float32 and out.shape == (4,)
+
+
+def test_peak_rss_is_the_process_own_not_a_larger_parent_s() -> None:
+    """A child started by fork + exec from a parent holding ~1.5 GB reports its own peak (getrusage's
+    ru_maxrss would report the parent's: its figures survive execve)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("Linux /proc only")
+    ballast = bytearray(1536 * 2**20)  # touched below, so resident
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
+    code = "from effiminivlm.runtime import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    del ballast
+    assert float(out.strip()) < 1200  # the child's own peak (torch imported), far below the parent's 1.5 GB

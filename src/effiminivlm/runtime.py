@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -50,9 +51,18 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process in MB. Linux: VmHWM of /proc/self/status, the high-water mark
+    of this program's own memory; ru_maxrss would be wrong there for a process started by fork + exec (as
+    `subprocess` does), since getrusage's figures survive execve and report the parent's size when it was
+    larger. Elsewhere ru_maxrss (KB on Linux, bytes on macOS)."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
