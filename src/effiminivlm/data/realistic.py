@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from effiminivlm.data.synth import COLOURS, PRODUCTS, draw_product, make_item
+from effiminivlm.data.synth import COLOURS, PRODUCTS, make_item
+from effiminivlm.data.synth_images import draw_product
 from effiminivlm.errors import DataError, EffiMiniVLMError
 
 META_NAME = "meta_HiRes.jsonl"
