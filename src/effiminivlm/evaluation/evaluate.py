@@ -45,7 +45,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     fast = prec != "fp32"  # the fast path below fp32 (see serving.scorer.Scorer); fp32 is the exact one
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
-                         num_workers=default_num_workers(num_workers), sort_by_length=fast, draft=fast)
+                         num_workers=default_num_workers(num_workers), sort_by_length=fast, draft=fast,
+                         raw_pixels=fast)
     runner = optimize_for_inference(model, dev, prec)
     res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")
     meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": mode,

@@ -49,42 +49,56 @@ class PathConfig:
     levers: ModelLevers = ModelLevers()
     sort_by_length: bool = True
     draft: bool = True
+    raw_pixels: bool = True
     num_workers: int = 1
     threads: int | None = None
 
-    def techniques(self) -> list[str]:
-        """The acceleration techniques this path uses, as the report lists them."""
-        used = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
+    def techniques(self, used: list[str] | None = None) -> list[str]:
+        """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
+        that really ran (`fast_levers` of the optimised model: a backend may have fallen back)."""
+        out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
         if self.precision != "fp32":
-            used += [lever for lever in self.levers.used()
-                     if lever != "bf16_weights" or self.precision == "bf16"]
-        used += ["length-sorted batches" if self.sort_by_length else None,
-                 "JPEG draft decode" if self.draft else None,
-                 f"{self.num_workers} loader worker(s)" if self.num_workers else None]
-        return [t for t in used if t]
+            out += [lever for lever in (self.levers.used() if used is None else used)
+                    if lever != "bf16_weights" or self.precision == "bf16"]
+        fast = self.precision != "fp32"
+        out += ["length-sorted batches" if self.sort_by_length and fast else None,
+                "JPEG draft decode" if self.draft and fast else None,
+                "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
+                f"{self.num_workers} loader worker(s)" if self.num_workers else None]
+        return [t for t in out if t]
 
 
-FP32_EXACT = PathConfig("fp32, no acceleration", precision="fp32", levers=ModelLevers(False, False),
-                        sort_by_length=False, draft=False, num_workers=0)
+FP32_EXACT = PathConfig("fp32, no acceleration", precision="fp32",
+                        levers=ModelLevers(False, False, image_backend="torch"), sort_by_length=False,
+                        draft=False, raw_pixels=False, num_workers=0)
 FAST = PathConfig("fast")
 
 
 def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[PathConfig]:
     """The fast path with one lever flipped at a time (int8 and compile switched on instead of off)."""
     lv = fast.levers
-    out = [dataclasses.replace(fast, name="bf16 autocast only (fp32 weights)",
-                               levers=dataclasses.replace(lv, bf16_weights=False)),
-           dataclasses.replace(fast, name="no channels-last",
-                               levers=dataclasses.replace(lv, channels_last=False)),
-           dataclasses.replace(fast, name="no length sorting", sort_by_length=False),
-           dataclasses.replace(fast, name="no draft decode", draft=False),
-           dataclasses.replace(fast, name="0 workers (load in main process)", num_workers=0),
-           dataclasses.replace(fast, name="2 workers", num_workers=2),
-           dataclasses.replace(fast, name="+ int8 dynamic linears (text)",
-                               levers=dataclasses.replace(lv, int8_linear=True))]
+    flip = dataclasses.replace
+    out = []
+    if lv.image_backend == "openvino":
+        out.append(flip(fast, name="image tower in PyTorch (not OpenVINO)",
+                        levers=flip(lv, image_backend="torch")))
+    else:
+        out.append(flip(fast, name="+ image tower in OpenVINO", levers=flip(lv, image_backend="openvino")))
+        out.append(flip(fast, name="no channels-last", levers=flip(lv, channels_last=False)))
+    if lv.text_backend == "openvino":
+        out.append(flip(fast, name="text tower in PyTorch (not OpenVINO)",
+                        levers=flip(lv, text_backend="torch")))
+    else:
+        out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
+        out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
+    out += [flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False)),
+            flip(fast, name="float pixels from the loader", raw_pixels=False),
+            flip(fast, name="no length sorting", sort_by_length=False),
+            flip(fast, name="no draft decode", draft=False),
+            *[flip(fast, name=f"{n} loader worker(s)", num_workers=n)
+              for n in (0, 1, 2) if n != fast.num_workers]]
     if compile_lever:
-        out.append(dataclasses.replace(fast, name="+ torch.compile (text)",
-                                       levers=dataclasses.replace(lv, compile=True)))
+        out.append(flip(fast, name="+ torch.compile (text)", levers=flip(lv, compile=True)))
     return out
 
 
@@ -189,13 +203,15 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     def score(part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
                              num_workers=cfg.num_workers,
-                             sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast)
+                             sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast,
+                             raw_pixels=cfg.raw_pixels and fast)
         return run_inference(runner, loader, device, cfg.precision, progress=False).pred
 
     try:
         if warm_rows:
             score(table.slice(0, warm_rows))
-        return _timed(cfg.name, cfg.techniques(), cfg.precision, lambda: score(table.slice(warm_rows)))
+        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None)), cfg.precision,
+                      lambda: score(table.slice(warm_rows)))
     finally:
         torch.set_num_threads(old)
 

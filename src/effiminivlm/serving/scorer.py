@@ -78,7 +78,8 @@ class Scorer:
         `decoded`: per-row images already in memory (uploads), used instead of the row's references."""
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
                            batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
-                           decoded=decoded, sort_by_length=self.fast, draft=self.fast)
+                           decoded=decoded, sort_by_length=self.fast, draft=self.fast,
+                           raw_pixels=self.fast)
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:
