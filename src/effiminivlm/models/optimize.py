@@ -106,7 +106,7 @@ def _openvino(build: Callable[[], nn.Module], what: str, fallbacks: list[str]) -
     """`build()` (an OpenVINO tower), or None with one warning when the package is missing or conversion
     fails (the tower stays PyTorch; `fallbacks` records why)."""
     if not openvino_available():
-        reason = f"{what} tower: openvino is not installed (pip install 'effiminivlm[export]')"
+        reason = f"{what} tower: openvino is not installed (pip install openvino)"
     else:
         try:
             return build()

@@ -64,7 +64,8 @@ class PathConfig:
         out += ["length-sorted batches" if self.sort_by_length and fast else None,
                 "JPEG draft decode" if self.draft and fast else None,
                 "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
-                f"{self.num_workers} loader worker(s)" if self.num_workers else None]
+                f"{self.num_workers} loader worker(s)" if self.num_workers else None,
+                f"model on {self.threads} thread(s)" if self.threads else None]
         return [t for t in out if t]
 
 
@@ -96,7 +97,9 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
             flip(fast, name="no length sorting", sort_by_length=False),
             flip(fast, name="no draft decode", draft=False),
             *[flip(fast, name=f"{n} loader worker(s)", num_workers=n)
-              for n in (0, 1, 2) if n != fast.num_workers]]
+              for n in (0, 1, 2) if n != fast.num_workers],
+            *[flip(fast, name=f"model on {n} thread(s)", threads=n)
+              for n in (1, 2) if n != (fast.threads or torch.get_num_threads())]]
     if compile_lever:
         out.append(flip(fast, name="+ torch.compile (text)", levers=flip(lv, compile=True)))
     return out
@@ -194,10 +197,10 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     """Time one `PathConfig` over the rows after `warm_rows`: loader construction, worker start, decode,
     tokenisation and forward are all inside the clock; building the optimised model copy is not (a
     service does it once)."""
-    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
     old = torch.get_num_threads()
-    if cfg.threads is not None:
+    if cfg.threads is not None:  # before building: an OpenVINO tower takes the thread count it is built with
         torch.set_num_threads(cfg.threads)
+    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
     fast = cfg.precision != "fp32"
 
     def score(part: pa.Table) -> np.ndarray:
