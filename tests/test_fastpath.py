@@ -85,7 +85,7 @@ def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepare
     model, tok = tiny
     table = read_prepared(prepared, "test")
     fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch"))
-    assert fast is not model and fast.fast_levers == ["bf16_weights", "channels_last"]
+    assert fast is not model and fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
     assert {p.dtype for p in fast.image_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fast.text_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fast.head.parameters()} == {torch.float32}
@@ -115,7 +115,8 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
     both = ModelLevers(text_backend="openvino")
     fast = optimize_for_inference(model, CPU, "bf16", both)
-    assert fast.fast_levers == ["openvino image tower", "openvino text tower"] and fast.fast_fallbacks == []
+    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "openvino text tower (bf16)"]
+    assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
     for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
@@ -135,7 +136,7 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
     monkeypatch.setattr(optimize, "openvino_available", lambda: False)
     with pytest.warns(UserWarning, match="openvino is not installed"):
         fast = optimize_for_inference(model, CPU, "bf16")
-    assert fast.fast_levers == ["bf16_weights", "channels_last"]
+    assert fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
     assert fast.fast_fallbacks == [
         "image tower: openvino is not installed (pip install openvino)"]
     monkeypatch.setattr(optimize, "openvino_available", lambda: True)
@@ -143,7 +144,7 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
                         lambda *a: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
         fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(text_backend="openvino"))
-    assert fast.fast_levers == ["openvino image tower", "bf16_weights"]  # text stays PyTorch, in bf16
+    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
     assert np.isfinite(got.pred).all() and len(got.pred) == table.num_rows

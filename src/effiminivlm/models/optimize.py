@@ -13,6 +13,8 @@ keeps its fp32 weights; `--precision fp32` never calls it (the exact path).
   rounds more than bf16, so it is off by default and kept only where parity holds.
 - `compile`: `torch.compile` of the text tower (dynamic shapes: bucketed lengths vary); compilation takes
   minutes on a small CPU, so it is off by default and the benchmark says whether it pays.
+- `cls_only`: a CLS-pooled BERT text tower computes its last layer for the CLS position only
+  (`models.text_encoders.ClsOnlyLastLayer`): the same function with ~1/7 less work at 6 layers.
 - `image_backend` / `text_backend`: "torch" or "openvino" (`models.openvino_backend`: the tower converted
   in memory and compiled for this CPU). Only for architectures with plain towers (`RatingModel.plain_towers`:
   pixels -> features, (ids, mask) -> features); a missing package or a failed conversion falls back to
@@ -53,6 +55,8 @@ class ModelLevers:
     compile: bool = False
     image_backend: str = "openvino"
     text_backend: str = "torch"
+    openvino_fp32: bool = False  # OpenVINO towers computed in f32 instead of the scoring precision
+    cls_only: bool = True  # a CLS-pooled BERT's last layer for the CLS position only (same function)
 
     def __post_init__(self) -> None:
         for name in ("image_backend", "text_backend"):
@@ -65,7 +69,7 @@ class ModelLevers:
         for k, v in asdict(self).items():
             if k.endswith("_backend"):
                 out += [f"{v} {k.removesuffix('_backend')} tower"] if v != "torch" else []
-            elif v:
+            elif v and (k != "openvino_fp32" or "openvino" in (self.image_backend, self.text_backend)):
                 out.append(k)
         return out
 
@@ -133,17 +137,23 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
     fallbacks: list[str] = []
     cpu, plain = device.type == "cpu", bool(getattr(fast, "plain_towers", False))
     image, text = getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None)
+    ov_prec = "fp32" if levers.openvino_fp32 else precision
+    if levers.cls_only and text is not None and hasattr(text, "cls_only"):
+        lean = text.cls_only()
+        if lean is not None:
+            fast.text_encoder = text = lean
+            used.append("cls_only")
     if image is not None and cpu and plain and levers.image_backend == "openvino":
         size = fast.cfg.image_encoder.image_size  # type: ignore[union-attr]
-        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, precision), "image", fallbacks)
+        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, ov_prec), "image", fallbacks)
         if ov_image is not None:
             fast.image_encoder, image = ov_image, None
-            used.append("openvino image tower")
+            used.append(f"openvino image tower ({ov_prec})")
     if text is not None and cpu and plain and levers.text_backend == "openvino":
-        ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision), "text", fallbacks)
+        ov_text = _openvino(lambda: openvino_backend.text_tower(text, ov_prec), "text", fallbacks)
         if ov_text is not None:
             fast.text_encoder, text = ov_text, None
-            used.append("openvino text tower")
+            used.append(f"openvino text tower ({ov_prec})")
     if levers.int8_linear and text is not None and cpu:
         from torch.ao.quantization import quantize_dynamic
 
