@@ -57,7 +57,8 @@ class BertTextEncoder(nn.Module):
         """This tower computing its last layer for the CLS position only (the fast path's lever), or None
         where that is not the same function (mean pooling, a decoder / cross-attention BERT)."""
         cfg = self.bert.config
-        if self.pooling != "cls" or cfg.is_decoder or cfg.add_cross_attention or not len(self.bert.encoder.layer):
+        layers = len(self.bert.encoder.layer)
+        if self.pooling != "cls" or cfg.is_decoder or cfg.add_cross_attention or not layers:
             return None
         return ClsOnlyLastLayer(self)
 

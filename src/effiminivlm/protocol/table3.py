@@ -172,8 +172,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {p['items']} | {p['plcc_fp32']:.4f} | {p['plcc_fast']:.4f} | "
                      f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} |")
     lines += ["", f"Model only (pre-collated batches). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
-              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the padded "
-              "shapes (a `cls_only` text tower skips most of its last layer, so it is counted without it).",
+              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
+              "padded shapes (a `cls_only` text tower skips most of its last layer: counted without it).",
               "",
               "| part | precision | samples | GFLOP | GFLOP/s | ms/sample | share of peak |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
