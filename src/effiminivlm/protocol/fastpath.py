@@ -83,6 +83,8 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
     if lv.image_backend == "openvino":
         out.append(flip(fast, name="image tower in PyTorch (not OpenVINO)",
                         levers=flip(lv, image_backend="torch")))
+        out.append(flip(fast, name=f"OpenVINO in {'bf16' if lv.openvino_fp32 else 'f32'}",
+                        levers=flip(lv, openvino_fp32=not lv.openvino_fp32)))
     else:
         out.append(flip(fast, name="+ image tower in OpenVINO", levers=flip(lv, image_backend="openvino")))
         out.append(flip(fast, name="no channels-last", levers=flip(lv, channels_last=False)))
@@ -92,7 +94,9 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
     else:
         out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
         out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
-    out += [flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False)),
+    out += [flip(fast, name="cls_only off" if lv.cls_only else "+ cls_only",
+                 levers=flip(lv, cls_only=not lv.cls_only)),
+            flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False)),
             flip(fast, name="float pixels from the loader", raw_pixels=False),
             flip(fast, name="no length sorting", sort_by_length=False),
             flip(fast, name="no draft decode", draft=False),
