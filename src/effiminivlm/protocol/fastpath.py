@@ -234,4 +234,5 @@ def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str,
             "plcc_fp32": round(p_exact, 6), "plcc_change": round(p_fast - p_exact, 6),
             "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
             "mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
-            "pred_sd_fp32": float(np.std(exact)) if len(exact) else 0.0}
+            "pred_sd_fp32": float(np.std(exact)) if len(exact) else 0.0,
+            "corr_fast_fp32": round(plcc(fast, exact), 6) if len(fast) > 2 else float("nan")}

@@ -166,11 +166,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         lines.append(f"| {r['name']} | {', '.join(r['techniques']) or 'none'} | {r['samples_per_s']:.1f} | "
                      f"{r['ms_per_sample']:.2f} | {r['speedup_vs_reference']:.2f} | {r['cpu_busy']:.2f} |")
-    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff | mean abs diff "
+              "| corr with fp32 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, p in report["parity"].items():
         lines.append(f"| {name} | {p['items']} | {p['plcc_fp32']:.4f} | {p['plcc_fast']:.4f} | "
-                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} |")
+                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} | {p['mean_abs_diff']:.5f} | "
+                     f"{p.get('corr_fast_fp32', float('nan')):.5f} |")
+    sd = report["parity"].get("fast_vs_fp32", {}).get("pred_sd_fp32")
+    if sd is not None:
+        lines.append(f"\nThe fp32 predictions' sd over these items: {sd:.4f} (differences read against it).")
     lines += ["", f"Model only (pre-collated batches). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
               f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
               "padded shapes (a `cls_only` text tower skips most of its last layer: counted without it).",
