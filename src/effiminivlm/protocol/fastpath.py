@@ -36,8 +36,10 @@ from effiminivlm.evaluation.metrics import plcc
 from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
+from effiminivlm.runtime import scoring_threads, usable_cores
 
 REFERENCE_MAX_LENGTH = 256
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,10 @@ class PathConfig:
     num_workers: int = 1
     threads: int | None = None
 
-    def techniques(self, used: list[str] | None = None) -> list[str]:
+    def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
         """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
-        that really ran (`fast_levers` of the optimised model: a backend may have fallen back)."""
+        that really ran (`fast_levers` of the optimised model: a backend may have fallen back); `threads`:
+        the model's thread count when the path sets one (default: the cores the loader workers leave)."""
         out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
         if self.precision != "fp32":
             out += [lever for lever in (self.levers.used() if used is None else used)
@@ -65,7 +68,7 @@ class PathConfig:
                 "JPEG draft decode" if self.draft and fast else None,
                 "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
                 f"{self.num_workers} loader worker(s)" if self.num_workers else None,
-                f"model on {self.threads} thread(s)" if self.threads else None]
+                f"model on {threads or self.threads} thread(s)" if (threads or self.threads) else None]
         return [t for t in out if t]
 
 
@@ -103,7 +106,7 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
             *[flip(fast, name=f"{n} loader worker(s)", num_workers=n)
               for n in (0, 1, 2) if n != fast.num_workers],
             *[flip(fast, name=f"model on {n} thread(s)", threads=n)
-              for n in (1, 2) if n != (fast.threads or torch.get_num_threads())]]
+              for n in (1, usable_cores()) if n != (fast.threads or scoring_threads(fast.num_workers, CPU))]]
     if compile_lever:
         out.append(flip(fast, name="+ torch.compile (text)", levers=flip(lv, compile=True)))
     return out
@@ -201,11 +204,13 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     """Time one `PathConfig` over the rows after `warm_rows`: loader construction, worker start, decode,
     tokenisation and forward are all inside the clock; building the optimised model copy is not (a
     service does it once)."""
-    old = torch.get_num_threads()
-    if cfg.threads is not None:  # before building: an OpenVINO tower takes the thread count it is built with
-        torch.set_num_threads(cfg.threads)
-    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
     fast = cfg.precision != "fp32"
+    threads = cfg.threads if cfg.threads is not None else (
+        scoring_threads(cfg.num_workers, device) if fast else None)
+    old = torch.get_num_threads()
+    if threads is not None:  # before building: an OpenVINO tower takes the thread count it is built with
+        torch.set_num_threads(threads)
+    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
 
     def score(part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
@@ -217,7 +222,7 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     try:
         if warm_rows:
             score(table.slice(0, warm_rows))
-        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None)), cfg.precision,
+        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None), threads), cfg.precision,
                       lambda: score(table.slice(warm_rows)))
     finally:
         torch.set_num_threads(old)

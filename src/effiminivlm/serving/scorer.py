@@ -24,7 +24,13 @@ from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
-from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
+from effiminivlm.runtime import (
+    default_num_workers,
+    resolve_device,
+    resolve_precision,
+    scoring_threads,
+    torch_threads,
+)
 
 
 class Scorer:
@@ -48,10 +54,13 @@ class Scorer:
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.fast = self.precision != "fp32"
-        self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
+        self.num_workers = default_num_workers(num_workers)
+        # the fast path's model threads: the cores the loader workers leave (OpenVINO takes them at build)
+        self.threads = scoring_threads(self.num_workers, self.device) if self.fast else None
+        with torch_threads(self.threads):
+            self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.num_workers = default_num_workers(num_workers)
         self.max_length = model.cfg.text_encoder.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
 
@@ -84,8 +93,9 @@ class Scorer:
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:
         """Predictions (clipped to [1, 5]) for every row of `table`, in row order."""
-        res = run_inference(self.runner, self.loader(table, store, decoded=decoded), self.device,
-                            self.precision, progress=progress, desc="score")
+        with torch_threads(self.threads):
+            res = run_inference(self.runner, self.loader(table, store, decoded=decoded), self.device,
+                                self.precision, progress=progress, desc="score")
         res.pred = np.clip(res.pred, *SCORE_RANGE)
         return res
 
