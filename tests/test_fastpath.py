@@ -297,6 +297,9 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     parts = {(t["part"], t["precision"]) for t in report["model_only"]}
     assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
     assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])
+    bd = report["text_tower_breakdown"]  # where the fast text tower's time went, shares of one forward
+    assert abs(bd["matmul_time_share"] + bd["attention_time_share"] + bd["other_time_share"] - 1) < 0.01
+    assert bd["matmul_gflop_per_s"] > 0 and bd["matmul_time_share"] > 0
     assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
     md = (tmp_path / "t3.md").read_text()
     assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md

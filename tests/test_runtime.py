@@ -115,8 +115,6 @@ def test_peak_rss_is_the_process_own_not_a_larger_parent_s() -> None:
 
 
 def test_scoring_threads_leave_the_workers_their_cores_and_are_restored(monkeypatch) -> None:
-    import torch
-
     from effiminivlm import runtime
 
     monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
