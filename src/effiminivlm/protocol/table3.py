@@ -204,6 +204,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Where the fast text tower's time goes (its longest batch, torch.profiler): matmuls "
                   f"{bd['matmul_time_share']:.0%} of the time at {bd['matmul_gflop_per_s']} GFLOP/s"
                   f"{mm_share}; attention {bd['attention_time_share']:.0%} at {bd['attention_gflop_per_s']} "
-                  "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: memory-bound, "
-                  f"no FLOPs counted) {bd['other_time_share']:.0%}."]
+                  "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: "
+                  f"memory-bound, no FLOPs counted) {bd['other_time_share']:.0%}."]
     return "\n".join(lines) + "\n"
