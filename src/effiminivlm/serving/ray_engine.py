@@ -44,6 +44,7 @@ from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
+from effiminivlm.serving.scorer import check_rates
 
 #: The prepared-dataset columns scoring reads (the rest stay on disk).
 COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")
@@ -187,6 +188,7 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     ray = import_ray()
     model_dir = str(Path(model_dir).resolve())
     model, _ = load_model(model_dir)  # the driver checks the folder and counts params / FLOPs once
+    check_rates(model, model_dir)
     prof = profile_model(model)
     mode = image_mode(model, images)
     started = start_ray(address, num_cpus)

@@ -33,6 +33,14 @@ from effiminivlm.runtime import (
 )
 
 
+def check_rates(model: torch.nn.Module, model_dir: str | Path) -> None:
+    """Refuse, in one line, a model that does not predict ratings: a label head's logits are no rating to
+    clip, and a submission of them would look valid."""
+    if getattr(model, "task", "rating") != "rating":
+        raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
+                               "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
+
+
 class Scorer:
     """Scores products with a trained EffiMiniVLM. `images`: "first" (main image) or "mean" (the mean of
     the item's image features; still one forward pass per batch).
@@ -68,9 +76,7 @@ class Scorer:
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
         """Load a folder written by `save_pretrained` (offline)."""
         model, tokenizer = load_model(model_dir)
-        if getattr(model, "task", "rating") != "rating":  # a label head's logits are no rating to clip
-            raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
-                                   "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
+        check_rates(model, model_dir)
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
         return scorer
