@@ -297,6 +297,8 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     parts = {(t["part"], t["precision"]) for t in report["model_only"]}
     assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
     assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])
+    text_gflop = {t["precision"]: t["gflop"] for t in report["model_only"] if t["part"] == "text_encoder"}
+    assert text_gflop["bf16"] < text_gflop["fp32"]  # the cls_only tower is credited only with what it runs
     bd = report["text_tower_breakdown"]  # where the fast text tower's time went, shares of one forward
     assert abs(bd["matmul_time_share"] + bd["attention_time_share"] + bd["other_time_share"] - 1) < 0.01
     assert bd["matmul_gflop_per_s"] > 0 and bd["matmul_time_share"] > 0
