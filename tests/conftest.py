@@ -9,6 +9,14 @@ import pytest
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2023-fashion-dev"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Converted OpenVINO graphs go to a per-session folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFIMINIVLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def synth_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 160-item synthetic catalog (meta JSONL, images, LoViF layout) written by `write_synth`."""

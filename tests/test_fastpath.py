@@ -84,15 +84,16 @@ def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None
 def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepared) -> None:
     model, tok = tiny
     table = read_prepared(prepared, "test")
-    fast = optimize_for_inference(model, CPU, "bf16")
-    assert fast is not model and fast.fast_levers == ["bf16_weights", "channels_last"]
+    fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch"))
+    assert fast is not model and fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
     assert {p.dtype for p in fast.image_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fast.text_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fast.head.parameters()} == {torch.float32}
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the caller's model is untouched
     assert optimize_for_inference(model, CPU, "fp32") is model
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
-    for levers in (ModelLevers(), ModelLevers(bf16_weights=False, int8_linear=True)):
+    for levers in (ModelLevers(image_backend="torch"),
+                   ModelLevers(bf16_weights=False, int8_linear=True, image_backend="torch")):
         runner = optimize_for_inference(model, CPU, "bf16", levers)
         got = run_inference(runner, make_loader(model, tok, table, batch_size=8, sort_by_length=True),
                             CPU, "bf16", progress=False)
@@ -101,6 +102,70 @@ def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepare
     int8 = optimize_for_inference(model, CPU, "bf16", ModelLevers(int8_linear=True))
     assert "DynamicQuantizedLinear" in repr(int8.text_encoder)
     assert int8.text_encoder.num_features == model.text_encoder.num_features
+
+
+def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, prepared,
+                                                                          monkeypatch) -> None:
+    import openvino as ov
+
+    from effiminivlm.models import openvino_backend
+
+    model, tok = tiny
+    table = read_prepared(prepared, "test")
+    exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
+    both = ModelLevers(text_backend="openvino")
+    fast = optimize_for_inference(model, CPU, "bf16", both)
+    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "openvino text tower (bf16)"]
+    assert fast.fast_fallbacks == []
+    assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
+    assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
+    for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
+        got = run_inference(fast, make_loader(model, tok, table, batch_size=7, sort_by_length=True,
+                                              raw_pixels=raw), CPU, "bf16", progress=False)
+        assert got.item_id == exact.item_id and np.abs(got.pred - exact.pred).max() < 0.005
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
+    again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
+    assert again.fast_levers == fast.fast_levers
+
+
+def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny, prepared,
+                                                                            monkeypatch) -> None:
+    from effiminivlm.models import openvino_backend, optimize
+
+    model, tok = tiny
+    monkeypatch.setattr(optimize, "openvino_available", lambda: False)
+    with pytest.warns(UserWarning, match="openvino is not installed"):
+        fast = optimize_for_inference(model, CPU, "bf16")
+    assert fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
+    assert fast.fast_fallbacks == [
+        "image tower: openvino is not installed (pip install openvino)"]
+    monkeypatch.setattr(optimize, "openvino_available", lambda: True)
+    monkeypatch.setattr(openvino_backend, "text_tower",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("op X")))
+    with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
+        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(text_backend="openvino"))
+    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
+    table = read_prepared(prepared, "test")
+    got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
+    assert np.isfinite(got.pred).all() and len(got.pred) == table.num_rows
+
+
+def test_raw_pixel_batches_are_uint8_and_score_as_the_normalised_ones(tiny, hi_res) -> None:
+    model, tok = tiny
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    raw = next(iter(make_loader(model, tok, src.table, src.store, batch_size=6, draft=True, raw_pixels=True)))
+    flt = next(iter(make_loader(model, tok, src.table, src.store, batch_size=6, draft=True)))
+    assert raw["pixel_values"].dtype == torch.uint8 and flt["pixel_values"].dtype == torch.float32
+    mean, std = model.processor(tok).norm_stats()
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    expect = (raw["pixel_values"].float() / 255 - mean_t) / std_t
+    assert torch.allclose(expect, flt["pixel_values"], atol=1e-6)  # same pixels, normalised later
+    fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = fast(raw), fast(flt)
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(RuntimeError):  # the exact model never takes raw pixels: loud, not silently wrong
+        model(raw)
 
 
 def test_hi_res_catalog_has_real_texts_and_big_jpegs(hi_res) -> None:
@@ -232,6 +297,11 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     parts = {(t["part"], t["precision"]) for t in report["model_only"]}
     assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
     assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])
+    text_gflop = {t["precision"]: t["gflop"] for t in report["model_only"] if t["part"] == "text_encoder"}
+    assert text_gflop["bf16"] < text_gflop["fp32"]  # the cls_only tower is credited only with what it runs
+    bd = report["text_tower_breakdown"]  # where the fast text tower's time went, shares of one forward
+    assert abs(bd["matmul_time_share"] + bd["attention_time_share"] + bd["other_time_share"] - 1) < 0.01
+    assert bd["matmul_gflop_per_s"] > 0 and bd["matmul_time_share"] > 0
     assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
     md = (tmp_path / "t3.md").read_text()
     assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md

@@ -112,3 +112,18 @@ def test_peak_rss_is_the_process_own_not_a_larger_parent_s() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     del ballast
     assert float(out.strip()) < 1200  # the child's own peak (torch imported), far below the parent's 1.5 GB
+
+
+def test_scoring_threads_leave_the_workers_their_cores_and_are_restored(monkeypatch) -> None:
+    from effiminivlm import runtime
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    cpu = torch.device("cpu")
+    assert [runtime.scoring_threads(w, cpu) for w in (0, 1, 3, 8)] == [4, 3, 1, 1]
+    assert runtime.scoring_threads(1, torch.device("cuda")) is None  # a GPU keeps torch's setting
+    before = torch.get_num_threads()
+    with runtime.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with runtime.torch_threads(None):
+        assert torch.get_num_threads() == before

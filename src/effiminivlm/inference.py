@@ -99,7 +99,7 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
                 pad_to_max: bool = False, decoded: Any = None, sort_by_length: bool = False,
-                draft: bool = False) -> DataLoader:
+                draft: bool = False, raw_pixels: bool = False) -> DataLoader:
     """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema), built by the
     model's own processor (`model.processor(tokenizer)`): eval transforms at the model's image size, text
     truncated at its max_length and padded to the longest in the batch, or with `pad_to_max` to max_length
@@ -108,9 +108,13 @@ def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any =
 
     The fast path's loading levers: `sort_by_length` batches rows of similar text length (bucketed padding;
     batches carry `"row"` and `run_inference` returns input order); `draft` decodes JPEGs straight at the
-    smallest DCT scale that still covers the model's image size."""
+    smallest DCT scale that still covers the model's image size; `raw_pixels` ships images as uint8 (for the
+    model of `models.optimize.optimize_for_inference`, which normalises them; only for models with plain
+    towers, float pixels otherwise)."""
     processor = model.processor(tokenizer)  # type: ignore[operator]  (models.base.RatingModel)
-    ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded, draft=draft)
+    raw = raw_pixels and bool(getattr(model, "plain_towers", False))
+    ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded, draft=draft,
+                           raw_pixels=raw)
     collate = processor.collator(pad_to_max=pad_to_max)
     if sort_by_length and not pad_to_max:
         return DataLoader(RowDataset(ds), batch_sampler=LengthSortedBatches(text_lengths(ds), batch_size),

@@ -70,3 +70,34 @@ def peak_rss_mb() -> float:
 def default_num_workers(requested: int) -> int:
     """Never more DataLoader workers than cores (2 here); 0 means load in the main process."""
     return max(0, min(requested, os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def scoring_threads(num_workers: int, device: torch.device) -> int | None:
+    """Intra-op threads for the fast path's model on a CPU: the cores the loader workers leave, at least one
+    (None elsewhere: keep torch's setting). Why: a model whose threads share a core with a decoding worker
+    waits at every parallel op for the thread the worker pre-empted; on 2 cores with 1 worker, one model
+    thread beside the worker beats two that keep stalling (`bench_fast.py` measures both)."""
+    if device.type != "cpu":
+        return None
+    return max(1, usable_cores() - num_workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside the block (None: unchanged), restored after."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+

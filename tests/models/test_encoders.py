@@ -114,6 +114,20 @@ def test_mean_pooling_ignores_padding() -> None:
         torch.testing.assert_close(encoder(ids, mask), hidden[:, :3].mean(1))
 
 
+def test_cls_only_last_layer_is_the_same_function_with_padding() -> None:
+    torch.manual_seed(0)
+    encoder = TEXT_ENCODERS.build("bert", config=TINY_BERT).eval()
+    lean = encoder.cls_only()
+    ids = torch.randint(1, 200, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [1] * 2 + [0] * 7])
+    ids = ids * mask  # padded positions hold the pad id, as the tokenizer writes them
+    with torch.no_grad():
+        torch.testing.assert_close(lean(ids, mask), encoder(ids, mask), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lean(ids), encoder(ids), atol=1e-5, rtol=1e-5)
+    assert lean.num_features == encoder.num_features  # read through the wrapper
+    assert TEXT_ENCODERS.build("bert", config=TINY_BERT, pooling="mean").cls_only() is None
+
+
 def test_bert_config_typo_fails_with_a_suggestion() -> None:
     with pytest.raises(EffiMiniVLMError, match="hiden_size.*did you mean hidden_size"):
         TEXT_ENCODERS.build("bert", config={**TINY_BERT, "hiden_size": 32})

@@ -107,3 +107,7 @@ def test_predict_refuses_a_multilabel_model_in_one_line(trained, prepared, tmp_p
     cap = capsys.readouterr()
     assert code != 0 and not out.exists()
     assert "is a multilabel model" in cap.err + cap.out and "Traceback" not in cap.err
+    code = main(["predict", str(prepared), "--model", str(trained / "model"), "--out", str(out),
+                 "--engine", "ray"])  # refused by the driver before a Ray worker starts
+    cap = capsys.readouterr()
+    assert code != 0 and not out.exists() and "is a multilabel model" in cap.err + cap.out

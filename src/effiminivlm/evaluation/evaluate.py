@@ -24,7 +24,13 @@ from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.inference import SCORE_RANGE, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
-from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
+from effiminivlm.runtime import (
+    default_num_workers,
+    resolve_device,
+    resolve_precision,
+    scoring_threads,
+    torch_threads,
+)
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test",
@@ -44,10 +50,12 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     mode = image_mode(model, images)
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     fast = prec != "fp32"  # the fast path below fp32 (see serving.scorer.Scorer); fp32 is the exact one
+    workers = default_num_workers(num_workers)
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
-                         num_workers=default_num_workers(num_workers), sort_by_length=fast, draft=fast)
-    runner = optimize_for_inference(model, dev, prec)
-    res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")
+                         num_workers=workers, sort_by_length=fast, draft=fast, raw_pixels=fast)
+    with torch_threads(scoring_threads(workers, dev) if fast else None):  # see serving.scorer.Scorer
+        runner = optimize_for_inference(model, dev, prec)
+        res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")
     meta = {"model": str(model_dir), "data": str(data_dir), "split": split, "images": mode,
             "precision": prec, "device": str(dev),
             "image_status": dict(sorted(res.image_status.items())), "seconds": round(res.seconds, 3)}

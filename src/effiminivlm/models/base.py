@@ -49,6 +49,10 @@ class RatingModel(nn.Module):
     #: what `forward` returns: "rating" ([B] ratings) or "multilabel" ([B, K] logits, `target` multi-hot);
     #: the loop and `evaluate` choose their metrics by it, never by the architecture
     task: str = "rating"
+    #: True when `image_encoder(pixels) -> [B, D]` and `text_encoder(input_ids, attention_mask) -> [B, D]` are
+    #: pure functions of those tensors and the processor's images go to the image tower unchanged: the fast
+    #: scoring path may then swap a tower for a compiled graph and feed it uint8 pixels (`models.optimize`)
+    plain_towers: bool = False
 
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()

@@ -18,6 +18,21 @@ from effiminivlm.errors import WeightsError
 from effiminivlm.models.weights import load_into, load_state_dict, resolve_source
 
 
+class TowerWrapper(nn.Module):
+    """A module standing in for a tower (`inner`) whose attributes (`num_features`, `architecture()`, ...)
+    stay readable through it, so code that inspects a model's towers works on a fast model's wrapped ones."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
 class ScaledSigmoid(nn.Module):
     """x -> 1 + 4 * sigmoid(x): a rating on [1, 5] by construction (the LoViF teams' output layer)."""
 

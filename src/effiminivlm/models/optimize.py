@@ -13,20 +13,36 @@ keeps its fp32 weights; `--precision fp32` never calls it (the exact path).
   rounds more than bf16, so it is off by default and kept only where parity holds.
 - `compile`: `torch.compile` of the text tower (dynamic shapes: bucketed lengths vary); compilation takes
   minutes on a small CPU, so it is off by default and the benchmark says whether it pays.
+- `cls_only`: a CLS-pooled BERT text tower computes its last layer for the CLS position only
+  (`models.text_encoders.ClsOnlyLastLayer`): the same function with ~1/7 less work at 6 layers.
+- `image_backend` / `text_backend`: "torch" or "openvino" (`models.openvino_backend`: the tower converted
+  in memory and compiled for this CPU). Only for architectures with plain towers (`RatingModel.plain_towers`:
+  pixels -> features, (ids, mask) -> features); a missing package or a failed conversion falls back to
+  PyTorch with one warning, and `fast_levers` / `fast_fallbacks` say what ran.
+
+A fast model also takes uint8 pixels [B,3,S,S] (`inference.make_loader(raw_pixels=True)`: the loader ships
+4x fewer bytes from its workers and skips ToTensor + Normalize per item): its image tower normalises them
+first, in one batched pass with the processor's mean / std (`_PixelNormalize`).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from effiminivlm.models import openvino_backend
+from effiminivlm.models.blocks import TowerWrapper
+from effiminivlm.models.openvino_backend import openvino_available
+
 #: Names of the model-side levers, as reports list them.
-LEVERS = ("bf16_weights", "channels_last", "int8_linear", "compile")
+LEVERS = ("bf16_weights", "channels_last", "int8_linear", "compile", "image_backend", "text_backend")
+BACKENDS = ("torch", "openvino")
 
 
 @dataclass(frozen=True)
@@ -37,10 +53,25 @@ class ModelLevers:
     channels_last: bool = True
     int8_linear: bool = False
     compile: bool = False
+    image_backend: str = "openvino"
+    text_backend: str = "torch"
+    openvino_fp32: bool = False  # OpenVINO towers computed in f32 instead of the scoring precision
+    cls_only: bool = True  # a CLS-pooled BERT's last layer for the CLS position only (same function)
+
+    def __post_init__(self) -> None:
+        for name in ("image_backend", "text_backend"):
+            if getattr(self, name) not in BACKENDS:
+                raise ValueError(f"{name} must be one of {', '.join(BACKENDS)}, got {getattr(self, name)!r}")
 
     def used(self) -> list[str]:
-        """The names of the levers that are on."""
-        return [k for k, v in asdict(self).items() if v]
+        """The names of the levers that are on ("openvino image tower" for a backend other than torch)."""
+        out = []
+        for k, v in asdict(self).items():
+            if k.endswith("_backend"):
+                out += [f"{v} {k.removesuffix('_backend')} tower"] if v != "torch" else []
+            elif v and (k != "openvino_fp32" or "openvino" in (self.image_backend, self.text_backend)):
+                out.append(k)
+        return out
 
 
 def _to_channels_last(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -48,52 +79,104 @@ def _to_channels_last(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, .
                  else a for a in args)
 
 
-class _Fp32Island(nn.Module):
+class _Fp32Island(TowerWrapper):
     """Runs `inner` with autocast off and float32 inputs (dynamically quantised linears take fp32 only)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         dev = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
         with torch.autocast(dev, enabled=False):
             return self.inner(*args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:  # num_features, architecture(), ... of the wrapped tower
+
+class _PixelNormalize(TowerWrapper):
+    """uint8 pixels [B,3,S,S] (0-255) -> (x / 255 - mean) / std as float32, then `inner`; float pixels
+    (already normalised by the loader) pass through unchanged. One batched pass instead of ToTensor +
+    Normalize per item in the loader, and the workers ship a quarter of the bytes."""
+
+    def __init__(self, inner: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(inner)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t,
+                             persistent=False)
+
+    def forward(self, pixels: torch.Tensor, *args: Any) -> Any:
+        if pixels.dtype == torch.uint8:
+            pixels = torch.addcmul(self.shift, pixels.float(), self.scale)
+        return self.inner(pixels, *args)
+
+
+def _openvino(build: Callable[[], nn.Module], what: str, fallbacks: list[str]) -> nn.Module | None:
+    """`build()` (an OpenVINO tower), or None with one warning when the package is missing or conversion
+    fails (the tower stays PyTorch; `fallbacks` records why)."""
+    if not openvino_available():
+        reason = f"{what} tower: openvino is not installed (pip install openvino)"
+    else:
         try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
+            return build()
+        except Exception as exc:  # noqa: BLE001  (conversion of a user's model: any failure falls back)
+            reason = f"{what} tower: OpenVINO conversion failed ({type(exc).__name__}: {exc})"
+    warnings.warn(f"{reason}; it runs in PyTorch", stacklevel=3)
+    fallbacks.append(reason)
+    return None
 
 
 def optimize_for_inference(model: nn.Module, device: torch.device, precision: str,
                            levers: ModelLevers | None = None) -> nn.Module:
     """A copy of `model` (eval mode, on `device`) with the `levers` that apply to `precision` and `device`.
 
-    bf16 weights apply under bf16 only (fp16 on CUDA keeps its AMP casts); channels-last and int8 on CPU
-    only (int8 dynamic quantisation has no CUDA kernels); fp32 returns the model unchanged (same object).
-    """
+    bf16 weights apply under bf16 only (fp16 on CUDA keeps its AMP casts); channels-last, int8 and the
+    OpenVINO backends on CPU only (int8 dynamic quantisation has no CUDA kernels), the backends and uint8
+    pixels only for plain towers (`RatingModel.plain_towers`); fp32 returns the model unchanged (same
+    object). `fast_levers` lists what the copy really uses, `fast_fallbacks` what it could not."""
     levers = levers or ModelLevers()
     if precision == "fp32":
         return model.to(device).eval()
     fast = copy.deepcopy(model).to(device).eval()
+    used: list[str] = []
+    fallbacks: list[str] = []
+    cpu, plain = device.type == "cpu", bool(getattr(fast, "plain_towers", False))
     image, text = getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None)
-    if levers.int8_linear and text is not None and device.type == "cpu":
+    ov_prec = "fp32" if levers.openvino_fp32 else precision
+    if levers.cls_only and text is not None and hasattr(text, "cls_only"):
+        lean = text.cls_only()
+        if lean is not None:
+            fast.text_encoder = text = lean
+            used.append("cls_only")
+    if image is not None and cpu and plain and levers.image_backend == "openvino":
+        size = fast.cfg.image_encoder.image_size  # type: ignore[union-attr]
+        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, ov_prec), "image", fallbacks)
+        if ov_image is not None:
+            fast.image_encoder, image = ov_image, None
+            used.append(f"openvino image tower ({ov_prec})")
+    if text is not None and cpu and plain and levers.text_backend == "openvino":
+        ov_text = _openvino(lambda: openvino_backend.text_tower(text, ov_prec), "text", fallbacks)
+        if ov_text is not None:
+            fast.text_encoder, text = ov_text, None
+            used.append(f"openvino text tower ({ov_prec})")
+    if levers.int8_linear and text is not None and cpu:
         from torch.ao.quantization import quantize_dynamic
 
         with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
             warnings.simplefilter("ignore")
             fast.text_encoder = _Fp32Island(quantize_dynamic(text.float(), {nn.Linear}, dtype=torch.qint8))
         text = None  # stays fp32 around its int8 linears
-    if levers.bf16_weights and precision == "bf16":
+        used.append("int8_linear")
+    if levers.bf16_weights and precision == "bf16" and (image is not None or text is not None):
         for tower in (image, text):
             if tower is not None:
                 tower.to(torch.bfloat16)
-    if levers.channels_last and image is not None and device.type == "cpu":
+        used.append("bf16_weights")
+    if levers.channels_last and image is not None and cpu:
         image.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         image.register_forward_pre_hook(_to_channels_last)
-    if levers.compile and getattr(fast, "text_encoder", None) is not None:
-        fast.text_encoder = torch.compile(fast.text_encoder, dynamic=True)  # type: ignore[assignment]
-    fast.fast_levers = levers.used()  # type: ignore[assignment]
+        used.append("channels_last")
+    if levers.compile and text is not None:
+        fast.text_encoder = torch.compile(text, dynamic=True)  # type: ignore[assignment]
+        used.append("compile")
+    if plain and getattr(fast, "image_encoder", None) is not None:
+        mean, std = fast.processor(None).norm_stats()  # type: ignore[operator]
+        fast.image_encoder = _PixelNormalize(fast.image_encoder, mean, std).to(device)
+    fast.fast_levers = used  # type: ignore[assignment]
+    fast.fast_fallbacks = fallbacks  # type: ignore[assignment]
     return fast

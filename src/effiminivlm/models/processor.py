@@ -70,17 +70,29 @@ class Processor:
             return "none"
         return "mean" if self.fixed_images else images
 
-    def transform(self, train: bool = False, augment: str = "none") -> Callable[[Image.Image], torch.Tensor]:
-        return image_transform(self.image_hw, self.mean or (0.5,) * 3, self.std or (0.5,) * 3, train, augment)
+    def norm_stats(self) -> tuple[Sequence[float], Sequence[float]]:
+        """(mean, std) the pixels are normalised with (0.5 each where the weights name none)."""
+        return self.mean or (0.5,) * 3, self.std or (0.5,) * 3
+
+    def transform(self, train: bool = False, augment: str = "none",
+                  raw: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        """The PIL -> tensor transform; `raw`: uint8 [3,H,W] after the resize, unnormalised (the fast path's
+        model normalises the batch, `models.optimize`)."""
+        if raw:
+            return T.Compose([to_rgb, T.Resize(self.image_hw, interpolation=T.InterpolationMode.BICUBIC,
+                                                antialias=True), T.PILToTensor()])
+        return image_transform(self.image_hw, *self.norm_stats(), train, augment)
 
     def dataset(self, table: pa.Table, store: ImageStore | None = None, images: str = "first", *,
                 train: bool = False, augment: str = "none",
                 decoded: Sequence[Sequence[Image.Image] | None] | None = None,
-                draft: bool = False) -> ProductDataset:
+                draft: bool = False, raw_pixels: bool = False) -> ProductDataset:
         """`draft` (the fast path): JPEGs decoded at the smallest DCT scale that still covers the model's
-        image size (see `ProductDataset`)."""
+        image size (see `ProductDataset`); `raw_pixels`: images as uint8 tensors (`transform(raw=True)`),
+        for a model that normalises them itself, at scoring only."""
         mode = self.image_mode(images)
-        transform = self.transform(train, augment) if mode != "none" else None
+        transform = (self.transform(raw=True) if raw_pixels and not train else self.transform(train, augment)
+                     ) if mode != "none" else None
         size = max(self.image_hw) if draft and mode != "none" else None
         return ProductDataset(table, transform, store, mode, max_images=self.max_images, decoded=decoded,
                               draft=size)

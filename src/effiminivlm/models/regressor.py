@@ -43,6 +43,8 @@ class EffiMiniVLM(RatingModel):
     config.json records the normalisation the model was trained with and reloads identically.
     """
 
+    plain_towers = True  # pixels -> pooled vector, (ids, mask) -> CLS vector: the fast path may swap them
+
     def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
         super().__init__(cfg)
         if cfg.modalities != "text":

@@ -36,8 +36,10 @@ from effiminivlm.evaluation.metrics import plcc
 from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
+from effiminivlm.runtime import scoring_threads, usable_cores
 
 REFERENCE_MAX_LENGTH = 256
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -49,42 +51,64 @@ class PathConfig:
     levers: ModelLevers = ModelLevers()
     sort_by_length: bool = True
     draft: bool = True
+    raw_pixels: bool = True
     num_workers: int = 1
     threads: int | None = None
 
-    def techniques(self) -> list[str]:
-        """The acceleration techniques this path uses, as the report lists them."""
-        used = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
+    def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
+        """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
+        that really ran (`fast_levers` of the optimised model: a backend may have fallen back); `threads`:
+        the model's thread count when the path sets one (default: the cores the loader workers leave)."""
+        out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
         if self.precision != "fp32":
-            used += [lever for lever in self.levers.used()
-                     if lever != "bf16_weights" or self.precision == "bf16"]
-        used += ["length-sorted batches" if self.sort_by_length else None,
-                 "JPEG draft decode" if self.draft else None,
-                 f"{self.num_workers} loader worker(s)" if self.num_workers else None]
-        return [t for t in used if t]
+            out += [lever for lever in (self.levers.used() if used is None else used)
+                    if lever != "bf16_weights" or self.precision == "bf16"]
+        fast = self.precision != "fp32"
+        out += ["length-sorted batches" if self.sort_by_length and fast else None,
+                "JPEG draft decode" if self.draft and fast else None,
+                "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
+                f"{self.num_workers} loader worker(s)" if self.num_workers else None,
+                f"model on {threads or self.threads} thread(s)" if (threads or self.threads) else None]
+        return [t for t in out if t]
 
 
-FP32_EXACT = PathConfig("fp32, no acceleration", precision="fp32", levers=ModelLevers(False, False),
-                        sort_by_length=False, draft=False, num_workers=0)
+FP32_EXACT = PathConfig("fp32, no acceleration", precision="fp32",
+                        levers=ModelLevers(False, False, image_backend="torch"), sort_by_length=False,
+                        draft=False, raw_pixels=False, num_workers=0)
 FAST = PathConfig("fast")
 
 
 def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[PathConfig]:
     """The fast path with one lever flipped at a time (int8 and compile switched on instead of off)."""
     lv = fast.levers
-    out = [dataclasses.replace(fast, name="bf16 autocast only (fp32 weights)",
-                               levers=dataclasses.replace(lv, bf16_weights=False)),
-           dataclasses.replace(fast, name="no channels-last",
-                               levers=dataclasses.replace(lv, channels_last=False)),
-           dataclasses.replace(fast, name="no length sorting", sort_by_length=False),
-           dataclasses.replace(fast, name="no draft decode", draft=False),
-           dataclasses.replace(fast, name="0 workers (load in main process)", num_workers=0),
-           dataclasses.replace(fast, name="2 workers", num_workers=2),
-           dataclasses.replace(fast, name="+ int8 dynamic linears (text)",
-                               levers=dataclasses.replace(lv, int8_linear=True))]
+    flip = dataclasses.replace
+    out = []
+    if lv.image_backend == "openvino":
+        out.append(flip(fast, name="image tower in PyTorch (not OpenVINO)",
+                        levers=flip(lv, image_backend="torch")))
+        out.append(flip(fast, name=f"OpenVINO in {'bf16' if lv.openvino_fp32 else 'f32'}",
+                        levers=flip(lv, openvino_fp32=not lv.openvino_fp32)))
+    else:
+        out.append(flip(fast, name="+ image tower in OpenVINO", levers=flip(lv, image_backend="openvino")))
+        out.append(flip(fast, name="no channels-last", levers=flip(lv, channels_last=False)))
+    if lv.text_backend == "openvino":
+        out.append(flip(fast, name="text tower in PyTorch (not OpenVINO)",
+                        levers=flip(lv, text_backend="torch")))
+    else:
+        out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
+        out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
+    out += [flip(fast, name="cls_only off" if lv.cls_only else "+ cls_only",
+                 levers=flip(lv, cls_only=not lv.cls_only)),
+            flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False)),
+            flip(fast, name="float pixels from the loader", raw_pixels=False),
+            flip(fast, name="no length sorting", sort_by_length=False),
+            flip(fast, name="no draft decode", draft=False),
+            *[flip(fast, name=f"{n} loader worker(s)", num_workers=n)
+              for n in (0, 1, 2) if n != fast.num_workers],
+            *[flip(fast, name=f"model on {n} thread(s)", threads=n)
+              for n in (1, usable_cores()) if n != (fast.threads or scoring_threads(fast.num_workers, CPU))]]
     if compile_lever:
-        out.append(dataclasses.replace(fast, name="+ torch.compile (text)",
-                                       levers=dataclasses.replace(lv, compile=True)))
+        out.append(flip(fast, name="+ torch.compile (text)", levers=flip(lv, compile=True)))
     return out
 
 
@@ -180,22 +204,26 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     """Time one `PathConfig` over the rows after `warm_rows`: loader construction, worker start, decode,
     tokenisation and forward are all inside the clock; building the optimised model copy is not (a
     service does it once)."""
-    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     fast = cfg.precision != "fp32"
+    threads = cfg.threads if cfg.threads is not None else (
+        scoring_threads(cfg.num_workers, device) if fast else None)
+    old = torch.get_num_threads()
+    if threads is not None:  # before building: an OpenVINO tower takes the thread count it is built with
+        torch.set_num_threads(threads)
+    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
 
     def score(part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
                              num_workers=cfg.num_workers,
-                             sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast)
+                             sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast,
+                             raw_pixels=cfg.raw_pixels and fast)
         return run_inference(runner, loader, device, cfg.precision, progress=False).pred
 
     try:
         if warm_rows:
             score(table.slice(0, warm_rows))
-        return _timed(cfg.name, cfg.techniques(), cfg.precision, lambda: score(table.slice(warm_rows)))
+        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None), threads), cfg.precision,
+                      lambda: score(table.slice(warm_rows)))
     finally:
         torch.set_num_threads(old)
 
@@ -211,4 +239,5 @@ def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str,
             "plcc_fp32": round(p_exact, 6), "plcc_change": round(p_fast - p_exact, 6),
             "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
             "mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
-            "pred_sd_fp32": float(np.std(exact)) if len(exact) else 0.0}
+            "pred_sd_fp32": float(np.std(exact)) if len(exact) else 0.0,
+            "corr_fast_fp32": round(plcc(fast, exact), 6) if len(fast) > 2 else float("nan")}

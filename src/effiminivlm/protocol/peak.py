@@ -91,3 +91,37 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
         out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 6),
                              round(flops / 1e9 / seconds, 3), round(seconds * 1e3 / max(n, 1), 3)))
     return out
+
+
+#: Profiler op names whose time is matrix-multiply work (linear layers run as addmm / mm on a CPU).
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_addmm_activation")
+
+
+def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tuple[Any, ...],
+                 device: torch.device, precision: str, repeats: int = 2) -> dict[str, float]:
+    """Where one forward of `runner` spends its time: matmuls, attention, the rest (bias copies, GELU,
+    LayerNorm, residual adds, layout copies), each as a share of the time and, for the first two, at what
+    rate. Why: "% of peak" of a whole tower mixes matmuls, which can run near the peak, with elementwise ops
+    that are bound by memory; the split says which one a tower's rate is waiting on. FLOPs come from
+    `reference` (fp32, the same function), time from torch.profiler's self time per op (after one warmup)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    flops = count_flops(reference, inputs)
+    mm_flops = sum(n for op, n in flops.by_op.items()
+                   if op.split(".")[1] in ("addmm", "mm", "bmm", "_addmm_activation"))
+    with torch.inference_mode(), autocast(device, precision):
+        runner(*inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                runner(*inputs)
+    times: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        kind = ("matmul" if ev.key in MATMUL_OPS else "attention" if "scaled_dot_product" in ev.key
+                else "other")
+        times[kind] += ev.self_cpu_time_total / 1e6 / repeats  # seconds per forward
+    total = sum(times.values()) or float("nan")
+    return {"matmul_time_share": round(times["matmul"] / total, 3),
+            "attention_time_share": round(times["attention"] / total, 3),
+            "other_time_share": round(times["other"] / total, 3),
+            "matmul_gflop_per_s": round(mm_flops / 1e9 / max(times["matmul"], 1e-9), 1),
+            "attention_gflop_per_s": round(flops.attention / 1e9 / max(times["attention"], 1e-9), 1)}

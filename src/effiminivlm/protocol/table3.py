@@ -6,6 +6,7 @@ and model-only achieved GFLOP/s next to this machine's measured bf16 and fp32 ma
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.inference import make_loader
 from effiminivlm.models.factory import load_model_or_recipe
+from effiminivlm.models.openvino_backend import OpenVINOTower
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.protocol.fastpath import (
     FAST,
@@ -34,7 +36,7 @@ from effiminivlm.protocol.fastpath import (
     run_path,
     run_reference,
 )
-from effiminivlm.protocol.peak import matmul_peak_gflops, tower_rates
+from effiminivlm.protocol.peak import matmul_peak_gflops, op_breakdown, tower_rates
 from effiminivlm.protocol.profile import profile_model
 from effiminivlm.protocol.runtime import _is_prepared, _load_avg, device_name
 from effiminivlm.runtime import resolve_device
@@ -87,7 +89,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
         checks[f"{r.name} vs fp32"] = parity(r.pred, by_name[FP32_EXACT.name].pred, target)
 
     say("model-only rates (pre-collated, length-sorted batches)")
-    rates = _model_only(model, tokenizer, table, src.store, fast, batch_size, model_batches, dev)
+    rates, breakdown = _model_only(model, tokenizer, table, src.store, fast, batch_size, model_batches, dev)
     texts = ProductDataset(table, None, images="none")
     mean_tokens, _ = mean_token_length(texts, tokenizer, model.cfg.text_encoder.max_length)
     prof = profile_model(model, mean_tokens=mean_tokens if model.text_encoder is not None else None)
@@ -102,7 +104,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
                                 else round(prof.flops_g_mean_length, 3)),
         "mean_tokens": round(mean_tokens, 1), "matmul_peak": peak,
         "runs": [r.to_dict() for r in runs], "parity": checks,
-        "model_only": [t.to_dict() for t in rates],
+        "model_only": [t.to_dict() for t in rates], "text_tower_breakdown": breakdown,
         "fast_speedup_vs_reference": by_name[fast.name].speedup_vs_reference,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -123,18 +125,40 @@ def _targets(table: pa.Table) -> np.ndarray:
 
 
 def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: ImageStore | None,
-                fast: PathConfig, batch_size: int, n_batches: int, dev: torch.device) -> list[Any]:
+                fast: PathConfig, batch_size: int, n_batches: int, dev: torch.device
+                ) -> tuple[list[Any], dict[str, float] | None]:
     """Model-only rates of the fast path's model (bf16) and of the fp32 model, on the same `n_batches`
-    collated batches (length-sorted, like the fast path's, taken evenly across the length range)."""
+    collated batches (length-sorted, like the fast path's, taken evenly across the length range), and where
+    the fast text tower's time goes on the longest batch (`peak.op_breakdown`; None for a tower that is not
+    PyTorch's to profile)."""
     loader = make_loader(model, tokenizer, table, store, batch_size=batch_size, sort_by_length=True,
                          draft=True)
     batches = list(loader)
     step = max(1, len(batches) // max(n_batches, 1))
     batches = batches[::step][:n_batches + 1]  # +1: the first is the warmup batch
     runner = optimize_for_inference(model, dev, fast.precision, fast.levers)
-    flops: dict[str, int] = {}
-    return [*tower_rates(model, runner, batches, dev, fast.precision, flops_cache=flops),
-            *tower_rates(model, model, batches, dev, "fp32", flops_cache=flops)]
+    counted = _counted_twin(model, runner)
+    rates = [*tower_rates(counted, runner, batches, dev, fast.precision),
+             *tower_rates(model, model, batches, dev, "fp32")]
+    text = getattr(runner, "text_encoder", None)
+    breakdown = None
+    if text is not None and not isinstance(text, OpenVINOTower) and dev.type == "cpu":
+        longest = max(batches, key=lambda b: b["input_ids"].numel())
+        inputs = (longest["input_ids"], longest["attention_mask"])
+        breakdown = op_breakdown(counted.text_encoder, text, inputs, dev, fast.precision)
+    return rates, breakdown
+
+
+def _counted_twin(model: torch.nn.Module, runner: torch.nn.Module) -> torch.nn.Module:
+    """The fp32 model doing the work `runner` does, for counting its FLOPs: with the `cls_only` lever the
+    fast text tower skips most of its last layer, and a rate counted on the full tower would credit it with
+    FLOPs it never ran."""
+    if "cls_only" not in getattr(runner, "fast_levers", []):
+        return model
+    twin = copy.copy(model)  # shallow: shares the towers' weights; only the text tower slot differs
+    twin._modules = dict(model._modules)
+    twin._modules["text_encoder"] = model.text_encoder.cls_only()  # type: ignore[union-attr,operator]
+    return twin
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -154,13 +178,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         lines.append(f"| {r['name']} | {', '.join(r['techniques']) or 'none'} | {r['samples_per_s']:.1f} | "
                      f"{r['ms_per_sample']:.2f} | {r['speedup_vs_reference']:.2f} | {r['cpu_busy']:.2f} |")
-    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff "
+              "| mean abs diff | corr with fp32 |", "| --- |" + " ---: |" * 7]
     for name, p in report["parity"].items():
         lines.append(f"| {name} | {p['items']} | {p['plcc_fp32']:.4f} | {p['plcc_fast']:.4f} | "
-                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} |")
+                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} | {p['mean_abs_diff']:.5f} | "
+                     f"{p.get('corr_fast_fp32', float('nan')):.5f} |")
+    sd = report["parity"].get("fast_vs_fp32", {}).get("pred_sd_fp32")
+    if sd is not None:
+        lines.append(f"\nThe fp32 predictions' sd over these items: {sd:.4f} (differences read against it).")
     lines += ["", f"Model only (pre-collated batches). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
-              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s.", "",
+              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
+              "padded shapes (a `cls_only` text tower skips most of its last layer: counted without it).",
+              "",
               "| part | precision | samples | GFLOP | GFLOP/s | ms/sample | share of peak |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for t in report["model_only"]:
@@ -168,4 +198,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         share = f"{t['gflop_per_s'] / ref:.0%}" if ref else "-"
         lines.append(f"| {t['part']} | {t['precision']} | {t['samples']} | {t['gflop']:.1f} | "
                      f"{t['gflop_per_s']:.1f} | {t['ms_per_sample']:.2f} | {share} |")
+    bd, bf16_peak = report.get("text_tower_breakdown"), peak.get("bf16_gflops")
+    if bd:
+        mm_share = f" ({bd['matmul_gflop_per_s'] / bf16_peak:.0%} of the bf16 peak)" if bf16_peak else ""
+        lines += ["", "Where the fast text tower's time goes (its longest batch, torch.profiler): matmuls "
+                  f"{bd['matmul_time_share']:.0%} of the time at {bd['matmul_gflop_per_s']} GFLOP/s"
+                  f"{mm_share}; attention {bd['attention_time_share']:.0%} at {bd['attention_gflop_per_s']} "
+                  "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: "
+                  f"memory-bound, no FLOPs counted) {bd['other_time_share']:.0%}."]
     return "\n".join(lines) + "\n"

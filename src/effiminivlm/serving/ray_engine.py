@@ -44,6 +44,7 @@ from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
+from effiminivlm.serving.scorer import check_rates
 
 #: The prepared-dataset columns scoring reads (the rest stay on disk).
 COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")
@@ -79,18 +80,19 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _preprocessing(model_dir: str, images: str) -> tuple[Any, str]:
-    """(the saved model's processor, image mode), once per worker process."""
+def _preprocessing(model_dir: str, images: str) -> tuple[Any, str, bool]:
+    """(the saved model's processor, image mode, whether it takes uint8 pixels), once per worker process."""
     model, tokenizer = load_model(model_dir)
-    return model.processor(tokenizer), image_mode(model, images)
+    return model.processor(tokenizer), image_mode(model, images), bool(getattr(model, "plain_towers", False))
 
 
 def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageStore, batch_size: int,
                   draft: bool = False) -> dict[str, list[Any]]:
     """Ray task: rows -> one pickled collated batch per `batch_size` rows (the decode + tokenise stage);
-    `draft`: the fast path's JPEG draft decoding, as `predict` below fp32."""
-    processor, mode = _preprocessing(model_dir, images)
-    ds = processor.dataset(table, store, mode, draft=draft)
+    `draft`: the fast path's loading, as `predict` below fp32: JPEG draft decoding and, for a model with
+    plain towers, uint8 pixels (the actor's fast model normalises them)."""
+    processor, mode, plain = _preprocessing(model_dir, images)
+    ds = processor.dataset(table, store, mode, draft=draft, raw_pixels=draft and plain)
     collate = processor.collator()
     payloads, sizes = [], []
     for start in range(0, len(ds), batch_size):
@@ -186,6 +188,7 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     ray = import_ray()
     model_dir = str(Path(model_dir).resolve())
     model, _ = load_model(model_dir)  # the driver checks the folder and counts params / FLOPs once
+    check_rates(model, model_dir)
     prof = profile_model(model)
     mode = image_mode(model, images)
     started = start_ray(address, num_cpus)

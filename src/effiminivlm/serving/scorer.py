@@ -24,7 +24,21 @@ from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
-from effiminivlm.runtime import default_num_workers, resolve_device, resolve_precision
+from effiminivlm.runtime import (
+    default_num_workers,
+    resolve_device,
+    resolve_precision,
+    scoring_threads,
+    torch_threads,
+)
+
+
+def check_rates(model: torch.nn.Module, model_dir: str | Path) -> None:
+    """Refuse, in one line, a model that does not predict ratings: a label head's logits are no rating to
+    clip, and a submission of them would look valid."""
+    if getattr(model, "task", "rating") != "rating":
+        raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
+                               "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
 
 
 class Scorer:
@@ -48,10 +62,13 @@ class Scorer:
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.fast = self.precision != "fp32"
-        self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
+        self.num_workers = default_num_workers(num_workers)
+        # the fast path's model threads: the cores the loader workers leave (OpenVINO takes them at build)
+        self.threads = scoring_threads(self.num_workers, self.device) if self.fast else None
+        with torch_threads(self.threads):
+            self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.num_workers = default_num_workers(num_workers)
         self.max_length = model.cfg.text_encoder.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
 
@@ -59,9 +76,7 @@ class Scorer:
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
         """Load a folder written by `save_pretrained` (offline)."""
         model, tokenizer = load_model(model_dir)
-        if getattr(model, "task", "rating") != "rating":  # a label head's logits are no rating to clip
-            raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
-                                   "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
+        check_rates(model, model_dir)
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
         return scorer
@@ -78,13 +93,15 @@ class Scorer:
         `decoded`: per-row images already in memory (uploads), used instead of the row's references."""
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
                            batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
-                           decoded=decoded, sort_by_length=self.fast, draft=self.fast)
+                           decoded=decoded, sort_by_length=self.fast, draft=self.fast,
+                           raw_pixels=self.fast)
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:
         """Predictions (clipped to [1, 5]) for every row of `table`, in row order."""
-        res = run_inference(self.runner, self.loader(table, store, decoded=decoded), self.device,
-                            self.precision, progress=progress, desc="score")
+        with torch_threads(self.threads):
+            res = run_inference(self.runner, self.loader(table, store, decoded=decoded), self.device,
+                                self.precision, progress=progress, desc="score")
         res.pred = np.clip(res.pred, *SCORE_RANGE)
         return res
 
