@@ -31,9 +31,8 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -55,8 +54,7 @@ ISSUE_FIGURE = 15.5  # training samples/s quoted by issue 10 (bf16, offline reci
 TARGET_RATIO = 2.0
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(NamedTuple):
     """How one configuration loads and steps (the recipe's maths is the same in all of them)."""
 
     bucket: bool
@@ -75,12 +73,12 @@ def configurations(fast: TrainConfig, *, with_compile: bool) -> dict[str, TrainC
     out = {"issue-time": issue, "fast": fast}
     for key in ("bucket", "draft", "fused_adamw", "depthwise_fp32", "channels_last"):
         on = getattr(fast, key)
-        out[f"{key} {'off' if on else 'on'}"] = replace(fast, **{key: not on})
+        out[f"{key} {'off' if on else 'on'}"] = fast._replace(**{key: not on})
     for n in (0, 1, 2):
         if n != fast.workers:
-            out[f"workers {n}"] = replace(fast, workers=n)
+            out[f"workers {n}"] = fast._replace(workers=n)
     if with_compile:
-        out[f"compile {'off' if fast.compile else 'on'}"] = replace(fast, compile=not fast.compile)
+        out[f"compile {'off' if fast.compile else 'on'}"] = fast._replace(compile=not fast.compile)
     return out
 
 
@@ -161,7 +159,7 @@ def time_config(cfg: TrainConfig, base: torch.nn.Module, recipe: Any, data: Path
     for t, n, _ in marks:
         rates.append(n / (t - prev))
         prev = t
-    return {"settings": asdict(cfg), "steps": len(marks), "items": items, "seconds": round(seconds, 3),
+    return {"settings": cfg._asdict(), "steps": len(marks), "items": items, "seconds": round(seconds, 3),
             "samples_per_s": items / seconds, "step_rate_min": min(rates),
             "step_rate_median": statistics.median(rates), "step_rate_max": max(rates),
             "padded_tokens_per_item": sum(m[2] for m in marks) / items,
