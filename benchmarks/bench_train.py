@@ -283,12 +283,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--configs", default="", help="comma-separated subset (issue-time always runs)")
     ap.add_argument("--compile", action="store_true", help="also flip train.compile (minutes of compiling)")
     ap.add_argument("--model-only", action="store_true", help="the old train_step-only figure, fp32 vs bf16")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: PyTorch's, one per core); 1 keeps ratios meaningful on a "
+                         "CPU other jobs share (a 2-thread OpenMP team stalls whenever a core is taken)")
     ap.add_argument("--out", default=None, help="folder for report.json / report.md (default: temp)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model_only:
         model_only(args)
     else:
