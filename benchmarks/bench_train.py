@@ -274,7 +274,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="offline")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--texts", default=str(DEV), help="real meta file for the texts (default: dev sample)")
