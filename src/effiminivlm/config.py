@@ -229,6 +229,11 @@ class TrainCfg:
     grad_clip: float = 1.0
     patience: int = 1
     precision: str = "auto"  # auto (bf16 on CPU, fp16 AMP on CUDA) | fp32 | bf16 | fp16
+    # How a step computes, never what (training.speed; benchmarks/bench_train.py measures each):
+    compile: bool = False  # torch.compile of the training forward + backward; eager after a failed compile
+    fused_adamw: bool = True  # AdamW's fused kernel where PyTorch has one (CPU, CUDA): one pass, same update
+    depthwise_fp32: bool = True  # CPU + bf16: depthwise convolutions train in fp32 (bf16 backward is slow)
+    image_channels_last: bool = True  # CPU: the image tower's input in NHWC while training
     seed: int = 42
     freeze_image: bool = False
     freeze_text: bool = False

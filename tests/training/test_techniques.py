@@ -190,6 +190,8 @@ def test_greedy_soup_leaves_out_a_checkpoint_that_hurts(runs, prepared, tmp_path
     summary = soup([str(runs[0]), str(tmp_path / "mirror")], tmp_path / "g", greedy=True, data=str(prepared),
                    precision="fp32", progress=False, log=logs.append)
     plcc = summary["member_plcc"]
-    assert plcc[str(tmp_path / "mirror")] == pytest.approx(-plcc[str(runs[0] / "model")], abs=1e-4)
+    # about the mirror image: the scaled-sigmoid output is not exactly odd around the bias, so how close
+    # depends on the trained weights (the fused AdamW's rounding moved it by ~3e-4)
+    assert plcc[str(tmp_path / "mirror")] == pytest.approx(-plcc[str(runs[0] / "model")], abs=2e-3)
     assert summary["members"] == [max(plcc, key=plcc.get)] and any("left out" in x for x in logs)
     assert summary["val_plcc"] == pytest.approx(max(plcc.values()))

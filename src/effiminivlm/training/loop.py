@@ -47,6 +47,7 @@ from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
+from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, make_adamw
 from effiminivlm.training.train_rows import mix_train_rows
 from effiminivlm.training.weights import fill_missing_rating_number
 
@@ -74,21 +75,23 @@ def seed_everything(seed: int) -> None:
 
 def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_size: int, workers: int, *,
             shuffle_seed: int | None, dist: distributed.Dist | None = None, epoch: int = 0,
-            lengths: list[int] | None = None) -> DataLoader:
+            lengths: list[int] | None = None, pin_memory: bool = False) -> DataLoader:
     """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
     `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
-    global batch holds the items of the single-process step (`batch_size` is then the per-rank share)."""
+    global batch holds the items of the single-process step (`batch_size` is then the per-rank share).
+    `pin_memory` (CUDA): batches land in page-locked memory, so the copy to the GPU is a DMA."""
     sampler: torch.utils.data.Sampler[int] | None = None
     if shuffle_seed is not None and lengths is not None and not (dist is not None and dist.enabled):
         batches = BucketedShuffledBatches(lengths, batch_size, shuffle_seed + epoch)  # data.bucket_by_length
-        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers)
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                          pin_memory=pin_memory)
     if shuffle_seed is not None and dist is not None and dist.enabled:
         sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=shuffle_seed)
         sampler.set_epoch(epoch)
     elif shuffle_seed is not None:
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed + epoch))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
-                      num_workers=workers, persistent_workers=False)
+                      num_workers=workers, persistent_workers=False, pin_memory=pin_memory)
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, precision: str,
@@ -193,7 +196,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     if tc.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     total_steps = steps_per_epoch * tc.epochs
-    optimizer = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr)
+    optimizer = make_adamw(param_groups(model, tc), tc.lr, dev, tc.fused_adamw)  # fused: same update
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
@@ -233,7 +236,12 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)"
         + (f", {dist.world_size} processes x {rank_batch} items per step" if dist.enabled else ""))
-    net = distributed.wrap_model(model, dist, dev)  # what the training step calls (DDP under torchrun)
+    levers = apply_train_levers(model, dev, precision, depthwise_fp32=tc.depthwise_fp32,
+                                channels_last=tc.image_channels_last)  # in place; state_dict unchanged
+    stepper = CompiledOrEager(model, tc.compile, log)  # checkpoints keep saving the plain `model`
+    levers += ["fused_adamw"] * bool(optimizer.defaults.get("fused")) + ["compile"] * stepper.active
+    log(f"training levers: {', '.join(levers) or 'none'}")
+    net = distributed.wrap_model(stepper if tc.compile else model, dist, dev)  # the step calls it (DDP...)
 
     stop_reason = "max_epochs"
     if state.bad_epochs >= tc.patience and state.epoch > 0:
@@ -241,7 +249,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     while state.epoch < tc.epochs and stop_reason != "early_stopping":
         epoch = state.epoch + 1
         loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch,
-                         lengths=lengths)
+                         lengths=lengths, pin_memory=dev.type == "cuda")
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()
@@ -340,6 +348,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                "select_metric": SELECT_METRIC[model.task],
                "stop_reason": stop_reason, "mu": mu, "missing_rating_number": weighting, "steps": state.step,
                "precision": precision, "device": str(dev), "model_dir": str(out / "model"),
+               "levers": levers, "compile": stepper.report(tc.compile),
                "history": state.history, **mixed}
     if dist.is_main:
         write_json(summary, out / "train_summary.json")

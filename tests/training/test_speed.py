@@ -1,0 +1,166 @@
+"""The training-speed levers: each changes how a step computes, never what (training.speed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from effiminivlm.config import load_recipe
+from effiminivlm.models.factory import create_model, load_model
+from effiminivlm.training import loop, speed
+from effiminivlm.training.checkpoint import load_checkpoint
+
+
+def _train(recipe, prepared: Path, out: Path, logs: list[str] | None = None, **kw):
+    return loop.train(recipe, prepared, out, progress=False,
+                      log=(logs.append if logs is not None else lambda _: None), **kw)
+
+
+@pytest.fixture()
+def fast_compile(monkeypatch):
+    """torch.compile with Dynamo's eager backend: the real graph capture (graph breaks, guards, dynamic
+    shapes, the wrapper's plumbing) without minutes of inductor code generation in a unit test."""
+    real = torch.compile
+    calls = []
+
+    def compile_(model, **kw):
+        calls.append(kw)
+        return real(model, **{**kw, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    return calls
+
+
+def test_compiled_training_saves_clean_keys_and_resumes(tiny_recipe, prepared, tmp_path, fast_compile):
+    torch._dynamo.reset()
+    recipe = load_recipe("tiny", ["train.epochs=1", "train.max_steps_per_epoch=3", "train.batch_size=8",
+                                  "train.eval_batch_size=32", "train.patience=5", "data.num_workers=0",
+                                  "train.compile=true", "data.bucket_by_length=true"])
+    out = tmp_path / "run"
+    logs: list[str] = []
+    summary = _train(recipe, prepared, out, logs)
+    assert fast_compile and fast_compile[0]["dynamic"] is True
+    assert summary["compile"]["active"] and summary["compile"]["fallbacks"] == 0
+    assert summary["compile"]["compiled_calls"] == 3 and "compile" in summary["levers"]
+    assert any(line.startswith("training levers:") and "compile" in line for line in logs)
+    ckpt = load_checkpoint(out / "checkpoint" / "last.pt")
+    keys = list(ckpt["model"]) + list(load_file(out / "model" / "model.safetensors"))
+    assert keys and not [k for k in keys if "_orig_mod" in k or k.startswith("model.")]
+    model, _tok = load_model(out / "model")  # the published folder loads as a plain model
+    assert set(model.state_dict()) == set(ckpt["model"])
+    # resume for a second epoch: the stored recipe (compile on) continues from the checkpoint
+    more = load_recipe("tiny", ["train.epochs=2", "train.max_steps_per_epoch=3", "train.batch_size=8",
+                                "train.eval_batch_size=32", "train.patience=5", "data.num_workers=0",
+                                "train.compile=true", "data.bucket_by_length=true"])
+    ckpt["recipe"]["train"]["epochs"] = 2  # the run was started for 1 epoch; extend it as a user would
+    torch.save(ckpt, out / "checkpoint" / "last.pt")
+    summary2 = _train(more, prepared, out, resume=True)
+    assert summary2["epochs_run"] == 2 and summary2["steps"] == 6 and summary2["compile"]["fallbacks"] == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+
+
+def test_a_failing_compile_is_counted_and_training_continues_eagerly(tiny_recipe, prepared, tmp_path,
+                                                                     monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("no C++ compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    tiny_recipe.train.compile = True
+    logs: list[str] = []
+    summary = _train(tiny_recipe, prepared, tmp_path / "run", logs)
+    assert summary["steps"] == 6 and summary["epochs_run"] == 2  # every step ran, eagerly
+    assert summary["compile"] == {"requested": True, "active": False, "fallbacks": 1, "compiled_calls": 0,
+                                  "reason": "RuntimeError: no C++ compiler here"}
+    warned = [line for line in logs if "torch.compile failed" in line]
+    assert len(warned) == 1 and "\n" not in warned[0] and "compile" not in summary["levers"]
+
+
+def test_a_compiled_call_that_fails_falls_back_once_and_real_errors_still_raise():
+    class Flaky(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    model = Flaky()
+    logs: list[str] = []
+    wrapper = speed.CompiledOrEager(model, compile=False, log=logs.append)
+    assert not wrapper.active and wrapper.fallbacks == 0
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        raise torch._dynamo.exc.BackendCompilerFailed(lambda *_: None, RuntimeError("inductor broke"))
+
+    wrapper.__dict__["_compiled"] = failing
+    x = torch.randn(4, 3)
+    out = wrapper(x)
+    assert torch.equal(out, model(x)) and wrapper.fallbacks == 1 and not wrapper.active
+    assert len(calls) == 1 and len(logs) == 1
+    wrapper(x)  # eager from now on: the broken compiled call is not tried again
+    assert len(calls) == 1 and wrapper.fallbacks == 1
+    assert set(dict(wrapper.named_parameters())) == {"model.lin.weight", "model.lin.bias"}
+    with pytest.raises(RuntimeError):  # a genuine error is not swallowed by the fallback
+        wrapper(torch.randn(4, 5))
+
+
+def test_depthwise_fp32_trains_in_fp32_and_evaluates_unchanged():
+    recipe = load_recipe("tiny")
+    model = create_model(recipe.model, pretrained=False)
+    before = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    used = speed.apply_train_levers(model, torch.device("cpu"), "bf16", depthwise_fp32=True,
+                                    channels_last=True)
+    assert used == ["depthwise_fp32", "image_channels_last"]
+    assert list(model.state_dict()) == keys  # names and tensors unchanged: checkpoints are the same format
+    depthwise = [m for m in model.image_encoder.modules() if speed.is_depthwise(m)]
+    assert depthwise and all(isinstance(m, speed._TrainFp32) for m in depthwise)
+    dtypes: list[torch.dtype] = []
+    for m in depthwise:
+        m.register_forward_hook(lambda _m, _i, o: dtypes.append(o.dtype))
+    x = torch.randn(2, 3, 64, 64)
+    model.image_encoder.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.image_encoder(x).float().sum().backward()
+    assert dtypes and set(dtypes) == {torch.float32}  # training under autocast: fp32 depthwise
+    assert all(p.grad is not None for p in model.image_encoder.parameters() if p.requires_grad)
+    dtypes.clear()
+    before.load_state_dict(model.state_dict())  # the training pass moved BatchNorm's running statistics
+    model.image_encoder.eval()
+    before.image_encoder.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = model.image_encoder(x), before.image_encoder(x)
+    assert set(dtypes) == {torch.bfloat16}  # evaluation keeps the bf16 forward
+    assert torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.05)
+    with torch.no_grad():  # fp32: the levers change nothing at all but the input layout
+        assert torch.allclose(model.image_encoder(x), before.image_encoder(x), atol=1e-5)
+    # neither applies on fp32 / CUDA-only settings
+    other = create_model(recipe.model, pretrained=False)
+    assert speed.apply_train_levers(other, torch.device("cpu"), "fp32", depthwise_fp32=True,
+                                    channels_last=False) == []
+
+
+def test_fused_adamw_makes_the_same_update_as_the_default_one():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = copy.deepcopy(a)
+    opt_a = speed.make_adamw(a.parameters(), 1e-2, torch.device("cpu"), fused=False)
+    opt_b = speed.make_adamw(b.parameters(), 1e-2, torch.device("cpu"), fused=True)
+    assert not opt_a.defaults.get("fused")
+    assert bool(opt_b.defaults.get("fused")) == speed.fused_adamw_supported(torch.device("cpu"))
+    for _ in range(3):
+        x = torch.randn(16, 8)
+        for m, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
