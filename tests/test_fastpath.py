@@ -84,7 +84,8 @@ def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None
 def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepared) -> None:
     model, tok = tiny
     table = read_prepared(prepared, "test")
-    fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch"))
+    torch_only = ModelLevers(image_backend="torch", text_backend="torch")
+    fast = optimize_for_inference(model, CPU, "bf16", torch_only)
     assert fast is not model and fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
     assert {p.dtype for p in fast.image_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fast.text_encoder.parameters()} == {torch.bfloat16}
@@ -92,14 +93,14 @@ def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepare
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the caller's model is untouched
     assert optimize_for_inference(model, CPU, "fp32") is model
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
-    for levers in (ModelLevers(image_backend="torch"),
-                   ModelLevers(bf16_weights=False, int8_linear=True, image_backend="torch")):
+    for levers in (torch_only, ModelLevers(bf16_weights=False, int8_linear=True, image_backend="torch",
+                                           text_backend="torch")):
         runner = optimize_for_inference(model, CPU, "bf16", levers)
         got = run_inference(runner, make_loader(model, tok, table, batch_size=8, sort_by_length=True),
                             CPU, "bf16", progress=False)
         assert got.pred.dtype == np.float64 and got.item_id == exact.item_id
         assert np.abs(got.pred - exact.pred).max() < 0.005  # on the 1-5 scale (bf16 rounding of features)
-    int8 = optimize_for_inference(model, CPU, "bf16", ModelLevers(int8_linear=True))
+    int8 = optimize_for_inference(model, CPU, "bf16", ModelLevers(int8_linear=True, text_backend="torch"))
     assert "DynamicQuantizedLinear" in repr(int8.text_encoder)
     assert int8.text_encoder.num_features == model.text_encoder.num_features
 
@@ -113,9 +114,9 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     model, tok = tiny
     table = read_prepared(prepared, "test")
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
-    both = ModelLevers(text_backend="openvino")
+    both = ModelLevers()  # the default: both towers in OpenVINO, the image one in f32
     fast = optimize_for_inference(model, CPU, "bf16", both)
-    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "openvino text tower (bf16)"]
+    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)"]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
@@ -137,13 +138,13 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
     with pytest.warns(UserWarning, match="openvino is not installed"):
         fast = optimize_for_inference(model, CPU, "bf16")
     assert fast.fast_levers == ["cls_only", "bf16_weights", "channels_last"]
-    assert fast.fast_fallbacks == [
-        "image tower: openvino is not installed (pip install openvino)"]
+    assert fast.fast_fallbacks == [f"{t} tower: openvino is not installed (pip install openvino)"
+                                   for t in ("image", "text")]
     monkeypatch.setattr(optimize, "openvino_available", lambda: True)
     monkeypatch.setattr(openvino_backend, "text_tower",
                         lambda *a: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
-        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(text_backend="openvino"))
+        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False))
     assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
@@ -160,7 +161,8 @@ def test_raw_pixel_batches_are_uint8_and_score_as_the_normalised_ones(tiny, hi_r
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     expect = (raw["pixel_values"].float() / 255 - mean_t) / std_t
     assert torch.allclose(expect, flt["pixel_values"], atol=1e-6)  # same pixels, normalised later
-    fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch"))
+    fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_backend="torch",
+                                                                  text_backend="torch"))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = fast(raw), fast(flt)
     assert torch.allclose(a, b, atol=1e-5)

@@ -54,8 +54,8 @@ class ModelLevers:
     int8_linear: bool = False
     compile: bool = False
     image_backend: str = "openvino"
-    text_backend: str = "torch"
-    openvino_fp32: bool = False  # OpenVINO towers computed in f32 instead of the scoring precision
+    text_backend: str = "openvino"
+    image_fp32: bool = True  # an OpenVINO image tower computes in f32 (bf16 failed the parity check)
     cls_only: bool = True  # a CLS-pooled BERT's last layer for the CLS position only (same function)
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ class ModelLevers:
         for k, v in asdict(self).items():
             if k.endswith("_backend"):
                 out += [f"{v} {k.removesuffix('_backend')} tower"] if v != "torch" else []
-            elif v and (k != "openvino_fp32" or "openvino" in (self.image_backend, self.text_backend)):
+            elif v and (k != "image_fp32" or self.image_backend == "openvino"):
                 out.append(k)
         return out
 
@@ -137,7 +137,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
     fallbacks: list[str] = []
     cpu, plain = device.type == "cpu", bool(getattr(fast, "plain_towers", False))
     image, text = getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None)
-    ov_prec = "fp32" if levers.openvino_fp32 else precision
+    image_prec = "fp32" if levers.image_fp32 else precision
     if levers.cls_only and text is not None and hasattr(text, "cls_only"):
         lean = text.cls_only()
         if lean is not None:
@@ -145,15 +145,16 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
             used.append("cls_only")
     if image is not None and cpu and plain and levers.image_backend == "openvino":
         size = fast.cfg.image_encoder.image_size  # type: ignore[union-attr]
-        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, ov_prec), "image", fallbacks)
+        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, image_prec), "image",
+                             fallbacks)
         if ov_image is not None:
             fast.image_encoder, image = ov_image, None
-            used.append(f"openvino image tower ({ov_prec})")
+            used.append(f"openvino image tower ({image_prec})")
     if text is not None and cpu and plain and levers.text_backend == "openvino":
-        ov_text = _openvino(lambda: openvino_backend.text_tower(text, ov_prec), "text", fallbacks)
+        ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision), "text", fallbacks)
         if ov_text is not None:
             fast.text_encoder, text = ov_text, None
-            used.append(f"openvino text tower ({ov_prec})")
+            used.append(f"openvino text tower ({precision})")
     if levers.int8_linear and text is not None and cpu:
         from torch.ao.quantization import quantize_dynamic
 

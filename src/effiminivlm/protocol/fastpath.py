@@ -52,7 +52,7 @@ class PathConfig:
     sort_by_length: bool = True
     draft: bool = True
     raw_pixels: bool = True
-    num_workers: int = 1
+    num_workers: int = 0
     threads: int | None = None
 
     def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
@@ -86,20 +86,23 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
     if lv.image_backend == "openvino":
         out.append(flip(fast, name="image tower in PyTorch (not OpenVINO)",
                         levers=flip(lv, image_backend="torch")))
-        out.append(flip(fast, name=f"OpenVINO in {'bf16' if lv.openvino_fp32 else 'f32'}",
-                        levers=flip(lv, openvino_fp32=not lv.openvino_fp32)))
+        out.append(flip(fast, name=f"OpenVINO image tower in {'bf16' if lv.image_fp32 else 'f32'}",
+                        levers=flip(lv, image_fp32=not lv.image_fp32)))
     else:
         out.append(flip(fast, name="+ image tower in OpenVINO", levers=flip(lv, image_backend="openvino")))
         out.append(flip(fast, name="no channels-last", levers=flip(lv, channels_last=False)))
     if lv.text_backend == "openvino":
         out.append(flip(fast, name="text tower in PyTorch (not OpenVINO)",
                         levers=flip(lv, text_backend="torch")))
+        out.append(flip(fast, name="text tower in PyTorch + int8 dynamic linears",
+                        levers=flip(lv, text_backend="torch", int8_linear=True)))
     else:
         out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
         out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
     out += [flip(fast, name="cls_only off" if lv.cls_only else "+ cls_only",
                  levers=flip(lv, cls_only=not lv.cls_only)),
-            flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False)),
+            *([flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False))]
+              if "torch" in (lv.image_backend, lv.text_backend) else []),
             flip(fast, name="float pixels from the loader", raw_pixels=False),
             flip(fast, name="no length sorting", sort_by_length=False),
             flip(fast, name="no draft decode", draft=False),
@@ -108,7 +111,8 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
             *[flip(fast, name=f"model on {n} thread(s)", threads=n)
               for n in (1, usable_cores()) if n != (fast.threads or scoring_threads(fast.num_workers, CPU))]]
     if compile_lever:
-        out.append(flip(fast, name="+ torch.compile (text)", levers=flip(lv, compile=True)))
+        out.append(flip(fast, name="text tower in PyTorch + torch.compile",
+                        levers=flip(lv, text_backend="torch", compile=True)))
     return out
 
 

@@ -7,6 +7,7 @@ and model-only achieved GFLOP/s next to this machine's measured bf16 and fp32 ma
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.inference import make_loader
 from effiminivlm.models.factory import load_model_or_recipe
-from effiminivlm.models.openvino_backend import OpenVINOTower
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.protocol.fastpath import (
     FAST,
@@ -140,12 +140,14 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
     counted = _counted_twin(model, runner)
     rates = [*tower_rates(counted, runner, batches, dev, fast.precision),
              *tower_rates(model, model, batches, dev, "fp32")]
-    text = getattr(runner, "text_encoder", None)
     breakdown = None
-    if text is not None and not isinstance(text, OpenVINOTower) and dev.type == "cpu":
+    if getattr(model, "text_encoder", None) is not None and dev.type == "cpu":  # profiled in PyTorch
+        eager = optimize_for_inference(model, dev, fast.precision,
+                                       dataclasses.replace(fast.levers, text_backend="torch"))
+        text = eager.text_encoder
         longest = max(batches, key=lambda b: b["input_ids"].numel())
         inputs = (longest["input_ids"], longest["attention_mask"])
-        breakdown = op_breakdown(counted.text_encoder, text, inputs, dev, fast.precision)
+        breakdown = op_breakdown(_counted_twin(model, eager).text_encoder, text, inputs, dev, fast.precision)
     return rates, breakdown
 
 
@@ -201,7 +203,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     bd, bf16_peak = report.get("text_tower_breakdown"), peak.get("bf16_gflops")
     if bd:
         mm_share = f" ({bd['matmul_gflop_per_s'] / bf16_peak:.0%} of the bf16 peak)" if bf16_peak else ""
-        lines += ["", "Where the fast text tower's time goes (its longest batch, torch.profiler): matmuls "
+        lines += ["", "Where the text tower's time goes in PyTorch (the fast path's levers, its longest "
+                  "batch, torch.profiler): matmuls "
                   f"{bd['matmul_time_share']:.0%} of the time at {bd['matmul_gflop_per_s']} GFLOP/s"
                   f"{mm_share}; attention {bd['attention_time_share']:.0%} at {bd['attention_gflop_per_s']} "
                   "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: "
