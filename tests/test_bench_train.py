@@ -45,9 +45,10 @@ def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(bench, tmp_path:
     assert report["configs"]["bucket on"]["settings"]["bucket"] is True
     for r in report["configs"].values():
         assert r["steps"] == 2 and r["items"] == 16 and r["seconds"] > 0
-        assert r["samples_per_s"] == pytest.approx(r["items"] / r["seconds"], rel=1e-3)
+        assert r["samples_per_s"] == pytest.approx(r["items"] / r["seconds"], rel=1e-2)  # seconds: 3 decimals
         assert r["step_rate_min"] <= r["step_rate_median"] <= r["step_rate_max"]
-        assert r["ratio_to_issue_time"] == pytest.approx(r["samples_per_s"] / issue["samples_per_s"])
+        ratio = r["samples_per_s"] / issue["samples_per_s"]
+        assert r["ratio_to_issue_time"] == pytest.approx(ratio, rel=1e-2)
         assert 0 < r["padded_tokens_per_item"] <= 64 and r["start_s"] > 0
     fast = report["configs"]["fast"]["samples_per_s"]
     assert report["fast_vs_issue_time"] == pytest.approx(fast / issue["samples_per_s"])
