@@ -32,8 +32,8 @@ def test_configurations_flip_one_lever_each_from_fast(bench) -> None:
     assert "workers 1" not in configs
 
 
-@pytest.mark.skip(reason="crashed its xdist worker in both fresh-clone CI runs of 2026-11-29 (passes alone and "
-                         "beside the fast-path tests); cause not found yet, see the closing note")
+@pytest.mark.skip(reason="crashed its xdist worker in both fresh-clone CI runs of 2026-11-29 (passes "
+                         "alone and beside the fast-path tests); cause not found yet, see the closing note")
 def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(bench, tmp_path: Path) -> None:
     args = bench.parse(["--recipe", "tiny", "--batch-size", "8", "--steps", "2", "--warmup", "1",
                         "--min-px", "64", "--max-px", "80", "--texts", "", "--configs", "fast,bucket on",
