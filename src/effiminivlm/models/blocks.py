@@ -33,6 +33,13 @@ class TowerWrapper(nn.Module):
             return getattr(self._modules["inner"], name)
 
 
+def channels_last_inputs(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: 4-D tensor inputs in NHWC (channels-last), the layout oneDNN's CPU convolutions want;
+    the fast scoring path and training's `image_channels_last` both register it on the image tower."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4
+                 else a for a in args)
+
+
 class ScaledSigmoid(nn.Module):
     """x -> 1 + 4 * sigmoid(x): a rating on [1, 5] by construction (the LoViF teams' output layer)."""
 

@@ -32,14 +32,14 @@ from torch import nn
 
 from effiminivlm.models.blocks import TowerWrapper
 
-#: OpenVINO's inference precision hint per scoring precision (fp32 keeps the exact path and never gets here).
 #: Per input of a tower, the dimensions that may vary between calls.
 Dynamic = tuple[tuple[int, ...], ...]
+#: OpenVINO's inference precision hint per precision a tower is compiled for.
 PRECISION_HINTS = {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}
 
 
 def openvino_available() -> bool:
-    """True when the `openvino` package (the `export` extra) imports."""
+    """True when the `openvino` package (a core dependency; a trimmed install may lack it) imports."""
     try:
         import openvino  # noqa: F401
     except ImportError:

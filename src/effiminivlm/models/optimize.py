@@ -37,11 +37,9 @@ import torch
 from torch import nn
 
 from effiminivlm.models import openvino_backend
-from effiminivlm.models.blocks import TowerWrapper
+from effiminivlm.models.blocks import TowerWrapper, channels_last_inputs
 from effiminivlm.models.openvino_backend import openvino_available
 
-#: Names of the model-side levers, as reports list them.
-LEVERS = ("bf16_weights", "channels_last", "int8_linear", "compile", "image_backend", "text_backend")
 BACKENDS = ("torch", "openvino")
 
 
@@ -72,11 +70,6 @@ class ModelLevers:
             elif v and (k != "image_fp32" or self.image_backend == "openvino"):
                 out.append(k)
         return out
-
-
-def _to_channels_last(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4
-                 else a for a in args)
 
 
 class _Fp32Island(TowerWrapper):
@@ -170,7 +163,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
         used.append("bf16_weights")
     if levers.channels_last and image is not None and cpu:
         image.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        image.register_forward_pre_hook(_to_channels_last)
+        image.register_forward_pre_hook(channels_last_inputs)
         used.append("channels_last")
     if levers.compile and text is not None:
         fast.text_encoder = torch.compile(text, dynamic=True)  # type: ignore[assignment]

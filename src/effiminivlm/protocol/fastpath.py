@@ -36,7 +36,7 @@ from effiminivlm.evaluation.metrics import plcc
 from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
-from effiminivlm.runtime import scoring_threads, usable_cores
+from effiminivlm.runtime import scoring_threads, torch_threads, usable_cores
 
 REFERENCE_MAX_LENGTH = 256
 CPU = torch.device("cpu")
@@ -211,25 +211,20 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     fast = cfg.precision != "fp32"
     threads = cfg.threads if cfg.threads is not None else (
         scoring_threads(cfg.num_workers, device) if fast else None)
-    old = torch.get_num_threads()
-    if threads is not None:  # before building: an OpenVINO tower takes the thread count it is built with
-        torch.set_num_threads(threads)
-    runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
 
-    def score(part: pa.Table) -> np.ndarray:
+    def score(runner: torch.nn.Module, part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
                              num_workers=cfg.num_workers,
                              sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast,
                              raw_pixels=cfg.raw_pixels and fast)
         return run_inference(runner, loader, device, cfg.precision, progress=False).pred
 
-    try:
+    with torch_threads(threads):  # before building too: an OpenVINO tower keeps the count it is built with
+        runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
         if warm_rows:
-            score(table.slice(0, warm_rows))
+            score(runner, table.slice(0, warm_rows))
         return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None), threads), cfg.precision,
-                      lambda: score(table.slice(warm_rows)))
-    finally:
-        torch.set_num_threads(old)
+                      lambda: score(runner, table.slice(warm_rows)))
 
 
 def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str, Any]:

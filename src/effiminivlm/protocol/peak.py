@@ -94,7 +94,7 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
 
 
 #: Profiler op names whose time is matrix-multiply work (linear layers run as addmm / mm on a CPU).
-MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_addmm_activation")
+MATMUL_OPS = ("addmm", "mm", "bmm", "_addmm_activation")
 
 
 def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tuple[Any, ...],
@@ -108,7 +108,7 @@ def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tu
 
     flops = count_flops(reference, inputs)
     mm_flops = sum(n for op, n in flops.by_op.items()
-                   if op.split(".")[1] in ("addmm", "mm", "bmm", "_addmm_activation"))
+                   if op.split(".")[1] in MATMUL_OPS)
     with torch.inference_mode(), autocast(device, precision):
         runner(*inputs)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -116,8 +116,8 @@ def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tu
                 runner(*inputs)
     times: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     for ev in prof.key_averages():
-        kind = ("matmul" if ev.key in MATMUL_OPS else "attention" if "scaled_dot_product" in ev.key
-                else "other")
+        op = ev.key.removeprefix("aten::")
+        kind = "matmul" if op in MATMUL_OPS else "attention" if "scaled_dot_product" in op else "other"
         times[kind] += ev.self_cpu_time_total / 1e6 / repeats  # seconds per forward
     total = sum(times.values()) or float("nan")
     return {"matmul_time_share": round(times["matmul"] / total, 3),

@@ -54,6 +54,7 @@ from effiminivlm.runtime import (
     peak_rss_mb,
     resolve_device,
     resolve_precision,
+    torch_threads,
 )
 
 SCOPES = ("end_to_end", "model")
@@ -324,10 +325,7 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
                         f"(skipped while reading: {src.skipped or 'none'})")
     model, tokenizer, label = load_model_or_recipe(model_dir, recipe)
     results = []
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for sc in scopes:
             for prec in precisions:
                 if log is not None:
@@ -337,8 +335,6 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
                     warmup=warmup, batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,
                     num_workers=num_workers, device=device, images=images, model_label=label,
                     inputs=list(inputs), split=split))
-    finally:
-        torch.set_num_threads(old_threads)
     if json_out is not None:
         write_json(results, json_out)
     return results

@@ -142,8 +142,9 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
              *tower_rates(model, model, batches, dev, "fp32")]
     breakdown = None
     if getattr(model, "text_encoder", None) is not None and dev.type == "cpu":  # profiled in PyTorch
-        eager = optimize_for_inference(model, dev, fast.precision,
-                                       dataclasses.replace(fast.levers, text_backend="torch"))
+        eager = optimize_for_inference(model, dev, fast.precision,  # no image tower conversion to build
+                                       dataclasses.replace(fast.levers, text_backend="torch",
+                                                           image_backend="torch"))
         text = eager.text_encoder
         longest = max(batches, key=lambda b: b["input_ids"].numel())
         inputs = (longest["input_ids"], longest["attention_mask"])

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-#: Names of the model-side training levers, as logs and benchmark reports list them.
-TRAIN_LEVERS = ("fused_adamw", "depthwise_fp32", "image_channels_last", "compile")
+from effiminivlm.models.blocks import channels_last_inputs
 
 
 def fused_adamw_supported(device: torch.device) -> bool:
@@ -88,11 +87,6 @@ def depthwise_to_fp32(tower: nn.Module) -> int:
     return n
 
 
-def _channels_last_input(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4
-                 else a for a in args)
-
-
 def apply_train_levers(model: nn.Module, device: torch.device, precision: str, *, depthwise_fp32: bool,
                        channels_last: bool) -> list[str]:
     """Apply the image tower's levers that fit `device` and `precision` to `model` in place; returns the
@@ -105,7 +99,7 @@ def apply_train_levers(model: nn.Module, device: torch.device, precision: str, *
     if depthwise_fp32 and precision == "bf16" and depthwise_to_fp32(image):
         used.append("depthwise_fp32")
     if channels_last:
-        image.register_forward_pre_hook(_channels_last_input)
+        image.register_forward_pre_hook(channels_last_inputs)
         used.append("image_channels_last")
     return used
 
