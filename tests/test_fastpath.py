@@ -4,6 +4,8 @@ model copy (bf16 weights, channels-last, int8), the hi-res catalog, and the scor
 from __future__ import annotations
 
 import io
+import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ import torch
 from PIL import Image
 
 from effiminivlm.config import load_recipe
+from effiminivlm.data import dataset as dataset_module
 from effiminivlm.data.images import load_image_with_reason
 from effiminivlm.data.inputs import read_inputs
-from effiminivlm.data.loader import LengthSortedBatches, restore_order
+from effiminivlm.data.loader import LengthSortedBatches, ThreadedFetch, restore_order
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.data.realistic import write_hi_res_catalog
 from effiminivlm.inference import make_loader, run_inference
@@ -67,6 +70,37 @@ def test_sorted_loader_returns_input_order_and_less_padding(tiny, hi_res) -> Non
     np.testing.assert_allclose(b.target, a.target)
     np.testing.assert_allclose(b.pred, a.pred, atol=1e-5)  # fp32: only the batch composition changed
     assert np.std(a.pred) > 0
+
+
+def test_threaded_fetch_decodes_on_several_threads_into_the_same_batches(tiny, hi_res, monkeypatch) -> None:
+    model, tok = tiny
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    seen: set[str] = set()
+    load = dataset_module.load_image_with_reason
+
+    def spy(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "load_image_with_reason", spy)
+    kw = dict(batch_size=8, sort_by_length=True, draft=True, raw_pixels=True)
+    one = list(make_loader(model, tok, src.table, src.store, **kw))
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    loader = make_loader(model, tok, src.table, src.store, fetch_threads=3, **kw)
+    assert isinstance(loader.dataset, ThreadedFetch)
+    three = list(loader)
+    assert len(seen) > 1 and all(name.startswith("effiminivlm-fetch") for name in seen)
+    assert len(one) == len(three)
+    for a, b in zip(one, three, strict=True):  # the same items in the same order, the same pixels
+        assert torch.equal(a["row"], b["row"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["image_status"] == b["image_status"]
+    # worker processes never get the pool: with workers, threads are not used at all
+    assert not isinstance(make_loader(model, tok, src.table, src.store, num_workers=1, fetch_threads=3,
+                                      **kw).dataset, ThreadedFetch)
+    assert pickle.loads(pickle.dumps(loader.dataset))._pool is None
+    with pytest.raises(ValueError):
+        ThreadedFetch(loader.dataset.dataset, 0)
 
 
 def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None:

@@ -30,7 +30,7 @@ from effiminivlm.config import Recipe, from_dict
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.labels import attach_categories
-from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths
+from effiminivlm.data.loader import BucketedShuffledBatches, ThreadedFetch, text_lengths
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.classification import sigmoid, tune_thresholds, validation_metrics
@@ -39,7 +39,13 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
+from effiminivlm.runtime import (
+    autocast,
+    default_num_workers,
+    fetch_threads,
+    resolve_device,
+    resolve_precision,
+)
 from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
@@ -75,12 +81,18 @@ def seed_everything(seed: int) -> None:
 
 def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_size: int, workers: int, *,
             shuffle_seed: int | None, dist: distributed.Dist | None = None, epoch: int = 0,
-            lengths: list[int] | None = None, pin_memory: bool = False) -> DataLoader:
-    """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
+            lengths: list[int] | None = None, pin_memory: bool = False, fetch_threads: int = 1
+            ) -> DataLoader:
+    """`fetch_threads` > 1 with `workers=0` decodes each batch's images on that many threads in the main
+    process (`data.loader.ThreadedFetch`): on a CPU, worker processes take cores from the training step
+    itself, while threads decode only between steps, on every core (benchmarks/bench_train.py measures both).
+    Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
     `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
     global batch holds the items of the single-process step (`batch_size` is then the per-rank share).
     `pin_memory` (CUDA): batches land in page-locked memory, so the copy to the GPU is a DMA."""
     sampler: torch.utils.data.Sampler[int] | None = None
+    if workers == 0 and fetch_threads > 1:
+        ds = ThreadedFetch(ds, fetch_threads)  # type: ignore[assignment]  (same items, same order)
     if shuffle_seed is not None and lengths is not None and not (dist is not None and dist.enabled):
         batches = BucketedShuffledBatches(lengths, batch_size, shuffle_seed + epoch)  # data.bucket_by_length
         return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
@@ -189,8 +201,11 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     lengths = text_lengths(train_ds) if recipe.data.bucket_by_length and not dist.enabled else None
     collate = processor.collator()
     workers = default_num_workers(recipe.data.num_workers)
+    # decode threads only where the transform draws no random numbers (threads would share one generator in
+    # a scheduling-dependent order) and one process has the cores (torchrun ranks already split them)
+    fetch = fetch_threads(workers) if recipe.data.augment == "none" and not dist.enabled else 1
     val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
-                         shuffle_seed=None)
+                         shuffle_seed=None, fetch_threads=fetch)
 
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
     if tc.max_steps_per_epoch:
@@ -237,7 +252,8 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)"
         + (f", {dist.world_size} processes x {rank_batch} items per step" if dist.enabled else ""))
     levers = apply_train_levers(model, dev, precision, depthwise_fp32=tc.depthwise_fp32,
-                                channels_last=tc.image_channels_last)  # in place; state_dict unchanged
+                                channels_last=tc.image_channels_last,
+                                fast_dropout=tc.fast_dropout)  # in place; state_dict unchanged
     stepper = CompiledOrEager(model, tc.compile, log)  # checkpoints keep saving the plain `model`
     levers += ["fused_adamw"] * bool(optimizer.defaults.get("fused")) + ["compile"] * stepper.active
     log(f"training levers: {', '.join(levers) or 'none'}")
@@ -249,7 +265,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     while state.epoch < tc.epochs and stop_reason != "early_stopping":
         epoch = state.epoch + 1
         loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch,
-                         lengths=lengths, pin_memory=dev.type == "cuda")
+                         lengths=lengths, pin_memory=dev.type == "cuda", fetch_threads=fetch)
         model.train()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         statuses: Counter[str] = Counter()
