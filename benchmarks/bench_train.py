@@ -11,7 +11,8 @@ offline recipe's pretrained towers, batch 32, 224 px:
   default then), PyTorch's default AdamW, no image-tower levers;
 - `fast`: the recipe's own settings now (what `train --recipe offline` runs);
 - one row per lever flipped from `fast` (bucketing, draft decode, workers 0/1/2, fused AdamW, depthwise fp32,
-  channels-last, fast dropout, decode threads; compile with `--compile`: compiling takes minutes on 2 cores).
+  channels-last, fast dropout, memory reuse, decode threads; compile with `--compile`: compiling takes
+  minutes on 2 cores).
 
 Clock: each configuration builds its loader (workers start) and runs `--warmup` steps outside the clock; the
 figure is the steady state of the next `--steps` steps (loading overlapped with them), samples / seconds;
@@ -46,7 +47,7 @@ from effiminivlm.runtime import default_num_workers, fetch_threads
 from effiminivlm.training.loop import _loader, train_step
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.optim import param_groups
-from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, make_adamw
+from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
 
 DEV = (Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2023-fashion-dev"
        / "meta_Amazon_Fashion.jsonl")
@@ -66,15 +67,17 @@ class TrainConfig(NamedTuple):
     compile: bool
     fast_dropout: bool = False
     fetch_threads: bool = False  # with 0 workers: a batch's images decoded on every core
+    reuse_memory: bool = False  # glibc keeps freed memory for the next step (training.speed.heap_reuse)
 
 
 def configurations(fast: TrainConfig, *, with_compile: bool) -> dict[str, TrainConfig]:
     """issue-time, fast, then each lever flipped from fast (workers: each other count of 0/1/2)."""
     issue = TrainConfig(bucket=False, draft=False, workers=2, fused_adamw=False, depthwise_fp32=False,
-                        channels_last=False, compile=False, fast_dropout=False, fetch_threads=False)
+                        channels_last=False, compile=False, fast_dropout=False, fetch_threads=False,
+                        reuse_memory=False)
     out = {"issue-time": issue, "fast": fast}
     keys = ("bucket", "draft", "fused_adamw", "depthwise_fp32", "channels_last", "fast_dropout",
-            "fetch_threads")
+            "reuse_memory", "fetch_threads")
     for key in keys if fast.workers == 0 else keys[:-1]:
         on = getattr(fast, key)
         out[f"{key} {'off' if on else 'on'}"] = fast._replace(**{key: not on})
@@ -132,29 +135,31 @@ def time_config(cfg: TrainConfig, base: torch.nn.Module, recipe: Any, data: Path
     ds = processor.dataset(rows, ImageStore.for_prepared(data), "first", train=True,
                            augment=recipe.data.augment, draft=cfg.draft)
     lengths = text_lengths(ds) if cfg.bucket else None
-    load0 = load_avg()
-    started = time.perf_counter()
-    loader = _loader(ds, processor.collator(), batch_size, cfg.workers, shuffle_seed=tc.seed, epoch=1,
-                     lengths=lengths, fetch_threads=fetch_threads(cfg.workers) if cfg.fetch_threads else 1)
-    it = iter(loader)
-    first_batch_s = None
-    marks: list[tuple[float, int, int]] = []  # (time after the step, items, padded tokens)
-    t0 = None
-    for i in range(warmup + steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        if first_batch_s is None:
-            first_batch_s = time.perf_counter() - started
-        if train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip) is None:
-            raise RuntimeError("a benchmark step had a non-finite loss")
-        now = time.perf_counter()
-        if i == warmup - 1:
-            t0 = now
-        if i >= warmup:
-            marks.append((now, len(batch["item_id"]), int(batch["input_ids"].numel())))
-    del it, loader  # workers stop
+    with heap_reuse(cfg.reuse_memory):  # scoped to this configuration, as train() scopes it to a run
+        load0 = load_avg()
+        started = time.perf_counter()
+        loader = _loader(ds, processor.collator(), batch_size, cfg.workers, shuffle_seed=tc.seed, epoch=1,
+                         lengths=lengths,
+                         fetch_threads=fetch_threads(cfg.workers) if cfg.fetch_threads else 1)
+        it = iter(loader)
+        first_batch_s = None
+        marks: list[tuple[float, int, int]] = []  # (time after the step, items, padded tokens)
+        t0 = None
+        for i in range(warmup + steps):
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - started
+            if train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip) is None:
+                raise RuntimeError("a benchmark step had a non-finite loss")
+            now = time.perf_counter()
+            if i == warmup - 1:
+                t0 = now
+            if i >= warmup:
+                marks.append((now, len(batch["item_id"]), int(batch["input_ids"].numel())))
+        del it, loader  # workers stop
     if t0 is None or not marks:
         raise RuntimeError(f"the train split gave fewer than {warmup + 1} batches: raise --train-items")
     seconds = marks[-1][0] - t0
@@ -211,7 +216,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        workers=default_num_workers(recipe.data.num_workers), fused_adamw=tc.fused_adamw,
                        depthwise_fp32=tc.depthwise_fp32, channels_last=tc.image_channels_last,
                        compile=tc.compile, fast_dropout=tc.fast_dropout,
-                       fetch_threads=recipe.data.num_workers == 0 and recipe.data.augment == "none")
+                       fetch_threads=recipe.data.num_workers == 0 and recipe.data.augment == "none",
+                       reuse_memory=tc.reuse_memory)
     configs = configurations(fast, with_compile=args.compile)
     if args.configs:
         wanted = [c.strip() for c in args.configs.split(",")]

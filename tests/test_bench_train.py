@@ -52,7 +52,7 @@ def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(tmp_path: Path) 
     issue = report["configs"]["issue-time"]
     assert issue["settings"] == {"bucket": False, "draft": False, "workers": 2, "fused_adamw": False,
                                  "depthwise_fp32": False, "channels_last": False, "compile": False,
-                                 "fast_dropout": False, "fetch_threads": False}
+                                 "fast_dropout": False, "fetch_threads": False, "reuse_memory": False}
     assert report["configs"]["fast"]["settings"]["workers"] == 0  # the tiny recipe's data.num_workers
     assert report["configs"]["fast"]["settings"]["fetch_threads"] is True  # ... so images decode on threads
     assert report["configs"]["bucket on"]["settings"]["bucket"] is True

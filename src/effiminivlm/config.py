@@ -237,6 +237,7 @@ class TrainCfg:
     depthwise_fp32: bool = True  # CPU + bf16: depthwise convolutions train in fp32 (bf16 backward is slow)
     image_channels_last: bool = True  # CPU: the image tower's input in NHWC while training
     fast_dropout: bool = True  # CPU: text-tower dropout masks drawn 4 per draw, attention products in bf16
+    reuse_memory: bool = True  # CPU + glibc: freed tensors' memory is reused, not unmapped and faulted back
     seed: int = 42
     freeze_image: bool = False
     freeze_text: bool = False

@@ -56,6 +56,26 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
+class _SoftmaxDropout(torch.autograd.Function):
+    """softmax(scores) with a `drop_mask` zeroing (no rescale), in the scores' dtype (fp32 accumulation
+    inside the kernels). Why a Function: autograd would chain `where`'s backward (two passes over the
+    [B, H, L, L] weights) into softmax's; here the backward is one `where` and one softmax backward."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, p: float) -> torch.Tensor:
+        with torch.autocast(scores.device.type, enabled=False):
+            probs = torch.softmax(scores, dim=-1)
+        drop = drop_mask(probs.shape, p, probs.device)
+        ctx.save_for_backward(probs, drop)
+        return torch.where(drop, probs.new_zeros(()), probs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        probs, drop = ctx.saved_tensors
+        grad = torch.where(drop, grad.new_zeros(()), grad)
+        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None
+
+
 def dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -74,9 +94,7 @@ def dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scale on q: L/D times fewer elements
     if attention_mask is not None:
         scores = scores + _additive(attention_mask, scores.dtype)
-    with torch.autocast(scores.device.type, enabled=False):  # softmax in the products' dtype (fp32 inside)
-        probs = torch.softmax(scores, dim=-1)
-    probs = torch.where(drop_mask(probs.shape, dropout, probs.device), probs.new_zeros(()), probs)
+    probs = _SoftmaxDropout.apply(scores, dropout)
     out = torch.matmul(probs, value) * (1.0 / (1.0 - dropout))
     return out.transpose(1, 2).contiguous(), None
 

@@ -16,6 +16,11 @@ Why each (measured by `benchmarks/bench_train.py`, which flips each one from the
   path: q, k, v cast up to fp32 and a serial `bernoulli_` draw per attention weight, about half of a step
   at 256 tokens. `models.dropout_attention` computes the same attention with bf16 products and draws every
   dropout mask (attention and hidden states) four elements per generator call; evaluation is untouched.
+- `train.reuse_memory`: glibc serves every allocation over 32 MB (a step's attention weights, the image
+  tower's early activations) with a fresh `mmap` and unmaps it on free, so each step page-faults and
+  zero-fills gigabytes again (seen as high system time). `heap_reuse` makes glibc keep freed memory in its
+  heap for the next step instead, for the duration of the training run; the process's RSS stays at its peak
+  meanwhile. Linux with glibc only; elsewhere it reports that it did nothing.
 - `train.compile`: `torch.compile` of the training forward (dynamic shapes: bucketed text lengths and the
   short last batch must not recompile); the backward is compiled with the forward, so a compilation that
   fails anywhere fails in the forward, where `CompiledOrEager` counts it, warns once and runs eager from
@@ -26,7 +31,10 @@ All of these change only how a step computes; none touches the model, the loss, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import ctypes
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -110,6 +118,39 @@ def apply_train_levers(model: nn.Module, device: torch.device, precision: str, *
         image.register_forward_pre_hook(channels_last_inputs)
         used.append("image_channels_last")
     return used
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (has `mallopt` and `gnu_get_libc_version`), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+
+
+@contextlib.contextmanager
+def heap_reuse(enabled: bool = True) -> Iterator[bool]:
+    """Inside: glibc serves large allocations from its heap and keeps freed memory for reuse (no `mmap`, no
+    trimming), so a training step reuses the previous step's pages instead of faulting in new ones; yields
+    whether that is in effect. On exit glibc's defaults come back and the kept memory goes back to the OS."""
+    libc = _glibc() if enabled else None
+    on = libc is not None and libc.mallopt(M_MMAP_MAX, 0) == 1
+    if on:
+        libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    try:
+        yield on
+    finally:
+        if on:
+            for param, value in GLIBC_DEFAULTS.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
 
 
 class CompiledOrEager(nn.Module):
