@@ -150,7 +150,9 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
     both = ModelLevers()  # the default: both towers in OpenVINO, the image one in f32
     fast = optimize_for_inference(model, CPU, "bf16", both)
-    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)"]
+    streams = min(2, torch.get_num_threads())  # ov_streams, capped at the threads a tower gets
+    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)",
+                                *([f"{streams} openvino streams"] if streams > 1 else [])]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
@@ -161,6 +163,31 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
     again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
     assert again.fast_levers == fast.fast_levers
+
+
+def test_openvino_streams_split_a_batch_and_give_the_same_rows(tiny) -> None:
+    from effiminivlm.models import openvino_backend
+
+    model, _ = tiny
+    torch.manual_seed(1)
+    pixels = torch.randn(7, 3, 64, 64)
+    ids = torch.randint(5, 90, (5, 11))
+    mask = torch.ones_like(ids)
+    mask[3:, 6:] = 0
+    one_i = openvino_backend.image_tower(model.image_encoder, 64, "fp32", threads=2, streams=1)
+    two_i = openvino_backend.image_tower(model.image_encoder, 64, "fp32", threads=2, streams=2)
+    one_t = openvino_backend.text_tower(model.text_encoder, "fp32", threads=2, streams=1)
+    two_t = openvino_backend.text_tower(model.text_encoder, "fp32", threads=2, streams=2)
+    assert (one_i.streams, two_i.streams) == (1, 2)
+    capped = openvino_backend.text_tower(model.text_encoder, "fp32", threads=1, streams=2)
+    assert capped.streams == 1  # never more streams than threads
+    with torch.no_grad():
+        for one, two, args in ((one_i, two_i, (pixels,)), (one_t, two_t, (ids, mask))):
+            a, b = one(*args), two(*args)
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)  # the same rows, in order
+            assert torch.allclose(two(*(t[:1] for t in args)), a[:1], atol=1e-5)  # fewer rows than streams
+        want = model.image_encoder.float()(pixels)
+    assert torch.allclose(two_i(pixels), want, atol=1e-3)
 
 
 def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny, prepared,
@@ -176,9 +203,9 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
                                    for t in ("image", "text")]
     monkeypatch.setattr(optimize, "openvino_available", lambda: True)
     monkeypatch.setattr(openvino_backend, "text_tower",
-                        lambda *a: (_ for _ in ()).throw(RuntimeError("op X")))
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
-        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False))
+        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
     assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)

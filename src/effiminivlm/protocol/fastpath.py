@@ -103,6 +103,9 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
     else:
         out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
         out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
+    if "openvino" in (lv.image_backend, lv.text_backend):
+        out.append(flip(fast, name="OpenVINO on 1 stream" if lv.ov_streams > 1 else "+ 2 OpenVINO streams",
+                        levers=flip(lv, ov_streams=1 if lv.ov_streams > 1 else 2)))
     out += [flip(fast, name="cls_only off" if lv.cls_only else "+ cls_only",
                  levers=flip(lv, cls_only=not lv.cls_only)),
             *([flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False))]
