@@ -11,7 +11,8 @@ offline recipe's pretrained towers, batch 32, 224 px:
   default then), PyTorch's default AdamW, no image-tower levers;
 - `fast`: the recipe's own settings now (what `train --recipe offline` runs);
 - one row per lever flipped from `fast` (bucketing, draft decode, workers 0/1/2, fused AdamW, depthwise fp32,
-  channels-last; compile with `--compile`: compiling takes minutes on 2 cores).
+  channels-last, fast dropout, memory reuse, decode threads; compile with `--compile`: compiling takes
+  minutes on 2 cores).
 
 Clock: each configuration builds its loader (workers start) and runs `--warmup` steps outside the clock; the
 figure is the steady state of the next `--steps` steps (loading overlapped with them), samples / seconds;
@@ -42,11 +43,11 @@ from effiminivlm.data.loader import text_lengths
 from effiminivlm.data.prepare import prepare, read_prepared
 from effiminivlm.data.realistic import write_hi_res_catalog
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.runtime import default_num_workers
+from effiminivlm.runtime import default_num_workers, fetch_threads
 from effiminivlm.training.loop import _loader, train_step
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.optim import param_groups
-from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, make_adamw
+from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
 
 DEV = (Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2023-fashion-dev"
        / "meta_Amazon_Fashion.jsonl")
@@ -64,14 +65,20 @@ class TrainConfig(NamedTuple):
     depthwise_fp32: bool
     channels_last: bool
     compile: bool
+    fast_dropout: bool = False
+    fetch_threads: bool = False  # with 0 workers: a batch's images decoded on every core
+    reuse_memory: bool = False  # glibc keeps freed memory for the next step (training.speed.heap_reuse)
 
 
 def configurations(fast: TrainConfig, *, with_compile: bool) -> dict[str, TrainConfig]:
     """issue-time, fast, then each lever flipped from fast (workers: each other count of 0/1/2)."""
     issue = TrainConfig(bucket=False, draft=False, workers=2, fused_adamw=False, depthwise_fp32=False,
-                        channels_last=False, compile=False)
+                        channels_last=False, compile=False, fast_dropout=False, fetch_threads=False,
+                        reuse_memory=False)
     out = {"issue-time": issue, "fast": fast}
-    for key in ("bucket", "draft", "fused_adamw", "depthwise_fp32", "channels_last"):
+    keys = ("bucket", "draft", "fused_adamw", "depthwise_fp32", "channels_last", "fast_dropout",
+            "reuse_memory", "fetch_threads")
+    for key in keys if fast.workers == 0 else keys[:-1]:
         on = getattr(fast, key)
         out[f"{key} {'off' if on else 'on'}"] = fast._replace(**{key: not on})
     for n in (0, 1, 2):
@@ -118,7 +125,7 @@ def time_config(cfg: TrainConfig, base: torch.nn.Module, recipe: Any, data: Path
     tc = recipe.train
     model = copy.deepcopy(base).train()
     apply_train_levers(model, dev, precision, depthwise_fp32=cfg.depthwise_fp32,
-                       channels_last=cfg.channels_last)
+                       channels_last=cfg.channels_last, fast_dropout=cfg.fast_dropout)
     net = CompiledOrEager(model, cfg.compile, log=print) if cfg.compile else model
     optimizer = make_adamw(param_groups(model, tc), tc.lr, dev, cfg.fused_adamw)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -128,29 +135,31 @@ def time_config(cfg: TrainConfig, base: torch.nn.Module, recipe: Any, data: Path
     ds = processor.dataset(rows, ImageStore.for_prepared(data), "first", train=True,
                            augment=recipe.data.augment, draft=cfg.draft)
     lengths = text_lengths(ds) if cfg.bucket else None
-    load0 = load_avg()
-    started = time.perf_counter()
-    loader = _loader(ds, processor.collator(), batch_size, cfg.workers, shuffle_seed=tc.seed, epoch=1,
-                     lengths=lengths)
-    it = iter(loader)
-    first_batch_s = None
-    marks: list[tuple[float, int, int]] = []  # (time after the step, items, padded tokens)
-    t0 = None
-    for i in range(warmup + steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        if first_batch_s is None:
-            first_batch_s = time.perf_counter() - started
-        if train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip) is None:
-            raise RuntimeError("a benchmark step had a non-finite loss")
-        now = time.perf_counter()
-        if i == warmup - 1:
-            t0 = now
-        if i >= warmup:
-            marks.append((now, len(batch["item_id"]), int(batch["input_ids"].numel())))
-    del it, loader  # workers stop
+    with heap_reuse(cfg.reuse_memory):  # scoped to this configuration, as train() scopes it to a run
+        load0 = load_avg()
+        started = time.perf_counter()
+        loader = _loader(ds, processor.collator(), batch_size, cfg.workers, shuffle_seed=tc.seed, epoch=1,
+                         lengths=lengths,
+                         fetch_threads=fetch_threads(cfg.workers) if cfg.fetch_threads else 1)
+        it = iter(loader)
+        first_batch_s = None
+        marks: list[tuple[float, int, int]] = []  # (time after the step, items, padded tokens)
+        t0 = None
+        for i in range(warmup + steps):
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - started
+            if train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip) is None:
+                raise RuntimeError("a benchmark step had a non-finite loss")
+            now = time.perf_counter()
+            if i == warmup - 1:
+                t0 = now
+            if i >= warmup:
+                marks.append((now, len(batch["item_id"]), int(batch["input_ids"].numel())))
+        del it, loader  # workers stop
     if t0 is None or not marks:
         raise RuntimeError(f"the train split gave fewer than {warmup + 1} batches: raise --train-items")
     seconds = marks[-1][0] - t0
@@ -206,7 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fast = TrainConfig(bucket=recipe.data.bucket_by_length, draft=recipe.data.draft_decode,
                        workers=default_num_workers(recipe.data.num_workers), fused_adamw=tc.fused_adamw,
                        depthwise_fp32=tc.depthwise_fp32, channels_last=tc.image_channels_last,
-                       compile=tc.compile)
+                       compile=tc.compile, fast_dropout=tc.fast_dropout,
+                       fetch_threads=recipe.data.num_workers == 0 and recipe.data.augment == "none",
+                       reuse_memory=tc.reuse_memory)
     configs = configurations(fast, with_compile=args.compile)
     if args.configs:
         wanted = [c.strip() for c in args.configs.split(",")]
@@ -248,17 +259,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_only(args: argparse.Namespace) -> None:
-    """The old figure: `train_step` alone on pre-collated synthetic batches (random init), fp32 vs bf16."""
+    """The old figure: `train_step` alone on pre-collated synthetic batches (random init), fp32 vs bf16 as
+    at issue time, then bf16 with the recipe's step levers (fused AdamW, depthwise fp32, channels-last, fast
+    dropout): the issue's quoted 15.5 was the bf16 row of this measure."""
     from _synthetic import synthetic_batches
 
     recipe = load_recipe(args.recipe)
-    cfg = recipe.model
+    cfg, tc = recipe.model, recipe.train
     batches = synthetic_batches(cfg, args.batch_size, args.steps + args.warmup)
     dev = torch.device("cpu")
-    for precision in ("fp32", "bf16"):
+    rates = {}
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16 + step levers", "bf16")):
         torch.manual_seed(0)
         model = create_model(cfg, pretrained=False).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+        levers = name.endswith("levers")
+        if levers:
+            apply_train_levers(model, dev, precision, depthwise_fp32=tc.depthwise_fp32,
+                               channels_last=tc.image_channels_last, fast_dropout=tc.fast_dropout)
+        opt = make_adamw(model.parameters(), 2e-5, dev, fused=levers and tc.fused_adamw)
         loss_fn = build_loss("weighted_huber", {"delta": 1.0})
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         t0 = 0.0
@@ -267,7 +285,10 @@ def model_only(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
             train_step(model, batch, dev, precision, loss_fn, opt, scaler, grad_clip=1.0)
         seconds = time.perf_counter() - t0
-        print(f"model only, {precision}: {args.steps * args.batch_size / seconds:.2f} samples/s")
+        rates[name] = args.steps * args.batch_size / seconds
+        print(f"model only, {name}: {rates[name]:.2f} samples/s", flush=True)
+    print(f"bf16 + step levers vs bf16: {rates['bf16 + step levers'] / rates['bf16']:.2f}x; "
+          f"vs the issue's quoted {ISSUE_FIGURE}: {rates['bf16 + step levers'] / ISSUE_FIGURE:.2f}x")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests._scripts import load_benchmark
+from tests._scripts import BENCHMARKS, load_benchmark
+
+SRC = BENCHMARKS.parent / "src"
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +37,24 @@ def test_configurations_flip_one_lever_each_from_fast(bench) -> None:
     assert "workers 1" not in configs
 
 
-@pytest.mark.skip(reason="crashed its xdist worker in both fresh-clone CI runs of 2026-11-29 (passes "
-                         "alone and beside the fast-path tests); cause not found yet, see the closing note")
-def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(bench, tmp_path: Path) -> None:
-    args = bench.parse(["--recipe", "tiny", "--batch-size", "8", "--steps", "2", "--warmup", "1",
-                        "--min-px", "64", "--max-px", "80", "--texts", "", "--configs", "fast,bucket on",
-                        "--out", str(tmp_path)])
-    report = bench.run(args)
+def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(tmp_path: Path) -> None:
+    # In a process of its own, as users run it: the issue-time configuration forks 2 DataLoader workers, and
+    # forking a pytest-xdist worker that already runs OpenVINO / OpenMP thread pools crashed that worker
+    # outright in two CI runs (no error, "node down"); a fresh interpreter has no such pools at fork time.
+    cmd = [sys.executable, str(BENCHMARKS / "bench_train.py"), "--recipe", "tiny", "--batch-size", "8",
+           "--steps", "2", "--warmup", "1", "--min-px", "64", "--max-px", "80", "--texts", "",
+           "--configs", "fast,bucket on", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["configs"]) == ["issue-time", "fast", "bucket on"]
     issue = report["configs"]["issue-time"]
     assert issue["settings"] == {"bucket": False, "draft": False, "workers": 2, "fused_adamw": False,
-                                 "depthwise_fp32": False, "channels_last": False, "compile": False}
+                                 "depthwise_fp32": False, "channels_last": False, "compile": False,
+                                 "fast_dropout": False, "fetch_threads": False, "reuse_memory": False}
     assert report["configs"]["fast"]["settings"]["workers"] == 0  # the tiny recipe's data.num_workers
+    assert report["configs"]["fast"]["settings"]["fetch_threads"] is True  # ... so images decode on threads
     assert report["configs"]["bucket on"]["settings"]["bucket"] is True
     for r in report["configs"].values():
         assert r["steps"] == 2 and r["items"] == 16 and r["seconds"] > 0
@@ -56,7 +67,6 @@ def test_tiny_run_reports_rates_and_ratios_from_its_own_timings(bench, tmp_path:
     assert report["fast_vs_issue_time"] == pytest.approx(fast / issue["samples_per_s"])
     assert report["fast_vs_issue_figure"] == pytest.approx(fast / 15.5)
     assert report["target_met"] == (fast >= 31.0)
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["configs"]["fast"]["samples_per_s"] == fast and math.isfinite(saved["load_start"])
+    assert math.isfinite(report["load_start"])
     md = (tmp_path / "report.md").read_text()
     assert "| issue-time |" in md and "| bucket on |" in md and f"{fast:.2f}" in md

@@ -4,6 +4,8 @@ model copy (bf16 weights, channels-last, int8), the hi-res catalog, and the scor
 from __future__ import annotations
 
 import io
+import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ import torch
 from PIL import Image
 
 from effiminivlm.config import load_recipe
+from effiminivlm.data import dataset as dataset_module
 from effiminivlm.data.images import load_image_with_reason
 from effiminivlm.data.inputs import read_inputs
-from effiminivlm.data.loader import LengthSortedBatches, restore_order
+from effiminivlm.data.loader import LengthSortedBatches, ThreadedFetch, restore_order
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.data.realistic import write_hi_res_catalog
 from effiminivlm.inference import make_loader, run_inference
@@ -69,6 +72,37 @@ def test_sorted_loader_returns_input_order_and_less_padding(tiny, hi_res) -> Non
     assert np.std(a.pred) > 0
 
 
+def test_threaded_fetch_decodes_on_several_threads_into_the_same_batches(tiny, hi_res, monkeypatch) -> None:
+    model, tok = tiny
+    src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
+    seen: set[str] = set()
+    load = dataset_module.load_image_with_reason
+
+    def spy(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "load_image_with_reason", spy)
+    kw = dict(batch_size=8, sort_by_length=True, draft=True, raw_pixels=True)
+    one = list(make_loader(model, tok, src.table, src.store, **kw))
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    loader = make_loader(model, tok, src.table, src.store, fetch_threads=3, **kw)
+    assert isinstance(loader.dataset, ThreadedFetch)
+    three = list(loader)
+    assert len(seen) > 1 and all(name.startswith("effiminivlm-fetch") for name in seen)
+    assert len(one) == len(three)
+    for a, b in zip(one, three, strict=True):  # the same items in the same order, the same pixels
+        assert torch.equal(a["row"], b["row"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["image_status"] == b["image_status"]
+    # worker processes never get the pool: with workers, threads are not used at all
+    assert not isinstance(make_loader(model, tok, src.table, src.store, num_workers=1, fetch_threads=3,
+                                      **kw).dataset, ThreadedFetch)
+    assert pickle.loads(pickle.dumps(loader.dataset))._pool is None
+    with pytest.raises(ValueError):
+        ThreadedFetch(loader.dataset.dataset, 0)
+
+
 def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_covering_the_size() -> None:
     big = Image.new("RGB", (1200, 1000), (200, 30, 40))
     jpeg, png = io.BytesIO(), io.BytesIO()
@@ -116,7 +150,9 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
     both = ModelLevers()  # the default: both towers in OpenVINO, the image one in f32
     fast = optimize_for_inference(model, CPU, "bf16", both)
-    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)"]
+    streams = min(2, torch.get_num_threads())  # ov_streams, capped at the threads a tower gets
+    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)",
+                                *([f"{streams} openvino streams"] if streams > 1 else [])]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
@@ -127,6 +163,31 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
     again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
     assert again.fast_levers == fast.fast_levers
+
+
+def test_openvino_streams_split_a_batch_and_give_the_same_rows(tiny) -> None:
+    from effiminivlm.models import openvino_backend
+
+    model, _ = tiny
+    torch.manual_seed(1)
+    pixels = torch.randn(7, 3, 64, 64)
+    ids = torch.randint(5, 90, (5, 11))
+    mask = torch.ones_like(ids)
+    mask[3:, 6:] = 0
+    one_i = openvino_backend.image_tower(model.image_encoder, 64, "fp32", threads=2, streams=1)
+    two_i = openvino_backend.image_tower(model.image_encoder, 64, "fp32", threads=2, streams=2)
+    one_t = openvino_backend.text_tower(model.text_encoder, "fp32", threads=2, streams=1)
+    two_t = openvino_backend.text_tower(model.text_encoder, "fp32", threads=2, streams=2)
+    assert (one_i.streams, two_i.streams) == (1, 2)
+    capped = openvino_backend.text_tower(model.text_encoder, "fp32", threads=1, streams=2)
+    assert capped.streams == 1  # never more streams than threads
+    with torch.no_grad():
+        for one, two, args in ((one_i, two_i, (pixels,)), (one_t, two_t, (ids, mask))):
+            a, b = one(*args), two(*args)
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)  # the same rows, in order
+            assert torch.allclose(two(*(t[:1] for t in args)), a[:1], atol=1e-5)  # fewer rows than streams
+        want = model.image_encoder.float()(pixels)
+    assert torch.allclose(two_i(pixels), want, atol=1e-3)
 
 
 def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny, prepared,
@@ -142,9 +203,9 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
                                    for t in ("image", "text")]
     monkeypatch.setattr(optimize, "openvino_available", lambda: True)
     monkeypatch.setattr(openvino_backend, "text_tower",
-                        lambda *a: (_ for _ in ()).throw(RuntimeError("op X")))
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
-        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False))
+        fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
     assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)

@@ -151,7 +151,9 @@ class DataCfg:
 
     images: str = "first"  # first | mean: which images of an item feed the model in train's validation
     augment: str = "none"  # none | flip (random horizontal flip during training)
-    num_workers: int = 2
+    # 0: load in the main process, a batch's images decoded on every core between steps (fastest measured
+    # on a 2-core CPU, bench_train.py); worker processes pay where a step is short (a GPU)
+    num_workers: int = 0
     bucket_by_length: bool = False  # training batches of similar text length (one process only)
     draft_decode: bool = True  # JPEGs decoded at the smallest DCT scale covering the model's image size
 
@@ -234,6 +236,8 @@ class TrainCfg:
     fused_adamw: bool = True  # AdamW's fused kernel where PyTorch has one (CPU, CUDA): one pass, same update
     depthwise_fp32: bool = True  # CPU + bf16: depthwise convolutions train in fp32 (bf16 backward is slow)
     image_channels_last: bool = True  # CPU: the image tower's input in NHWC while training
+    fast_dropout: bool = True  # CPU: text-tower dropout masks drawn 4 per draw, attention products in bf16
+    reuse_memory: bool = True  # CPU + glibc: freed tensors' memory is reused, not unmapped and faulted back
     seed: int = 42
     freeze_image: bool = False
     freeze_text: bool = False

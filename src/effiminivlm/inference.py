@@ -16,7 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from effiminivlm.data.loader import LengthSortedBatches, RowCollator, RowDataset, restore_order, text_lengths
+from effiminivlm.data.loader import (
+    LengthSortedBatches,
+    RowCollator,
+    RowDataset,
+    ThreadedFetch,
+    restore_order,
+    text_lengths,
+)
 from effiminivlm.runtime import autocast
 
 
@@ -99,7 +106,7 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
                 pad_to_max: bool = False, decoded: Any = None, sort_by_length: bool = False,
-                draft: bool = False, raw_pixels: bool = False) -> DataLoader:
+                draft: bool = False, raw_pixels: bool = False, fetch_threads: int = 1) -> DataLoader:
     """The canonical DataLoader of collated batches over `table` (prepared or LoViF schema), built by the
     model's own processor (`model.processor(tokenizer)`): eval transforms at the model's image size, text
     truncated at its max_length and padded to the longest in the batch, or with `pad_to_max` to max_length
@@ -110,13 +117,18 @@ def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any =
     batches carry `"row"` and `run_inference` returns input order); `draft` decodes JPEGs straight at the
     smallest DCT scale that still covers the model's image size; `raw_pixels` ships images as uint8 (for the
     model of `models.optimize.optimize_for_inference`, which normalises them; only for models with plain
-    towers, float pixels otherwise)."""
+    towers, float pixels otherwise); `fetch_threads` > 1 with `num_workers=0` decodes a batch's images on
+    that many threads (`data.loader.ThreadedFetch`)."""
     processor = model.processor(tokenizer)  # type: ignore[operator]  (models.base.RatingModel)
     raw = raw_pixels and bool(getattr(model, "plain_towers", False))
     ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded, draft=draft,
                            raw_pixels=raw)
     collate = processor.collator(pad_to_max=pad_to_max)
+    threaded = fetch_threads > 1 and num_workers == 0
     if sort_by_length and not pad_to_max:
-        return DataLoader(RowDataset(ds), batch_sampler=LengthSortedBatches(text_lengths(ds), batch_size),
+        rows = RowDataset(ds)
+        return DataLoader(ThreadedFetch(rows, fetch_threads) if threaded else rows,
+                          batch_sampler=LengthSortedBatches(text_lengths(ds), batch_size),
                           num_workers=num_workers, collate_fn=RowCollator(collate))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    return DataLoader(ThreadedFetch(ds, fetch_threads) if threaded else ds, batch_size=batch_size,
+                      shuffle=False, num_workers=num_workers, collate_fn=collate)

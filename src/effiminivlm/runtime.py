@@ -80,6 +80,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def fetch_threads(num_workers: int) -> int:
+    """Threads that decode a batch's images when loading runs in the main process (`num_workers=0`): every
+    usable core (the model is idle while a batch loads, and Pillow decodes without the GIL); 1 when worker
+    processes load instead (`data.loader.ThreadedFetch`)."""
+    return usable_cores() if num_workers == 0 else 1
+
+
 def scoring_threads(num_workers: int, device: torch.device) -> int | None:
     """Intra-op threads for the fast path's model on a CPU: the cores the loader workers leave, at least one
     (None elsewhere: keep torch's setting). Why: a model whose threads share a core with a decoding worker

@@ -164,3 +164,29 @@ def test_fused_adamw_makes_the_same_update_as_the_default_one():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_heap_reuse_keeps_freed_memory_for_the_next_allocation_and_restores_glibc():
+    import resource
+
+    if speed._glibc() is None:
+        with speed.heap_reuse() as on:
+            assert on is False  # not glibc: reported, nothing changed
+        return
+
+    def faults_of_big_allocations() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(6):
+            torch.ones(16 * 1024 * 1024)  # 64 MB, touched, freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    plain = faults_of_big_allocations()
+    with speed.heap_reuse() as on:
+        assert on is True
+        faults_of_big_allocations()  # the first allocation may still grow the heap
+        reused = faults_of_big_allocations()
+    assert plain > 6 * 10_000  # mmap'd: every allocation faults its ~16k pages in again
+    assert reused < plain / 4  # the heap's pages are reused
+    assert faults_of_big_allocations() > 6 * 10_000  # glibc's defaults are back after the block
+    with speed.heap_reuse(enabled=False) as on:
+        assert on is False

@@ -13,6 +13,7 @@ tokenises once, in the worker), and it orders texts by token count closely enoug
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -61,6 +62,46 @@ class RowDataset(torch.utils.data.Dataset[tuple[int, Sample]]):
 
     def __getitem__(self, i: int) -> tuple[int, Sample]:
         return i, self.dataset[i]
+
+
+class ThreadedFetch(torch.utils.data.Dataset[Any]):
+    """`dataset` whose batches are fetched on `threads` threads (the DataLoader's `__getitems__` hook), for
+    loading in the main process (`num_workers=0`).
+
+    Why: with no worker processes, a batch's JPEG decodes and resizes ran one after the other on one core
+    while the other cores idled between forward passes. Pillow releases the GIL while it decodes and
+    resamples, so threads decode a batch's images in parallel with no process start, no pickling of samples
+    and no second copy of the model's memory; the model then gets every core for the forward. Items come
+    back in the order asked (`map`), so batches are the same as without threads. The pool starts on first
+    use and is not pickled (worker processes never see it: use it only with `num_workers=0`).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset[Any], threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.dataset = dataset
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+    def __getitems__(self, rows: Sequence[int]) -> list[Any]:
+        if self.threads == 1 or len(rows) < 2:
+            return [self.dataset[i] for i in rows]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="effiminivlm-fetch")
+        return list(self._pool.map(self.dataset.__getitem__, rows))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": None}
+
+    def __del__(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 class RowCollator:

@@ -26,6 +26,7 @@ from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import (
     default_num_workers,
+    fetch_threads,
     resolve_device,
     resolve_precision,
     scoring_threads,
@@ -52,7 +53,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     fast = prec != "fp32"  # the fast path below fp32 (see serving.scorer.Scorer); fp32 is the exact one
     workers = default_num_workers(num_workers)
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
-                         num_workers=workers, sort_by_length=fast, draft=fast, raw_pixels=fast)
+                         num_workers=workers, sort_by_length=fast, draft=fast, raw_pixels=fast,
+                         fetch_threads=fetch_threads(workers) if fast else 1)
     with torch_threads(scoring_threads(workers, dev) if fast else None):  # see serving.scorer.Scorer
         runner = optimize_for_inference(model, dev, prec)
         res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")

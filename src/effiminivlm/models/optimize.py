@@ -55,6 +55,7 @@ class ModelLevers:
     text_backend: str = "openvino"
     image_fp32: bool = True  # an OpenVINO image tower computes in f32 (bf16 failed the parity check)
     cls_only: bool = True  # a CLS-pooled BERT's last layer for the CLS position only (same function)
+    ov_streams: int = 2  # OpenVINO towers: a batch split over this many streams (capped at the threads)
 
     def __post_init__(self) -> None:
         for name in ("image_backend", "text_backend"):
@@ -67,6 +68,9 @@ class ModelLevers:
         for k, v in asdict(self).items():
             if k.endswith("_backend"):
                 out += [f"{v} {k.removesuffix('_backend')} tower"] if v != "torch" else []
+            elif k == "ov_streams":
+                out += [f"{v} openvino streams"] if v > 1 and "openvino" in (self.image_backend,
+                                                                             self.text_backend) else []
             elif v and (k != "image_fp32" or self.image_backend == "openvino"):
                 out.append(k)
         return out
@@ -138,16 +142,23 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
             used.append("cls_only")
     if image is not None and cpu and plain and levers.image_backend == "openvino":
         size = fast.cfg.image_encoder.image_size  # type: ignore[union-attr]
-        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, image_prec), "image",
-                             fallbacks)
+        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, image_prec,
+                                                                  streams=levers.ov_streams),
+                             "image", fallbacks)
         if ov_image is not None:
             fast.image_encoder, image = ov_image, None
             used.append(f"openvino image tower ({image_prec})")
     if text is not None and cpu and plain and levers.text_backend == "openvino":
-        ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision), "text", fallbacks)
+        ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision, streams=levers.ov_streams),
+                            "text", fallbacks)
         if ov_text is not None:
             fast.text_encoder, text = ov_text, None
             used.append(f"openvino text tower ({precision})")
+    towers = (getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None))
+    streams = max((getattr(t, "streams", 1) for t in towers
+                   if isinstance(t, openvino_backend.OpenVINOTower)), default=1)
+    if streams > 1:
+        used.append(f"{streams} openvino streams")
     if levers.int8_linear and text is not None and cpu:
         from torch.ao.quantization import quantize_dynamic
 

@@ -9,8 +9,9 @@ the same process, one after the other, each after the same warmup rows:
   batch and truncating at 256 (or the model's max_length when shorter), batches in input order.
 - **fp32, no acceleration**: this package's exact path (`--precision fp32`): fp32, full JPEG decode,
   input-order batches, loading in the main process.
-- **fast**: the default path below fp32 (`inference.make_loader(sort_by_length, draft)` +
-  `models.optimize.optimize_for_inference`), loading overlapped with the forward in DataLoader workers.
+- **fast**: the default path below fp32 (`inference.make_loader(sort_by_length, draft, raw_pixels,
+  fetch_threads)` + `models.optimize.optimize_for_inference`): loading in the main process with a batch's
+  images decoded on every core, then the forward on every core.
 - **ablation** (optional): the fast path with one lever flipped at a time, so each lever shows what it pays.
 
 Parity: the fast path's predictions against the fp32 path's on the same items (PLCC against the targets
@@ -36,7 +37,7 @@ from effiminivlm.evaluation.metrics import plcc
 from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
-from effiminivlm.runtime import scoring_threads, torch_threads, usable_cores
+from effiminivlm.runtime import fetch_threads, scoring_threads, torch_threads, usable_cores
 
 REFERENCE_MAX_LENGTH = 256
 CPU = torch.device("cpu")
@@ -54,12 +55,14 @@ class PathConfig:
     raw_pixels: bool = True
     num_workers: int = 0
     threads: int | None = None
+    fetch_threads: int | None = None  # decode threads in the main process; None: runtime.fetch_threads
 
     def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
         """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
         that really ran (`fast_levers` of the optimised model: a backend may have fallen back); `threads`:
         the model's thread count when the path sets one (default: the cores the loader workers leave)."""
         out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
+        fetch = self.fetch_threads if self.fetch_threads is not None else fetch_threads(self.num_workers)
         if self.precision != "fp32":
             out += [lever for lever in (self.levers.used() if used is None else used)
                     if lever != "bf16_weights" or self.precision == "bf16"]
@@ -68,6 +71,7 @@ class PathConfig:
                 "JPEG draft decode" if self.draft and fast else None,
                 "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
                 f"{self.num_workers} loader worker(s)" if self.num_workers else None,
+                f"{fetch} decode thread(s)" if fast and fetch > 1 else None,
                 f"model on {threads or self.threads} thread(s)" if (threads or self.threads) else None]
         return [t for t in out if t]
 
@@ -99,6 +103,9 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
     else:
         out.append(flip(fast, name="+ text tower in OpenVINO", levers=flip(lv, text_backend="openvino")))
         out.append(flip(fast, name="+ int8 dynamic linears (text)", levers=flip(lv, int8_linear=True)))
+    if "openvino" in (lv.image_backend, lv.text_backend):
+        out.append(flip(fast, name="OpenVINO on 1 stream" if lv.ov_streams > 1 else "+ 2 OpenVINO streams",
+                        levers=flip(lv, ov_streams=1 if lv.ov_streams > 1 else 2)))
     out += [flip(fast, name="cls_only off" if lv.cls_only else "+ cls_only",
                  levers=flip(lv, cls_only=not lv.cls_only)),
             *([flip(fast, name="bf16 autocast only (fp32 weights)", levers=flip(lv, bf16_weights=False))]
@@ -108,6 +115,8 @@ def ablations(fast: PathConfig = FAST, compile_lever: bool = False) -> list[Path
             flip(fast, name="no draft decode", draft=False),
             *[flip(fast, name=f"{n} loader worker(s)", num_workers=n)
               for n in (0, 1, 2) if n != fast.num_workers],
+            *([flip(fast, name="decode on 1 thread", fetch_threads=1)]
+              if fast.num_workers == 0 and fetch_threads(0) > 1 and fast.fetch_threads != 1 else []),
             *[flip(fast, name=f"model on {n} thread(s)", threads=n)
               for n in (1, usable_cores()) if n != (fast.threads or scoring_threads(fast.num_workers, CPU))]]
     if compile_lever:
@@ -211,12 +220,14 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     fast = cfg.precision != "fp32"
     threads = cfg.threads if cfg.threads is not None else (
         scoring_threads(cfg.num_workers, device) if fast else None)
+    fetch = 1 if not fast else (
+        cfg.fetch_threads if cfg.fetch_threads is not None else fetch_threads(cfg.num_workers))
 
     def score(runner: torch.nn.Module, part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
                              num_workers=cfg.num_workers,
                              sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast,
-                             raw_pixels=cfg.raw_pixels and fast)
+                             raw_pixels=cfg.raw_pixels and fast, fetch_threads=fetch)
         return run_inference(runner, loader, device, cfg.precision, progress=False).pred
 
     with torch_threads(threads):  # before building too: an OpenVINO tower keeps the count it is built with

@@ -135,7 +135,7 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
                          draft=True)
     batches = list(loader)
     step = max(1, len(batches) // max(n_batches, 1))
-    batches = batches[::step][:n_batches + 1]  # +1: the first is the warmup batch
+    batches = batches[::step][:n_batches]  # each runs once untimed, then timed (peak.tower_rates)
     runner = optimize_for_inference(model, dev, fast.precision, fast.levers)
     counted = _counted_twin(model, runner)
     rates = [*tower_rates(counted, runner, batches, dev, fast.precision),
@@ -190,7 +190,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     sd = report["parity"].get("fast_vs_fp32", {}).get("pred_sd_fp32")
     if sd is not None:
         lines.append(f"\nThe fp32 predictions' sd over these items: {sd:.4f} (differences read against it).")
-    lines += ["", f"Model only (pre-collated batches). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
+    lines += ["", f"Model only (pre-collated batches, steady state: each batch's shape run once untimed "
+              f"first). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
               f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
               "padded shapes (a `cls_only` text tower skips most of its last layer: counted without it).",
               "",

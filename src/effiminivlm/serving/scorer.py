@@ -26,6 +26,7 @@ from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import (
     default_num_workers,
+    fetch_threads,
     resolve_device,
     resolve_precision,
     scoring_threads,
@@ -94,7 +95,8 @@ class Scorer:
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
                            batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
                            decoded=decoded, sort_by_length=self.fast, draft=self.fast,
-                           raw_pixels=self.fast)
+                           raw_pixels=self.fast,
+                           fetch_threads=fetch_threads(self.num_workers) if self.fast else 1)
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:

@@ -30,7 +30,7 @@ from effiminivlm.config import Recipe, from_dict
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.labels import attach_categories
-from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths
+from effiminivlm.data.loader import BucketedShuffledBatches, ThreadedFetch, text_lengths
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.classification import sigmoid, tune_thresholds, validation_metrics
@@ -39,7 +39,13 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.runtime import autocast, default_num_workers, resolve_device, resolve_precision
+from effiminivlm.runtime import (
+    autocast,
+    default_num_workers,
+    fetch_threads,
+    resolve_device,
+    resolve_precision,
+)
 from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
@@ -47,7 +53,7 @@ from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import freeze_layers, param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
-from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, make_adamw
+from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
 from effiminivlm.training.train_rows import mix_train_rows
 from effiminivlm.training.weights import fill_missing_rating_number
 
@@ -75,12 +81,18 @@ def seed_everything(seed: int) -> None:
 
 def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_size: int, workers: int, *,
             shuffle_seed: int | None, dist: distributed.Dist | None = None, epoch: int = 0,
-            lengths: list[int] | None = None, pin_memory: bool = False) -> DataLoader:
-    """Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
+            lengths: list[int] | None = None, pin_memory: bool = False, fetch_threads: int = 1
+            ) -> DataLoader:
+    """`fetch_threads` > 1 with `workers=0` decodes each batch's images on that many threads in the main
+    process (`data.loader.ThreadedFetch`): on a CPU, worker processes take cores from the training step
+    itself, while threads decode only between steps, on every core (benchmarks/bench_train.py measures both).
+    Under torchrun each rank draws its share of the same permutation (`DistributedSampler` seeded with
     `shuffle_seed`, reseeded per epoch): the seed + epoch permutation a single process uses, so each step's
     global batch holds the items of the single-process step (`batch_size` is then the per-rank share).
     `pin_memory` (CUDA): batches land in page-locked memory, so the copy to the GPU is a DMA."""
     sampler: torch.utils.data.Sampler[int] | None = None
+    if workers == 0 and fetch_threads > 1:
+        ds = ThreadedFetch(ds, fetch_threads)  # type: ignore[assignment]  (same items, same order)
     if shuffle_seed is not None and lengths is not None and not (dist is not None and dist.enabled):
         batches = BucketedShuffledBatches(lengths, batch_size, shuffle_seed + epoch)  # data.bucket_by_length
         return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
@@ -189,8 +201,11 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     lengths = text_lengths(train_ds) if recipe.data.bucket_by_length and not dist.enabled else None
     collate = processor.collator()
     workers = default_num_workers(recipe.data.num_workers)
+    # decode threads only where the transform draws no random numbers (threads would share one generator in
+    # a scheduling-dependent order) and one process has the cores (torchrun ranks already split them)
+    fetch = fetch_threads(workers) if recipe.data.augment == "none" and not dist.enabled else 1
     val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
-                         shuffle_seed=None)
+                         shuffle_seed=None, fetch_threads=fetch)
 
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
     if tc.max_steps_per_epoch:
@@ -237,109 +252,113 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)"
         + (f", {dist.world_size} processes x {rank_batch} items per step" if dist.enabled else ""))
     levers = apply_train_levers(model, dev, precision, depthwise_fp32=tc.depthwise_fp32,
-                                channels_last=tc.image_channels_last)  # in place; state_dict unchanged
+                                channels_last=tc.image_channels_last,
+                                fast_dropout=tc.fast_dropout)  # in place; state_dict unchanged
     stepper = CompiledOrEager(model, tc.compile, log)  # checkpoints keep saving the plain `model`
     levers += ["fused_adamw"] * bool(optimizer.defaults.get("fused")) + ["compile"] * stepper.active
-    log(f"training levers: {', '.join(levers) or 'none'}")
     net = distributed.wrap_model(stepper if tc.compile else model, dist, dev)  # the step calls it (DDP...)
 
-    stop_reason = "max_epochs"
-    if state.bad_epochs >= tc.patience and state.epoch > 0:
-        stop_reason = "early_stopping"
-    while state.epoch < tc.epochs and stop_reason != "early_stopping":
-        epoch = state.epoch + 1
-        loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist, epoch=epoch,
-                         lengths=lengths, pin_memory=dev.type == "cuda")
-        model.train()
-        t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
-        statuses: Counter[str] = Counter()
-        term_sums: Counter[str] = Counter()  # each loss term of a mixture, unweighted
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
-                   disable=not progress)
-        for i, batch in enumerate(bar):
-            if i >= steps_per_epoch:
-                break
-            statuses.update(batch["image_status"])
-            if distiller is not None:
-                distiller.ids = batch["item_id"]
-            loss = train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
-                              tc.grad_accum_steps, dist if dist.enabled else None)
-            scheduler.step()
-            if loss is None:
-                state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
-                if state.nonfinite_steps > MAX_NONFINITE_STEPS:
-                    raise EffiMiniVLMError(f"loss was not finite in {state.nonfinite_steps} steps; "
-                                           "lower train.lr or use train.precision=fp32")
-                continue
-            state.step += 1
-            n_steps += 1
-            seen += len(batch["item_id"])
-            loss_sum += loss
-            term_sums.update(loss_fn.last)
-            bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
-                            samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        if dist.enabled:  # the job's figures: every rank's items, losses of every rank's share of a step
-            seen_f, loss_sum, steps_f = distributed.sum_values(dist, [seen, loss_sum, n_steps])
-            seen, n_steps = int(seen_f), int(steps_f)
-            statuses = distributed.merged_status(distributed.gather(dist, statuses))
-            term_sums = distributed.merged_status(distributed.gather(dist, term_sums))
-
-        distributed.sync_buffers(model, dist)
-        val = distributed.gather_inference(
-            dist, run_inference(model, val_loader, dev, precision, progress=progress, desc="validate"))
-        bad = int((~np.isfinite(val.pred)).sum())
-        if bad:
-            raise EffiMiniVLMError(f"epoch {epoch}: {bad} of {len(val.pred)} validation predictions are not "
-                                   "finite (the model diverged); lower train.lr or use train.precision=fp32. "
-                                   + (f"The last good state (epoch {state.epoch}) is in {ckpt_path}"
-                                      if state.epoch else "No epoch finished, so there is no checkpoint"))
-        metrics = _val_metrics(model.task, val.pred, val.target)
-        plcc = metrics[SELECT_METRIC[model.task]]  # the selection metric (PLCC, or mAP for labels)
-        improved = not math.isnan(plcc) and plcc > state.best_plcc
-        record = {
-            "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(n_steps, 1), "train_samples": seen,
-            "train_loss_terms": {k: v / max(n_steps, 1) for k, v in term_sums.items()},
-            "train_seconds": round(train_seconds, 3),
-            "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
-            "val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
-            "best": improved, "image_status": dict(statuses), "val_image_status": dict(val.image_status),
-            "nonfinite_steps": state.nonfinite_steps,
-        }
-        if improved:
-            state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
-            if dist.is_main:
-                tmp = out / MODEL_TMP
-                if model.task == "multilabel":  # per-class thresholds from this epoch's val, saved with it
-                    model.set_thresholds(tune_thresholds(val.target, sigmoid(val.pred)))
-                model.save_pretrained(tmp, tokenizer=tokenizer)
-                if model.task == "rating":
-                    save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this val
-                replace_dir(tmp, out / "model")
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.history.append({"epoch": epoch, "train_loss": record["train_loss"],
-                              "val_loss": record["val_loss"], f"val_{SELECT_METRIC[model.task]}": plcc})
-        records.append(to_jsonable(record))
-        rngs = distributed.gather(dist, rng_state())  # every rank's streams, for an exact --resume
-        if dist.is_main:
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(records[-1], allow_nan=False) + "\n")
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "state": state.__dict__, "rng": rngs[0], "recipe": recipe.to_dict(), "metrics": records,
-                **({"rng_ranks": rngs} if dist.enabled else {}),
-            })
-        distributed.barrier(dist)
-        log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['loss']:.4f}, "
-            f"val {SELECT_METRIC[model.task]} {plcc:.4f}{' (best)' if improved else ''}, "
-            f"{record['samples_per_s']} samples/s")
-        if distributed.broadcast(dist, state.bad_epochs >= tc.patience):  # rank 0 decides for all
+    with heap_reuse(tc.reuse_memory and dev.type == "cpu") as reused:  # scoped: see training.speed
+        levers += ["reuse_memory"] * reused
+        log(f"training levers: {', '.join(levers) or 'none'}")
+        stop_reason = "max_epochs"
+        if state.bad_epochs >= tc.patience and state.epoch > 0:
             stop_reason = "early_stopping"
+        while state.epoch < tc.epochs and stop_reason != "early_stopping":
+            epoch = state.epoch + 1
+            loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist,
+                             epoch=epoch, lengths=lengths, pin_memory=dev.type == "cuda", fetch_threads=fetch)
+            model.train()
+            t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+            statuses: Counter[str] = Counter()
+            term_sums: Counter[str] = Counter()  # each loss term of a mixture, unweighted
+            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
+                       disable=not progress)
+            for i, batch in enumerate(bar):
+                if i >= steps_per_epoch:
+                    break
+                statuses.update(batch["image_status"])
+                if distiller is not None:
+                    distiller.ids = batch["item_id"]
+                loss = train_step(net, batch, dev, precision, loss_fn, optimizer, scaler, tc.grad_clip,
+                                  tc.grad_accum_steps, dist if dist.enabled else None)
+                scheduler.step()
+                if loss is None:
+                    state.nonfinite_steps += 1  # skipped, counted, and fatal if it keeps happening
+                    if state.nonfinite_steps > MAX_NONFINITE_STEPS:
+                        raise EffiMiniVLMError(f"loss was not finite in {state.nonfinite_steps} steps; "
+                                               "lower train.lr or use train.precision=fp32")
+                    continue
+                state.step += 1
+                n_steps += 1
+                seen += len(batch["item_id"])
+                loss_sum += loss
+                term_sums.update(loss_fn.last)
+                bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}",
+                                samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            if dist.enabled:  # the job's figures: every rank's items, losses of every rank's share of a step
+                seen_f, loss_sum, steps_f = distributed.sum_values(dist, [seen, loss_sum, n_steps])
+                seen, n_steps = int(seen_f), int(steps_f)
+                statuses = distributed.merged_status(distributed.gather(dist, statuses))
+                term_sums = distributed.merged_status(distributed.gather(dist, term_sums))
+
+            distributed.sync_buffers(model, dist)
+            val = distributed.gather_inference(
+                dist, run_inference(model, val_loader, dev, precision, progress=progress, desc="validate"))
+            bad = int((~np.isfinite(val.pred)).sum())
+            if bad:
+                raise EffiMiniVLMError(f"epoch {epoch}: {bad} of {len(val.pred)} validation predictions are "
+                                       "not finite (the model diverged); lower train.lr or use "
+                                       "train.precision=fp32. "
+                                       + (f"The last good state (epoch {state.epoch}) is in {ckpt_path}"
+                                          if state.epoch else "No epoch finished, so there is no checkpoint"))
+            metrics = _val_metrics(model.task, val.pred, val.target)
+            plcc = metrics[SELECT_METRIC[model.task]]  # the selection metric (PLCC, or mAP for labels)
+            improved = not math.isnan(plcc) and plcc > state.best_plcc
+            record = {
+                "epoch": epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
+                "train_loss": loss_sum / max(n_steps, 1), "train_samples": seen,
+                "train_loss_terms": {k: v / max(n_steps, 1) for k, v in term_sums.items()},
+                "train_seconds": round(train_seconds, 3),
+                "samples_per_s": round(seen / max(train_seconds, 1e-9), 2),
+                "val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
+                "best": improved, "image_status": dict(statuses), "val_image_status": dict(val.image_status),
+                "nonfinite_steps": state.nonfinite_steps,
+            }
+            if improved:
+                state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
+                if dist.is_main:
+                    tmp = out / MODEL_TMP
+                    if model.task == "multilabel":  # per-class thresholds from this epoch's val, saved too
+                        model.set_thresholds(tune_thresholds(val.target, sigmoid(val.pred)))
+                    model.save_pretrained(tmp, tokenizer=tokenizer)
+                    if model.task == "rating":
+                        save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this val
+                    replace_dir(tmp, out / "model")
+            else:
+                state.bad_epochs += 1
+            state.epoch = epoch
+            state.history.append({"epoch": epoch, "train_loss": record["train_loss"],
+                                  "val_loss": record["val_loss"], f"val_{SELECT_METRIC[model.task]}": plcc})
+            records.append(to_jsonable(record))
+            rngs = distributed.gather(dist, rng_state())  # every rank's streams, for an exact --resume
+            if dist.is_main:
+                with (out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(records[-1], allow_nan=False) + "\n")
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "state": state.__dict__, "rng": rngs[0], "recipe": recipe.to_dict(), "metrics": records,
+                    **({"rng_ranks": rngs} if dist.enabled else {}),
+                })
+            distributed.barrier(dist)
+            log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['loss']:.4f}, "
+                f"val {SELECT_METRIC[model.task]} {plcc:.4f}{' (best)' if improved else ''}, "
+                f"{record['samples_per_s']} samples/s")
+            if distributed.broadcast(dist, state.bad_epochs >= tc.patience):  # rank 0 decides for all
+                stop_reason = "early_stopping"
 
     if state.best_epoch == 0:
         raise EffiMiniVLMError("no epoch produced a defined validation PLCC (constant predictions?); "

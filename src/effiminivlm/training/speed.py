@@ -1,5 +1,6 @@
 """Training-speed levers that keep the recipe's maths: fused AdamW, the image tower's layout and depthwise
-precision under bf16 autocast on a CPU, and `torch.compile` of the training forward with a counted fallback.
+precision under bf16 autocast on a CPU, the text tower's dropout on a CPU, and `torch.compile` of the
+training forward with a counted fallback.
 
 Why each (measured by `benchmarks/bench_train.py`, which flips each one from the fast configuration):
 - `train.fused_adamw`: PyTorch's AdamW runs a Python loop over ~200 parameter tensors on a CPU (its
@@ -11,6 +12,15 @@ Why each (measured by `benchmarks/bench_train.py`, which flips each one from the
   bf16 in evaluation, where the forward alone is faster in bf16.
 - `train.image_channels_last`: the image tower's input goes NHWC, the layout oneDNN's convolutions want on
   a CPU; weights keep their layout, so a saved model is byte-for-byte the same format.
+- `train.fast_dropout`: with dropout live, PyTorch's SDPA has no fused CPU kernel and falls back to its math
+  path: q, k, v cast up to fp32 and a serial `bernoulli_` draw per attention weight, about half of a step
+  at 256 tokens. `models.dropout_attention` computes the same attention with bf16 products and draws every
+  dropout mask (attention and hidden states) four elements per generator call; evaluation is untouched.
+- `train.reuse_memory`: glibc serves every allocation over 32 MB (a step's attention weights, the image
+  tower's early activations) with a fresh `mmap` and unmaps it on free, so each step page-faults and
+  zero-fills gigabytes again (seen as high system time). `heap_reuse` makes glibc keep freed memory in its
+  heap for the next step instead, for the duration of the training run; the process's RSS stays at its peak
+  meanwhile. Linux with glibc only; elsewhere it reports that it did nothing.
 - `train.compile`: `torch.compile` of the training forward (dynamic shapes: bucketed text lengths and the
   short last batch must not recompile); the backward is compiled with the forward, so a compilation that
   fails anywhere fails in the forward, where `CompiledOrEager` counts it, warns once and runs eager from
@@ -21,13 +31,17 @@ All of these change only how a step computes; none touches the model, the loss, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import ctypes
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from effiminivlm.models.blocks import channels_last_inputs
+from effiminivlm.models.dropout_attention import use_fast_dropout
 
 
 def fused_adamw_supported(device: torch.device) -> bool:
@@ -88,20 +102,55 @@ def depthwise_to_fp32(tower: nn.Module) -> int:
 
 
 def apply_train_levers(model: nn.Module, device: torch.device, precision: str, *, depthwise_fp32: bool,
-                       channels_last: bool) -> list[str]:
-    """Apply the image tower's levers that fit `device` and `precision` to `model` in place; returns the
-    names of those applied. Both are CPU levers (CUDA's cuDNN kernels have neither problem), and
+                       channels_last: bool, fast_dropout: bool = False) -> list[str]:
+    """Apply the levers that fit `device` and `precision` to `model` in place; returns the names of those
+    applied. All are CPU levers (CUDA's cuDNN and fused attention kernels have none of these problems), and
     depthwise fp32 only matters under bf16 autocast."""
-    image = getattr(model, "image_encoder", None)
-    if image is None or device.type != "cpu":
+    if device.type != "cpu":
         return []
-    used = []
+    used = ["fast_dropout"] if fast_dropout and use_fast_dropout(model) else []
+    image = getattr(model, "image_encoder", None)
+    if image is None:
+        return used
     if depthwise_fp32 and precision == "bf16" and depthwise_to_fp32(image):
         used.append("depthwise_fp32")
     if channels_last:
         image.register_forward_pre_hook(channels_last_inputs)
         used.append("image_channels_last")
     return used
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (has `mallopt` and `gnu_get_libc_version`), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+
+
+@contextlib.contextmanager
+def heap_reuse(enabled: bool = True) -> Iterator[bool]:
+    """Inside: glibc serves large allocations from its heap and keeps freed memory for reuse (no `mmap`, no
+    trimming), so a training step reuses the previous step's pages instead of faulting in new ones; yields
+    whether that is in effect. On exit glibc's defaults come back and the kept memory goes back to the OS."""
+    libc = _glibc() if enabled else None
+    on = libc is not None and libc.mallopt(M_MMAP_MAX, 0) == 1
+    if on:
+        libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    try:
+        yield on
+    finally:
+        if on:
+            for param, value in GLIBC_DEFAULTS.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
 
 
 class CompiledOrEager(nn.Module):
