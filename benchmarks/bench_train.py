@@ -43,8 +43,8 @@ from effiminivlm.data.loader import text_lengths
 from effiminivlm.data.prepare import prepare, read_prepared
 from effiminivlm.data.realistic import write_hi_res_catalog
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.runtime import default_num_workers, fetch_threads
-from effiminivlm.training.loop import _loader, train_step
+from effiminivlm.runtime import default_num_workers
+from effiminivlm.training.loop import _loader, train_fetch_threads, train_step
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.optim import param_groups
 from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
@@ -66,7 +66,7 @@ class TrainConfig(NamedTuple):
     channels_last: bool
     compile: bool
     fast_dropout: bool = False
-    fetch_threads: bool = False  # with 0 workers: a batch's images decoded on every core
+    fetch_threads: bool = False  # decode threads as training uses them (training.loop.train_fetch_threads)
     reuse_memory: bool = False  # glibc keeps freed memory for the next step (training.speed.heap_reuse)
 
 
@@ -140,7 +140,8 @@ def time_config(cfg: TrainConfig, base: torch.nn.Module, recipe: Any, data: Path
         started = time.perf_counter()
         loader = _loader(ds, processor.collator(), batch_size, cfg.workers, shuffle_seed=tc.seed, epoch=1,
                          lengths=lengths,
-                         fetch_threads=fetch_threads(cfg.workers) if cfg.fetch_threads else 1)
+                         fetch_threads=train_fetch_threads(recipe.data, cfg.workers, False)
+                         if cfg.fetch_threads else 1)
         it = iter(loader)
         first_batch_s = None
         marks: list[tuple[float, int, int]] = []  # (time after the step, items, padded tokens)
@@ -212,11 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = create_model(recipe.model, pretrained=True)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
     tc = recipe.train
+    workers = default_num_workers(recipe.data.num_workers)
     fast = TrainConfig(bucket=recipe.data.bucket_by_length, draft=recipe.data.draft_decode,
-                       workers=default_num_workers(recipe.data.num_workers), fused_adamw=tc.fused_adamw,
+                       workers=workers, fused_adamw=tc.fused_adamw,
                        depthwise_fp32=tc.depthwise_fp32, channels_last=tc.image_channels_last,
                        compile=tc.compile, fast_dropout=tc.fast_dropout,
-                       fetch_threads=recipe.data.num_workers == 0 and recipe.data.augment == "none",
+                       fetch_threads=train_fetch_threads(recipe.data, workers, False) > 1,
                        reuse_memory=tc.reuse_memory)
     configs = configurations(fast, with_compile=args.compile)
     if args.configs:

@@ -20,11 +20,12 @@ from effiminivlm.data.loader import (
     LengthSortedBatches,
     RowCollator,
     RowDataset,
-    ThreadedFetch,
     restore_order,
     text_lengths,
+    with_fetch_threads,
 )
 from effiminivlm.runtime import autocast
+from effiminivlm.runtime import fetch_threads as decode_threads  # make_loader's parameter has the name
 
 
 @dataclass
@@ -103,6 +104,14 @@ def image_mode(model: torch.nn.Module, images: str) -> str:
     return images if getattr(model, "image_encoder", None) is not None else "none"
 
 
+def fast_loading(fast: bool, num_workers: int) -> dict[str, Any]:
+    """`make_loader`'s options for the fast path (`fast`) or the exact one: length-sorted batches, draft JPEG
+    decoding, uint8 pixels and, loading in the main process, a batch's images decoded on every core. The
+    scorer and `evaluate` both load this way."""
+    return {"sort_by_length": fast, "draft": fast, "raw_pixels": fast,
+            "fetch_threads": decode_threads(num_workers) if fast else 1}
+
+
 def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
                 pad_to_max: bool = False, decoded: Any = None, sort_by_length: bool = False,
@@ -124,11 +133,9 @@ def make_loader(model: torch.nn.Module, tokenizer: Any, table: Any, store: Any =
     ds = processor.dataset(table, store, image_mode(model, images), decoded=decoded, draft=draft,
                            raw_pixels=raw)
     collate = processor.collator(pad_to_max=pad_to_max)
-    threaded = fetch_threads > 1 and num_workers == 0
     if sort_by_length and not pad_to_max:
-        rows = RowDataset(ds)
-        return DataLoader(ThreadedFetch(rows, fetch_threads) if threaded else rows,
+        return DataLoader(with_fetch_threads(RowDataset(ds), fetch_threads, num_workers),
                           batch_sampler=LengthSortedBatches(text_lengths(ds), batch_size),
                           num_workers=num_workers, collate_fn=RowCollator(collate))
-    return DataLoader(ThreadedFetch(ds, fetch_threads) if threaded else ds, batch_size=batch_size,
+    return DataLoader(with_fetch_threads(ds, fetch_threads, num_workers), batch_size=batch_size,
                       shuffle=False, num_workers=num_workers, collate_fn=collate)

@@ -221,3 +221,37 @@ print(json.dumps(out))
     assert got["plain"]["mapped_mb"] >= 250 and got["plain"]["kept_mb"] < 64  # mmap'd, unmapped on free
     assert got["inside"]["mapped_mb"] < 64 and got["inside"]["kept_mb"] >= 250  # heap, kept for reuse
     assert got["after"]["mapped_mb"] >= 250 and got["after"]["kept_mb"] < 64  # glibc's defaults again
+
+
+def test_train_applies_fast_dropout_and_scopes_memory_reuse_to_the_run(tiny_recipe, prepared, tmp_path,
+                                                                        monkeypatch):
+    import contextlib
+
+    scopes: list[str] = []
+
+    @contextlib.contextmanager
+    def spy(enabled: bool = True):
+        scopes.append(f"enter {enabled}")
+        try:
+            yield enabled
+        finally:
+            scopes.append("exit")
+
+    monkeypatch.setattr(loop, "heap_reuse", spy)
+    logs: list[str] = []
+    summary = _train(tiny_recipe, prepared, tmp_path / "run", logs)
+    assert scopes == ["enter True", "exit"]
+    assert {"fast_dropout", "reuse_memory"} <= set(summary["levers"])
+    assert any(line.startswith("training levers:") and "fast_dropout" in line for line in logs)
+    model, _tok = load_model(tmp_path / "run" / "model")  # saved as before: a plain SDPA tower
+    assert model.text_encoder.bert.config._attn_implementation == "sdpa"
+    # a run that fails mid-way still leaves the scope (glibc's defaults come back)
+    scopes.clear()
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        _train(tiny_recipe, prepared, tmp_path / "failed")
+    assert scopes == ["enter True", "exit"]
+    tiny_recipe.train.fast_dropout, tiny_recipe.train.reuse_memory = False, False
+    monkeypatch.undo()
+    off = _train(tiny_recipe, prepared, tmp_path / "off")
+    assert not {"fast_dropout", "reuse_memory"} & set(off["levers"])

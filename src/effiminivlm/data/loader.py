@@ -104,6 +104,13 @@ class ThreadedFetch(torch.utils.data.Dataset[Any]):
             self._pool.shutdown(wait=False)
 
 
+def with_fetch_threads(dataset: torch.utils.data.Dataset[Any], threads: int, num_workers: int
+                       ) -> torch.utils.data.Dataset[Any]:
+    """`dataset` as a DataLoader with `num_workers` should read it: wrapped in `ThreadedFetch` when loading
+    runs in the main process and more than one thread is asked for, else unchanged."""
+    return ThreadedFetch(dataset, threads) if threads > 1 and num_workers == 0 else dataset
+
+
 class RowCollator:
     """`Collator` plus `"row"` [B] (int64): the input row of each batch item, whatever order batches run."""
 

@@ -21,12 +21,11 @@ from effiminivlm.evaluation.conformal import coverage_report, load_conformal, re
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.evaluation.report import render_markdown, write_report
 from effiminivlm.files import atomic_write_text, write_json
-from effiminivlm.inference import SCORE_RANGE, image_mode, make_loader, run_inference
+from effiminivlm.inference import SCORE_RANGE, fast_loading, image_mode, make_loader, run_inference
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import (
     default_num_workers,
-    fetch_threads,
     resolve_device,
     resolve_precision,
     scoring_threads,
@@ -53,8 +52,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     fast = prec != "fp32"  # the fast path below fp32 (see serving.scorer.Scorer); fp32 is the exact one
     workers = default_num_workers(num_workers)
     loader = make_loader(model, tokenizer, table, store, images=mode, batch_size=batch_size,
-                         num_workers=workers, sort_by_length=fast, draft=fast, raw_pixels=fast,
-                         fetch_threads=fetch_threads(workers) if fast else 1)
+                         num_workers=workers, **fast_loading(fast, workers))
     with torch_threads(scoring_threads(workers, dev) if fast else None):  # see serving.scorer.Scorer
         runner = optimize_for_inference(model, dev, prec)
         res = run_inference(runner, loader, dev, prec, progress=progress, desc="score")

@@ -21,6 +21,7 @@ probability is quantised to 1/65536 (p = 0.1 drops 6554/65536 = 0.100006 of the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,12 +37,15 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     generator runs once per four elements; a signed word below `thr` has probability (thr + 2^15) / 2^16."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2 ** 63), None)
     thr = round(p * 65536) - 32768
     return (words.view(torch.int16)[:n] < thr).view(shape)
+
+
+def _zeroed(x: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """`x` with the elements where `drop` is True set to 0 (one pass, no rescale)."""
+    return torch.where(drop, x.new_zeros(()), x)
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -67,13 +71,12 @@ class _SoftmaxDropout(torch.autograd.Function):
             probs = torch.softmax(scores, dim=-1)
         drop = drop_mask(probs.shape, p, probs.device)
         ctx.save_for_backward(probs, drop)
-        return torch.where(drop, probs.new_zeros(()), probs)
+        return _zeroed(probs, drop)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         probs, drop = ctx.saved_tensors
-        grad = torch.where(drop, grad.new_zeros(()), grad)
-        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None
+        return torch._softmax_backward_data(_zeroed(grad, drop), probs, -1, probs.dtype), None
 
 
 def dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -107,7 +110,7 @@ class MaskDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return torch.where(drop_mask(x.shape, self.p, x.device), x.new_zeros(()), x) * (1.0 / (1.0 - self.p))
+        return _zeroed(x, drop_mask(x.shape, self.p, x.device)) * (1.0 / (1.0 - self.p))
 
 
 def _register() -> None:

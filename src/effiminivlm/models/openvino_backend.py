@@ -85,12 +85,9 @@ class OpenVINOTower(TowerWrapper):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy() for t in inputs]
-        reqs = self._requests()
         n = feeds[0].shape[0]
-        if self.streams == 1 or n < self.streams:
-            out = reqs[0].infer(feeds)
-            return torch.from_numpy(np.array(next(iter(out.values())), dtype=np.float32, copy=True))
-        cuts = np.linspace(0, n, self.streams + 1).round().astype(int)
+        reqs = self._requests()[:self.streams if n >= self.streams else 1]  # a slice per stream
+        cuts = np.linspace(0, n, len(reqs) + 1).round().astype(int)
         for req, lo, hi in zip(reqs, cuts[:-1], cuts[1:], strict=True):
             req.start_async([np.ascontiguousarray(f[lo:hi]) for f in feeds])
         parts = []

@@ -57,12 +57,19 @@ class PathConfig:
     threads: int | None = None
     fetch_threads: int | None = None  # decode threads in the main process; None: runtime.fetch_threads
 
+    def decode_threads(self) -> int:
+        """Threads that decode a batch's images: 1 on the exact path, else `fetch_threads` or the default of
+        `runtime.fetch_threads` (every core when loading in the main process)."""
+        if self.precision == "fp32":
+            return 1
+        return self.fetch_threads if self.fetch_threads is not None else fetch_threads(self.num_workers)
+
     def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
         """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
         that really ran (`fast_levers` of the optimised model: a backend may have fallen back); `threads`:
         the model's thread count when the path sets one (default: the cores the loader workers leave)."""
         out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
-        fetch = self.fetch_threads if self.fetch_threads is not None else fetch_threads(self.num_workers)
+        fetch = self.decode_threads()
         if self.precision != "fp32":
             out += [lever for lever in (self.levers.used() if used is None else used)
                     if lever != "bf16_weights" or self.precision == "bf16"]
@@ -71,7 +78,7 @@ class PathConfig:
                 "JPEG draft decode" if self.draft and fast else None,
                 "uint8 pixels, batched normalise" if self.raw_pixels and fast else None,
                 f"{self.num_workers} loader worker(s)" if self.num_workers else None,
-                f"{fetch} decode thread(s)" if fast and fetch > 1 else None,
+                f"{fetch} decode thread(s)" if fetch > 1 else None,
                 f"model on {threads or self.threads} thread(s)" if (threads or self.threads) else None]
         return [t for t in out if t]
 
@@ -220,14 +227,12 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
     fast = cfg.precision != "fp32"
     threads = cfg.threads if cfg.threads is not None else (
         scoring_threads(cfg.num_workers, device) if fast else None)
-    fetch = 1 if not fast else (
-        cfg.fetch_threads if cfg.fetch_threads is not None else fetch_threads(cfg.num_workers))
 
     def score(runner: torch.nn.Module, part: pa.Table) -> np.ndarray:
         loader = make_loader(model, tokenizer, part, store, batch_size=batch_size,
                              num_workers=cfg.num_workers,
                              sort_by_length=cfg.sort_by_length and fast, draft=cfg.draft and fast,
-                             raw_pixels=cfg.raw_pixels and fast, fetch_threads=fetch)
+                             raw_pixels=cfg.raw_pixels and fast, fetch_threads=cfg.decode_threads())
         return run_inference(runner, loader, device, cfg.precision, progress=False).pred
 
     with torch_threads(threads):  # before building too: an OpenVINO tower keeps the count it is built with

@@ -59,6 +59,14 @@ def _inputs(part: str, batch: dict[str, Any]) -> tuple[Any, ...]:
     return batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["has_image"]
 
 
+def _one_pass(run: torch.nn.Module, part: str, batches: list[dict[str, Any]], device: torch.device) -> None:
+    """`run` over every batch's inputs for `part`, finished (CUDA synchronised) when it returns."""
+    for b in batches:
+        run(*(t.to(device) for t in _inputs(part, b)))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: list[dict[str, Any]],
                 device: torch.device, precision: str, warmup: int = 1,
                 flops_cache: dict[str, int] | None = None) -> list[TowerRate]:
@@ -84,15 +92,9 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
         flops = cache[part]
         with torch.inference_mode(), autocast(device, precision):
             for _ in range(warmup):
-                for b in usable:
-                    run(*(t.to(device) for t in _inputs(part, b)))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+                _one_pass(run, part, usable, device)
             start = time.perf_counter()
-            for b in usable:
-                run(*(t.to(device) for t in _inputs(part, b)))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _one_pass(run, part, usable, device)
             seconds = time.perf_counter() - start
         n = sum(len(b["item_id"]) for b in usable)
         out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 6),

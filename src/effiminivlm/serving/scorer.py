@@ -21,12 +21,18 @@ from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
-from effiminivlm.inference import SCORE_RANGE, InferenceResult, image_mode, make_loader, run_inference
+from effiminivlm.inference import (
+    SCORE_RANGE,
+    InferenceResult,
+    fast_loading,
+    image_mode,
+    make_loader,
+    run_inference,
+)
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import (
     default_num_workers,
-    fetch_threads,
     resolve_device,
     resolve_precision,
     scoring_threads,
@@ -94,9 +100,7 @@ class Scorer:
         `decoded`: per-row images already in memory (uploads), used instead of the row's references."""
         return make_loader(self.model, self.tokenizer, table, store, images=self.images,
                            batch_size=self.batch_size, num_workers=self.num_workers, pad_to_max=pad_to_max,
-                           decoded=decoded, sort_by_length=self.fast, draft=self.fast,
-                           raw_pixels=self.fast,
-                           fetch_threads=fetch_threads(self.num_workers) if self.fast else 1)
+                           decoded=decoded, **fast_loading(self.fast, self.num_workers))
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True,
                     decoded: Sequence[Sequence[Image.Image] | None] | None = None) -> InferenceResult:

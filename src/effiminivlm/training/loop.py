@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-from effiminivlm.config import Recipe, from_dict
+from effiminivlm.config import DataCfg, Recipe, from_dict
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.labels import attach_categories
-from effiminivlm.data.loader import BucketedShuffledBatches, ThreadedFetch, text_lengths
+from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths, with_fetch_threads
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.classification import sigmoid, tune_thresholds, validation_metrics
@@ -91,8 +91,7 @@ def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_si
     global batch holds the items of the single-process step (`batch_size` is then the per-rank share).
     `pin_memory` (CUDA): batches land in page-locked memory, so the copy to the GPU is a DMA."""
     sampler: torch.utils.data.Sampler[int] | None = None
-    if workers == 0 and fetch_threads > 1:
-        ds = ThreadedFetch(ds, fetch_threads)  # type: ignore[assignment]  (same items, same order)
+    ds = with_fetch_threads(ds, fetch_threads, workers)  # type: ignore[assignment]  (same items, order)
     if shuffle_seed is not None and lengths is not None and not (dist is not None and dist.enabled):
         batches = BucketedShuffledBatches(lengths, batch_size, shuffle_seed + epoch)  # data.bucket_by_length
         return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
@@ -104,6 +103,13 @@ def _loader(ds: ProductDataset, collate: Callable[..., dict[str, Any]], batch_si
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(shuffle_seed + epoch))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                       num_workers=workers, persistent_workers=False, pin_memory=pin_memory)
+
+
+def train_fetch_threads(data: DataCfg, workers: int, distributed: bool) -> int:
+    """Decode threads for training's loader (`runtime.fetch_threads`), only where the training transform
+    draws no random numbers (threads would share one generator in a scheduling-dependent order: runs would
+    not repeat) and one process has the cores (torchrun ranks already split them)."""
+    return fetch_threads(workers) if data.augment == "none" and not distributed else 1
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, precision: str,
@@ -201,9 +207,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     lengths = text_lengths(train_ds) if recipe.data.bucket_by_length and not dist.enabled else None
     collate = processor.collator()
     workers = default_num_workers(recipe.data.num_workers)
-    # decode threads only where the transform draws no random numbers (threads would share one generator in
-    # a scheduling-dependent order) and one process has the cores (torchrun ranks already split them)
-    fetch = fetch_threads(workers) if recipe.data.augment == "none" and not dist.enabled else 1
+    fetch = train_fetch_threads(recipe.data, workers, dist.enabled)
     val_loader = _loader(distributed.shard(val_ds, dist), collate, tc.eval_batch_size, workers,
                          shuffle_seed=None, fetch_threads=fetch)
 

@@ -210,8 +210,6 @@ class CompiledOrEager(nn.Module):
 def _compile_backward_now() -> Any:
     """Compile the backward graph together with the forward (AOTAutograd otherwise compiles a static graph's
     backward lazily, inside `loss.backward()`, where a failure could not fall back cleanly)."""
-    import contextlib
-
     try:
         from torch._functorch import config as functorch_config
     except ImportError:
