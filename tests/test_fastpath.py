@@ -139,12 +139,14 @@ def test_optimized_copy_has_bf16_towers_fp32_head_and_close_scores(tiny, prepare
     assert int8.text_encoder.num_features == model.text_encoder.num_features
 
 
-def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, prepared,
-                                                                          monkeypatch) -> None:
+def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, prepared, monkeypatch,
+                                                                          tmp_path) -> None:
     import openvino as ov
 
     from effiminivlm.models import openvino_backend
 
+    # a cache of its own: other tests of this worker convert towers of the same tiny model into the shared one
+    monkeypatch.setenv("EFFIMINIVLM_CACHE", str(tmp_path / "cache"))
     model, tok = tiny
     table = read_prepared(prepared, "test")
     exact = run_inference(model, make_loader(model, tok, table, batch_size=8), CPU, "fp32", progress=False)
