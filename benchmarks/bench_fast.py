@@ -5,8 +5,9 @@ builds the offline recipe with its pretrained towers and a head fitted by ridge 
 items' features (the measured items stay out of the fit; `--model DIR` measures a trained model instead),
 then runs `benchmark --baseline reference --ablation` on the same items: reference pipeline, fp32 "no
 acceleration", the fast path, each lever flipped, parity (fast vs fp32: PLCC change, max / mean abs diff,
-correlation), model-only GFLOP/s of each tower next to the bf16 / fp32 matmul peak it measures, and where the
-text tower's time goes. About 9 minutes on 2 idle cores (more with --compile).
+correlation), model-only GFLOP/s of each tower next to the bf16 / fp32 matmul peak it measures, where the
+text tower's time goes, and its ceiling (its matrix products and attention each timed alone: the most any
+backend with kernels that fast could reach). About 9 minutes on 2 idle cores (more with --compile).
 
 The fitted head is a hard case for parity: ~160 items of weak signal give predictions that barely vary (sd
 ~0.04 on the 1-5 scale, out-of-sample PLCC ~0.05), so the same rounding moves its PLCC more than a trained

@@ -367,9 +367,11 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     bd = report["text_tower_breakdown"]  # where the fast text tower's time went, shares of one forward
     assert abs(bd["matmul_time_share"] + bd["attention_time_share"] + bd["other_time_share"] - 1) < 0.01
     assert bd["matmul_gflop_per_s"] > 0 and bd["matmul_time_share"] > 0
+    assert bd["ceiling_gflop_per_s"] > 0 and bd["alone_attention_ms"] > 0  # the isolated-op ceiling
     assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
     md = (tmp_path / "t3.md").read_text()
     assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md
+    assert "Ceiling of the text tower" in md
     assert "| fast |" in capsys.readouterr().out
     assert main([*args[:2], "best", *args[3:]]) == 2
     assert "--baseline must be one of reference" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from effiminivlm.protocol.flops import count_flops
 from effiminivlm.runtime import autocast
@@ -104,15 +105,84 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
 
 #: Profiler op names whose time is matrix-multiply work (linear layers run as addmm / mm on a CPU).
 MATMUL_OPS = ("addmm", "mm", "bmm", "_addmm_activation")
+#: The ops whose work the FLOP count is made of, at the level a forward under inference mode calls them
+#: (`linear` and `scaled_dot_product_attention` arrive whole; `mm` / `bmm` / `matmul` from other code).
+COUNTED_OPS = (*MATMUL_OPS, "linear", "matmul", "baddbmm", "scaled_dot_product_attention",
+               "_scaled_dot_product_flash_attention_for_cpu")
+
+
+@dataclass
+class IsolatedOp:
+    """One distinct counted call of a forward (op and input shapes), how often it ran and its best time
+    run alone."""
+
+    op: str
+    shapes: list[list[int]]
+    calls: int
+    seconds: float  # best single run alone
+
+    @property
+    def kind(self) -> str:
+        return "attention" if "scaled_dot_product" in self.op else "matmul"
+
+
+class _CountedCalls(TorchDispatchMode):
+    """Records, per distinct (op, input shapes, arguments), the first call's inputs and how often it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[Any, list[Any]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func.__name__.split(".")[0] in COUNTED_OPS:
+            key = (func, *(tuple(a.shape) if isinstance(a, torch.Tensor) else repr(a) for a in args),
+                   repr(sorted(kwargs.items())))
+            if key in self.calls:
+                self.calls[key][0] += 1
+            else:
+                kept = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+                self.calls[key] = [1, func, kept, kwargs]
+        return func(*args, **kwargs)
+
+
+def isolated_ops(runner: torch.nn.Module, inputs: tuple[Any, ...], device: torch.device,
+                 repeats: int = 5) -> list[IsolatedOp]:
+    """Every distinct matrix product and attention call of one forward of `runner`, each timed alone
+    (same inputs, best of `repeats` after one warmup) and weighted by how often the forward calls it.
+
+    Why: their summed time is the least a forward can take with this machine's kernels; the tower's FLOPs
+    over it are the rate a tower doing nothing else (no LayerNorm, GELU, residual adds, copies) would
+    reach: the ceiling that an achieved "% of peak" is read against."""
+    mode = _CountedCalls()
+    with torch.inference_mode():
+        with mode:
+            runner(*inputs)
+        out = []
+        for calls, func, args, kwargs in mode.calls.values():
+            func(*args, **kwargs)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                func(*args, **kwargs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best = min(best, time.perf_counter() - start)
+            shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            out.append(IsolatedOp(func.__name__, shapes, calls, best))
+    return out
 
 
 def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tuple[Any, ...],
                  device: torch.device, precision: str, repeats: int = 2) -> dict[str, float]:
     """Where one forward of `runner` spends its time: matmuls, attention, the rest (bias copies, GELU,
     LayerNorm, residual adds, layout copies), each as a share of the time and, for the first two, at what
-    rate. Why: "% of peak" of a whole tower mixes matmuls, which can run near the peak, with elementwise ops
-    that are bound by memory; the split says which one a tower's rate is waiting on. FLOPs come from
-    `reference` (fp32, the same function), time from torch.profiler's self time per op (after one warmup)."""
+    rate; and its ceiling (`isolated_ops`): the rate it would reach if its matrix products and attention
+    ran as fast as each does alone and nothing else took time. Why: "% of peak" of a whole tower mixes
+    matmuls, which can run near the peak, with attention (its softmax) and elementwise ops bound by
+    memory; the split says which one a tower's rate is waiting on, the ceiling how far any backend could
+    take it on this machine. FLOPs come from `reference` (fp32, the same function), time from
+    torch.profiler's self time per op (after one warmup)."""
     from torch.profiler import ProfilerActivity, profile
 
     flops = count_flops(reference, inputs)
@@ -123,14 +193,19 @@ def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tu
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 runner(*inputs)
+        alone = isolated_ops(runner, inputs, device)
     times: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     for ev in prof.key_averages():
         op = ev.key.removeprefix("aten::")
         kind = "matmul" if op in MATMUL_OPS else "attention" if "scaled_dot_product" in op else "other"
         times[kind] += ev.self_cpu_time_total / 1e6 / repeats  # seconds per forward
+    floor = {k: sum(o.calls * o.seconds for o in alone if o.kind == k) for k in ("matmul", "attention")}
     total = sum(times.values()) or float("nan")
     return {"matmul_time_share": round(times["matmul"] / total, 3),
             "attention_time_share": round(times["attention"] / total, 3),
             "other_time_share": round(times["other"] / total, 3),
             "matmul_gflop_per_s": round(mm_flops / 1e9 / max(times["matmul"], 1e-9), 1),
-            "attention_gflop_per_s": round(flops.attention / 1e9 / max(times["attention"], 1e-9), 1)}
+            "attention_gflop_per_s": round(flops.attention / 1e9 / max(times["attention"], 1e-9), 1),
+            "alone_matmul_ms": round(floor["matmul"] * 1e3, 2),
+            "alone_attention_ms": round(floor["attention"] * 1e3, 2),
+            "ceiling_gflop_per_s": round(flops.total / 1e9 / max(sum(floor.values()), 1e-9), 1)}

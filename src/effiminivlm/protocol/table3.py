@@ -211,4 +211,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{mm_share}; attention {bd['attention_time_share']:.0%} at {bd['attention_gflop_per_s']} "
                   "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: "
                   f"memory-bound, no FLOPs counted) {bd['other_time_share']:.0%}."]
+        if bd.get("ceiling_gflop_per_s"):
+            ceiling = bd["ceiling_gflop_per_s"]
+            ceil_share = f" = {ceiling / bf16_peak:.0%} of the bf16 peak" if bf16_peak else ""
+            lines += ["", "Ceiling of the text tower on this machine (same batch): its matrix products take "
+                      f"{bd['alone_matmul_ms']} ms and its attention {bd['alone_attention_ms']} ms when each "
+                      "runs alone (PyTorch kernels, best of 5); a tower doing nothing else would reach "
+                      f"{ceiling} GFLOP/s{ceil_share}: the most it can reach with kernels as fast as "
+                      "these, even with LayerNorm, GELU and residual adds fused away."]
     return "\n".join(lines) + "\n"
