@@ -100,8 +100,9 @@ class ThreadedFetch(torch.utils.data.Dataset[Any]):
         return {**self.__dict__, "_pool": None}
 
     def __del__(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        pool = getattr(self, "_pool", None)  # absent when __init__ refused its arguments
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def with_fetch_threads(dataset: torch.utils.data.Dataset[Any], threads: int, num_workers: int

@@ -206,6 +206,6 @@ def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tu
             "other_time_share": round(times["other"] / total, 3),
             "matmul_gflop_per_s": round(mm_flops / 1e9 / max(times["matmul"], 1e-9), 1),
             "attention_gflop_per_s": round(flops.attention / 1e9 / max(times["attention"], 1e-9), 1),
-            "alone_matmul_ms": round(floor["matmul"] * 1e3, 2),
-            "alone_attention_ms": round(floor["attention"] * 1e3, 2),
+            "alone_matmul_ms": round(floor["matmul"] * 1e3, 4),
+            "alone_attention_ms": round(floor["attention"] * 1e3, 4),
             "ceiling_gflop_per_s": round(flops.total / 1e9 / max(sum(floor.values()), 1e-9), 1)}
