@@ -358,6 +358,8 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     assert "length-sorted batches" in report["runs"][2]["techniques"]
     par = report["parity"]["fast_vs_fp32"]
     assert par["items"] == 12 and 0 < par["max_abs_diff"] < 0.01 and abs(par["plcc_change"]) < 0.5
+    lo, hi = par["plcc_change_ci95"]  # paired bootstrap over the 12 items
+    assert -2 <= lo <= hi <= 2
     assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
     parts = {(t["part"], t["precision"]) for t in report["model_only"]}
     assert ("text_encoder", "bf16") in parts and ("image_encoder", "fp32") in parts
@@ -371,7 +373,7 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     assert report["active_params_m"] > 0 and report["flops_g_canonical"] > 0 and report["warmup_batches"] == 1
     md = (tmp_path / "t3.md").read_text()
     assert "| reference pipeline |" in md and "x reference" in md and "share of peak" in md
-    assert "Ceiling of the text tower" in md
+    assert "Ceiling of the text tower" in md and "95% bootstrap" in md
     assert "| fast |" in capsys.readouterr().out
     assert main([*args[:2], "best", *args[3:]]) == 2
     assert "--baseline must be one of reference" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from effiminivlm.evaluation.metrics import (
     mae,
     metric_group,
     plcc,
+    plcc_change_interval,
     rmse,
     srcc,
 )
@@ -159,3 +160,17 @@ def test_rating_number_errors() -> None:
         compute_metrics(P4, T4, rating_numbers=[1, 2, math.nan, 4])
     with pytest.raises(ValueError, match="min_rating_number must be an integer"):
         compute_metrics(P4, T4, rating_numbers=[1, 2, 3, 4], min_rating_number=2.5)
+
+
+def test_plcc_change_interval_is_paired_seeded_and_widens_with_the_difference():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=1000)
+    base = 0.3 * y + rng.normal(size=1000)
+    assert plcc_change_interval(base, base, y) == (0.0, 0.0)  # paired: the same predictions never differ
+    near, far = base + 0.05 * rng.normal(size=1000), base + 0.5 * rng.normal(size=1000)
+    lo, hi = plcc_change_interval(near, base, y)
+    change = plcc(near, y) - plcc(base, y)
+    assert lo < change < hi and plcc_change_interval(near, base, y) == (lo, hi)  # same seed, same interval
+    far_lo, far_hi = plcc_change_interval(far, base, y)
+    assert far_hi - far_lo > 3 * (hi - lo)  # larger perturbations: a change other items would move more
+    assert all(math.isnan(v) for v in plcc_change_interval([1.0, 2.0], [1.0, 3.0], [0.0, 1.0]))

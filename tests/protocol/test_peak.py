@@ -44,4 +44,5 @@ def test_op_breakdown_ceiling_is_the_flops_over_the_isolated_time():
     total_ms = bd["alone_matmul_ms"] + bd["alone_attention_ms"]
     assert bd["alone_matmul_ms"] > 0 and bd["alone_attention_ms"] > 0
     expected = count_flops(block, x).total / 1e9 / (total_ms / 1e3)
-    assert bd["ceiling_gflop_per_s"] == pytest.approx(expected, rel=0.01)  # rounding only
+    # rounding only: the ceiling is reported to 0.1 GFLOP/s (a loaded machine can take it below 1)
+    assert bd["ceiling_gflop_per_s"] == pytest.approx(expected, rel=0.01, abs=0.06)

@@ -21,6 +21,7 @@ for both, the change, max / mean absolute difference).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from torchvision import transforms as T
 
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
-from effiminivlm.evaluation.metrics import plcc
+from effiminivlm.evaluation.metrics import plcc, plcc_change_interval
 from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
@@ -244,14 +245,17 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
 
 
 def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str, Any]:
-    """Fast vs exact predictions on the same items: PLCC of each against the targets, the change, and the
-    largest / mean absolute difference of the predictions."""
+    """Fast vs exact predictions on the same items: PLCC of each against the targets, the change with its
+    95% paired-bootstrap interval (how much other items would move it), and the largest / mean absolute
+    difference of the predictions."""
     ok = np.isfinite(target)
     p_fast = plcc(fast[ok], target[ok]) if ok.sum() > 2 else float("nan")
     p_exact = plcc(exact[ok], target[ok]) if ok.sum() > 2 else float("nan")
+    lo, hi = plcc_change_interval(fast[ok], exact[ok], target[ok]) if ok.sum() > 2 else (math.nan, math.nan)
     diff = np.abs(fast - exact)
     return {"items": int(len(fast)), "items_with_target": int(ok.sum()), "plcc_fast": round(p_fast, 6),
             "plcc_fp32": round(p_exact, 6), "plcc_change": round(p_fast - p_exact, 6),
+            "plcc_change_ci95": [round(lo, 6), round(hi, 6)],
             "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
             "mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
             "pred_sd_fp32": float(np.std(exact)) if len(exact) else 0.0,

@@ -181,15 +181,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         lines.append(f"| {r['name']} | {', '.join(r['techniques']) or 'none'} | {r['samples_per_s']:.1f} | "
                      f"{r['ms_per_sample']:.2f} | {r['speedup_vs_reference']:.2f} | {r['cpu_busy']:.2f} |")
-    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | max abs diff "
-              "| mean abs diff | corr with fp32 |", "| --- |" + " ---: |" * 7]
+    lines += ["", "| parity (vs fp32 exact) | items | PLCC fp32 | PLCC | change | change, 95% bootstrap "
+              "| max abs diff | mean abs diff | corr with fp32 |", "| --- |" + " ---: |" * 8]
     for name, p in report["parity"].items():
+        lo, hi = p.get("plcc_change_ci95") or (float("nan"), float("nan"))
         lines.append(f"| {name} | {p['items']} | {p['plcc_fp32']:.4f} | {p['plcc_fast']:.4f} | "
-                     f"{p['plcc_change']:+.5f} | {p['max_abs_diff']:.5f} | {p['mean_abs_diff']:.5f} | "
-                     f"{p.get('corr_fast_fp32', float('nan')):.5f} |")
+                     f"{p['plcc_change']:+.5f} | {lo:+.4f} to {hi:+.4f} | {p['max_abs_diff']:.5f} | "
+                     f"{p['mean_abs_diff']:.5f} | {p.get('corr_fast_fp32', float('nan')):.5f} |")
     sd = report["parity"].get("fast_vs_fp32", {}).get("pred_sd_fp32")
     if sd is not None:
-        lines.append(f"\nThe fp32 predictions' sd over these items: {sd:.4f} (differences read against it).")
+        lines.append(f"\nThe fp32 predictions' sd over these items: {sd:.4f} (differences read against it). "
+                     "The bootstrap interval is how far other items of the same kind would move the PLCC "
+                     "change: a change inside a wide interval is noise, not a measured loss or gain.")
     lines += ["", f"Model only (pre-collated batches, steady state: each batch's shape run once untimed "
               f"first). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
               f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
