@@ -217,9 +217,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         if bd.get("ceiling_gflop_per_s"):
             ceiling = bd["ceiling_gflop_per_s"]
             ceil_share = f" = {ceiling / bf16_peak:.0%} of the bf16 peak" if bf16_peak else ""
+            mm_ms, att_ms = bd["alone_matmul_ms"], bd["alone_attention_ms"]
             lines += ["", "Ceiling of the text tower on this machine (same batch): its matrix products take "
-                      f"{bd['alone_matmul_ms']} ms and its attention {bd['alone_attention_ms']} ms when each "
-                      "runs alone (PyTorch kernels, best of 5); a tower doing nothing else would reach "
+                      f"{mm_ms:.1f} ms and its attention {att_ms:.1f} ms when each runs alone "
+                      "(PyTorch kernels, best of 5); a tower doing nothing else would reach "
                       f"{ceiling} GFLOP/s{ceil_share}: the most it can reach with kernels as fast as "
                       "these, even with LayerNorm, GELU and residual adds fused away."]
     return "\n".join(lines) + "\n"
