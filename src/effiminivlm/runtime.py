@@ -50,6 +50,13 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA runs asynchronously; a timer read before it finishes measures
+    the launch, not the work); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MB. Linux: VmHWM of /proc/self/status, the high-water mark
     of this program's own memory; ru_maxrss would be wrong there for a process started by fork + exec (as

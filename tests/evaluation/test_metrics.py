@@ -174,3 +174,5 @@ def test_plcc_change_interval_is_paired_seeded_and_widens_with_the_difference():
     far_lo, far_hi = plcc_change_interval(far, base, y)
     assert far_hi - far_lo > 3 * (hi - lo)  # larger perturbations: a change other items would move more
     assert all(math.isnan(v) for v in plcc_change_interval([1.0, 2.0], [1.0, 3.0], [0.0, 1.0]))
+    tied = plcc_change_interval([1, 1, 1, 2, 3], [1, 2, 1, 2, 2], [0, 1, 0, 1, 2])  # constant resamples
+    assert all(math.isnan(v) for v in tied)

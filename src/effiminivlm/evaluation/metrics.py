@@ -19,6 +19,7 @@ protocol, so evaluation never imports a higher stage.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,13 +107,6 @@ def plcc(pred: Any, true: Any) -> float:
     return _plcc(*check_predictions(pred, true))
 
 
-def _rowwise_plcc(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """PLCC of each row of `p` [R, N] with the same row of `t` [R, N] (NaN where a row is constant)."""
-    pc, tc = p - p.mean(axis=1, keepdims=True), t - t.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pc * tc).sum(axis=1) / np.sqrt((pc * pc).sum(axis=1) * (tc * tc).sum(axis=1))
-
-
 def plcc_change_interval(pred: Any, base: Any, true: Any, resamples: int = 2000, seed: int = 0,
                          level: float = 0.95) -> tuple[float, float]:
     """Paired bootstrap interval of PLCC(pred, true) - PLCC(base, true): the items resampled with
@@ -120,19 +114,23 @@ def plcc_change_interval(pred: Any, base: Any, true: Any, resamples: int = 2000,
 
     Why: two nearly equal predictors (a fast path and its exact twin) differ in PLCC by an amount that other
     items would change; the interval says how much, so a PLCC change is read against its own noise rather
-    than taken as exact. Seeded: the same inputs give the same interval."""
+    than taken as exact. Seeded: the same inputs give the same interval. NaN when fewer than 3 items, or
+    when some resample has a constant side (few, heavily tied items: too little to bootstrap). The
+    resampling is scipy's (`stats.bootstrap`, paired, percentile method)."""
     p, t = check_predictions(pred, true)
     b, _ = check_predictions(base, true)
-    if len(t) < 3:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(t), size=(resamples, len(t)))
-    diff = _rowwise_plcc(p[idx], t[idx]) - _rowwise_plcc(b[idx], t[idx])
-    diff = diff[np.isfinite(diff)]
-    if not len(diff):
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(diff, [tail, 100 - tail])
-    return float(lo), float(hi)
+    if _undefined_correlation(p, t) or _undefined_correlation(b, t) or len(t) < 3:
+        return math.nan, math.nan
+
+    def change(p: np.ndarray, b: np.ndarray, t: np.ndarray, axis: int = -1) -> np.ndarray:
+        return stats.pearsonr(p, t, axis=axis).statistic - stats.pearsonr(b, t, axis=axis).statistic
+
+    with warnings.catch_warnings():  # a constant-side resample warns and makes the interval NaN
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap((p, b, t), change, paired=True, vectorized=True, n_resamples=resamples,
+                             confidence_level=level, method="percentile",
+                             random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def srcc(pred: Any, true: Any) -> float:

@@ -21,7 +21,6 @@ for both, the change, max / mean absolute difference).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,7 +250,7 @@ def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str,
     ok = np.isfinite(target)
     p_fast = plcc(fast[ok], target[ok]) if ok.sum() > 2 else float("nan")
     p_exact = plcc(exact[ok], target[ok]) if ok.sum() > 2 else float("nan")
-    lo, hi = plcc_change_interval(fast[ok], exact[ok], target[ok]) if ok.sum() > 2 else (math.nan, math.nan)
+    lo, hi = plcc_change_interval(fast[ok], exact[ok], target[ok])  # NaN for < 3 items, as the PLCCs
     diff = np.abs(fast - exact)
     return {"items": int(len(fast)), "items_with_target": int(ok.sum()), "plcc_fast": round(p_fast, 6),
             "plcc_fp32": round(p_exact, 6), "plcc_change": round(p_fast - p_exact, 6),

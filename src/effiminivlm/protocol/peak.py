@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from effiminivlm.protocol.flops import count_flops
-from effiminivlm.runtime import autocast
+from effiminivlm.runtime import autocast, synchronize
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
@@ -64,8 +64,7 @@ def _one_pass(run: torch.nn.Module, part: str, batches: list[dict[str, Any]], de
     """`run` over every batch's inputs for `part`, finished (CUDA synchronised) when it returns."""
     for b in batches:
         run(*(t.to(device) for t in _inputs(part, b)))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
 
 
 def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: list[dict[str, Any]],
@@ -123,7 +122,12 @@ class IsolatedOp:
 
     @property
     def kind(self) -> str:
-        return "attention" if "scaled_dot_product" in self.op else "matmul"
+        return "attention" if _is_attention(self.op) else "matmul"
+
+
+def _is_attention(op: str) -> bool:
+    """Whether an op name (aten's, with or without overload or namespace) is an attention kernel."""
+    return "scaled_dot_product" in op
 
 
 class _CountedCalls(TorchDispatchMode):
@@ -161,12 +165,12 @@ def isolated_ops(runner: torch.nn.Module, inputs: tuple[Any, ...], device: torch
         out = []
         for calls, func, args, kwargs in mode.calls.values():
             func(*args, **kwargs)
+            synchronize(device)
             best = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
                 func(*args, **kwargs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 best = min(best, time.perf_counter() - start)
             shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
             out.append(IsolatedOp(func.__name__, shapes, calls, best))
@@ -197,7 +201,7 @@ def op_breakdown(reference: torch.nn.Module, runner: torch.nn.Module, inputs: tu
     times: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     for ev in prof.key_averages():
         op = ev.key.removeprefix("aten::")
-        kind = "matmul" if op in MATMUL_OPS else "attention" if "scaled_dot_product" in op else "other"
+        kind = "matmul" if op in MATMUL_OPS else "attention" if _is_attention(op) else "other"
         times[kind] += ev.self_cpu_time_total / 1e6 / repeats  # seconds per forward
     floor = {k: sum(o.calls * o.seconds for o in alone if o.kind == k) for k in ("matmul", "attention")}
     total = sum(times.values()) or float("nan")

@@ -54,6 +54,7 @@ from effiminivlm.runtime import (
     peak_rss_mb,
     resolve_device,
     resolve_precision,
+    synchronize,
     torch_threads,
 )
 
@@ -145,11 +146,6 @@ def _load_avg() -> float | None:
         return None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ------------------------------------------------------------------------------------------- planning
 
 def expand_choice(value: str, choices: tuple[str, ...], what: str, both: tuple[str, ...] | None = None
@@ -224,13 +220,13 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
     def forward(batch: dict[str, Any]) -> None:
         with autocast(dev, prec):
             forward_batch(model, batch, dev)
-        _sync(dev)
+        synchronize(dev)
 
     batch_s: list[float] = []
     mem: dict[str, Any] = {}
 
     def start_clock() -> float:
-        _sync(dev)
+        synchronize(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         mem["rss_before"] = current_rss_mb()
