@@ -117,7 +117,7 @@ import json, sys
 from effiminivlm.config import load_recipe
 from effiminivlm.errors import WeightsError
 from effiminivlm.models.factory import create_tokenizer
-from effiminivlm.protocol.runtime import current_rss_mb, run_benchmark
+from effiminivlm.bench.throughput import current_rss_mb, run_benchmark
 name, data, out, batch_size, batches, fallback = sys.argv[1:]
 before = current_rss_mb()  # everything imported, no model yet
 recipe, note = load_recipe(name), None

@@ -1,5 +1,6 @@
-"""Imports point one way: base -> data -> models -> inference -> evaluation -> training -> protocol -> serving
--> cli. A module importing a higher stage, even inside a function, fails here with its file and line."""
+"""Imports point one way: base -> data -> models -> inference -> evaluation -> training -> protocol -> bench
+-> serving -> cli. A module importing a higher stage, even inside a function, fails here with its file and
+line."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ STAGES: dict[str, int] = {
     "evaluation": 4,
     "training": 5,
     "protocol": 6,
-    "serving": 7,
-    "cli": 8, "__init__": 8,
+    "bench": 7,
+    "serving": 8,
+    "cli": 9, "__init__": 9,
 }
 
 

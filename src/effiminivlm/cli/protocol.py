@@ -35,8 +35,8 @@ def profile_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
     """Params, FLOPs, resource cost C, efficiency E (and CES) by the LoViF 2026 protocol."""
+    from effiminivlm.cli.tables import print_profile
     from effiminivlm.protocol.profile import run_profile
-    from effiminivlm.protocol.tables import print_profile
 
     _writable(json_out, "--json", "file")
     _writable(plot, "--plot", "file")
@@ -59,8 +59,8 @@ def score_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
     """Score a submission as the leaderboard does: PLCC, C, E, CES and the would-be rank."""
+    from effiminivlm.cli.tables import print_score
     from effiminivlm.protocol.score import run_score
-    from effiminivlm.protocol.tables import print_score
 
     _writable(json_out, "--json", "file")
     _writable(plot, "--plot", "file")
@@ -104,13 +104,13 @@ def benchmark_cmd(
 ) -> None:
     """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision); with
     --baseline reference, the fast path against the reference pipeline (Table 3)."""
-    from effiminivlm.protocol.runtime import run_benchmark
-    from effiminivlm.protocol.tables import print_report
+    from effiminivlm.bench.throughput import run_benchmark
+    from effiminivlm.cli.tables import print_report
 
     _writable(json_out, "--json", "file")
     _writable(markdown, "--markdown", "file")
     if baseline is not None:
-        from effiminivlm.protocol.table3 import BASELINES, render_markdown, run_table3
+        from effiminivlm.bench.baseline import BASELINES, render_markdown, run_table3
 
         if baseline not in BASELINES:
             raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")

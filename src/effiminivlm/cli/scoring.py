@@ -165,6 +165,6 @@ def recipes_cmd(
     elif markdown:
         typer.echo(rows_markdown(rows), nl=False)
     else:
-        from effiminivlm.protocol.tables import print_recipes
+        from effiminivlm.cli.tables import print_recipes
 
         print_recipes(rows)

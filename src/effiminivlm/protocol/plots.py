@@ -1,4 +1,4 @@
-"""The PLCC-vs-C plot of the protocol (matplotlib only; the terminal tables are in `protocol.tables`).
+"""The PLCC-vs-C plot of the protocol (matplotlib only; the terminal tables are in `cli.tables`).
 
 Why this picture: CES = PLCC+ x E(C) trades accuracy against cost in a way a table hides. Curves of equal
 CES show how much PLCC a cheaper or dearer model needs to tie; the flat region left of the E cap shows that

@@ -10,8 +10,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from effiminivlm.bench.throughput import SCOPE_MEANING, BenchmarkResult
 from effiminivlm.protocol.formulas import ProtocolCfg, cap_cost, leaderboard_rank, ranked_count
-from effiminivlm.protocol.runtime import SCOPE_MEANING, BenchmarkResult
 
 if TYPE_CHECKING:
     from effiminivlm.protocol.profile import ModelProfile

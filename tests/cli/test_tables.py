@@ -7,8 +7,8 @@ import math
 import pytest
 from rich.console import Console
 
+from effiminivlm.cli.tables import render_profile, render_score
 from effiminivlm.protocol.formulas import ProtocolCfg, efficiency, protocol_score
-from effiminivlm.protocol.tables import render_profile, render_score
 
 
 def _render(renderable) -> str:
