@@ -57,14 +57,16 @@ def score_cmd(
                               "prepared folder (its test split)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
+    lovif_test: bool = typer.Option(False, "--lovif-test", help="The truth is the LoViF 2026 test set: "
+                                    "give the would-be leaderboard rank (otherwise: not comparable)."),
 ) -> None:
-    """Score a submission as the leaderboard does: PLCC, C, E, CES and the would-be rank."""
+    """Score a submission as the leaderboard does: PLCC, C, E, CES (and, with --lovif-test, the rank)."""
     from effiminivlm.cli.tables import print_score
     from effiminivlm.protocol.score import run_score
 
     _writable(json_out, "--json", "file")
     _writable(plot, "--plot", "file")
-    print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot))
+    print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot, lovif_test=lovif_test))
     for kind, path in (("json", json_out), ("plot", plot)):
         if path is not None:
             typer.echo(f"{kind}: {path}")
