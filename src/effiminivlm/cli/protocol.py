@@ -8,6 +8,7 @@ from effiminivlm.cli._app import (
     _check_runtime,
     _writable,
     app,
+    refuse_unused,
 )
 from effiminivlm.errors import ConfigError
 
@@ -74,6 +75,7 @@ def score_cmd(
 
 @app.command("benchmark")
 def benchmark_cmd(
+    ctx: typer.Context,
     data: list[str] = typer.Option(..., "--data", help="A prepared folder, a LoViF input.csv, or meta files "
                                    "(repeat --data for several)."),
     model: str | None = typer.Option(None, "--model", help="Saved model folder."),
@@ -116,12 +118,15 @@ def benchmark_cmd(
 
         if baseline not in BASELINES:
             raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        refuse_unused(ctx, "--baseline (it times its own fixed paths)",
+                      ("scope", "precision", "pad_to_max", "images", "num_workers", "threads", "batches"))
         report = run_table3(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             batch_size=batch_size, warmup=warmup, max_samples=max_samples, ablation=ablation,
                             compile_lever=compile_lever, device=device, json_out=json_out,
                             markdown_out=markdown, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(render_markdown(report))
         return
+    refuse_unused(ctx, "a benchmark without --baseline", ("ablation", "compile_lever", "markdown"))
     _check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,

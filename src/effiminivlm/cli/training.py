@@ -10,12 +10,15 @@ from effiminivlm.cli._app import (
     _check_runtime,
     _writable,
     app,
+    dataset,
+    refuse_unused,
 )
 from effiminivlm.errors import ConfigError
 
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Prepared dataset folder (effiminivlm prepare)."),
     out: str = typer.Option(..., "--out", help="Run folder (model/, metrics.jsonl, ...)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Packaged recipe name or a YAML file "
@@ -56,6 +59,8 @@ def train_cmd(
     from effiminivlm.training.loop import train
 
     _writable(out, "--out", "dir")
+    if kfold is None:
+        refuse_unused(ctx, "a run without --kfold", ("seeds", "fold_seed"))
     overrides = list(set_)
     for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr),
                        ("train.precision", precision), ("model.modalities", modalities)):
@@ -160,7 +165,9 @@ def soup_cmd(
 
 @app.command("pseudo-label")
 def pseudo_label_cmd(
-    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    inputs: list[str] | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: list[str] = typer.Option([], "--data", help="A prepared folder, a LoViF input.csv, or meta files "
+                                   "(repeat)."),
     model: list[str] = typer.Option(..., "--model", help="Saved model folder (repeat: the mean labels, their "
                                     "agreement gives the confidence)."),
     out: str = typer.Option(..., "--out", help="Folder of pseudo-labelled rows (for train --pseudo)."),
@@ -180,6 +187,7 @@ def pseudo_label_cmd(
 
     from effiminivlm.training.pseudo import pseudo_label
 
+    inputs = dataset(inputs, data)
     _writable(out, "--out", "dir")
     if split is not None:
         _check_choice("--split", split, ("train", "val", "test"))
@@ -236,7 +244,10 @@ def scaling_cmd(
 
 @app.command("embed")
 def embed_cmd(
-    data: str = typer.Argument(..., help="Prepared dataset folder: every row (all splits) is embedded."),
+    data_arg: str | None = typer.Argument(None, metavar="[DATA]", help="Alias of --data.",
+                                          show_default=False),
+    data: str | None = typer.Option(None, "--data", help="Prepared dataset folder: every row (all splits) "
+                                    "is embedded."),
     out: str = typer.Option(..., "--out", help="Feature cache to write (.safetensors)."),
     model: str | None = typer.Option(None, "--model", help="Saved model folder whose towers embed."),
     recipe: str | None = typer.Option(None, "--recipe", help="Or a recipe: its towers with their pretrained "
@@ -254,6 +265,7 @@ def embed_cmd(
     from effiminivlm.runtime import resolve_device, resolve_precision
     from effiminivlm.training.embed import embed_table, model_signature, save_features
 
+    (data,) = dataset(data_arg, data, many=False)
     _writable(out, "--out", "file")
     _check_inference(images, batch_size, 0, precision, device)
     if (model is None) == (recipe is None):
