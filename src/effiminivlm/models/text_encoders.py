@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from effiminivlm.config import TextEncoderCfg
+from effiminivlm.config import POOLINGS, TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.blocks import TowerWrapper
 from effiminivlm.models.weights import (
@@ -29,7 +29,6 @@ from effiminivlm.models.weights import (
 from effiminivlm.registry import Registry
 
 TEXT_ENCODERS: Registry = Registry("text encoder")
-POOLINGS = ("cls", "mean")  # cls: the paper's; mean: what all-MiniLM-L6-v2 was trained with (ablation)
 
 
 class BertTextEncoder(nn.Module):

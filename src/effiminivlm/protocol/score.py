@@ -24,6 +24,7 @@ from typing import Any
 
 from effiminivlm.data.lovif import read_truth
 from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.metrics import plcc as pearson
 from effiminivlm.files import parse_number, read_csv_rows, write_json
@@ -42,8 +43,6 @@ MAX_ABS_SCORE = 1e100
 MIN_ITEMS_FOR_RANK = 30
 #: params (M) or FLOPs (G) above this look like raw counts (27706365 for 27.7 M).
 RAW_COUNT_THRESHOLD = 1e5
-#: The rating scale a score is meant to be on.
-SCORE_SCALE = (1.0, 5.0)
 
 
 def read_report_plcc(path: str | Path) -> float:
@@ -140,7 +139,7 @@ def _warnings(scores: dict[str, float], lines: dict[str, int], path: Path, param
     if flops_g > RAW_COUNT_THRESHOLD:
         out.append(f"flops {flops_g:g} looks like a raw count; the protocol wants GFLOPs "
                    f"({flops_g / 1e9:.2f} G?)")
-    lo, hi = SCORE_SCALE
+    lo, hi = RATING_RANGE
     off = [i for i, v in scores.items() if not lo <= v <= hi]
     if off:
         first = off[0]
