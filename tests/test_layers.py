@@ -224,3 +224,25 @@ def test_the_circle_finder_sees_a_circle_through_a_chain_and_skips_function_leve
     module = "effiminivlm.data.meta"
     assert _runtime_imports(text, module, functions=False) == ["effiminivlm.data.schema", "effiminivlm.files"]
     assert _runtime_imports(text, module)[-1] == "effiminivlm.serving.scorer"
+
+
+def _private_imports(text: str, module: str) -> list[str]:
+    """`from effiminivlm.x import _name` (absolute or relative) naming another module's private name."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("effiminivlm")):
+            out += [f"{module}:{node.lineno} imports {node.module}.{a.name}" for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_no_module_imports_another_modules_private_names(path: Path) -> None:
+    """A leading underscore says "may change without notice"; a name other modules need is public."""
+    bad = _private_imports(path.read_text(encoding="utf-8"), _module_name(path))
+    assert not bad, "\n".join(bad)
+
+
+def test_the_private_name_checker_sees_relative_and_absolute_imports() -> None:
+    text = "from effiminivlm.data.readers import _rows, read\nfrom .x import _y\nfrom os import _exit\n"
+    assert _private_imports(text, "m") == ["m:1 imports effiminivlm.data.readers._rows", "m:2 imports x._y"]

@@ -28,7 +28,7 @@ def _root() -> None:
 # Run first in each command: a bad option fails in a second, as one line, before any long work.
 
 
-def _writable(path: str | None, what: str, kind: str) -> None:
+def writable(path: str | None, what: str, kind: str) -> None:
     """An output option (when given) must be writable as `kind` (see files.check_writable)."""
     if path is not None:
         from effiminivlm.files import check_writable
@@ -36,33 +36,33 @@ def _writable(path: str | None, what: str, kind: str) -> None:
         check_writable(path, what, kind)
 
 
-def _default_eval_out(model: str, split: str) -> str:
+def default_eval_out(model: str, split: str) -> str:
     """evaluate's default report folder (MODEL/../eval-SPLIT), checked like an explicit --out."""
     from pathlib import Path
 
     return str(Path(model).parent / f"eval-{split}")
 
 
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _check_inference(images: str, batch_size: int, num_workers: int, precision: str, device: str | None
+def check_inference(images: str, batch_size: int, num_workers: int, precision: str, device: str | None
                      ) -> None:
     """The options evaluate and predict share."""
     from effiminivlm.config import IMAGE_MODES, PRECISIONS
 
-    _check_choice("--images", images, IMAGE_MODES)
-    _check_choice("--precision", precision, PRECISIONS)
+    check_choice("--images", images, IMAGE_MODES)
+    check_choice("--precision", precision, PRECISIONS)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
-    _check_runtime(precision, device)
+    check_runtime(precision, device)
 
 
-def _check_runtime(precision: str | None, device: str | None) -> None:
+def check_runtime(precision: str | None, device: str | None) -> None:
     """--device must name a torch device, and a precision must run on it (fp16 needs CUDA). Other precision
     words (benchmark's "both", typos) are left to the command's own check of its choices."""
     from effiminivlm.config import PRECISIONS
@@ -155,7 +155,3 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {e}", err=True)
         return 2
     return 0
-
-
-def _console() -> None:
-    sys.exit(main())

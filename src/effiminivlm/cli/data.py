@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _writable,
     app,
     dataset,
     deprecated,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
@@ -45,7 +45,7 @@ def prepare_cmd(
     from effiminivlm.data.prepare import prepare, print_summary
 
     inputs = dataset(inputs, data)
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
                       require_image=require_image, rare_threshold=rare_threshold,
@@ -98,7 +98,7 @@ def synth_cmd(
     """Write a synthetic catalog in the official meta schema, with real images and the LoViF layout."""
     from effiminivlm.data.synth import write_synth
 
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     typer.echo(str(write_synth(out, n, seed=seed, image_size=image_size,
                                missing_description_frac=missing_description_frac, progress=True,
                                overwrite=overwrite)))
@@ -116,7 +116,7 @@ def merge_prepared_cmd(
     from effiminivlm.data.merge import merge_prepared
 
     parts = dataset(parts, data)
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     summary = merge_prepared(parts, out, overwrite=overwrite)
     splits = ", ".join(f"{k} {v['rows']}" for k, v in summary["per_split"].items())
     typer.echo(f"{summary['kept']} rows from {len(parts)} parts -> {out} ({splits})")

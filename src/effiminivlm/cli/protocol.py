@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _check_runtime,
-    _writable,
     app,
+    check_runtime,
     refuse_unused,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
@@ -39,8 +39,8 @@ def profile_cmd(
     from effiminivlm.cli.tables import print_profile
     from effiminivlm.protocol.profile import run_profile
 
-    _writable(json_out, "--json", "file")
-    _writable(plot, "--plot", "file")
+    writable(json_out, "--json", "file")
+    writable(plot, "--plot", "file")
     if plcc is not None and not -1.0 <= plcc <= 1.0:  # NaN fails too
         raise ConfigError(f"--plcc: PLCC must lie in [-1, 1], got {plcc!r}")
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
@@ -65,8 +65,8 @@ def score_cmd(
     from effiminivlm.cli.tables import print_score
     from effiminivlm.protocol.score import run_score
 
-    _writable(json_out, "--json", "file")
-    _writable(plot, "--plot", "file")
+    writable(json_out, "--json", "file")
+    writable(plot, "--plot", "file")
     print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot, lovif_test=lovif_test))
     for kind, path in (("json", json_out), ("plot", plot)):
         if path is not None:
@@ -111,8 +111,8 @@ def benchmark_cmd(
     from effiminivlm.bench.throughput import run_benchmark
     from effiminivlm.cli.tables import print_report
 
-    _writable(json_out, "--json", "file")
-    _writable(markdown, "--markdown", "file")
+    writable(json_out, "--json", "file")
+    writable(markdown, "--markdown", "file")
     if baseline is not None:
         from effiminivlm.bench.baseline import BASELINES, render_markdown, run_table3
 
@@ -127,7 +127,7 @@ def benchmark_cmd(
         typer.echo(render_markdown(report))
         return
     refuse_unused(ctx, "a benchmark without --baseline", ("ablation", "compile_lever", "markdown"))
-    _check_runtime(precision, device)
+    check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
                             batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,

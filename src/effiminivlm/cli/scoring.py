@@ -6,14 +6,14 @@ import typer
 
 from effiminivlm.cli._app import (
     OLD_FLAG,
-    _check_choice,
-    _check_inference,
-    _default_eval_out,
-    _writable,
     app,
+    check_choice,
+    check_inference,
     dataset,
+    default_eval_out,
     deprecated,
     refuse_unused,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
@@ -36,9 +36,9 @@ def evaluate_cmd(
     """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
     from effiminivlm.evaluation.evaluate import evaluate
 
-    _writable(out if out is not None else _default_eval_out(model, split), "--out", "dir")
-    _check_choice("--split", split, ("train", "val", "test"))
-    _check_inference(images, batch_size, num_workers, precision, device)
+    writable(out if out is not None else default_eval_out(model, split), "--out", "dir")
+    check_choice("--split", split, ("train", "val", "test"))
+    check_inference(images, batch_size, num_workers, precision, device)
     result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       min_rating_number=min_rating_number)
@@ -82,11 +82,11 @@ def predict_cmd(
     import json
 
     inputs = dataset(inputs, data)
-    _writable(out, "--out", "file")
+    writable(out, "--out", "file")
     if split is not None:
-        _check_choice("--split", split, ("train", "val", "test"))
-    _check_choice("--engine", engine, ("local", "ray"))
-    _check_inference(images, batch_size, num_workers, precision, device)
+        check_choice("--split", split, ("train", "val", "test"))
+    check_choice("--engine", engine, ("local", "ray"))
+    check_inference(images, batch_size, num_workers, precision, device)
     if engine == "local" and (address is not None or num_actors is not None or threads is not None):
         raise ConfigError("--address, --num-actors and --threads apply to --engine ray only")
     if engine == "ray":
@@ -127,7 +127,7 @@ def serve_cmd(
     """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
     from effiminivlm.serving.app import serve
 
-    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
+    check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
     serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
           max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
           precision=precision, device=device, log=typer.echo)
@@ -168,8 +168,8 @@ def recipes_cmd(
     json_out, markdown = _output_path(json_out, "--json"), _output_path(markdown, "--markdown")
     if json_out == "-" and markdown == "-":
         raise ConfigError("only one of --json and --markdown can print (-); give the other a file path")
-    _writable(None if json_out == "-" else json_out, "--json", "file")
-    _writable(None if markdown == "-" else markdown, "--markdown", "file")
+    writable(None if json_out == "-" else json_out, "--json", "file")
+    writable(None if markdown == "-" else markdown, "--markdown", "file")
     if names:
         for name, _ in recipe_sources(folder):
             typer.echo(name)
