@@ -118,3 +118,9 @@ def test_recipes_old_on_off_flag_prints_with_a_note(capsys) -> None:
     assert main(["recipes", "--only", "tiny", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["recipes"][0]["name"] == "tiny" and "recipes --json without a path" in err
+
+
+def test_recipes_names_refuses_what_it_would_not_build(tmp_path: Path, capsys) -> None:
+    assert main(["recipes", "--names", "--json", str(tmp_path / "r.json"), "--only", "tiny"]) == 2
+    assert capsys.readouterr().err == "error: --json, --only do not apply to --names (nothing is built)\n"
+    assert not (tmp_path / "r.json").exists()

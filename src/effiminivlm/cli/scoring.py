@@ -152,11 +152,12 @@ def export_cmd(
 
 @app.command("recipes")
 def recipes_cmd(
+    ctx: typer.Context,
     folder: str | None = typer.Argument(None, help="Also a folder of recipe YAMLs (yours)."),
-    json_out: str | None = typer.Option(None, "--json", help="Also write JSON (one "
-                                        "object per recipe) here; - prints it instead of the table."),
-    markdown: str | None = typer.Option(None, "--markdown", help="Also write a "
-                                        "Markdown table (docs/PEERS.md) here; - prints it instead."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write JSON (one object per recipe) "
+                                        "here; - prints it instead of the table."),
+    markdown: str | None = typer.Option(None, "--markdown", help="Also write a Markdown table "
+                                        "(docs/PEERS.md) here; - prints it instead."),
     names: bool = typer.Option(False, "--names", help="Only list the names (instant: nothing is built)."),
     only: list[str] = typer.Option([], "--only", help="Only this recipe (repeat)."),
 ) -> None:
@@ -171,6 +172,7 @@ def recipes_cmd(
     writable(None if json_out == "-" else json_out, "--json", "file")
     writable(None if markdown == "-" else markdown, "--markdown", "file")
     if names:
+        refuse_unused(ctx, "--names (nothing is built)", ("json_out", "markdown", "only"))
         for name, _ in recipe_sources(folder):
             typer.echo(name)
         return
