@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from effiminivlm.bench.baseline import render_markdown, run_table3
 from effiminivlm.config import load_recipe
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.data.realistic import write_hi_res_catalog
 from effiminivlm.inference import make_loader
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.protocol.table3 import render_markdown, run_table3
 
 DEV = (Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2023-fashion-dev"
        / "meta_Amazon_Fashion.jsonl")

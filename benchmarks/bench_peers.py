@@ -7,7 +7,7 @@ team's published PLCC+:
 1. the leaderboard table: published params / FLOPs of each system, ours measured from its recipe (random init,
    canonical input, `effiminivlm recipes`), the difference and why; systems whose recipe is not in this
    checkout say "recipe pending" (rerun after merging them: nothing here names a recipe's numbers);
-2. the recipes table (`effiminivlm recipes --markdown`);
+2. the recipes table (`effiminivlm recipes --markdown -`);
 3. the runtime table: for each recipe, `effiminivlm benchmark --recipe R` on a synthetic catalog, each in its
    own process (so its peak RSS is its own), end to end and model only, fp32, with the machine's load.
 
@@ -117,7 +117,7 @@ import json, sys
 from effiminivlm.config import load_recipe
 from effiminivlm.errors import WeightsError
 from effiminivlm.models.factory import create_tokenizer
-from effiminivlm.protocol.runtime import current_rss_mb, run_benchmark
+from effiminivlm.bench.throughput import current_rss_mb, run_benchmark
 name, data, out, batch_size, batches, fallback = sys.argv[1:]
 before = current_rss_mb()  # everything imported, no model yet
 recipe, note = load_recipe(name), None
@@ -201,7 +201,7 @@ def main() -> None:
     parts = ["## The leaderboard systems and their recipes\n\n", "For a pending recipe, *why* says what is "
              "expected to explain the difference; the measured row confirms it or not.\n\n",
              leaderboard_markdown(rows, available),
-             "\n## Every recipe by the protocol\n\n", "`effiminivlm recipes --markdown`:\n\n",
+             "\n## Every recipe by the protocol\n\n", "`effiminivlm recipes --markdown -`:\n\n",
              rows_markdown(list(rows.values()))]
     if not args.skip_runtime:
         runs = run_runtime(sorted(available), args.items, args.batch_size, args.batches,

@@ -19,9 +19,10 @@ from _synthetic import synthetic_batches
 
 from effiminivlm.config import load_recipe
 from effiminivlm.models.factory import create_model
+from effiminivlm.models.freezing import freeze_layers
 from effiminivlm.training.loop import train_step
 from effiminivlm.training.losses import build_loss
-from effiminivlm.training.optim import freeze_layers, param_groups
+from effiminivlm.training.optim import param_groups
 
 LORA = "model.text_encoder.lora={r: 8, alpha: 16, target_modules: [query, value]}"
 VARIANTS = [  # name, recipe overrides

@@ -86,6 +86,9 @@ def test_main_job_end_to_end(tmp_path, capsys, monkeypatch):
     # the leaderboard computation from files agrees with evaluate's PLCC on the same items
     assert abs(scored["plcc"] - metrics["overall"]["plcc"]) < 1e-4
     assert scored["n_items"] == len(rows)
+    # a synthetic catalog is not the LoViF test set: `make demo`'s score claims no leaderboard place
+    assert scored["leaderboard_rank"] is None and scored["lovif_test"] is False
+    assert "not comparable: a different test set" in " ".join(printed.split()) and "rank #" not in printed
 
     lovif_sub = tmp_path / "lovif.csv"
     assert main(["predict", str(cat / "lovif" / "input.csv"), "--model", str(run / "model"),

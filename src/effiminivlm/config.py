@@ -34,8 +34,8 @@ PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cache
 PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
-AUGMENTS = ("none", "flip")  # models.factory.AUGMENTS
-POOLINGS = ("cls", "mean")  # models.text_encoders.POOLINGS
+AUGMENTS = ("none", "flip")  # checked here and by models.processor.image_transform
+POOLINGS = ("cls", "mean")  # cls: the paper's; mean: what all-MiniLM-L6-v2 was trained with
 SAMPLE_WEIGHTS = ("rating_count", "inverse_bin_freq", "none")  # training.weights
 # Integer sizes a transformers text config may set, with the range that can build on one machine.
 TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),

@@ -24,6 +24,7 @@ from effiminivlm.data.loader import (
     text_lengths,
     with_fetch_threads,
 )
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.runtime import autocast
 from effiminivlm.runtime import fetch_threads as decode_threads  # make_loader's parameter has the name
 
@@ -92,8 +93,8 @@ def _to_input_order(res: InferenceResult, where: list[int]) -> None:
     res.item_image_status = [res.item_image_status[k] for k in where]
 
 
-#: Every score is clipped to the rating scale before anyone sees it.
-SCORE_RANGE = (1.0, 5.0)
+#: Every score is clipped to the rating scale (`data.schema.RATING_RANGE`) before anyone sees it.
+SCORE_RANGE = RATING_RANGE
 
 
 def image_mode(model: torch.nn.Module, images: str) -> str:

@@ -224,8 +224,8 @@ def test_fetch_images_cli_on_a_prepared_dataset(server: _Server, tmp_path: Path,
     store = ImageStore(tmp_path / "prep" / "images")  # the default cache, where train / predict look
     assert store.resolve(server.url("/ok.png")) is not None
     assert server.hits == Counter({"/ok.png": 1, "/missing.png": 1})
-    assert main(["fetch-images", str(tmp_path / "prep"), "--cache", str(tmp_path / "other"), "--workers", "1",
-                 "--timeout", "0.5", "--retry-failed", "--allow-private-hosts"]) == 0
+    assert main(["fetch-images", "--data", str(tmp_path / "prep"), "--images-dir", str(tmp_path / "other"),
+                 "--workers", "1", "--timeout", "0.5", "--retry-failed", "--allow-private-hosts"]) == 0
     assert (tmp_path / "other" / MANIFEST).is_file()
 
 
@@ -242,8 +242,9 @@ def test_fetch_images_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_fetch_images_with_only_local_refs_downloads_nothing(prepared: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fetch-images", str(prepared), "--cache", str(tmp_path / "cache")]) == 0
-    out = capsys.readouterr().out
+    assert main(["fetch-images", str(prepared), "--cache", str(tmp_path / "cache")]) == 0  # the old name
+    out, err = capsys.readouterr()
+    assert err == "note: fetch-images --cache is deprecated; use --images-dir\n"
     assert out.startswith("0 image URLs") and "local references need no download" in out
     assert not (tmp_path / "cache").exists()  # no empty cache that train / predict would take for one
 

@@ -176,13 +176,6 @@ def test_dev_stdin_as_input_is_one_clear_line(tmp_path: Path) -> None:
                            "files or folders (stdin and pipes cannot be read)")
 
 
-def test_meta_module_still_exports_the_moved_readers() -> None:
-    """`data.meta` kept its old names (predict imports read_meta_table from it)."""
-    assert meta.read_meta_table is read_meta_table and meta.expand_inputs is expand_inputs
-    with pytest.raises(AttributeError):
-        _ = meta.no_such_name
-
-
 def test_predict_and_score_inputs_fail_in_one_line(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """predict reads its inputs before loading the model, score reads CSVs via files.read_csv_rows."""

@@ -56,6 +56,15 @@ def test_side_table_inserts_the_user_at_its_would_be_rank() -> None:
     assert any(t.startswith(" B wleach baseline") for t in rows)
 
 
+def test_a_run_on_another_test_set_sits_at_its_place_without_a_rank() -> None:
+    side = protocol_figure([PlotPoint("mine", 0.0971, 0.36, comparable=False)]).axes[1]
+    rows = [t for t in _texts(side) if t[:2].strip().isdigit() or t.startswith((" * ", " B "))]
+    assert [r.split()[0] for r in rows] == ["1", "2", "B", "3", "*", "4", "5", "6", "7", "8", "9"]
+    notes = _user_lines(side)
+    assert any("not comparable: a different test set" in t for t in notes)
+    assert not any("rank #" in t for t in notes)
+
+
 def test_model_without_plcc_is_a_vertical_line_with_the_plcc_it_needs() -> None:
     fig = protocol_figure([PlotPoint("untrained", 0.02, None), PlotPoint("nan", 0.5, math.nan)])
     ax, side = fig.axes

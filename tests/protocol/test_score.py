@@ -162,9 +162,9 @@ def test_cli_score(tmp_path: Path, truth_csv: Path, capsys) -> None:
     scores = {k: v + 0.5 * np.sin(n) for n, (k, v) in enumerate(truth.items())}
     sub, out, png = _submission(tmp_path / "sub.csv", scores), tmp_path / "s.json", tmp_path / "s.png"
     assert main(["score", "--predictions", str(sub), "--truth", str(truth_csv), "--json", str(out),
-                 "--plot", str(png)]) == 0
+                 "--plot", str(png), "--lovif-test"]) == 0
     data = json.loads(out.read_text())
-    assert data == json.loads(json.dumps(score_submission(sub, truth_csv)))
+    assert data == json.loads(json.dumps(score_submission(sub, truth_csv, lovif_test=True)))
     assert data["leaderboard_rank"] == leaderboard_rank(data["ces"])
     assert png.read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
@@ -251,19 +251,19 @@ def test_raw_counts_and_off_scale_scores_warn(tmp_path: Path, truth_csv: Path) -
                    f"{scaled['B0000']:g}); predictions are meant on the rating scale"]
     assert out["plcc"] == pytest.approx(1.0)  # scaling keeps the correlation: a warning, not an error
 
-    clean = score_submission(_submission(tmp_path / "ok.csv", truth), truth_csv)
+    clean = score_submission(_submission(tmp_path / "ok.csv", truth), truth_csv, lovif_test=True)
     assert clean["warnings"] == [] and clean["leaderboard_rank"] == 1
 
 
 def test_no_rank_below_the_minimum_items(tmp_path: Path) -> None:
     assert MIN_ITEMS_FOR_RANK == 30
     truth = _write(tmp_path / "t.csv", "parent_asin,average_rating", ["A1,3.0", "A2,4.0"])
-    out = score_submission(_submission(tmp_path / "s.csv", {"A1": 3.1, "A2": 4.2}), truth)
+    out = score_submission(_submission(tmp_path / "s.csv", {"A1": 3.1, "A2": 4.2}), truth, lovif_test=True)
     assert out["plcc"] == pytest.approx(1.0) and out["leaderboard_rank"] is None
     assert out["min_items_for_rank"] == 30
     assert "no leaderboard rank: 2 items, fewer than the 30 a rank needs" in out["warnings"]
     out = score_submission(_submission(tmp_path / "s.csv", {"A1": 3.1, "A2": 4.2}), truth,
-                           min_items_for_rank=2)
+                           min_items_for_rank=2, lovif_test=True)
     assert out["leaderboard_rank"] == 1
 
 
@@ -271,7 +271,25 @@ def test_cli_score_prints_warnings_and_no_rank(tmp_path: Path, capsys) -> None:
     truth = _write(tmp_path / "t.csv", "parent_asin,average_rating", ["A1,3.0", "A2,4.0", "A3,2.0"])
     sub = _write(tmp_path / "s.csv", "item_id,score,params,flops",
                  ["A1,3.1,27706365,6.8", "A2,4.2,27706365,6.8", "A3,1.5,27706365,6.8"])
-    assert main(["score", "--predictions", str(sub), "--truth", str(truth)]) == 0
+    assert main(["score", "--predictions", str(sub), "--truth", str(truth), "--lovif-test"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "warning: params 2.77064e+07 looks like a raw count" in printed
     assert "no rank: fewer than 30 items" in printed and "would rank" not in printed
+
+
+def test_a_rank_only_against_the_lovif_test_set(tmp_path: Path, truth_csv: Path, capsys) -> None:
+    """Without --lovif-test the truth is some other test set: same PLCC, C, E and CES, no rank number,
+    "not comparable" in the table, the JSON and the plot's note."""
+    truth = _truth(truth_csv)
+    sub = _submission(tmp_path / "sub.csv", truth)
+    ranked = score_submission(sub, truth_csv, lovif_test=True)
+    other = score_submission(sub, truth_csv)
+    assert ranked["leaderboard_rank"] == 1 and ranked["rank_note"] is None
+    assert other["leaderboard_rank"] is None and other["rank_note"] == "not comparable: a different test set"
+    same = ("plcc", "c", "e", "ces", "n_items")
+    assert [other[k] for k in same] == [ranked[k] for k in same]
+    png = tmp_path / "s.png"
+    assert main(["score", "--predictions", str(sub), "--truth", str(truth_csv), "--plot", str(png)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "not comparable: a different test set" in printed and "rank #" not in printed
+    assert png.read_bytes()[:4] == b"\x89PNG"

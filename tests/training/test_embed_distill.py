@@ -111,16 +111,16 @@ def test_train_with_a_teacher_embedding_folder(tiny_recipe, prepared: Path, tmp_
 
 
 def test_cli_teacher_option_takes_a_csv_or_a_folder(tmp_path: Path) -> None:
-    from effiminivlm.cli.training import _technique_overrides
+    from effiminivlm.cli.training import technique_overrides
 
     (tmp_path / "emb").mkdir()
     (tmp_path / "s.csv").write_text("item_id,score\n")
-    assert _technique_overrides(str(tmp_path / "emb"), None, None) == [
+    assert technique_overrides(str(tmp_path / "emb"), None, None) == [
         f'train.distill.embeddings="{(tmp_path / "emb").resolve()}"']
-    assert _technique_overrides(str(tmp_path / "s.csv"), None, None) == [
+    assert technique_overrides(str(tmp_path / "s.csv"), None, None) == [
         f'train.distill.teacher="{(tmp_path / "s.csv").resolve()}"']
     with pytest.raises(ConfigError, match="no such file or folder"):
-        _technique_overrides(str(tmp_path / "missing"), None, None)
+        technique_overrides(str(tmp_path / "missing"), None, None)
     with pytest.raises(ConfigError, match="probe's towers are frozen"):
         from effiminivlm.training.probe import train_probe
 

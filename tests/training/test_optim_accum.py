@@ -11,9 +11,10 @@ import torch
 from effiminivlm.config import TrainCfg, load_recipe
 from effiminivlm.errors import ConfigError
 from effiminivlm.models import create_model
+from effiminivlm.models.freezing import freeze_layers
 from effiminivlm.training.accumulate import backward_in_parts, split_batch
 from effiminivlm.training.losses import build_loss
-from effiminivlm.training.optim import freeze_layers, param_groups
+from effiminivlm.training.optim import param_groups
 from effiminivlm.training.weights import compute_sample_weights
 
 

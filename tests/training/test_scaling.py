@@ -69,6 +69,11 @@ def test_run_scaling_writes_json_markdown_png_and_resumes(prepared: Path, tmp_pa
     assert again["points"] == res["points"]
 
 
-def test_cli_scaling_checks_fractions(prepared: Path, tmp_path: Path) -> None:
-    assert main(["scaling", "--data", str(prepared), "--out", str(tmp_path / "x"), "--fractions", "0,1"]) == 2
-    assert main(["scaling", "--data", str(prepared), "--out", str(tmp_path / "x"), "--fractions", "a"]) == 2
+def test_cli_scaling_checks_fractions(prepared: Path, tmp_path: Path, capsys) -> None:
+    """A bad --fractions is one line naming the option and the values, before any study folder exists."""
+    out = tmp_path / "x"
+    assert main(["scaling", "--data", str(prepared), "--out", str(out), "--fractions", "0,1"]) == 2
+    assert capsys.readouterr().err == "error: --fractions must lie in (0, 1], got [0.0, 1.0]\n"
+    assert main(["scaling", "--data", str(prepared), "--out", str(out), "--fractions", "0.5,a"]) == 2
+    assert capsys.readouterr().err == "error: --fractions must be comma-separated numbers, got '0.5,a'\n"
+    assert not out.exists()

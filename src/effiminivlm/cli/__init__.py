@@ -6,7 +6,14 @@ registers every command on `app`, stage by stage (the order `--help` lists them 
 """
 # ruff: noqa: I001  (the import order below is the order of the commands in --help)
 
-from effiminivlm.cli._app import _console, app, main
+import sys
+
+from effiminivlm.cli._app import app, main
 from effiminivlm.cli import data, training, scoring, protocol, models  # noqa: F401  (register the commands)
 
-__all__ = ["_console", "app", "main"]
+__all__ = ["app", "main"]
+
+
+def _console() -> None:
+    """The `effiminivlm` console script (pyproject.toml): exit with `main`'s code."""
+    sys.exit(main())

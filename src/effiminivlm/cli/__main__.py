@@ -1,5 +1,7 @@
 """`python -m effiminivlm.cli ...` (torchrun launches training this way)."""
 
-from effiminivlm.cli import _console
+import sys
 
-_console()
+from effiminivlm.cli import main
+
+sys.exit(main())

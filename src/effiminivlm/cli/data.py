@@ -5,9 +5,12 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _writable,
     app,
+    dataset,
+    deprecated,
+    writable,
 )
+from effiminivlm.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------- data stage
 # (prepare, fetch-images, synth)
@@ -15,8 +18,9 @@ from effiminivlm.cli._app import (
 
 @app.command("prepare")
 def prepare_cmd(
-    inputs: list[str] = typer.Argument(..., help="meta_<Category>.jsonl[.gz] files, raw_meta_<Category> "
-                                       "parquet shards or folders, or globs (quote them)."),
+    inputs: list[str] | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: list[str] = typer.Option([], "--data", help="meta_<Category>.jsonl[.gz] files, raw_meta_<Category> "
+                                   "parquet shards or folders, or globs (quote them; repeat)."),
     out: str = typer.Option(..., "--out", help="Output folder: data.parquet + summary.json."),
     frac: float = typer.Option(0.2, help="Fraction of each category to sample."),
     min_per_category: int = typer.Option(10_000, help="Sample at least this many per category, capped at n"),
@@ -40,7 +44,8 @@ def prepare_cmd(
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
     from effiminivlm.data.prepare import prepare, print_summary
 
-    _writable(out, "--out", "dir")
+    inputs = dataset(inputs, data)
+    writable(out, "--out", "dir")
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
                       require_image=require_image, rare_threshold=rare_threshold,
@@ -52,9 +57,11 @@ def prepare_cmd(
 
 @app.command("fetch-images")
 def fetch_images_cmd(
-    prepared: str = typer.Argument(..., help="Prepared dataset folder (effiminivlm prepare)."),
-    cache: str | None = typer.Option(None, "--cache", help="Image cache folder (default PREPARED/images, "
-                                     "where train / evaluate / predict look by default)."),
+    prepared: str | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: str | None = typer.Option(None, "--data", help="Prepared dataset folder (effiminivlm prepare)."),
+    images_dir: str | None = typer.Option(None, "--images-dir", help="Image cache folder (default "
+                                          "DATA/images, where train / evaluate / predict look by default)."),
+    cache: str | None = typer.Option(None, "--cache", hidden=True, help="Deprecated: --images-dir."),
     workers: int = typer.Option(16, help="Parallel downloads."),
     timeout: float = typer.Option(10.0, help="Seconds per connect / read."),
     retries: int = typer.Option(3, help="Retries of a transient failure (timeout, 5xx, 429), with backoff."),
@@ -67,7 +74,13 @@ def fetch_images_cmd(
     """Download every image URL of a prepared dataset once into a content-addressed cache (resumable)."""
     from effiminivlm.data.images import fetch_images
 
-    typer.echo(str(fetch_images(prepared, cache, workers=workers, timeout=timeout, retries=retries,
+    (prepared,) = dataset(prepared, data, many=False)
+    if cache is not None:
+        deprecated("fetch-images --cache", "--images-dir")
+        if images_dir is not None:
+            raise ConfigError("give the image folder once: --images-dir (--cache is its old name)")
+        images_dir = cache
+    typer.echo(str(fetch_images(prepared, images_dir, workers=workers, timeout=timeout, retries=retries,
                                 retry_failed=retry_failed, deadline=deadline,
                                 allow_private_hosts=allow_private_hosts, progress=True)))
 
@@ -85,7 +98,7 @@ def synth_cmd(
     """Write a synthetic catalog in the official meta schema, with real images and the LoViF layout."""
     from effiminivlm.data.synth import write_synth
 
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     typer.echo(str(write_synth(out, n, seed=seed, image_size=image_size,
                                missing_description_frac=missing_description_frac, progress=True,
                                overwrite=overwrite)))
@@ -93,14 +106,17 @@ def synth_cmd(
 
 @app.command("merge-prepared")
 def merge_prepared_cmd(
-    parts: list[str] = typer.Argument(..., help="Prepared folders (e.g. one `prepare` run per category)."),
+    parts: list[str] | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: list[str] = typer.Option([], "--data", help="Prepared folders (e.g. one `prepare` run per "
+                                   "category; repeat)."),
     out: str = typer.Option(..., "--out", help="Merged prepared folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ) -> None:
     """Merge prepared folders written by parallel `prepare` runs into one dataset (ids must not repeat)."""
     from effiminivlm.data.merge import merge_prepared
 
-    _writable(out, "--out", "dir")
+    parts = dataset(parts, data)
+    writable(out, "--out", "dir")
     summary = merge_prepared(parts, out, overwrite=overwrite)
     splits = ", ".join(f"{k} {v['rows']}" for k, v in summary["per_split"].items())
     typer.echo(f"{summary['kept']} rows from {len(parts)} parts -> {out} ({splits})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from effiminivlm.cli._app import _writable, app
+from effiminivlm.cli._app import app, writable
 
 
 @app.command("convert-reference")
@@ -24,7 +24,7 @@ def convert_reference_cmd(
     """Convert a reference-implementation checkpoint into an ordinary effiminivlm model folder."""
     from effiminivlm.models.convert import convert_reference
 
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     result = convert_reference(ckpt, text_model, out, dropout=dropout, image_size=image_size,
                                max_length=max_length, overwrite=overwrite)
     typer.echo(f"converted {result.tensors} tensors ({result.params / 1e6:.2f}M params, head "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _check_runtime,
-    _writable,
     app,
+    check_runtime,
+    refuse_unused,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
@@ -35,11 +36,11 @@ def profile_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
 ) -> None:
     """Params, FLOPs, resource cost C, efficiency E (and CES) by the LoViF 2026 protocol."""
+    from effiminivlm.cli.tables import print_profile
     from effiminivlm.protocol.profile import run_profile
-    from effiminivlm.protocol.tables import print_profile
 
-    _writable(json_out, "--json", "file")
-    _writable(plot, "--plot", "file")
+    writable(json_out, "--json", "file")
+    writable(plot, "--plot", "file")
     if plcc is not None and not -1.0 <= plcc <= 1.0:  # NaN fails too
         raise ConfigError(f"--plcc: PLCC must lie in [-1, 1], got {plcc!r}")
     print_profile(run_profile(model, recipe, set_, image_size=image_size, max_length=max_length, plcc=plcc,
@@ -57,14 +58,16 @@ def score_cmd(
                               "prepared folder (its test split)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
     plot: str | None = typer.Option(None, "--plot", help="Write the PLCC-vs-C plot (PNG) here."),
+    lovif_test: bool = typer.Option(False, "--lovif-test", help="The truth is the LoViF 2026 test set: "
+                                    "give the would-be leaderboard rank (otherwise: not comparable)."),
 ) -> None:
-    """Score a submission as the leaderboard does: PLCC, C, E, CES and the would-be rank."""
+    """Score a submission as the leaderboard does: PLCC, C, E, CES (and, with --lovif-test, the rank)."""
+    from effiminivlm.cli.tables import print_score
     from effiminivlm.protocol.score import run_score
-    from effiminivlm.protocol.tables import print_score
 
-    _writable(json_out, "--json", "file")
-    _writable(plot, "--plot", "file")
-    print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot))
+    writable(json_out, "--json", "file")
+    writable(plot, "--plot", "file")
+    print_score(run_score(predictions, truth, json_out=json_out, plot_out=plot, lovif_test=lovif_test))
     for kind, path in (("json", json_out), ("plot", plot)):
         if path is not None:
             typer.echo(f"{kind}: {path}")
@@ -72,6 +75,7 @@ def score_cmd(
 
 @app.command("benchmark")
 def benchmark_cmd(
+    ctx: typer.Context,
     data: list[str] = typer.Option(..., "--data", help="A prepared folder, a LoViF input.csv, or meta files "
                                    "(repeat --data for several)."),
     model: str | None = typer.Option(None, "--model", help="Saved model folder."),
@@ -104,23 +108,26 @@ def benchmark_cmd(
 ) -> None:
     """Runtime report: ms/sample, ms/token, throughput and peak memory per (scope, precision); with
     --baseline reference, the fast path against the reference pipeline (Table 3)."""
-    from effiminivlm.protocol.runtime import run_benchmark
-    from effiminivlm.protocol.tables import print_report
+    from effiminivlm.bench.throughput import run_benchmark
+    from effiminivlm.cli.tables import print_report
 
-    _writable(json_out, "--json", "file")
-    _writable(markdown, "--markdown", "file")
+    writable(json_out, "--json", "file")
+    writable(markdown, "--markdown", "file")
     if baseline is not None:
-        from effiminivlm.protocol.table3 import BASELINES, render_markdown, run_table3
+        from effiminivlm.bench.baseline import BASELINES, render_markdown, run_table3
 
         if baseline not in BASELINES:
             raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        refuse_unused(ctx, "--baseline (it times its own fixed paths)",
+                      ("scope", "precision", "pad_to_max", "images", "num_workers", "threads", "batches"))
         report = run_table3(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             batch_size=batch_size, warmup=warmup, max_samples=max_samples, ablation=ablation,
                             compile_lever=compile_lever, device=device, json_out=json_out,
                             markdown_out=markdown, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(render_markdown(report))
         return
-    _check_runtime(precision, device)
+    refuse_unused(ctx, "a benchmark without --baseline", ("ablation", "compile_lever", "markdown"))
+    check_runtime(precision, device)
     results = run_benchmark(data, model_dir=model, recipe=recipe, split=split, images_dir=images_dir,
                             scope=scope, precision=precision, batch_size=batch_size, warmup=warmup,
                             batches=batches, max_samples=max_samples, pad_to_max=pad_to_max,

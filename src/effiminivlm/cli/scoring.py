@@ -5,11 +5,15 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _check_choice,
-    _check_inference,
-    _default_eval_out,
-    _writable,
+    OLD_FLAG,
     app,
+    check_choice,
+    check_inference,
+    dataset,
+    default_eval_out,
+    deprecated,
+    refuse_unused,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
@@ -32,9 +36,9 @@ def evaluate_cmd(
     """PLCC, PLCC+, SRCC, RMSE, MAE and Huber overall, per category and for well-rated items."""
     from effiminivlm.evaluation.evaluate import evaluate
 
-    _writable(out if out is not None else _default_eval_out(model, split), "--out", "dir")
-    _check_choice("--split", split, ("train", "val", "test"))
-    _check_inference(images, batch_size, num_workers, precision, device)
+    writable(out if out is not None else default_eval_out(model, split), "--out", "dir")
+    check_choice("--split", split, ("train", "val", "test"))
+    check_inference(images, batch_size, num_workers, precision, device)
     result = evaluate(model, data, split=split, out_dir=out, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                       min_rating_number=min_rating_number)
@@ -45,7 +49,10 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    ctx: typer.Context,
+    inputs: list[str] | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: list[str] = typer.Option([], "--data", help="A prepared folder, a LoViF input.csv, or meta files "
+                                   "(repeat)."),
     model: str = typer.Option(..., "--model", help="Saved model folder."),
     out: str = typer.Option("submission.csv", "--out", help="Submission CSV (item_id,score,params,flops)."),
     split: str | None = typer.Option(None, help="Only this split of a prepared folder."),
@@ -74,13 +81,16 @@ def predict_cmd(
     a Parquet of item_id, score)."""
     import json
 
-    _writable(out, "--out", "file")
+    inputs = dataset(inputs, data)
+    writable(out, "--out", "file")
     if split is not None:
-        _check_choice("--split", split, ("train", "val", "test"))
-    _check_choice("--engine", engine, ("local", "ray"))
-    _check_inference(images, batch_size, num_workers, precision, device)
+        check_choice("--split", split, ("train", "val", "test"))
+    check_choice("--engine", engine, ("local", "ray"))
+    check_inference(images, batch_size, num_workers, precision, device)
     if engine == "local" and (address is not None or num_actors is not None or threads is not None):
         raise ConfigError("--address, --num-actors and --threads apply to --engine ray only")
+    if engine == "ray":
+        refuse_unused(ctx, "--engine ray", ("num_workers", "with_intervals"))
     if engine == "ray":
         from effiminivlm.serving.ray_engine import predict_ray
 
@@ -117,7 +127,7 @@ def serve_cmd(
     """Serve the model over HTTP: /v1/score, /v1/score/csv, /v1/model, /healthz, /readyz, /docs, page at /."""
     from effiminivlm.serving.app import serve
 
-    _check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
+    check_inference(images, 1, 0, precision, device)  # the batching limits are checked by serve()
     serve(model, host=host, port=port, images_dir=images_dir, images=images, max_batch=max_batch,
           max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, request_timeout_s=timeout,
           precision=precision, device=device, log=typer.echo)
@@ -142,29 +152,53 @@ def export_cmd(
 
 @app.command("recipes")
 def recipes_cmd(
+    ctx: typer.Context,
     folder: str | None = typer.Argument(None, help="Also a folder of recipe YAMLs (yours)."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON (one object per recipe)."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (docs/PEERS.md)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write JSON (one object per recipe) "
+                                        "here; - prints it instead of the table."),
+    markdown: str | None = typer.Option(None, "--markdown", help="Also write a Markdown table "
+                                        "(docs/PEERS.md) here; - prints it instead."),
     names: bool = typer.Option(False, "--names", help="Only list the names (instant: nothing is built)."),
     only: list[str] = typer.Option([], "--only", help="Only this recipe (repeat)."),
 ) -> None:
     """Every recipe with its arch, params (all, trainable), canonical FLOPs, C and the best E it can earn."""
     from effiminivlm import config
+    from effiminivlm.files import atomic_write_text
     from effiminivlm.protocol.recipes import recipe_sources, recipe_table, rows_json, rows_markdown
 
-    if json_out and markdown:
-        raise ConfigError("give at most one of --json and --markdown")
+    json_out, markdown = _output_path(json_out, "--json"), _output_path(markdown, "--markdown")
+    if json_out == "-" and markdown == "-":
+        raise ConfigError("only one of --json and --markdown can print (-); give the other a file path")
+    writable(None if json_out == "-" else json_out, "--json", "file")
+    writable(None if markdown == "-" else markdown, "--markdown", "file")
     if names:
+        refuse_unused(ctx, "--names (nothing is built)", ("json_out", "markdown", "only"))
         for name, _ in recipe_sources(folder):
             typer.echo(name)
         return
     config.list_recipes()  # an unreadable package fails before any model is built
     rows = recipe_table(folder, names=only, log=lambda msg: typer.echo(msg, err=True))
-    if json_out:
-        typer.echo(rows_json(rows), nl=False)
-    elif markdown:
-        typer.echo(rows_markdown(rows), nl=False)
+    outputs = [(path, render, kind) for path, render, kind in ((json_out, rows_json, "json"),
+                                                               (markdown, rows_markdown, "markdown"))
+               if path is not None]
+    for path, render, _ in outputs:
+        if path != "-":
+            atomic_write_text(path, render(rows))
+    printed = [render for path, render, _ in outputs if path == "-"]
+    if printed:
+        typer.echo(printed[0](rows), nl=False)
     else:
-        from effiminivlm.protocol.tables import print_recipes
+        from effiminivlm.cli.tables import print_recipes
 
         print_recipes(rows)
+    for path, _, kind in outputs:
+        if path != "-":
+            typer.echo(f"{kind}: {path}", err=bool(printed))
+
+
+def _output_path(value: str | None, option: str) -> str | None:
+    """An output option's path; the old bare flag means "print it" (-), with a one-line note."""
+    if value == OLD_FLAG:
+        deprecated(f"recipes {option} without a path", f"{option} PATH (or {option} - to print it)")
+        return "-"
+    return value

@@ -5,17 +5,20 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
-    _check_choice,
-    _check_inference,
-    _check_runtime,
-    _writable,
     app,
+    check_choice,
+    check_inference,
+    check_runtime,
+    dataset,
+    refuse_unused,
+    writable,
 )
 from effiminivlm.errors import ConfigError
 
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Prepared dataset folder (effiminivlm prepare)."),
     out: str = typer.Option(..., "--out", help="Run folder (model/, metrics.jsonl, ...)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Packaged recipe name or a YAML file "
@@ -55,7 +58,9 @@ def train_cmd(
     from effiminivlm.config import load_recipe
     from effiminivlm.training.loop import train
 
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
+    if kfold is None:
+        refuse_unused(ctx, "a run without --kfold", ("seeds", "fold_seed"))
     overrides = list(set_)
     for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr),
                        ("train.precision", precision), ("model.modalities", modalities)):
@@ -65,14 +70,14 @@ def train_cmd(
         overrides.append("train.freeze_image=true")
     if freeze_text:
         overrides.append("train.freeze_text=true")
-    overrides += _technique_overrides(teacher, pseudo, pseudo_weight)
+    overrides += technique_overrides(teacher, pseudo, pseudo_weight)
     keep_own = resume and recipe is None and not overrides  # resume with the recipe stored in the run
     resolved = None if keep_own else load_recipe(recipe or "offline", overrides)
     if resolved is not None:
         from effiminivlm.training.losses import check_recipe_names
 
         check_recipe_names(resolved)  # names fail now, before any data is read
-    _check_runtime(resolved.train.precision if resolved is not None else None, device)
+    check_runtime(resolved.train.precision if resolved is not None else None, device)
     if kfold is not None:
         from effiminivlm.training.kfold import run_kfold
 
@@ -104,7 +109,7 @@ def train_cmd(
                    f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
 
 
-def _technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight: float | None) -> list[str]:
+def technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight: float | None) -> list[str]:
     """train --teacher / --pseudo / --pseudo-weight as recipe overrides (so the resolved recipe records
     them and --resume reuses them); paths are made absolute and checked now."""
     import json
@@ -149,9 +154,9 @@ def soup_cmd(
 
     from effiminivlm.training.soup import soup
 
-    _writable(out, "--out", "dir")
-    _check_choice("--split", split, ("train", "val", "test"))
-    _check_inference("first", batch_size, 0, precision, device)
+    writable(out, "--out", "dir")
+    check_choice("--split", split, ("train", "val", "test"))
+    check_inference("first", batch_size, 0, precision, device)
     summary = soup(runs, out, greedy=greedy, data=data, split=split, images_dir=images_dir,
                    batch_size=batch_size, device=device, precision=precision, overwrite=overwrite,
                    features=features, log=typer.echo)
@@ -160,7 +165,9 @@ def soup_cmd(
 
 @app.command("pseudo-label")
 def pseudo_label_cmd(
-    inputs: list[str] = typer.Argument(..., help="A prepared folder, a LoViF input.csv, or meta files."),
+    inputs: list[str] | None = typer.Argument(None, help="Alias of --data.", show_default=False),
+    data: list[str] = typer.Option([], "--data", help="A prepared folder, a LoViF input.csv, or meta files "
+                                   "(repeat)."),
     model: list[str] = typer.Option(..., "--model", help="Saved model folder (repeat: the mean labels, their "
                                     "agreement gives the confidence)."),
     out: str = typer.Option(..., "--out", help="Folder of pseudo-labelled rows (for train --pseudo)."),
@@ -180,12 +187,13 @@ def pseudo_label_cmd(
 
     from effiminivlm.training.pseudo import pseudo_label
 
-    _writable(out, "--out", "dir")
+    inputs = dataset(inputs, data)
+    writable(out, "--out", "dir")
     if split is not None:
-        _check_choice("--split", split, ("train", "val", "test"))
+        check_choice("--split", split, ("train", "val", "test"))
     if not agreement_scale > 0:
         raise ConfigError(f"--agreement-scale must be > 0, got {agreement_scale!r}")
-    _check_inference(images, batch_size, 0, precision, device)
+    check_inference(images, batch_size, 0, precision, device)
     summary = pseudo_label(model, inputs, out, split=split, include_rated=include_rated,
                            images_dir=images_dir, images=images, batch_size=batch_size, device=device,
                            precision=precision, agreement_scale=agreement_scale, overwrite=overwrite,
@@ -216,14 +224,14 @@ def scaling_cmd(
     from effiminivlm.training.losses import check_recipe_names
     from effiminivlm.training.scaling import run_scaling
 
-    _writable(out, "--out", "dir")
+    writable(out, "--out", "dir")
     try:
         fracs = [float(x) for x in fractions.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
     resolved = load_recipe(recipe, list(set_))
     check_recipe_names(resolved)
-    _check_runtime(resolved.train.precision, device)
+    check_runtime(resolved.train.precision, device)
     paper = next((e for e in load_leaderboard() if getattr(e, "model", None) == "EffiMiniVLM"), None)
     reference = (f"EffiMiniVLM, LoViF test (leaderboard): {paper.plcc:.2f}", paper.plcc) if paper else None
     result = run_scaling(resolved, data, out, fractions=fracs, seeds=seeds, target_n=target_n,
@@ -236,7 +244,10 @@ def scaling_cmd(
 
 @app.command("embed")
 def embed_cmd(
-    data: str = typer.Argument(..., help="Prepared dataset folder: every row (all splits) is embedded."),
+    data_arg: str | None = typer.Argument(None, metavar="[DATA]", help="Alias of --data.",
+                                          show_default=False),
+    data: str | None = typer.Option(None, "--data", help="Prepared dataset folder: every row (all splits) "
+                                    "is embedded."),
     out: str = typer.Option(..., "--out", help="Feature cache to write (.safetensors)."),
     model: str | None = typer.Option(None, "--model", help="Saved model folder whose towers embed."),
     recipe: str | None = typer.Option(None, "--recipe", help="Or a recipe: its towers with their pretrained "
@@ -254,8 +265,9 @@ def embed_cmd(
     from effiminivlm.runtime import resolve_device, resolve_precision
     from effiminivlm.training.embed import embed_table, model_signature, save_features
 
-    _writable(out, "--out", "file")
-    _check_inference(images, batch_size, 0, precision, device)
+    (data,) = dataset(data_arg, data, many=False)
+    writable(out, "--out", "file")
+    check_inference(images, batch_size, 0, precision, device)
     if (model is None) == (recipe is None):
         raise ConfigError("give exactly one of --model (a saved model folder) or --recipe")
     if model is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,12 +21,6 @@ from effiminivlm.data.images import ImageStore, load_image_with_reason
 from effiminivlm.data.text import product_text
 
 TEXT_COLUMNS = ("category", "title", "features", "description")
-
-
-def default_image_cache(data_dir: str | Path) -> Path | None:
-    """`fetch-images` downloads into PREPARED/images by default; use that cache when it is there."""
-    cache = Path(data_dir) / "images"
-    return cache if cache.is_dir() else None
 
 
 def rating_weight_mu(rating_numbers: Sequence[int] | Any) -> float:

@@ -152,7 +152,7 @@ def read_categories(paths: Sequence[str | Path], log: InputLog | None = None) ->
     are counted as `duplicate_parent_asin`). Bad rows go to `log` with their file:line."""
     import pyarrow.parquet as pq
 
-    from effiminivlm.data.readers import _jsonl_rows  # the readers' streaming JSONL (gzip, BOM, errors)
+    from effiminivlm.data.readers import jsonl_rows  # the readers' streaming JSONL (gzip, BOM, errors)
 
     log = log or InputLog()
     out: dict[str, list[str]] = {}
@@ -168,7 +168,7 @@ def read_categories(paths: Sequence[str | Path], log: InputLog | None = None) ->
             rows = ((f"{path}:{i + 1}", r) for i, r in enumerate(table.to_pylist()))
         else:
             info: dict[str, Any] = {"format": "jsonl.gz" if magic[:2] == b"\x1f\x8b" else "jsonl"}
-            rows = _jsonl_rows(path, info, log, None)
+            rows = jsonl_rows(path, info, log, None)
         for source, obj in rows:
             if isinstance(obj, BadRow):  # a line the reader could not parse as JSON
                 log.record(obj.kind, source, str(obj))

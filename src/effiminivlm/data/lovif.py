@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.data.schema import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
@@ -193,7 +194,7 @@ def read_truth(truth_csv: str | os.PathLike[str]) -> dict[str, float]:
         if key in truth:
             raise DataError(f"{path}:{line}: {id_col} {key!r} appears twice")
         value = parse_number(raw, f"{path}:{line}", "average_rating")  # strict: "3_5" is not 35
-        if not 1.0 <= value <= 5.0:
+        if not RATING_RANGE[0] <= value <= RATING_RANGE[1]:
             raise DataError(f"{path}:{line}: average_rating {raw!r} is outside [1, 5]")
         truth[key] = value
     return truth

@@ -13,8 +13,6 @@ identity, target or weight), `bad_type`, `bad_rating` (NaN or outside [1, 5], ne
 count), `bad_value` (a value no field can hold, e.g. nested too deep to flatten); per file `empty_file`,
 `not_json`, `not_parquet`, `unreadable_file` (also a FIFO or device). Empty text fields are not bad input: the
 paper's `require_fields` filter (in `prepare`) is about them, so records carry them as "".
-
-The readers moved to `data.readers`; their names are still importable from here.
 """
 
 from __future__ import annotations
@@ -27,23 +25,11 @@ from typing import Any
 
 import orjson
 
-from effiminivlm.data.schema import INT64_MAX, RATING_RANGE, ROW_SCHEMA
+from effiminivlm.data.schema import INT64_MAX, RATING_RANGE
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
 
-__all__ = ["ROW_SCHEMA", "BadRow", "InputLog", "image_refs", "normalize_record"]
-# Names that lived here before the split; `from effiminivlm.data.meta import read_meta_table` keeps working.
-_MOVED = frozenset({"META_SUFFIXES", "META_COLUMNS", "Progress", "expand_inputs", "category_from_path",
-                    "read_meta_table", "iter_meta", "iter_meta_file"})
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy re-export of the readers (importing them eagerly would be circular: they import this module)."""
-    if name in _MOVED:
-        from effiminivlm.data import readers
-
-        return getattr(readers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["BadRow", "InputLog", "image_refs", "normalize_record"]
 
 
 class BadRow(Exception):

@@ -150,7 +150,7 @@ def iter_meta_file(path: Path, log: InputLog, progress: Progress | None = None,
         _file_error(log, info, kind, str(path), msg)
         return
     base_dir = path.absolute().parent
-    reader = _parquet_rows if info["format"] == "parquet" else _jsonl_rows
+    reader = _parquet_rows if info["format"] == "parquet" else jsonl_rows
     for source, obj in reader(path, info, log, progress):
         info["rows_read"] += 1
         log.rows_read += 1
@@ -179,7 +179,7 @@ def _file_error(log: InputLog, info: dict[str, Any], kind: str, source: str, mes
     log.record(kind, source, message)
 
 
-def _jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
+def jsonl_rows(path: Path, info: dict[str, Any], log: InputLog,
                 progress: Progress | None) -> Iterator[tuple[str, Any]]:
     """(`file:line`, parsed object) per non-blank line, reading large decompressed chunks for speed."""
     lineno, pos, rest, first = 0, 0, b"", True

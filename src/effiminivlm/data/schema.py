@@ -25,5 +25,6 @@ SCHEMA = ROW_SCHEMA.insert(ROW_SCHEMA.get_field_index("source"), pa.field("split
 SPLITS = ("train", "val", "test")
 # Text fields the paper's `require_fields` filter needs non-empty (ratings are schema, checked by data.meta).
 ESSENTIAL = ("category", "title", "features", "description")
+#: The rating scale: targets, teacher scores and every prediction live on it (the one definition).
 RATING_RANGE = (1.0, 5.0)
 INT64_MAX = 2**63 - 1  # rating_number is int64: a larger count cannot be stored, so it is a bad row

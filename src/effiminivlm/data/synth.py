@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from effiminivlm.data.synth_images import _encode, draw_product
+from effiminivlm.data.synth_images import draw_product, encode_image
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.files import partial_dir, recover_dir, remove_stale_partials, replace_dir
 
@@ -223,7 +223,7 @@ def make_item(index: int, seed: int = 0, image_size: int = 96, missing_descripti
     for k, name in enumerate(names):
         transparent = fmt == "PNG" and k == 0 and rng.random() < 0.5
         img = draw_product(rng, shape, COLOURS[colour][0], pattern, image_size, transparent=transparent)
-        files.append((name, _encode(img, fmt)))
+        files.append((name, encode_image(img, fmt)))
         hi_res = name if rng.random() < 0.8 else None
         refs.append({"thumb": name, "large": name, "variant": "MAIN" if k == 0 else f"PT{k:02d}",
                      "hi_res": hi_res})

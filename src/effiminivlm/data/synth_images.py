@@ -83,7 +83,7 @@ def draw_product(rng: np.random.Generator, shape: str, rgb: tuple[int, int, int]
     return image
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
+def encode_image(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "JPEG":
         image.save(buf, "JPEG", quality=90)

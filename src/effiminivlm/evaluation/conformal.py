@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import DataError
 
 __all__ = ["CONFORMAL_FILE", "DEFAULT_LEVELS", "coverage_report", "fit_conformal", "intervals",
            "level_key", "load_conformal", "render_coverage_markdown", "save_conformal"]
 CONFORMAL_FILE = "conformal.json"
 DEFAULT_LEVELS = (0.8, 0.9)
-RANGE = (1.0, 5.0)
+RANGE = RATING_RANGE  # scores and bounds are clipped to the rating scale
 
 
 def level_key(level: float) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.evaluation.metrics import check_predictions, metric_group
 from effiminivlm.files import atomic_write_text, to_jsonable, write_json
 
@@ -27,7 +28,6 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("n", "n"), ("plcc", "PLCC"), ("plcc_plus", "PLCC+"), ("srcc", "SRCC"),
     ("rmse", "RMSE"), ("mae", "MAE"), ("huber", "Huber"),
 )
-RATING_RANGE: tuple[float, float] = (1.0, 5.0)
 
 
 def _fmt(key: str, value: Any) -> str:

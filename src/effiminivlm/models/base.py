@@ -64,7 +64,7 @@ class RatingModel(nn.Module):
         self.text_encoder: nn.Module | None = None
         self.opts = from_dict(self.Options, dict(cfg.options), "model.options")
         self._frozen = {"image": False, "text": False}
-        self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (training.optim.freeze_layers)
+        self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (models.freezing)
         self._fixed_frozen: list[nn.Module] = []  # frozen by the architecture itself (`keep_frozen`)
 
     # ----------------------------------------------------------------------------------- the model surface

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import WeightsError
 from effiminivlm.models.weights import load_into, load_state_dict, resolve_source
 
@@ -44,7 +45,8 @@ class ScaledSigmoid(nn.Module):
     """x -> 1 + 4 * sigmoid(x): a rating on [1, 5] by construction (the LoViF teams' output layer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1.0 + 4.0 * torch.sigmoid(x)
+        lo, hi = RATING_RANGE
+        return lo + (hi - lo) * torch.sigmoid(x)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -29,7 +29,7 @@ from effiminivlm.errors import WeightsError
 from effiminivlm.files import partial_dir, remove_stale_partials, replace_dir
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.regressor import EffiMiniVLM
-from effiminivlm.models.text_encoders import _bert_keys
+from effiminivlm.models.text_encoders import bert_config_keys
 from effiminivlm.models.weights import PREFIXES as PREFIXES_OF_SOURCES
 from effiminivlm.models.weights import read_hf_config, read_state_dict_file
 
@@ -116,7 +116,7 @@ def text_config(source: str) -> dict[str, Any]:
     if model_type != "bert":
         raise WeightsError(f"{source}: model_type {model_type!r}; only BERT-family text backbones (MiniLM, "
                            "BERT) convert (the effiminivlm arch's text tower is BertModel)")
-    keep = _bert_keys()
+    keep = bert_config_keys()
     return {k: v for k, v in config.items() if k in keep}
 
 

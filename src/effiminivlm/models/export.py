@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.files import atomic_write_text
 from effiminivlm.models.factory import load_model
@@ -78,7 +79,7 @@ def preprocess_config(model: nn.Module) -> dict[str, Any]:
             "interpolation": "bicubic", "antialias": True, "to_rgb": "transparency composited on white",
             "scale": "1/255", "mean": list(image.mean), "std": list(image.std), "layout": "NCHW"},
         "no_image": "has_image false (pixels may be zeros)",
-        "score_clip": [1.0, 5.0],
+        "score_clip": list(RATING_RANGE),
     }
 
 

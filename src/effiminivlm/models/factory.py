@@ -15,13 +15,13 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
-from effiminivlm.config import ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
+from effiminivlm.config import AUGMENTS, ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import recover_dir
 from effiminivlm.models.archs import check_model_names, get_arch
 from effiminivlm.models.base import RatingModel, read_model_config
 from effiminivlm.models.image_encoders import resolve_image_cfg
-from effiminivlm.models.processor import AUGMENTS, image_transform
+from effiminivlm.models.processor import image_transform
 from effiminivlm.models.weights import resolve_source
 
 

@@ -21,13 +21,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from effiminivlm.config import ModelCfg
+from effiminivlm.config import AUGMENTS, ModelCfg
 from effiminivlm.data.dataset import Collator, ProductDataset, Sample
 from effiminivlm.data.images import ImageStore, to_rgb
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.models.image_encoders import resolve_image_cfg
-
-AUGMENTS = ("none", "flip")
 
 
 def image_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], train: bool = False,

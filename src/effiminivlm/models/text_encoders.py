@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from effiminivlm.config import TextEncoderCfg
+from effiminivlm.config import POOLINGS, TextEncoderCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.blocks import TowerWrapper
 from effiminivlm.models.weights import (
@@ -29,7 +29,6 @@ from effiminivlm.models.weights import (
 from effiminivlm.registry import Registry
 
 TEXT_ENCODERS: Registry = Registry("text encoder")
-POOLINGS = ("cls", "mean")  # cls: the paper's; mean: what all-MiniLM-L6-v2 was trained with (ablation)
 
 
 class BertTextEncoder(nn.Module):
@@ -64,7 +63,7 @@ class BertTextEncoder(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """The BertConfig values needed to rebuild this tower without its weight source (for saving)."""
-        keep = _bert_keys()  # drops bookkeeping and legacy keys such as position_embedding_type
+        keep = bert_config_keys()  # drops bookkeeping and legacy keys such as position_embedding_type
         return {k: v for k, v in self.bert.config.to_dict().items() if k in keep}
 
 
@@ -101,14 +100,14 @@ _NOT_ARCHITECTURE = {"transformers_version", "architectures", "dtype", "model_ty
                      "output_hidden_states"}
 
 
-def _bert_keys() -> set[str]:
+def bert_config_keys() -> set[str]:
     """BertConfig keys that describe the network (what a recipe may set and a saved model records)."""
     return set(BertConfig().to_dict()) - _NOT_ARCHITECTURE
 
 
 def _check_config_keys(config: dict[str, Any]) -> None:
     """A typo such as `hiden_size` would silently build a default-size BERT: refuse unknown keys."""
-    known = _bert_keys()
+    known = bert_config_keys()
     unknown = sorted(set(config) - known)
     if unknown:
         hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}

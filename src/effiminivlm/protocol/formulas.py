@@ -182,6 +182,11 @@ def leaderboard_rank(ces: float, board: list[LeaderboardEntry] | None = None) ->
     return 1 + sum(e.ces >= round(ces, 2) for e in rows if e.ranked)
 
 
+#: What `score` and its plot say instead of a rank when the truth is not the LoViF 2026 test set: a PLCC on
+#: other items measures a different question, so a place among the published rows would be a false claim.
+NOT_COMPARABLE = "not comparable: a different test set"
+
+
 def ranked_count(board: list[LeaderboardEntry] | None = None) -> int:
     """How many published rows hold a rank (what a would-be rank is out of, minus one)."""
     return sum(e.ranked for e in (load_leaderboard() if board is None else board))

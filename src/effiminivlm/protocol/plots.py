@@ -1,4 +1,4 @@
-"""The PLCC-vs-C plot of the protocol (matplotlib only; the terminal tables are in `protocol.tables`).
+"""The PLCC-vs-C plot of the protocol (matplotlib only; the terminal tables are in `cli.tables`).
 
 Why this picture: CES = PLCC+ x E(C) trades accuracy against cost in a way a table hides. Curves of equal
 CES show how much PLCC a cheaper or dearer model needs to tie; the flat region left of the E cap shows that
@@ -6,7 +6,8 @@ shrinking a model below C = exp(-gamma / alpha) earns nothing more, and the shad
 C = 1 shows where the penalty starts. The published leaderboard is drawn as numbered points (their rank),
 with the full table beside the axes, so no label covers a point; the user's model is a star with its own
 iso-CES curve and its would-be rank in that table (a vertical line at its C when no PLCC is known yet,
-with the PLCC it would need to reach first place).
+with the PLCC it would need to reach first place). A model scored on another test set is drawn where it
+would sit, marked "not comparable: a different test set", with no rank number.
 
 Built on a bare `matplotlib.figure.Figure` (Agg canvas, no pyplot global state), so it is safe in tests,
 servers and threads.
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 
 from effiminivlm.protocol.formulas import (
     DEFAULT_PROTOCOL,
+    NOT_COMPARABLE,
     LeaderboardEntry,
     ProtocolCfg,
     cap_cost,
@@ -48,6 +50,7 @@ class PlotPoint:
     label: str
     c: float
     plcc: float | None = None
+    comparable: bool = True  # PLCC measured on the LoViF 2026 test set: a rank among the published rows
 
     @property
     def has_plcc(self) -> bool:
@@ -110,7 +113,8 @@ def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoi
             rank = leaderboard_rank(ces, board)
             rows.append((position.get(rank or 0, len(board) + 1) - 0.5,
                          f" * {p.label[:25]:<25} {p.plcc:5.2f} {p.c:5.2f} {e:5.2f} {ces:5.2f}", colour))
-            notes.append((f"* {p.label[:32]}: CES {ces:.3f}, rank #{rank} of {n_ranked + 1}", colour))
+            place = f"rank #{rank} of {n_ranked + 1}" if p.comparable else NOT_COMPARABLE
+            notes.append((f"* {p.label[:32]}: CES {ces:.3f}, {place}", colour))
         elif n_ranked:
             first = next(b for b in board if b.ranked)
             need = plcc_for_ces(first.ces, p.c, cfg)

@@ -61,16 +61,6 @@ def recipe_sources(folder: str | Path | None = None, packaged: bool = True) -> l
     return out
 
 
-def _apply_freezing(model: torch.nn.Module, train: Any) -> None:
-    """The recipe's freezing, as training applies it, so `trainable` is what its training updates."""
-    from effiminivlm.training.optim import freeze_layers
-
-    if hasattr(model, "freeze"):
-        model.freeze(image=train.freeze_image, text=train.freeze_text)
-    if train.freeze_text_layers or train.freeze_image_blocks:
-        freeze_layers(model, train.freeze_text_layers, train.freeze_image_blocks)
-
-
 def _tower(model: torch.nn.Module, attr: str, registered: str, used: bool) -> str:
     """The tower's registry name where the recipe's encoder section builds it (effiminivlm), else the class
     of the module the architecture built from its own options; "-" when absent."""
@@ -87,6 +77,7 @@ def profile_recipe(name: str, spec: str, cfg: ProtocolCfg = DEFAULT_PROTOCOL) ->
     """Build `spec`'s architecture with random init and count it; a recipe that fails gives a row with
     `error` (one line) instead of stopping the table."""
     from effiminivlm.models.factory import create_model
+    from effiminivlm.models.freezing import apply_recipe_freezing
     from effiminivlm.protocol.profile import profile_model
 
     row = RecipeRow(name, "packaged" if spec == name and "/" not in spec else spec)
@@ -98,7 +89,7 @@ def profile_recipe(name: str, spec: str, cfg: ProtocolCfg = DEFAULT_PROTOCOL) ->
         model = create_model(m, pretrained=False)
         row.image_encoder = _tower(model, "image_encoder", m.image_encoder.name, m.modalities != "text")
         row.text_encoder = _tower(model, "text_encoder", m.text_encoder.name, m.modalities != "image")
-        _apply_freezing(model, recipe.train)
+        apply_recipe_freezing(model, recipe.train)
         prof = profile_model(model, label=name, cfg=cfg)
     except EffiMiniVLMError as e:
         row.error = str(e).splitlines()[0]

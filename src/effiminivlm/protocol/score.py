@@ -8,6 +8,11 @@ reported as such. What is legal but probably a mistake is returned as `warnings`
 params / FLOPs that look like raw counts rather than millions / GFLOPs, scores outside the rating scale
 [1, 5], and fewer items than `MIN_ITEMS_FOR_RANK`, below which no leaderboard rank is given (a PLCC over a
 handful of items says nothing about the test set's).
+
+A leaderboard rank is claimed only when the caller says the truth is the LoViF 2026 test set
+(`lovif_test`, `score --lovif-test`): the published rows were scored on those items, and a PLCC on any
+other set (a synthetic catalog, a dev split) answers a different question. Otherwise the result says
+`NOT_COMPARABLE` and carries no rank number.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ from typing import Any
 
 from effiminivlm.data.lovif import read_truth
 from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.metrics import plcc as pearson
 from effiminivlm.files import parse_number, read_csv_rows, write_json
-from effiminivlm.protocol.formulas import DEFAULT_PROTOCOL, ProtocolCfg, leaderboard_rank, protocol_score
+from effiminivlm.protocol.formulas import (
+    DEFAULT_PROTOCOL,
+    NOT_COMPARABLE,
+    ProtocolCfg,
+    leaderboard_rank,
+    protocol_score,
+)
 
 #: A decimal or scientific number in ASCII digits: no underscores, "nan"/"inf", hex or other scripts.
 #: Largest |score| accepted: squares and sums over millions of items must stay finite in float64.
@@ -31,8 +43,6 @@ MAX_ABS_SCORE = 1e100
 MIN_ITEMS_FOR_RANK = 30
 #: params (M) or FLOPs (G) above this look like raw counts (27706365 for 27.7 M).
 RAW_COUNT_THRESHOLD = 1e5
-#: The rating scale a score is meant to be on.
-SCORE_SCALE = (1.0, 5.0)
 
 
 def read_report_plcc(path: str | Path) -> float:
@@ -129,7 +139,7 @@ def _warnings(scores: dict[str, float], lines: dict[str, int], path: Path, param
     if flops_g > RAW_COUNT_THRESHOLD:
         out.append(f"flops {flops_g:g} looks like a raw count; the protocol wants GFLOPs "
                    f"({flops_g / 1e9:.2f} G?)")
-    lo, hi = SCORE_SCALE
+    lo, hi = RATING_RANGE
     off = [i for i, v in scores.items() if not lo <= v <= hi]
     if off:
         first = off[0]
@@ -139,7 +149,8 @@ def _warnings(scores: dict[str, float], lines: dict[str, int], path: Path, param
 
 
 def score_submission(predictions: str | Path, truth: str | Path, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
-                     min_items_for_rank: int = MIN_ITEMS_FOR_RANK) -> dict[str, Any]:
+                     min_items_for_rank: int = MIN_ITEMS_FOR_RANK, lovif_test: bool = False
+                     ) -> dict[str, Any]:
     """The leaderboard computation from files: PLCC, PLCC+, C (from the submission's params/flops), E, CES.
 
     Every submission id must be in the truth and every truth id must be predicted: a partial submission
@@ -180,8 +191,11 @@ def score_submission(predictions: str | Path, truth: str | Path, cfg: ProtocolCf
     if not result.plcc_defined:
         warnings.append("PLCC is undefined: the predictions are constant (or fewer than 2 items); PLCC+ and "
                         "CES are 0, as the reference scorer counts them")
-    rank = leaderboard_rank(result.ces) if len(ids) >= min_items_for_rank else None
-    if len(ids) < min_items_for_rank:
+    rank, rank_note = None, NOT_COMPARABLE
+    if lovif_test and len(ids) >= min_items_for_rank:
+        rank, rank_note = leaderboard_rank(result.ces), None
+    elif lovif_test:
+        rank_note = f"no rank: fewer than {min_items_for_rank} items"
         warnings.append(f"no leaderboard rank: {len(ids)} items, fewer than the {min_items_for_rank} a "
                         "rank needs")
     return {
@@ -189,7 +203,9 @@ def score_submission(predictions: str | Path, truth: str | Path, cfg: ProtocolCf
         "truth": truth_label,
         "n_items": len(ids),
         **result.to_dict(),
+        "lovif_test": lovif_test,
         "leaderboard_rank": rank,
+        "rank_note": rank_note,
         "min_items_for_rank": min_items_for_rank,
         "warnings": warnings,
         "protocol": cfg.to_dict(),
@@ -197,13 +213,15 @@ def score_submission(predictions: str | Path, truth: str | Path, cfg: ProtocolCf
 
 
 def run_score(predictions: str | Path, truth: str | Path, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
-              json_out: str | Path | None = None, plot_out: str | Path | None = None) -> dict[str, Any]:
+              json_out: str | Path | None = None, plot_out: str | Path | None = None,
+              lovif_test: bool = False) -> dict[str, Any]:
     """`effiminivlm score`: `score_submission`, then the JSON and the PLCC-vs-C plot when asked."""
-    result = score_submission(predictions, truth, cfg)
+    result = score_submission(predictions, truth, cfg, lovif_test=lovif_test)
     if json_out is not None:
         write_json(result, json_out)
     if plot_out is not None:
         from effiminivlm.protocol.plots import PlotPoint, plot_protocol
 
-        plot_protocol(plot_out, [PlotPoint(Path(predictions).name, result["c"], result["plcc"])], cfg=cfg)
+        point = PlotPoint(Path(predictions).name, result["c"], result["plcc"], comparable=lovif_test)
+        plot_protocol(plot_out, [point], cfg=cfg)
     return result

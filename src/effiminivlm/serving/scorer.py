@@ -58,9 +58,6 @@ class Scorer:
     `precision="fp32"` keeps the exact path (fp32 weights, full decode, rows batched in input order).
     `model` stays the unmodified fp32 model (what profiles and reports describe)."""
 
-    lower_better = False
-    score_range = SCORE_RANGE
-
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, device: str | None = None,
                  precision: str = "auto", images: str = "first", batch_size: int = 64,
                  num_workers: int = 0) -> None:

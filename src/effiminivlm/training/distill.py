@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import DataError
 from effiminivlm.files import read_csv_rows
-
-SCORE_RANGE = (1.0, 5.0)
 
 
 @dataclass
@@ -67,7 +66,7 @@ def read_teacher_scores(path: str | Path, *, strict: bool = False) -> TeacherSco
             score = float(raw)
         except ValueError:
             score = math.nan
-        if not math.isfinite(score) or not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+        if not math.isfinite(score) or not RATING_RANGE[0] <= score <= RATING_RANGE[1]:
             bad("bad_score", line, f"score {raw!r} is not a number in [1, 5]")
             continue
         if item in out.scores and out.scores[item] != score:

@@ -39,6 +39,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.models.freezing import apply_recipe_freezing
 from effiminivlm.runtime import (
     autocast,
     default_num_workers,
@@ -51,7 +52,7 @@ from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
-from effiminivlm.training.optim import freeze_layers, param_groups
+from effiminivlm.training.optim import param_groups
 from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
 from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
 from effiminivlm.training.train_rows import mix_train_rows
@@ -196,8 +197,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     if "categories" in model.data_columns:  # a multi-label head's targets, joined from the meta files
         train_rows, val_rows = attach_categories(train_rows, data_dir), attach_categories(val_rows, data_dir)
     model.fit_task(train_rows)  # e.g. the label vocabulary of the TRAIN split (models.base)
-    model.freeze(image=tc.freeze_image, text=tc.freeze_text)
-    freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
+    apply_recipe_freezing(model, tc)
     tokenizer = create_tokenizer(recipe.model.text_encoder)
     processor = model.processor(tokenizer)  # the architecture's own preprocessing (models.processor)
     draft = recipe.data.draft_decode  # JPEGs decoded near the model's size

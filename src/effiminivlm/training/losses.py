@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import ConfigError, EffiMiniVLMError, UnknownNameError
 from effiminivlm.models.archs import check_model_names
 from effiminivlm.registry import Registry
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: Registry[Callable[..., LossFn]] = Registry("loss")
-RATING_RANGE = (1.0, 5.0)
 
 
 def rating_weights(rating_number: torch.Tensor, mu: float, cap: float = 5.0) -> torch.Tensor:

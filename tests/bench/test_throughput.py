@@ -10,12 +10,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from effiminivlm.bench import throughput as bm
 from effiminivlm.cli import main
 from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.models.factory import load_model_or_recipe
-from effiminivlm.protocol import runtime as bm
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from effiminivlm.bench.throughput import SCOPE_MEANING, BenchmarkResult
 from effiminivlm.protocol.formulas import ProtocolCfg, cap_cost, leaderboard_rank, ranked_count
-from effiminivlm.protocol.runtime import SCOPE_MEANING, BenchmarkResult
 
 if TYPE_CHECKING:
     from effiminivlm.protocol.profile import ModelProfile
@@ -115,7 +115,8 @@ def print_profile(profile: ModelProfile, console: Any = None) -> None:
 
 
 def render_score(result: dict[str, Any]) -> Any:
-    """Rich renderables of a `score_submission` result: the leaderboard's columns plus the would-be rank."""
+    """Rich renderables of a `score_submission` result: the leaderboard's columns plus the would-be rank
+    (only against the LoViF 2026 test set; otherwise the result's `rank_note` says why there is none)."""
     from rich.console import Group
     from rich.text import Text
 
@@ -124,7 +125,7 @@ def render_score(result: dict[str, Any]) -> Any:
             ("FLOPs (G)", f"{result['flops_g']:.2f}", "as the submission states"),
             *_protocol_rows(result["c"], result["e"], result["plcc"], result["ces"], result["protocol"],
                             f"PLCC+ = {_fmt(result['plcc_plus'])}", result["leaderboard_rank"],
-                            f"no rank: fewer than {result['min_items_for_rank']} items")]
+                            result.get("rank_note") or "")]
     title = Text(f"LoViF 2026 score: {result['submission']} against {result['truth']}", style="bold")
     warnings = Text("\n".join(f"warning: {w}" for w in result.get("warnings", [])), style="bold yellow")
     return Group(title, _kv_table(rows), warnings)

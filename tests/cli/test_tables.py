@@ -7,8 +7,8 @@ import math
 import pytest
 from rich.console import Console
 
+from effiminivlm.cli.tables import render_profile, render_score
 from effiminivlm.protocol.formulas import ProtocolCfg, efficiency, protocol_score
-from effiminivlm.protocol.tables import render_profile, render_score
 
 
 def _render(renderable) -> str:
@@ -20,7 +20,7 @@ def _render(renderable) -> str:
 def test_render_score_shows_every_number() -> None:
     s = protocol_score(152.12, 31.14, 0.41)
     result = {"submission": "sub.csv", "truth": "truth.csv", "n_items": 1234, **s.to_dict(),
-              "leaderboard_rank": 3, "min_items_for_rank": 30, "warnings": [],
+              "leaderboard_rank": 3, "rank_note": None, "min_items_for_rank": 30, "warnings": [],
               "protocol": ProtocolCfg().to_dict()}
     text = _render(render_score(result))
     for expected in ("sub.csv", "truth.csv", "1,234", "152.12", "31.14", f"{s.c:.4f}", f"{s.e:.4f}",
@@ -29,6 +29,7 @@ def test_render_score_shows_every_number() -> None:
     assert "warning" not in text
     undefined = protocol_score(152.12, 31.14, math.nan)
     text = " ".join(_render(render_score({**result, **undefined.to_dict(), "leaderboard_rank": None,
+                                          "rank_note": "no rank: fewer than 30 items",
                                           "warnings": ["PLCC is undefined: x"]})).split())
     assert "PLCC undefined (constant predictions): PLCC+ and CES count as 0" in text
     assert "would rank" not in text and "no rank: fewer than 30 items" in text

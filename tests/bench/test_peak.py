@@ -1,4 +1,4 @@
-"""The isolated-op ceiling of `protocol.peak`: which calls it times, how often, and the rate it implies."""
+"""The isolated-op ceiling of `bench.peak`: which calls it times, how often, and the rate it implies."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from effiminivlm.bench.peak import isolated_ops, op_breakdown
 from effiminivlm.protocol.flops import count_flops
-from effiminivlm.protocol.peak import isolated_ops, op_breakdown
 
 
 class _Block(nn.Module):

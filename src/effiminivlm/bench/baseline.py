@@ -19,15 +19,7 @@ import pyarrow as pa
 import torch
 
 from effiminivlm import files
-from effiminivlm.config import Recipe
-from effiminivlm.data.dataset import ProductDataset, mean_token_length
-from effiminivlm.data.images import ImageStore
-from effiminivlm.data.inputs import read_inputs
-from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.inference import make_loader
-from effiminivlm.models.factory import load_model_or_recipe
-from effiminivlm.models.optimize import optimize_for_inference
-from effiminivlm.protocol.fastpath import (
+from effiminivlm.bench.fastpath import (
     FAST,
     FP32_EXACT,
     PathConfig,
@@ -36,9 +28,17 @@ from effiminivlm.protocol.fastpath import (
     run_path,
     run_reference,
 )
-from effiminivlm.protocol.peak import matmul_peak_gflops, op_breakdown, tower_rates
+from effiminivlm.bench.peak import matmul_peak_gflops, op_breakdown, tower_rates
+from effiminivlm.bench.throughput import device_name, is_prepared, load_avg_1m
+from effiminivlm.config import Recipe
+from effiminivlm.data.dataset import ProductDataset, mean_token_length
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.inputs import read_inputs
+from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.inference import make_loader
+from effiminivlm.models.factory import load_model_or_recipe
+from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.protocol.profile import profile_model
-from effiminivlm.protocol.runtime import _is_prepared, _load_avg, device_name
 from effiminivlm.runtime import resolve_device
 
 BASELINES = ("reference",)
@@ -55,7 +55,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
     say = log or (lambda _msg: None)
     if batch_size < 1 or warmup < 0 or (max_samples is not None and max_samples < 1):
         raise EffiMiniVLMError("--batch-size and --max-samples must be >= 1 and --warmup >= 0")
-    split = (split or "test") if _is_prepared(inputs) else split
+    split = (split or "test") if is_prepared(inputs) else split
     src = read_inputs(inputs, split=None if split == "all" else split, images_dir=images_dir)
     warm_rows = warmup * batch_size
     wanted = max_samples if max_samples is not None else src.table.num_rows - warm_rows
@@ -66,7 +66,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
     model, tokenizer, label = load_model_or_recipe(model_dir, recipe)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    load_before = _load_avg()
+    load_before = load_avg_1m()
 
     say("measuring the matrix-multiply peak (bf16, fp32)")
     peak = {"bf16_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
@@ -97,7 +97,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
         "model": label, "inputs": list(inputs), "split": split, "items": wanted, "batch_size": batch_size,
         "warmup_batches": warmup, "device": str(dev), "device_name": device_name(dev),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "load_avg_1m_before": load_before, "load_avg_1m_after": _load_avg(),
+        "load_avg_1m_before": load_before, "load_avg_1m_after": load_avg_1m(),
         "params_m": round(prof.params_m, 3), "active_params_m": round(prof.params_m, 3),
         "flops_g_canonical": round(prof.flops_g, 3),
         "flops_g_mean_length": (None if prof.flops_g_mean_length is None

@@ -22,7 +22,7 @@ machine it ran on. Every run records both:
 
 Reuses the one prediction path of `effiminivlm.inference`: `make_loader` (eval transforms, `ProductDataset`
 + `Collator`) and `forward_batch` under `torch.inference_mode` and `runtime.autocast`. The table is printed
-by `protocol.tables.print_report`.
+by `cli.tables.print_report`.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def current_rss_mb() -> float | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
-def _load_avg() -> float | None:
+def load_avg_1m() -> float | None:
+    """The 1-minute load average, rounded (None where the OS has none): says when a timing ran under load."""
     try:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):
@@ -233,7 +234,7 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
         mem["cpu_before"] = time.process_time()
         return _clock()
 
-    load_avg = _load_avg()
+    load_avg = load_avg_1m()
     with torch.inference_mode():
         # scope model: every batch read, decoded, tokenised, collated and moved to the device, untimed
         source = iter([_to_device(b, dev) for b in loader]) if scope == "model" else iter(loader)
@@ -288,7 +289,8 @@ def _round(x: float | None, nd: int = 1) -> float | None:
 
 # ------------------------------------------------------------------------------------------- the command
 
-def _is_prepared(inputs: list[str]) -> bool:
+def is_prepared(inputs: list[str]) -> bool:
+    """Whether the inputs are one `prepare-data` folder (its splits apply) rather than files of items."""
     return len(inputs) == 1 and (Path(inputs[0]) / "summary.json").is_file()
 
 
@@ -310,7 +312,7 @@ def run_benchmark(inputs: list[str], *, model_dir: str | Path | None = None,
         raise EffiMiniVLMError("give exactly one of --model (a saved model folder) or --recipe (random init)")
     if threads is not None and threads < 1:
         raise EffiMiniVLMError(f"--threads must be >= 1, got {threads}")
-    if _is_prepared(inputs):
+    if is_prepared(inputs):
         split = split or "test"
     elif split not in (None, "all"):
         raise DataError("--split applies to a prepared dataset folder only")
