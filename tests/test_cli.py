@@ -231,7 +231,7 @@ def test_a_model_config_with_absurd_sizes_is_one_line_naming_file_and_key(tmp_pa
     cfg["image_encoder"]["image_size"] = -5
     (model / "config.json").write_text(json.dumps(cfg))
     assert main(["profile", "--model", str(model)]) == 2
-    assert _one_line_error(capsys) == (f"error: {model / 'config.json'}: model.image_encoder.image_size must "
+    assert _one_line_error(capsys) == (f"error: {model / 'config.json'}: input.image_size must "
                                        "be an integer in [16, 4096], got -5")
 
 

@@ -14,15 +14,18 @@ Weight sources (`pretrained` fields) are strings with a prefix that says where t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+import importlib
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from effiminivlm.errors import ConfigError, UnknownNameError
-from effiminivlm.typed import check_choice, check_int, check_number, fail, from_dict
+from effiminivlm.typed import check_choice, check_int, check_number, fail, from_dict, suggest
 
 # Fixed choices, checked when a recipe (or a model's config.json) loads. Registry-backed names (arch,
 # encoders, heads, losses) live with the parts they build, so the layers above check them:
@@ -66,41 +69,54 @@ class LoraCfg:
 
 
 @dataclass
-class ImageEncoderCfg:
-    """The image tower: a registered encoder name plus its weights and canonical preprocessing."""
+class InputCfg:
+    """What the model reads, shared by every architecture (the recipe's top-level `input:`): the image size
+    and normalisation, the tokenizer and the text length. The Processor reads it; unset values come from the
+    weights (the image encoder's data config, the text weight source) when the model is built, and the
+    architecture checks the rest against its towers' own configs as the recipe loads (`ModelCfg.check_input`).
+    """
 
-    name: str = "tf_efficientnet_lite0"
-    pretrained: str | None = None
-    image_size: int = 224
-    mean: list[float] | None = None  # None: the encoder's pretrained mean/std (models.resolve_image_cfg)
+    image_size: int | None = None
+    mean: list[float] | None = None  # None: the image weights' mean/std
     std: list[float] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    lora: LoraCfg | None = None  # e.g. {r: 4, target_modules: [conv_pwl]} (timm EfficientNet convolutions)
+    tokenizer: str | None = None  # None: the text weight source
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
-        check_int("image_size", self.image_size, 16, 4096)
+        if self.image_size is not None:
+            check_int("image_size", self.image_size, 16, 4096)
         for key in ("mean", "std"):
             values = getattr(self, key)
             if values is not None and len(values) != 3:
                 fail(key, "3 numbers (R, G, B)", values)
         for v in self.std or []:
             check_number("std", v, gt=0)
+        if self.max_length is not None:
+            check_int("max_length", self.max_length, 1, 8192)
+
+
+@dataclass
+class ImageEncoderCfg:
+    """EffiMiniVLM's image tower: a registered encoder name plus its weights (its input: `input:`)."""
+
+    name: str = "tf_efficientnet_lite0"
+    pretrained: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    lora: LoraCfg | None = None  # e.g. {r: 4, target_modules: [conv_pwl]} (timm EfficientNet convolutions)
 
 
 @dataclass
 class TextEncoderCfg:
-    """The text tower: a registered encoder name, a transformers config, weights and tokenizer source."""
+    """EffiMiniVLM's text tower: a registered encoder name, a transformers config and weights (its
+    tokenizer and length: `input:`)."""
 
     name: str = "bert"
     pretrained: str | None = None
-    tokenizer: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    max_length: int = 256
     pooling: str = "cls"
     lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [query, value]}
 
     def __post_init__(self) -> None:
-        check_int("max_length", self.max_length, 1, 8192)
         check_choice("pooling", self.pooling, POOLINGS)
         cfg = self.config
         for key, (lo, hi) in TEXT_CONFIG_INTS.items():
@@ -131,18 +147,93 @@ class HeadCfg:
 
 @dataclass
 class ModelCfg:
-    """The whole model. `modalities` selects image+text, image-only or text-only (for ablations). `options`
-    are the architecture's own (`arch`'s Options dataclass checks them: models.archs.check_model_names)."""
+    """What every architecture's config has: `arch` (which class builds it) and `modalities` (image+text,
+    image-only or text-only). Each architecture subclasses it with its own typed fields and registers the
+    pair (`models.archs.register_arch`); the `model:` section of a recipe is checked against the subclass
+    its `arch` names, so a key no field holds fails by its dotted name.
+
+    `input` is the recipe's top-level `input:` block (the same object), carried here so that whatever holds
+    a model config also holds what the model reads; it is not a key of the `model:` section.
+    """
 
     arch: str = "effiminivlm"
     modalities: str = "image_text"
-    image_encoder: ImageEncoderCfg = field(default_factory=ImageEncoderCfg)
-    text_encoder: TextEncoderCfg = field(default_factory=TextEncoderCfg)
-    head: HeadCfg = field(default_factory=HeadCfg)
-    options: dict[str, Any] = field(default_factory=dict)
+    input: InputCfg = field(default_factory=InputCfg, repr=False, metadata={"internal": True})
+    #: old spellings this architecture's `model:` section still accepts: {old dotted key: new dotted key}
+    #: (relative to `model.`; a new key starting with `input.` moves to the input block)
+    LEGACY: ClassVar[dict[str, str]] = {}
+    #: sections of the former layout this architecture removes once emptied by the old spellings
+    LEGACY_SECTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         check_choice("modalities", self.modalities, MODALITIES)
+
+    def check_input(self) -> None:
+        """Check `self.input` against the towers' own configs (e.g. a second image size that disagrees)
+        and fill what they fix. Nothing by default."""
+
+    def tokenizer_source(self) -> str | None:
+        """Where the tokenizer comes from: `input.tokenizer` (an architecture may add a default)."""
+        return self.input.tokenizer
+
+    def lora(self, tower: str) -> LoraCfg | None:
+        """The LoRA settings of tower "image_encoder" / "text_encoder" (models.lora); none by default."""
+        return None
+
+    def without_lora(self, tower: str) -> ModelCfg:
+        """A copy with `tower`'s LoRA settings cleared (its adapters merged into the weights)."""
+        return self
+
+    def section(self) -> dict[str, Any]:
+        """The `model:` section as plain data (without the input block)."""
+        out = asdict(self)
+        out.pop("input")
+        return out
+
+    @classmethod
+    def typed_select(cls, data: dict[str, Any], where: str) -> type:
+        """The config class registered for `data["arch"]` (typed.from_dict asks before building)."""
+        return model_config_class(data.get("arch", "effiminivlm"), f"{where}.arch")
+
+
+@dataclass
+class EffiMiniVLMCfg(ModelCfg):
+    """EffiMiniVLM: an image encoder, a text encoder and a head, each chosen by a registered name."""
+
+    image_encoder: ImageEncoderCfg = field(default_factory=ImageEncoderCfg)
+    text_encoder: TextEncoderCfg = field(default_factory=TextEncoderCfg)
+    head: HeadCfg = field(default_factory=HeadCfg)
+
+    def tokenizer_source(self) -> str | None:
+        """`input.tokenizer`, else the text weights' own (their folder holds the tokenizer)."""
+        return self.input.tokenizer or self.text_encoder.pretrained
+
+    def lora(self, tower: str) -> LoraCfg | None:
+        return getattr(self, tower).lora  # type: ignore[no-any-return]
+
+    def without_lora(self, tower: str) -> ModelCfg:
+        return replace(self, **{tower: replace(getattr(self, tower), lora=None)})
+
+
+#: `model.arch` -> its config class; built-in architectures register on import of effiminivlm.models
+#: (`models.archs.register_arch`), which `model_config_class` imports by name the first time a name is missing
+#: (the config stage never imports the models stage's code).
+MODEL_CONFIGS: dict[str, type[ModelCfg]] = {"effiminivlm": EffiMiniVLMCfg}
+ARCH_PACKAGE = "effiminivlm.models"
+
+
+def model_config_class(arch: Any, where: str = "model.arch") -> type[ModelCfg]:
+    """The config class of architecture `arch`; an unknown name fails with the known ones."""
+    if not isinstance(arch, str):
+        fail(where, "an architecture name", arch)
+    if arch not in MODEL_CONFIGS:
+        importlib.import_module(ARCH_PACKAGE)  # registers the built-in and path architectures
+    if arch not in MODEL_CONFIGS:
+        close = suggest(arch, MODEL_CONFIGS)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownNameError(f"{where}: unknown model arch {arch!r}{hint} (known: "
+                               f"{', '.join(sorted(MODEL_CONFIGS))})")
+    return MODEL_CONFIGS[arch]
 
 
 @dataclass
@@ -297,12 +388,19 @@ class Recipe:
     """
 
     name: str = "custom"
-    model: ModelCfg = field(default_factory=ModelCfg)
+    input: InputCfg = field(default_factory=InputCfg)
+    model: ModelCfg = field(default_factory=EffiMiniVLMCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
 
+    def __post_init__(self) -> None:
+        self.model.input = self.input  # one object: what the model reads is the recipe's input block
+        self.model.check_input()
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["model"].pop("input")
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -362,7 +460,8 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
             raise UnknownNameError(f"unknown recipe {name_or_path!r}; packaged recipes: "
                                    f"{', '.join(list_recipes())}")
         text = res.read_text()
-    data = _load_yaml(text, str(path) if path.is_file() else f"recipe {name_or_path}") or {}
+    where = str(path) if path.is_file() else f"recipe {name_or_path}"
+    data = _load_yaml(text, where) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path} must be a mapping")
     base = data.pop("base", None)
@@ -373,7 +472,11 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
     if base:
         if base in _seen:
             raise ConfigError(f"recipe base cycle: {' -> '.join((*_seen, base))}")
-        data = _merge(_read_recipe_dict(base, (*_seen, name_or_path)), data)
+        base_data = _read_recipe_dict(base, (*_seen, name_or_path))
+        migrate_legacy(data, _arch_of(data) or _arch_of(base_data), where)  # before the merge: old
+        data = _merge(base_data, data)  # spellings over a base's new ones must override, not collide
+    else:
+        migrate_legacy(data, _arch_of(data), where)
     data["name"] = name
     return data
 
@@ -386,8 +489,19 @@ def load_recipe(name_or_path: str | dict[str, Any], overrides: list[str] | None 
     """
     data = dict(name_or_path) if isinstance(name_or_path, dict) else _read_recipe_dict(name_or_path)
     data.pop("base", None)
+    if isinstance(name_or_path, dict):
+        data = copy.deepcopy(data)
+        migrate_legacy(data, _arch_of(data), "recipe")
     for item in overrides or []:
         keys, value = _parse_override(item)
+        arch = keys[-1] == "arch" and keys[:-1] == ["model"] and value
+        new = legacy_key(keys, model_config_class(_arch_of(data))) if not arch else None
+        if new == []:
+            _note(f"--set {'.'.join(keys)} is read by nothing: dropped", "override")
+            continue
+        if new is not None:
+            _note(f"--set {'.'.join(keys)} is now {'.'.join(new)}", "override")
+            keys = new
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -395,3 +509,91 @@ def load_recipe(name_or_path: str | dict[str, Any], overrides: list[str] | None 
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
     return from_dict(Recipe, data)
+
+
+# ------------------------------------------------------------------------------------- old spellings
+
+#: keys of EffiMiniVLM's former `model:` layout that every architecture now reads from `input:`
+INPUT_LEGACY = {"image_encoder.image_size": "input.image_size", "image_encoder.mean": "input.mean",
+                "image_encoder.std": "input.std", "text_encoder.tokenizer": "input.tokenizer",
+                "text_encoder.max_length": "input.max_length"}
+
+
+def _arch_of(data: dict[str, Any]) -> str:
+    model = data.get("model")
+    arch = model.get("arch") if isinstance(model, dict) else None
+    return arch if isinstance(arch, str) else ("effiminivlm" if arch is None else arch)
+
+
+def legacy_key(keys: list[str], cls: type[ModelCfg]) -> list[str] | None:
+    """The current spelling of dotted key `keys` (from the top of the recipe) when it is an old one with
+    one meaning: `model.X` -> `model.X`, `input.image_size` -> `input.image_size`, the
+    architecture's own `LEGACY` entries ([] for a key nothing reads, dropped); None when `keys` is not an old
+    spelling."""
+    if len(keys) < 2 or keys[0] != "model":
+        return None
+    if keys[1] == "options" and len(keys) > 2:  # a peer's former options, then its own old spellings
+        keys = ["model", *keys[2:]]
+        return legacy_key(keys, cls) if legacy_key(keys, cls) is not None else keys
+    for old, new in {**INPUT_LEGACY, **cls.LEGACY}.items():
+        old_keys = old.split(".")
+        if keys[1:1 + len(old_keys)] == old_keys:
+            rest = keys[1 + len(old_keys):]
+            if not new:
+                return []
+            return [*new.split("."), *rest] if new.startswith("input.") else ["model", *new.split("."), *rest]
+    return None
+
+
+def _leaves(node: dict[str, Any], keys: list[str]) -> list[tuple[list[str], Any]]:
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, [*keys, k]) if isinstance(v, dict) and v else [([*keys, k], v)]
+    return out
+
+
+def migrate_legacy(data: dict[str, Any], arch: str, where: str, *, quiet: bool = False) -> None:
+    """Rewrite the old spellings in recipe mapping `data` (in place) to the current ones, with a one-line
+    note each (none when `quiet`: a saved folder's format is not the user's to change). Both spellings of
+    one key with different values is an error; an emptied old section is removed."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return
+    if "input" in model:
+        raise ConfigError(f"{where}: model.input: the input block is top-level (input.image_size, "
+                          "input.mean, "
+                          "input.std, input.tokenizer, input.max_length)")
+    cls = model_config_class(arch)
+    for keys, value in _leaves({"model": model}, []):
+        new = legacy_key(keys, cls)
+        if new is None:
+            continue
+        parents = [model]
+        for k in keys[1:-1]:
+            parents.append(parents[-1][k])
+        parents[-1].pop(keys[-1])
+        for parent, k in zip(parents[-2::-1], keys[-2:0:-1], strict=True):  # sections the move emptied
+            if parent[k] == {}:
+                parent.pop(k)
+        if not new:
+            if not quiet:
+                _note(f"{'.'.join(keys)} is read by nothing: dropped", where)
+            continue
+        dest = data
+        for k in new[:-1]:
+            dest = dest.setdefault(k, {})
+            if not isinstance(dest, dict):
+                raise ConfigError(f"{where}: {'.'.join(new)}: {k} is not a section")
+        if new[-1] in dest and dest[new[-1]] != value:
+            raise ConfigError(f"{where}: {'.'.join(keys)} {value!r} and {'.'.join(new)} {dest[new[-1]]!r} "
+                              f"disagree: set only {'.'.join(new)}")
+        dest[new[-1]] = value
+        if not quiet:
+            _note(f"{'.'.join(keys)} is now {'.'.join(new)}", where)
+    for section in ("options", "image_encoder", "text_encoder", *cls.LEGACY_SECTIONS):
+        if model.get(section) == {}:
+            model.pop(section)
+
+
+def _note(text: str, where: str) -> None:
+    warnings.warn(f"{where}: {text} (the old spelling is read for now)", FutureWarning, stacklevel=3)

@@ -41,7 +41,7 @@ def test_tiny_variant_trains_saves_reloads_and_predicts_the_same_through_the_cli
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["epochs_run"] == 1 and np.isfinite(summary["best_val_plcc"])
     config = json.loads((run / "model" / "config.json").read_text())
-    assert config["arch"] == arch and (run / "model" / "model.safetensors").is_file()
+    assert config["model"]["arch"] == arch and (run / "model" / "model.safetensors").is_file()
     assert main(["predict", str(prepared), "--split", "test", "--model", str(run / "model"),
                  "--out", str(sub), "--num-workers", "0", "--precision", "fp32"]) == 0
     cli_scores = np.array([float(r["score"]) for r in csv.DictReader(sub.open())])
@@ -59,25 +59,25 @@ def test_tiny_variant_trains_saves_reloads_and_predicts_the_same_through_the_cli
 
 @pytest.mark.parametrize("arch", PEERS)
 def test_options_are_checked_like_recipe_keys(arch) -> None:
-    with pytest.raises(ConfigError, match=r"unknown recipe key\(s\) model\.options\.no_such_option"):
-        create_model(load_recipe(f"{arch}-tiny", ["model.options.no_such_option=1"]).model, pretrained=False)
+    with pytest.raises(ConfigError, match=r"unknown recipe key\(s\) model\.no_such_option"):
+        create_model(load_recipe(f"{arch}-tiny", ["model.no_such_option=1"]).model, pretrained=False)
 
 
 def test_an_unknown_option_fails_train_before_the_data_is_read(tmp_path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r"),
-                 "--recipe", "clip-fusion-tiny", "--set", "model.options.fusion_layer=3"]) == 2
+                 "--recipe", "clip-fusion-tiny", "--set", "model.fusion_layer=3"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model.options.fusion_layer" in err and "fusion_layers" in err
+    assert err.count("\n") == 1 and "model.fusion_layer" in err and "fusion_layers" in err
 
 
 @pytest.mark.parametrize("arch, key", [
     ("clip-fusion", "pretrained"), ("smolvlm2-regressor", "pretrained"), ("minivitex", "text_pretrained"),
     ("cross-attention", "text_pretrained"), ("latent-query", "image_pretrained")])
 def test_absent_weights_are_one_line_naming_the_option(arch, key, tmp_path) -> None:
-    cfg = load_recipe(f"{arch}-tiny", [f"model.options.{key}=local-dir:{tmp_path / 'absent'}"]).model
+    cfg = load_recipe(f"{arch}-tiny", [f"model.{key}=local-dir:{tmp_path / 'absent'}"]).model
     with pytest.raises(WeightsError) as e:
         create_model(cfg, pretrained=True)
-    assert f"model.options.{key}" in str(e.value) and "\n" not in str(e.value)
+    assert f"model.{key}" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("arch", PEERS)
@@ -85,7 +85,7 @@ def test_tiny_forward_gives_ratings_and_ignores_padding(arch) -> None:
     """model(batch) -> [B] float32; an item's rating does not depend on how much padding its batch adds."""
     torch.manual_seed(0)
     model = create_model(load_recipe(f"{arch}-tiny").model, pretrained=False)
-    batch = model.example_batch(model.cfg.image_encoder.image_size, 12)
+    batch = model.example_batch(model.cfg.input.image_size, 12)
     with torch.no_grad():
         short = model(batch)
         padded = {k: v for k, v in batch.items()}

@@ -100,7 +100,7 @@ def test_model_health_ready_docs_and_page(make_app, serve_model):
 def test_image_the_model_saw_is_the_transform_output(make_app, serve_model):
     from effiminivlm.models.factory import load_model
 
-    size = load_model(serve_model)[0].cfg.image_encoder.image_size
+    size = load_model(serve_model)[0].cfg.input.image_size
     body = _png((120, 40), (10, 200, 60))
     with TestClient(make_app()) as client:
         resp = client.post("/v1/score?image=true", json=[{"title": "green bag", "images": [

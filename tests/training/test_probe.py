@@ -46,7 +46,7 @@ def test_fit_ridge_recovers_a_weighted_linear_function() -> None:
 
 def test_embed_cache_roundtrip_and_refusals(tiny_recipe, prepared: Path, tmp_path: Path) -> None:
     model = create_model(tiny_recipe.model, pretrained=False)
-    tok = create_tokenizer(tiny_recipe.model.text_encoder)
+    tok = create_tokenizer(tiny_recipe.model)
     table = read_prepared(prepared)
     feats = embed_table(model, tok, table, ImageStore.for_prepared(prepared))
     assert feats["text"].shape == (table.num_rows, model.text_dim)
@@ -54,7 +54,7 @@ def test_embed_cache_roundtrip_and_refusals(tiny_recipe, prepared: Path, tmp_pat
     path = save_features(feats, tmp_path / "f.safetensors", model_signature(model))
     back = load_features(path, model_signature(model))
     assert back["ids"] == table.column("parent_asin").to_pylist() and torch.equal(back["text"], feats["text"])
-    other = create_model(load_recipe("tiny", ["model.text_encoder.max_length=32"]).model, pretrained=False)
+    other = create_model(load_recipe("tiny", ["input.max_length=32"]).model, pretrained=False)
     with pytest.raises(DataError, match="another model"):
         load_features(path, model_signature(other))
     reinit = create_model(tiny_recipe.model, pretrained=False)  # same config, other random weights

@@ -34,14 +34,12 @@ __all__ = ["embed_table", "feature_matrix", "load_features", "model_signature", 
 def model_signature(model: torch.nn.Module) -> str:
     """The towers' config and a digest of their weights: two caches are interchangeable only if this
     matches (the config alone would accept two random initialisations, or another fine-tuned model)."""
-    cfg = model.config_dict()  # type: ignore[attr-defined]
-    cfg.pop("effiminivlm_version", None)
+    saved = model.config_dict()  # type: ignore[attr-defined]
+    cfg = {**saved["model"], "input": saved["input"]}
     cfg.pop("head", None)  # the head does not change the features
-    if not cfg.get("options"):  # no arch options: caches made before `model.options` existed stay valid
-        cfg.pop("options", None)
-    for tower in ("image_encoder", "text_encoder"):  # where weights/tokenizer came from: a saved model and
-        for key in ("pretrained", "tokenizer"):  # the recipe it was trained from differ only here
-            cfg.get(tower, {}).pop(key, None)
+    cfg["input"].pop("tokenizer", None)  # where weights/tokenizer came from: a saved model and the recipe
+    for tower in ("image_encoder", "text_encoder"):  # it was trained from differ only here
+        cfg.get(tower, {}).pop("pretrained", None)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         if not name.startswith("head."):

@@ -198,7 +198,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     model.fit_task(train_rows)  # e.g. the label vocabulary of the TRAIN split (models.base)
     model.freeze(image=tc.freeze_image, text=tc.freeze_text)
     freeze_layers(model, tc.freeze_text_layers, tc.freeze_image_blocks)
-    tokenizer = create_tokenizer(recipe.model.text_encoder)
+    tokenizer = create_tokenizer(recipe.model)
     processor = model.processor(tokenizer)  # the architecture's own preprocessing (models.processor)
     draft = recipe.data.draft_decode  # JPEGs decoded near the model's size
     train_ds = processor.dataset(train_rows, store, "first", train=True, augment=recipe.data.augment,
