@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MODEL_ARCHS: Registry = Registry("model arch")
 ARCH_PATH_ENV = "EFFIMINIVLM_ARCH_PATH"
-_loaded_paths: set[Path] = set()
+_loaded_paths: dict[Path, list[str]] = {}  # module file -> the arch names it registered
 
 
 def register_arch(name: str) -> Callable[[type], type]:
@@ -59,7 +59,7 @@ def load_arch_path(*paths: str | Path) -> list[str]:
         for file in files:
             if file in _loaded_paths:
                 continue
-            _loaded_paths.add(file)
+            known = set(MODEL_ARCHS.names())
             tag = hashlib.blake2b(str(file).encode(), digest_size=4).hexdigest()
             name = f"effiminivlm_arch_{file.stem}_{tag}"
             spec = importlib.util.spec_from_file_location(name, file)
@@ -68,7 +68,18 @@ def load_arch_path(*paths: str | Path) -> list[str]:
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)
+            _loaded_paths[file] = sorted(set(MODEL_ARCHS.names()) - known)
     return sorted(set(MODEL_ARCHS.names()) - before)
+
+
+def unload_arch_path(*paths: str | Path) -> None:
+    """Forget the architectures the modules of `paths` registered (a test's plug-in, once it is done)."""
+    for entry in paths:
+        root = Path(entry).expanduser().resolve()
+        for file in [f for f in _loaded_paths if f == root or f.parent == root]:
+            for arch in _loaded_paths.pop(file):
+                MODEL_ARCHS.unregister(arch)
+                MODEL_CONFIGS.pop(arch, None)
 
 
 def load_env_archs() -> None:

@@ -68,6 +68,8 @@ class RatingModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- the model surface
 
+    #: the recipe the architecture's smoke runs and tests use (None: the packaged `<arch>-tiny`)
+    tiny_recipe: ClassVar[str | None] = None
     #: `input.image_size` / `input.max_length` when neither the recipe nor the weights set them
     default_image_size = 224
     default_max_length = 256

@@ -47,6 +47,7 @@ class EffiMiniVLM(RatingModel):
     """
 
     Config = EffiMiniVLMCfg
+    tiny_recipe = "tiny"
     plain_towers = True  # pixels -> pooled vector, (ids, mask) -> CLS vector: the fast path may swap them
 
     @classmethod
