@@ -141,8 +141,6 @@ class ModelCfg:
     #: old spellings this architecture's `model:` section still accepts: {old dotted key: new dotted key}
     #: (relative to `model.`; a new key starting with `input.` moves to the input block)
     LEGACY: ClassVar[dict[str, str]] = {}
-    #: sections of the former layout this architecture removes once emptied by the old spellings
-    LEGACY_SECTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         check_choice("modalities", self.modalities, MODALITIES)
@@ -295,9 +293,17 @@ def migrate_legacy(data: dict[str, Any], arch: str, where: str, *, quiet: bool =
         dest[new[-1]] = value
         if not quiet:
             note_old_spelling(f"{'.'.join(keys)} is now {'.'.join(new)}", where)
-    for section in ("options", "image_encoder", "text_encoder", *cls.LEGACY_SECTIONS):
+    for section in ("options", "image_encoder", "text_encoder"):
         if model.get(section) == {}:
             model.pop(section)
+    if not issubclass(cls, EffiMiniVLMCfg):  # a resolved recipe.yaml of the former layout: EffiMiniVLM's
+        for section, default in (("image_encoder", ImageEncoderCfg()), ("text_encoder", TextEncoderCfg()),
+                                 ("head", HeadCfg())):  # default sections, which say nothing here
+            values, defaults = model.get(section), asdict(default)
+            if isinstance(values, dict) and all(k in defaults and defaults[k] == v for k, v in values.items()):
+                model.pop(section)
+                if not quiet:
+                    note_old_spelling(f"model.{section}: EffiMiniVLM's defaults, read by nothing: dropped", where)
 
 
 def note_old_spelling(text: str, where: str) -> None:

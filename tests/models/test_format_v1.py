@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from effiminivlm.config import load_recipe
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.models import load_model
 from effiminivlm.models.base import read_model_config
@@ -67,3 +68,12 @@ def test_a_version_1_peer_config_maps_its_options_and_drops_the_unread_sections(
     with pytest.raises(EffiMiniVLMError, match=r"config.json: input.image_size 32 disagrees with "
                                                 r"model.vision.image_size 64"):
         read_model_config(folder)
+
+
+@pytest.mark.parametrize("name", ["tiny", "clip-fusion-tiny", "latent-query-tiny"])
+def test_a_resolved_recipe_of_the_former_layout_loads_as_the_current_one(name) -> None:
+    """A run folder's recipe.yaml written before `input:` and the per-architecture sections (the fixture:
+    the version-1 code's resolved dump) loads, with notes, to the recipe as it reads now."""
+    with pytest.warns(FutureWarning):
+        old = load_recipe(str(V1 / f"{name}.recipe.yaml"))
+    assert old.to_dict() == load_recipe(name).to_dict()
