@@ -300,10 +300,11 @@ def migrate_legacy(data: dict[str, Any], arch: str, where: str, *, quiet: bool =
         for section, default in (("image_encoder", ImageEncoderCfg()), ("text_encoder", TextEncoderCfg()),
                                  ("head", HeadCfg())):  # default sections, which say nothing here
             values, defaults = model.get(section), asdict(default)
-            if isinstance(values, dict) and all(k in defaults and defaults[k] == v for k, v in values.items()):
+            if isinstance(values, dict) and all(defaults.get(k, ...) == v for k, v in values.items()):
                 model.pop(section)
                 if not quiet:
-                    note_old_spelling(f"model.{section}: EffiMiniVLM's defaults, read by nothing: dropped", where)
+                    note_old_spelling(f"model.{section}: EffiMiniVLM's defaults, read by nothing: dropped",
+                                      where)
 
 
 def note_old_spelling(text: str, where: str) -> None:
