@@ -68,7 +68,7 @@ def create_transforms(cfg: ModelCfg, train: bool = False,
     if augment not in AUGMENTS:
         raise EffiMiniVLMError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     inp = resolve_image_input(cfg.image_encoder, cfg.input) if isinstance(cfg, EffiMiniVLMCfg) else cfg.input
-    size = inp.image_size or 224
+    size = inp.image_size or RatingModel.default_image_size
     return image_transform((size, size), inp.mean or (0.5,) * 3, inp.std or (0.5,) * 3, train, augment)
 
 
