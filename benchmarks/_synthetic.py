@@ -27,6 +27,6 @@ def synthetic_batches(cfg: ModelCfg, batch_size: int, n_batches: int, *, images:
         prepare([Path(tmp) / "cat" / "meta_Synthetic.jsonl"], Path(tmp) / "prep", frac=1.0,
                 min_per_category=0)
         table = read_prepared(Path(tmp) / "prep").slice(0, n)
-        ds = ProductDataset(table, create_transforms(cfg.image_encoder, True), ImageStore(None), images)
-        collate = Collator(create_tokenizer(cfg.text_encoder), cfg.text_encoder.max_length, pad_to_max)
+        ds = ProductDataset(table, create_transforms(cfg, True), ImageStore(None), images)
+        collate = Collator(create_tokenizer(cfg), cfg.input.max_length, pad_to_max)
         return [collate([ds[i] for i in range(s, s + batch_size)]) for s in range(0, n, batch_size)]

@@ -89,7 +89,7 @@ def main() -> None:
         recipe = load_recipe("offline")
         torch.manual_seed(0)
         model = create_model(recipe.model, pretrained=True)
-        tokenizer = create_tokenizer(recipe.model.text_encoder)
+        tokenizer = create_tokenizer(recipe.model)
         fit = fit_head(model, tokenizer, cat.meta_path, args.warmup * args.batch_size, args.batch_size)
         print(f"model: offline towers (pretrained) + head fitted by ridge on the "
               f"{args.warmup * args.batch_size} warmup items (in-sample PLCC {fit:.3f})")

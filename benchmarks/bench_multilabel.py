@@ -29,7 +29,7 @@ def run(n: int, epochs: int, recipe: str, modalities: list[str], seed: int, work
     prepare([work / "cat" / "meta_Synthetic.jsonl"], work / "prep", frac=1.0, min_per_category=0, seed=seed)
     rows = []
     for mod in modalities:
-        sets = ["model.options.task=multilabel", "train.loss=bce", f"train.epochs={epochs}",
+        sets = ["model.task=multilabel", "train.loss=bce", f"train.epochs={epochs}",
                 f"model.modalities={mod}", "train.patience=100", f"train.seed={seed}"]
         t0 = time.perf_counter()
         summary = train(load_recipe(recipe, sets), work / "prep", work / f"run-{mod}", progress=False,

@@ -122,9 +122,9 @@ name, data, out, batch_size, batches, fallback = sys.argv[1:]
 before = current_rss_mb()  # everything imported, no model yet
 recipe, note = load_recipe(name), None
 try:
-    create_tokenizer(recipe.model.text_encoder)
+    create_tokenizer(recipe.model)
 except WeightsError:
-    recipe = load_recipe(name, ["model.text_encoder.tokenizer=" + fallback])
+    recipe = load_recipe(name, ["input.tokenizer=" + fallback])
     note = "tokenizer " + fallback + " (the recipe's is not reachable offline)"
 run_benchmark([data], recipe=recipe, scope="both", precision="fp32", batch_size=int(batch_size), warmup=1,
               batches=int(batches), json_out=out)

@@ -47,7 +47,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(cfg, pretrained=False)
         init_output_bias(model, 3.0)
-        model.save_pretrained(t / "model", tokenizer=create_tokenizer(cfg.text_encoder))
+        model.save_pretrained(t / "model", tokenizer=create_tokenizer(cfg))
         print(f"recipe {args.recipe}: {args.items} items, batch {args.batch_size}, precision "
               f"{args.precision}, {cpus} CPUs (shared machine: figures vary with other load)")
 

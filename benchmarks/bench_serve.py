@@ -41,7 +41,7 @@ def make_model(recipe: str, out: Path) -> Path:
     torch.manual_seed(0)
     model = create_model(cfg, pretrained=False)
     init_output_bias(model, 3.0)
-    model.save_pretrained(out, tokenizer=create_tokenizer(cfg.text_encoder))
+    model.save_pretrained(out, tokenizer=create_tokenizer(cfg))
     return out
 
 

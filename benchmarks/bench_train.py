@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"inputs: {inputs} ({time.perf_counter() - t_all:.0f} s)")
     torch.manual_seed(0)
     base = create_model(recipe.model, pretrained=True)
-    tokenizer = create_tokenizer(recipe.model.text_encoder)
+    tokenizer = create_tokenizer(recipe.model)
     tc = recipe.train
     workers = default_num_workers(recipe.data.num_workers)
     fast = TrainConfig(bucket=recipe.data.bucket_by_length, draft=recipe.data.draft_decode,
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         configs = {k: v for k, v in configs.items() if k in wanted or k == "issue-time"}
     report: dict[str, Any] = {
         "recipe": recipe.name, "batch_size": args.batch_size,
-        "image_size": recipe.model.image_encoder.image_size,
+        "image_size": recipe.input.image_size,
         "precision": args.precision, "inputs": inputs, "warmup": args.warmup, "steps": args.steps,
         "clock": f"steady state: {args.steps} steps after {args.warmup} warmup steps per configuration "
                  "(loader construction, worker start and the warmup steps outside the clock; start_s = "

@@ -20,7 +20,7 @@ Resumable: each row is a folder of OUT whose row.json records its settings; fini
 (OUT/features.safetensors) unless --features names a cache of DATA.
 
     PYTHONPATH=src python benchmarks/realdata_compare.py --data real --out runs/compare \
-        --set model.text_encoder.max_length=64 --backbone runs/offline-k5 --backbone runs/lora-k5
+        --set input.max_length=64 --backbone runs/offline-k5 --backbone runs/lora-k5
 """
 
 from __future__ import annotations

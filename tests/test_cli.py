@@ -174,7 +174,7 @@ def test_an_existing_folder_is_not_a_file_output(tmp_path, capsys):
     (["--set", "train.huber_delta=0"], "train.huber_delta must be a finite number and > 0, got 0.0"),
     (["--precision", "fp64"], "train.precision must be one of auto, fp32, bf16, fp16, got 'fp64'"),
     (["--set", "model.arch=clip"], "model.arch: unknown model arch 'clip'"),
-    (["--set", "eval.split=val"], "unknown recipe key(s) eval; known: data, model, name, train"),
+    (["--set", "eval.split=val"], "unknown recipe key(s) eval.split; known: data, input, model, name, train"),
     (["--set", "train.loss=hubber"], "train.loss: unknown loss 'hubber'; did you mean huber"),
     (["--set", "model.head.hidden_dims=[1,2"], "override 'model.head.hidden_dims=[1,2': invalid YAML"),
     (["--set", "train.lr=!!python/object/apply:os.system [\"true\"]"], "invalid YAML: could not determine a "
@@ -234,7 +234,7 @@ def test_a_model_config_with_absurd_sizes_is_one_line_naming_file_and_key(tmp_pa
     cfg["image_encoder"]["image_size"] = -5
     (model / "config.json").write_text(json.dumps(cfg))
     assert main(["profile", "--model", str(model)]) == 2
-    assert _one_line_error(capsys) == (f"error: {model / 'config.json'}: model.image_encoder.image_size must "
+    assert _one_line_error(capsys) == (f"error: {model / 'config.json'}: input.image_size must "
                                        "be an integer in [16, 4096], got -5")
 
 

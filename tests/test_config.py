@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import pytest
 
-from effiminivlm.config import ModelCfg, Recipe, from_dict, list_recipes, load_recipe
+from effiminivlm.config import EffiMiniVLMCfg, Recipe, list_recipes, load_recipe
 from effiminivlm.errors import ConfigError, EffiMiniVLMError, UnknownNameError
 from effiminivlm.registry import Registry
 
@@ -15,8 +15,8 @@ def test_packaged_recipes_load_and_paper_matches_the_paper():
     for name in list_recipes():
         assert isinstance(load_recipe(name), Recipe)
     paper = load_recipe("paper")
-    assert paper.model.image_encoder.name == "efficientnet_b0" and paper.model.image_encoder.image_size == 224
-    assert paper.model.text_encoder.max_length == 256 and paper.model.head.hidden_dims == [512, 256]
+    assert paper.model.image_encoder.name == "efficientnet_b0" and paper.input.image_size == 224
+    assert paper.input.max_length == 256 and paper.model.head.hidden_dims == [512, 256]
     t = paper.train
     assert (t.lr, t.batch_size, t.epochs, t.warmup_ratio, t.grad_clip, t.patience, t.huber_delta,
             t.weight_cap, t.loss) == (2e-5, 32, 10, 0.1, 1.0, 1, 1.0, 5.0, "weighted_huber")
@@ -26,7 +26,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     demo = load_recipe("demo")
     offline = load_recipe("offline")
     assert demo.model.image_encoder.pretrained == offline.model.image_encoder.pretrained
-    assert demo.model.image_encoder.image_size == 128 and demo.name == "demo"
+    assert demo.input.image_size == 128 and demo.name == "demo"
     r = load_recipe("tiny", ["train.lr=0.5", "model.head.hidden_dims=[8]", "train.max_steps_per_epoch=null"])
     assert r.train.lr == 0.5 and r.model.head.hidden_dims == [8] and r.train.max_steps_per_epoch is None
     f = tmp_path / "mine.yaml"
@@ -60,12 +60,12 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("model.head.dropout=1", "model.head.dropout must be a finite number and >= 0 and < 1"),
     ("model.head.hidden_dims=[16,0]", r"model.head.hidden_dims\[1\] must be an integer in \[1, 65536\], "
                                       "got 0"),
-    ("model.image_encoder.image_size=8", r"model.image_encoder.image_size must be an integer in "
+    ("input.image_size=8", r"input.image_size must be an integer in "
                                          r"\[16, 4096\]"),
-    ("model.image_encoder.image_size=100000", "model.image_encoder.image_size"),
-    ("model.image_encoder.std=[0.5,0,0.5]", "model.image_encoder.std must be a finite number and > 0"),
-    ("model.image_encoder.mean=[0.5]", "model.image_encoder.mean must be 3 numbers"),
-    ("model.text_encoder.max_length=0", r"model.text_encoder.max_length must be an integer in \[1, 8192\]"),
+    ("input.image_size=100000", "input.image_size"),
+    ("input.std=[0.5,0,0.5]", "input.std must be a finite number and > 0"),
+    ("input.mean=[0.5]", "input.mean must be 3 numbers"),
+    ("input.max_length=0", r"input.max_length must be an integer in \[1, 8192\]"),
     ("model.text_encoder.config.hidden_size=-1", "model.text_encoder.config.hidden_size must be an integer"),
     ("model.text_encoder.config.num_hidden_layers=0", "config.num_hidden_layers"),
     ("model.text_encoder.config.vocab_size=10000000000", "config.vocab_size"),
@@ -92,7 +92,6 @@ def test_bad_values_fail_naming_the_key(override, message):
     ("model.image_encoder.name=resnet", "model.image_encoder.name: unknown image encoder 'resnet'.*known: "
                                         "efficientnet_b0, tf_efficientnet_lite0, timm"),
     ("model.text_encoder.name=gpt", "model.text_encoder.name: unknown text encoder 'gpt'.*known: bert"),
-    ("model.arch=clip", "model.arch: unknown model arch 'clip'"),
 ])
 def test_registered_names_are_checked_at_load(override, message):
     """config stays below models/training (it holds no registry); the training layer checks the names the
@@ -102,6 +101,13 @@ def test_registered_names_are_checked_at_load(override, message):
     recipe = load_recipe("tiny", [override])
     with pytest.raises(UnknownNameError, match=message):
         check_recipe_names(recipe)
+
+
+def test_an_unknown_arch_fails_as_the_recipe_loads():
+    """The `model:` section is typed by its arch's own dataclass: the arch is known before any key is read."""
+    with pytest.raises(UnknownNameError, match=r"model.arch: unknown model arch 'clip'; did you mean "
+                                               r"clip-fusion"):
+        load_recipe("tiny", ["model.arch=clip"])
 
 
 def test_python_tags_and_yaml_syntax_errors_are_one_line_and_never_run(tmp_path):
@@ -128,8 +134,9 @@ def test_python_tags_and_yaml_syntax_errors_are_one_line_and_never_run(tmp_path)
 
 
 def _model_config(**changes):
-    """A saved model's config.json content (the tiny recipe's model) with some values replaced."""
-    data = {"format_version": 1, **asdict(load_recipe("tiny").model)}
+    """A saved model's config.json content (the tiny recipe's model and input) with some values replaced."""
+    recipe = load_recipe("tiny")
+    data = {"format_version": 2, "model": recipe.model.section(), "input": asdict(recipe.input)}
     for dotted, value in changes.items():
         *path, last = dotted.split(".")
         node = data
@@ -140,18 +147,18 @@ def _model_config(**changes):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("image_encoder.image_size", -5, "model.image_encoder.image_size must be an integer in"),
-    ("text_encoder.max_length", 0, "model.text_encoder.max_length must be an integer in"),
-    ("head.hidden_dims", [-3], r"model.head.hidden_dims\[0\] must be an integer in"),
-    ("head.hidden_dims", [10**12], r"model.head.hidden_dims\[0\]"),
-    ("head.dropout", 2.0, "model.head.dropout must be a finite number and >= 0 and < 1"),
-    ("text_encoder.config.hidden_size", -1, "model.text_encoder.config.hidden_size"),
-    ("text_encoder.config.num_hidden_layers", -2, "model.text_encoder.config.num_hidden_layers"),
-    ("text_encoder.config.num_attention_heads", 0, "model.text_encoder.config.num_attention_heads"),
-    ("text_encoder.config.intermediate_size", 0, "model.text_encoder.config.intermediate_size"),
-    ("text_encoder.config.vocab_size", -1, "model.text_encoder.config.vocab_size"),
-    ("text_encoder.config.num_attention_heads", 3, "hidden_size 32 is not a multiple of"),
-    ("arch", "vit", "model.arch: unknown model arch 'vit'"),
+    ("input.image_size", -5, "input.image_size must be an integer in"),
+    ("input.max_length", 0, "input.max_length must be an integer in"),
+    ("model.head.hidden_dims", [-3], r"model.head.hidden_dims\[0\] must be an integer in"),
+    ("model.head.hidden_dims", [10**12], r"model.head.hidden_dims\[0\]"),
+    ("model.head.dropout", 2.0, "model.head.dropout must be a finite number and >= 0 and < 1"),
+    ("model.text_encoder.config.hidden_size", -1, "model.text_encoder.config.hidden_size"),
+    ("model.text_encoder.config.num_hidden_layers", -2, "model.text_encoder.config.num_hidden_layers"),
+    ("model.text_encoder.config.num_attention_heads", 0, "model.text_encoder.config.num_attention_heads"),
+    ("model.text_encoder.config.intermediate_size", 0, "model.text_encoder.config.intermediate_size"),
+    ("model.text_encoder.config.vocab_size", -1, "model.text_encoder.config.vocab_size"),
+    ("model.text_encoder.config.num_attention_heads", 3, "hidden_size 32 is not a multiple of"),
+    ("model.arch", "vit", "model.arch: unknown model arch 'vit'"),
 ])
 def test_a_model_config_json_with_absurd_sizes_names_file_and_key(tmp_path, key, value, message):
     from effiminivlm.models import read_model_config
@@ -160,8 +167,8 @@ def test_a_model_config_json_with_absurd_sizes_names_file_and_key(tmp_path, key,
     with pytest.raises(EffiMiniVLMError, match=message) as info:
         read_model_config(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / 'config.json'}: ")
-    good = {k: v for k, v in _model_config().items() if k != "format_version"}
-    assert isinstance(from_dict(ModelCfg, good), ModelCfg)
+    (tmp_path / "config.json").write_text(json.dumps(_model_config()))
+    assert isinstance(read_model_config(tmp_path), EffiMiniVLMCfg)
 
 
 def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):

@@ -30,10 +30,10 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = load_recipe("tiny", ["model.text_encoder.max_length=256",  # texts of many lengths, as real ones
+    cfg = load_recipe("tiny", ["input.max_length=256",  # texts of many lengths, as real ones
                                "model.text_encoder.config.max_position_embeddings=256"]).model
     torch.manual_seed(0)
-    return create_model(cfg, pretrained=False), create_tokenizer(cfg.text_encoder)
+    return create_model(cfg, pretrained=False), create_tokenizer(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_export_onnx_matches_the_pytorch_model_at_other_batch_and_length(tmp_pat
     assert {"model.onnx", "preprocess.json", "config.json", "tokenizer.json"} <= written
     pre = json.loads((out / "preprocess.json").read_text())
     model, tok = load_model(saved_tiny)
-    assert pre["image"]["size"] == [64, 64] and pre["text"]["max_length"] == model.cfg.text_encoder.max_length
+    assert pre["image"]["size"] == [64, 64] and pre["text"]["max_length"] == model.cfg.input.max_length
     texts = ["a", "blue canvas tote bag with zip " * 4, "mug", "leather shoe, size 9", "x " * 80]
     enc = tok(texts, padding="longest", truncation=True, max_length=256, return_tensors="np")
     pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -18,7 +18,7 @@ from effiminivlm.models.factory import create_model, create_tokenizer
 def tiny():
     cfg = load_recipe("tiny").model
     torch.manual_seed(0)
-    return create_model(cfg, pretrained=False), create_tokenizer(cfg.text_encoder)
+    return create_model(cfg, pretrained=False), create_tokenizer(cfg)
 
 
 def test_run_inference_keeps_loader_order_and_targets(tiny, prepared) -> None:
@@ -52,12 +52,12 @@ def test_forward_batch_equals_the_model_call(tiny, prepared) -> None:
 def test_make_loader_pads_to_max_only_when_asked(tiny, prepared) -> None:
     model, tok = tiny
     table = read_prepared(prepared, "val")
-    max_length = model.cfg.text_encoder.max_length
+    max_length = model.cfg.input.max_length
     dynamic = next(iter(make_loader(model, tok, table, batch_size=4)))
     canonical = next(iter(make_loader(model, tok, table, batch_size=4, pad_to_max=True)))
     assert canonical["input_ids"].shape[1] == max_length
     assert dynamic["input_ids"].shape[1] == int(dynamic["attention_mask"].sum(1).max()) <= max_length
-    size = model.cfg.image_encoder.image_size
+    size = model.cfg.input.image_size
     assert tuple(dynamic["pixel_values"].shape[1:]) == (3, size, size)
 
 

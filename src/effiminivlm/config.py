@@ -14,6 +14,7 @@ Weight sources (`pretrained` fields) are strings with a prefix that says where t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,127 +23,41 @@ from typing import Any
 import yaml
 
 from effiminivlm.errors import ConfigError, UnknownNameError
+from effiminivlm.modelcfg import (
+    MODALITIES,
+    MODEL_CONFIGS,
+    POOLINGS,
+    EffiMiniVLMCfg,
+    HeadCfg,
+    ImageEncoderCfg,
+    InputCfg,
+    LoraCfg,
+    ModelCfg,
+    TextEncoderCfg,
+    arch_of,
+    legacy_key,
+    migrate_legacy,
+    model_config_class,
+    note_old_spelling,
+)
 from effiminivlm.typed import check_choice, check_int, check_number, fail, from_dict
+
+#: the model and input sections live in modelcfg; recipes and model folders reach them from here
+__all__ = ["MODALITIES", "MODEL_CONFIGS", "POOLINGS", "DataCfg", "DistillCfg", "EffiMiniVLMCfg", "HeadCfg",
+           "ImageEncoderCfg", "InputCfg", "LoraCfg", "ModelCfg", "PseudoCfg", "Recipe", "TextEncoderCfg",
+           "TrainCfg", "from_dict", "list_recipes", "load_recipe", "migrate_legacy", "model_config_class"]
 
 # Fixed choices, checked when a recipe (or a model's config.json) loads. Registry-backed names (arch,
 # encoders, heads, losses) live with the parts they build, so the layers above check them:
 # `models.archs.check_model_names` (create_model, load_model_or_recipe) and
 # `training.losses.check_recipe_names` (train, before any data is read).
-MODALITIES = ("image_text", "image", "text")
 MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
 PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
 PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # checked here and by models.processor.image_transform
-POOLINGS = ("cls", "mean")  # cls: the paper's; mean: what all-MiniLM-L6-v2 was trained with
 SAMPLE_WEIGHTS = ("rating_count", "inverse_bin_freq", "none")  # training.weights
-# Integer sizes a transformers text config may set, with the range that can build on one machine.
-TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
-                    "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536),
-                    "vocab_size": (1, 1_000_000), "max_position_embeddings": (1, 65536),
-                    "type_vocab_size": (1, 1024)}
-TEXT_CONFIG_PROBS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-@dataclass
-class LoraCfg:
-    """LoRA adapters on a tower's chosen projections (models.lora, peft). The tower's own weights are frozen;
-    `merge` folds the adapters into them when the model is saved (an ordinary model: same params and FLOPs),
-    otherwise the saved model keeps them (and reloads with them, offline)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    merge: bool = True
-
-    def __post_init__(self) -> None:
-        check_int("r", self.r, 1, 4096)
-        check_number("alpha", self.alpha, gt=0)
-        check_number("dropout", self.dropout, ge=0, lt=1)
-        if not self.target_modules:
-            fail("target_modules", "a non-empty list of module names", self.target_modules)
-
-
-@dataclass
-class ImageEncoderCfg:
-    """The image tower: a registered encoder name plus its weights and canonical preprocessing."""
-
-    name: str = "tf_efficientnet_lite0"
-    pretrained: str | None = None
-    image_size: int = 224
-    mean: list[float] | None = None  # None: the encoder's pretrained mean/std (models.resolve_image_cfg)
-    std: list[float] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    lora: LoraCfg | None = None  # e.g. {r: 4, target_modules: [conv_pwl]} (timm EfficientNet convolutions)
-
-    def __post_init__(self) -> None:
-        check_int("image_size", self.image_size, 16, 4096)
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if values is not None and len(values) != 3:
-                fail(key, "3 numbers (R, G, B)", values)
-        for v in self.std or []:
-            check_number("std", v, gt=0)
-
-
-@dataclass
-class TextEncoderCfg:
-    """The text tower: a registered encoder name, a transformers config, weights and tokenizer source."""
-
-    name: str = "bert"
-    pretrained: str | None = None
-    tokenizer: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    max_length: int = 256
-    pooling: str = "cls"
-    lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [query, value]}
-
-    def __post_init__(self) -> None:
-        check_int("max_length", self.max_length, 1, 8192)
-        check_choice("pooling", self.pooling, POOLINGS)
-        cfg = self.config
-        for key, (lo, hi) in TEXT_CONFIG_INTS.items():
-            if key in cfg:
-                check_int(f"config.{key}", cfg[key], lo, hi)
-        for key in TEXT_CONFIG_PROBS:
-            if key in cfg:
-                check_number(f"config.{key}", cfg[key], ge=0, lt=1)
-        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
-        if hidden is not None and heads is not None and hidden % heads:
-            raise ConfigError(f"config.hidden_size {hidden} is not a multiple of config.num_attention_heads "
-                              f"{heads}")
-
-
-@dataclass
-class HeadCfg:
-    """The regression head on the concatenated [image; text] vector."""
-
-    name: str = "mlp"
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        for i, dim in enumerate(self.hidden_dims):
-            check_int(f"hidden_dims[{i}]", dim, 1, 65536)
-        check_number("dropout", self.dropout, ge=0, lt=1)
-
-
-@dataclass
-class ModelCfg:
-    """The whole model. `modalities` selects image+text, image-only or text-only (for ablations). `options`
-    are the architecture's own (`arch`'s Options dataclass checks them: models.archs.check_model_names)."""
-
-    arch: str = "effiminivlm"
-    modalities: str = "image_text"
-    image_encoder: ImageEncoderCfg = field(default_factory=ImageEncoderCfg)
-    text_encoder: TextEncoderCfg = field(default_factory=TextEncoderCfg)
-    head: HeadCfg = field(default_factory=HeadCfg)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_choice("modalities", self.modalities, MODALITIES)
 
 
 @dataclass
@@ -297,12 +212,19 @@ class Recipe:
     """
 
     name: str = "custom"
-    model: ModelCfg = field(default_factory=ModelCfg)
+    input: InputCfg = field(default_factory=InputCfg)
+    model: ModelCfg = field(default_factory=EffiMiniVLMCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
 
+    def __post_init__(self) -> None:
+        self.model.input = self.input  # one object: what the model reads is the recipe's input block
+        self.model.check_input()
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["model"].pop("input")
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -362,7 +284,8 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
             raise UnknownNameError(f"unknown recipe {name_or_path!r}; packaged recipes: "
                                    f"{', '.join(list_recipes())}")
         text = res.read_text()
-    data = _load_yaml(text, str(path) if path.is_file() else f"recipe {name_or_path}") or {}
+    where = str(path) if path.is_file() else f"recipe {name_or_path}"
+    data = _load_yaml(text, where) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path} must be a mapping")
     base = data.pop("base", None)
@@ -373,7 +296,11 @@ def _read_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[st
     if base:
         if base in _seen:
             raise ConfigError(f"recipe base cycle: {' -> '.join((*_seen, base))}")
-        data = _merge(_read_recipe_dict(base, (*_seen, name_or_path)), data)
+        base_data = _read_recipe_dict(base, (*_seen, name_or_path))
+        migrate_legacy(data, arch_of(data) or arch_of(base_data), where)  # before the merge: old
+        data = _merge(base_data, data)  # spellings over a base's new ones must override, not collide
+    else:
+        migrate_legacy(data, arch_of(data), where)
     data["name"] = name
     return data
 
@@ -386,8 +313,19 @@ def load_recipe(name_or_path: str | dict[str, Any], overrides: list[str] | None 
     """
     data = dict(name_or_path) if isinstance(name_or_path, dict) else _read_recipe_dict(name_or_path)
     data.pop("base", None)
+    if isinstance(name_or_path, dict):
+        data = copy.deepcopy(data)
+        migrate_legacy(data, arch_of(data), "recipe")
     for item in overrides or []:
         keys, value = _parse_override(item)
+        arch = keys[-1] == "arch" and keys[:-1] == ["model"] and value
+        new = legacy_key(keys, model_config_class(arch_of(data))) if not arch else None
+        if new == []:
+            note_old_spelling(f"--set {'.'.join(keys)} is read by nothing: dropped", "override")
+            continue
+        if new is not None:
+            note_old_spelling(f"--set {'.'.join(keys)} is now {'.'.join(new)}", "override")
+            keys = new
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})

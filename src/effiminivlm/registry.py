@@ -46,6 +46,10 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})"
                                    ) from None
 
+    def unregister(self, name: str) -> None:
+        """Forget `name` (a plug-in unloaded); an unknown name is not an error."""
+        self._items.pop(name, None)
+
     def build(self, name: str, **kwargs: Any) -> Any:
         """Look up `name` and call its builder with keyword arguments."""
         return self.get(name)(**kwargs)

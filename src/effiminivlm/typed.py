@@ -7,9 +7,11 @@ rule set, and each failure must be one ConfigError naming the dotted key, the ru
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from effiminivlm.errors import ConfigError
@@ -61,7 +63,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        select = getattr(tp, "typed_select", None)  # a family of dataclasses: the data names its member
+        return from_dict(select(value, where) if select is not None else tp, value, where)
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -95,15 +98,37 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _first_leaf(key: str, value: Any) -> str:
+    """`head.hidden_dims` for an unknown `head: {hidden_dims: ...}`: the key the user actually wrote."""
+    while isinstance(value, dict) and len(value) == 1:
+        (sub, value), = value.items()
+        key = f"{key}.{sub}"
+    return key
+
+
+def suggest(key: str, names: Iterable[str]) -> list[str]:
+    """Up to two of `names` close to `key`: close spellings, else names containing it (or it them)."""
+    names = list(names)
+    return (difflib.get_close_matches(key, names, n=2, cutoff=0.6)
+            or sorted(n for n in names if key in n or n in key)[:2]
+            or difflib.get_close_matches(key, names, n=1, cutoff=0.5))
+
+
+def _did_you_mean(key: str, names: set[str], prefix: str) -> str:
+    """" (did you mean X?)" from `suggest`; "" when nothing is close."""
+    close = suggest(key, names)
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types fail with the dotted key."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # set by code only
     unknown = set(data) - names
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown recipe key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
-                         f"known: {', '.join(sorted(names))}")
+        words = [prefix + _first_leaf(k, data[k]) + _did_you_mean(k, names, prefix) for k in sorted(unknown)]
+        raise ConfigError(f"unknown recipe key(s) {', '.join(words)}; known: {', '.join(sorted(names))}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -16,7 +16,7 @@ def tok_and_tf():
     from effiminivlm.config import load_recipe
 
     cfg = load_recipe("tiny").model
-    return create_tokenizer(cfg.text_encoder), create_transforms(cfg.image_encoder)
+    return create_tokenizer(cfg), create_transforms(cfg)
 
 
 def _table(tmp_path, refs_per_row):

@@ -24,7 +24,7 @@ def tiny_cfg(_tiny_cfg: ModelCfg) -> ModelCfg:
 def make_batch(cfg: ModelCfg, batch_size: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random pixels and token ids with ragged padding (row i has length - i real tokens)."""
     g = torch.Generator().manual_seed(seed)
-    size = cfg.image_encoder.image_size
+    size = cfg.input.image_size
     vocab = cfg.text_encoder.config.get("vocab_size", 30522)
     input_ids = torch.randint(1000, vocab, (batch_size, length), generator=g)
     attention_mask = torch.ones(batch_size, length, dtype=torch.long)

@@ -90,7 +90,7 @@ def test_converted_model_predicts_what_the_reference_predicts(reference, text_di
     assert code == 0
     model, tokenizer = load_model(tmp_path / "m")
     assert tokenizer is not None and (tmp_path / "m" / "tokenizer_config.json").is_file()
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert cfg["head"]["hidden_dims"] == [64, 32] and cfg["image_encoder"]["name"] == "efficientnet_b0"
     assert cfg["text_encoder"]["config"]["num_attention_heads"] == 2
     assert cfg["text_encoder"]["pooling"] == "cls"

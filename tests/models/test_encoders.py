@@ -161,8 +161,8 @@ def test_timm_b0_takes_torchvision_weights_and_swaps_in_the_paper_recipe(tmp_pat
     """The three 1280-d towers swap by name in one recipe; timm's B0 is torchvision's B0 tensor for tensor."""
     from safetensors.torch import save_file
 
-    from effiminivlm.config import load_recipe
-    from effiminivlm.models import create_image_encoder, resolve_image_cfg
+    from effiminivlm.config import InputCfg, load_recipe
+    from effiminivlm.models import create_image_encoder, resolve_image_input
 
     counts, means = {}, {}
     for name in ("efficientnet_b0", "timm_efficientnet_b0", "tf_efficientnet_lite0"):
@@ -170,7 +170,7 @@ def test_timm_b0_takes_torchvision_weights_and_swaps_in_the_paper_recipe(tmp_pat
         encoder = create_image_encoder(cfg, pretrained=False)
         assert encoder.num_features == 1280
         counts[name] = sum(p.numel() for p in encoder.parameters())
-        means[name] = resolve_image_cfg(cfg).mean
+        means[name] = resolve_image_input(cfg, InputCfg()).mean
     assert counts["efficientnet_b0"] == counts["timm_efficientnet_b0"] == 4_007_548
     assert counts["tf_efficientnet_lite0"] == 3_371_008
     assert means["efficientnet_b0"] == means["timm_efficientnet_b0"] == [0.485, 0.456, 0.406]

@@ -11,12 +11,12 @@ from effiminivlm.models.factory import create_model, create_tokenizer, load_mode
 
 
 def test_recipe_name_overrides_and_recipe_object() -> None:
-    loaded = load_model_or_recipe(recipe="tiny", overrides=["model.image_encoder.image_size=32"])
+    loaded = load_model_or_recipe(recipe="tiny", overrides=["input.image_size=32"])
     assert loaded.label == "recipe tiny (random init)"
-    assert loaded.model.cfg.image_encoder.image_size == 32 and loaded.tokenizer is not None
+    assert loaded.model.cfg.input.image_size == 32 and loaded.tokenizer is not None
     model, tok, label = load_model_or_recipe(recipe=load_recipe("tiny"), tokenizer=False,
-                                             overrides=["model.image_encoder.image_size=48"])
-    assert tok is None and model.cfg.image_encoder.image_size == 48
+                                             overrides=["input.image_size=48"])
+    assert tok is None and model.cfg.input.image_size == 48
     assert label == "recipe tiny (random init)"
 
 
@@ -24,7 +24,7 @@ def test_saved_folder_gives_back_the_same_weights(tmp_path) -> None:
     cfg = load_recipe("tiny").model
     torch.manual_seed(0)
     model = create_model(cfg, pretrained=False)
-    model.save_pretrained(tmp_path / "m", tokenizer=create_tokenizer(cfg.text_encoder))
+    model.save_pretrained(tmp_path / "m", tokenizer=create_tokenizer(cfg))
     loaded = load_model_or_recipe(tmp_path / "m")
     assert loaded.label == str(tmp_path / "m") and loaded.tokenizer is not None
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items(), strict=True):

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from effiminivlm.config import LoraCfg, ModelCfg, from_dict
+from effiminivlm.config import LoraCfg, ModelCfg
 from effiminivlm.errors import ConfigError
 from effiminivlm.models import create_model
+from effiminivlm.models.base import read_model_config
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.lora import lora_layers
 
@@ -47,13 +48,12 @@ def test_merged_save_reloads_as_a_plain_model_with_the_same_predictions(tiny_cfg
         before = model(**batch)
     model.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved["text_encoder"]["lora"] is None and saved["image_encoder"]["lora"] is None
+    assert saved["model"]["text_encoder"]["lora"] is None and saved["model"]["image_encoder"]["lora"] is None
     loaded, _ = load_model(tmp_path / "m")
     assert not lora_layers(loaded)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch), before, rtol=1e-5, atol=1e-5)
-    plain = create_model(from_dict(ModelCfg, {k: v for k, v in saved.items() if "version" not in k}),
-                         pretrained=False)
+    plain = create_model(read_model_config(tmp_path / "m"), pretrained=False)
     assert loaded.num_params() == plain.num_params()  # merged: the base architecture's params (and FLOPs)
     assert lora_layers(model)  # the training model keeps its adapters
 
@@ -64,7 +64,7 @@ def test_kept_adapters_reload_offline_with_the_same_predictions(tiny_cfg, batch_
     with torch.no_grad():
         before = model(**batch)
     model.save_pretrained(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["text_encoder"]["lora"]["r"] == 4
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["text_encoder"]["lora"]["r"] == 4
     loaded, _ = load_model(tmp_path / "m")
     assert lora_layers(loaded.text_encoder)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from effiminivlm.inference import make_loader, run_inference
 from effiminivlm.models import load_model
 from effiminivlm.training.losses import check_recipe_names, create_loss
 
-SETS = ["--set", "model.options.task=multilabel", "--set", "train.loss=bce", "--set", "train.epochs=2",
+SETS = ["--set", "model.task=multilabel", "--set", "train.loss=bce", "--set", "train.epochs=2",
         "--set", "train.max_steps_per_epoch=4", "--set", "train.batch_size=16"]
 
 
@@ -43,9 +43,9 @@ def test_multilabel_head_trains_saves_reloads_with_the_same_logits(trained, prep
     assert model.task == "multilabel" and model.data_columns == ("categories",)
     train = attach_categories(read_prepared(prepared, "train"), prepared)
     vocab = build_label_vocab(train.column("categories").to_pylist(), 5)
-    assert model.opts.labels == vocab.labels and len(vocab) > 5  # the TRAIN split's vocabulary
-    assert len(model.opts.thresholds) == len(vocab)  # tuned on val, saved with the model
-    assert any(t != 0.5 for t in model.opts.thresholds)
+    assert model.cfg.labels == vocab.labels and len(vocab) > 5  # the TRAIN split's vocabulary
+    assert len(model.cfg.thresholds) == len(vocab)  # tuned on val, saved with the model
+    assert any(t != 0.5 for t in model.cfg.thresholds)
     test = attach_categories(read_prepared(prepared, "test"), prepared)
     logits, target = _logits(model, tok, test, prepared)
     assert logits.shape == target.shape == (test.num_rows, len(vocab))
@@ -70,16 +70,16 @@ def test_evaluate_reports_map_and_f1_at_half_and_tuned(trained, prepared, tmp_pa
     assert m["task"] == "multilabel" and 0 < m["map"] <= 1
     for block in ("at_0.5", "tuned"):
         assert {"micro_f1", "macro_f1", "samples_f1"} <= set(m[block])
-    assert m["tuned"]["thresholds"] == load_model(trained / "model")[0].opts.thresholds
+    assert m["tuned"]["thresholds"] == load_model(trained / "model")[0].cfg.thresholds
 
 
 def test_loss_must_fit_the_task():
     with pytest.raises(ConfigError, match="multilabel head trains with loss bce"):
-        check_recipe_names(load_recipe("minivitex-tiny", ["model.options.task=multilabel"]))
+        check_recipe_names(load_recipe("minivitex-tiny", ["model.task=multilabel"]))
     with pytest.raises(ConfigError, match="does not fit"):
         check_recipe_names(load_recipe("minivitex-tiny", ["train.loss=bce"]))
     with pytest.raises(ConfigError, match="task must be rating or multilabel"):
-        check_recipe_names(load_recipe("minivitex-tiny", ["model.options.task=tags"]))
+        check_recipe_names(load_recipe("minivitex-tiny", ["model.task=tags"]))
 
 
 def test_bce_loss_is_the_weighted_mean_of_per_item_bce():

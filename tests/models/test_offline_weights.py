@@ -43,7 +43,7 @@ def test_lite0_weights_recognise_a_cat(offline_cfg) -> None:
     assert set(mapped) == set(classifier.state_dict())  # one to one, by name
     classifier.load_state_dict(mapped, strict=True)
 
-    pixels = create_transforms(offline_cfg.image_encoder, train=False)(Image.fromarray(data.chelsea()))[None]
+    pixels = create_transforms(offline_cfg, train=False)(Image.fromarray(data.chelsea()))[None]
     with torch.no_grad():
         top5 = classifier(pixels).topk(5).indices[0].tolist()
         encoder = create_image_encoder(offline_cfg.image_encoder, pretrained=True).eval()
@@ -64,8 +64,8 @@ def test_minilm_cls_matches_sentence_transformers(offline_cfg) -> None:
     expected = torch.stack([t[0] for t in reference.encode(texts, output_value="token_embeddings")])
 
     encoder = create_text_encoder(offline_cfg.text_encoder, pretrained=True).eval()
-    tokenizer = create_tokenizer(offline_cfg.text_encoder)
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=offline_cfg.text_encoder.max_length,
+    tokenizer = create_tokenizer(offline_cfg)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=offline_cfg.input.max_length,
                       return_tensors="pt")
     with torch.no_grad():
         cls = encoder(batch["input_ids"], batch["attention_mask"])
@@ -80,7 +80,7 @@ def test_offline_model_assembles_and_runs(offline_cfg) -> None:
     model = create_model(offline_cfg, pretrained=True)
     assert (model.image_dim, model.text_dim) == (1280, 384)
     assert model.head[0].in_features == 1664
-    batch = create_tokenizer(offline_cfg.text_encoder)(["cotton shirt", "leather boots"], padding=True,
+    batch = create_tokenizer(offline_cfg)(["cotton shirt", "leather boots"], padding=True,
                                                        return_tensors="pt")
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

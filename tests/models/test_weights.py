@@ -8,7 +8,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from effiminivlm.config import TextEncoderCfg
+from effiminivlm.config import EffiMiniVLMCfg, InputCfg, TextEncoderCfg
 from effiminivlm.errors import WeightsError
 from effiminivlm.models import IMAGE_ENCODERS, TEXT_ENCODERS, create_text_encoder, create_tokenizer
 from effiminivlm.models.weights import load_state_dict, parse_source, read_state_dict_file
@@ -42,7 +42,7 @@ def test_hf_hub_source_offline_says_how_to_use_a_local_copy(hub_offline) -> None
     with pytest.raises(WeightsError, match="local-dir:"):
         TEXT_ENCODERS.build("bert", config=TINY_BERT, source=f"hf-hub:{MISSING_REPO}")
     with pytest.raises(WeightsError, match="local-dir:"):
-        create_tokenizer(TextEncoderCfg(tokenizer=f"hf-hub:{MISSING_REPO}"))
+        create_tokenizer(EffiMiniVLMCfg(input=InputCfg(tokenizer=f"hf-hub:{MISSING_REPO}")))
 
 
 def test_torchvision_source_unreachable_says_how_to_use_a_local_file(monkeypatch) -> None:

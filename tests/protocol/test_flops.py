@@ -223,7 +223,7 @@ def test_run_profile_mean_tokens_from_prepared_data(prepared) -> None:
     p = run_profile(recipe="tiny", data=prepared)
     rec = load_recipe("tiny")
     dataset = ProductDataset(read_prepared(prepared), None, images="none")
-    expected, _ = mean_token_length(dataset, create_tokenizer(rec.model.text_encoder), 64)
+    expected, _ = mean_token_length(dataset, create_tokenizer(rec.model), 64)
     assert p.mean_tokens == pytest.approx(expected) and p.mean_length == round(expected)
     assert str(prepared) in p.mean_tokens_source and f"{len(dataset)} rows" in p.mean_tokens_source
 
@@ -233,7 +233,7 @@ def test_run_profile_mean_tokens_from_prepared_data(prepared) -> None:
 
 def test_cli_profile_recipe_with_plcc(tmp_path, capsys) -> None:
     out, png = tmp_path / "p.json", tmp_path / "p.png"
-    assert main(["profile", "--recipe", "tiny", "--set", "model.image_encoder.image_size=32", "--plcc", "0.3",
+    assert main(["profile", "--recipe", "tiny", "--set", "input.image_size=32", "--plcc", "0.3",
                  "--json", str(out), "--plot", str(png)]) == 0
     data = json.loads(out.read_text())
     assert data["image_size"] == 32 and data["plcc"] == 0.3 and data["ces"] == pytest.approx(0.3 * data["e"])
@@ -251,7 +251,7 @@ def test_cli_profile_recipe_with_plcc(tmp_path, capsys) -> None:
 
 def test_cli_profile_saved_model_with_report(tmp_path, tiny_model, capsys) -> None:
     model_dir = tmp_path / "model"
-    tiny_model.save_pretrained(model_dir, tokenizer=create_tokenizer(tiny_model.cfg.text_encoder))
+    tiny_model.save_pretrained(model_dir, tokenizer=create_tokenizer(tiny_model.cfg))
     report = tmp_path / "metrics.json"
     report.write_text(json.dumps({"overall": {"n": 10, "plcc": 0.25}}))
     out = tmp_path / "p.json"

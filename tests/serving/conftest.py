@@ -21,7 +21,7 @@ def serve_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model(cfg, pretrained=False)
     init_output_bias(model, 3.0)
     folder = tmp_path_factory.mktemp("serve_model") / "tiny"
-    model.save_pretrained(folder, tokenizer=create_tokenizer(cfg.text_encoder))
+    model.save_pretrained(folder, tokenizer=create_tokenizer(cfg))
     return folder
 
 

@@ -85,7 +85,7 @@ def test_model_health_ready_docs_and_page(make_app, serve_model):
         info = client.get("/v1/model").json()
         assert (info["params_m"], info["flops_g"], info["c"], info["e"]) == (prof.params_m, prof.flops_g,
                                                                              prof.c, prof.e)
-        assert info["config"]["image_encoder"]["image_size"] == info["image_size"]
+        assert info["config"]["input"]["image_size"] == info["image_size"]
         assert info["batching"]["max_batch"] == 8 and info["version"]
         assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/readyz").status_code == 200
@@ -100,7 +100,7 @@ def test_model_health_ready_docs_and_page(make_app, serve_model):
 def test_image_the_model_saw_is_the_transform_output(make_app, serve_model):
     from effiminivlm.models.factory import load_model
 
-    size = load_model(serve_model)[0].cfg.image_encoder.image_size
+    size = load_model(serve_model)[0].cfg.input.image_size
     body = _png((120, 40), (10, 200, 60))
     with TestClient(make_app()) as client:
         resp = client.post("/v1/score?image=true", json=[{"title": "green bag", "images": [

@@ -14,12 +14,12 @@ from effiminivlm.serving.scorer import Scorer, create_scorer, products_table
 def _direct_scores(model_dir, table) -> np.ndarray:
     """The model's own forward, one item at a time without padding or collation (fp32, no autocast)."""
     model, tokenizer = load_model(model_dir)
-    ds = ProductDataset(table, create_transforms(model.cfg.image_encoder), images="first")
+    ds = ProductDataset(table, create_transforms(model.cfg), images="first")
     out = []
     with torch.no_grad():
         for i in range(len(ds)):
             sample = ds[i]
-            enc = tokenizer(sample.text, truncation=True, max_length=model.cfg.text_encoder.max_length,
+            enc = tokenizer(sample.text, truncation=True, max_length=model.cfg.input.max_length,
                             return_tensors="pt")
             pixels = sample.images[0][None] if sample.images else None
             out.append(float(model(pixels, enc["input_ids"], enc["attention_mask"])[0]))

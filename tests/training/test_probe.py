@@ -46,7 +46,7 @@ def test_fit_ridge_recovers_a_weighted_linear_function() -> None:
 
 def test_embed_cache_roundtrip_and_refusals(tiny_recipe, prepared: Path, tmp_path: Path) -> None:
     model = create_model(tiny_recipe.model, pretrained=False)
-    tok = create_tokenizer(tiny_recipe.model.text_encoder)
+    tok = create_tokenizer(tiny_recipe.model)
     table = read_prepared(prepared)
     feats = embed_table(model, tok, table, ImageStore.for_prepared(prepared))
     assert feats["text"].shape == (table.num_rows, model.text_dim)
@@ -54,7 +54,7 @@ def test_embed_cache_roundtrip_and_refusals(tiny_recipe, prepared: Path, tmp_pat
     path = save_features(feats, tmp_path / "f.safetensors", model_signature(model))
     back = load_features(path, model_signature(model))
     assert back["ids"] == table.column("parent_asin").to_pylist() and torch.equal(back["text"], feats["text"])
-    other = create_model(load_recipe("tiny", ["model.text_encoder.max_length=32"]).model, pretrained=False)
+    other = create_model(load_recipe("tiny", ["input.max_length=32"]).model, pretrained=False)
     with pytest.raises(DataError, match="another model"):
         load_features(path, model_signature(other))
     reinit = create_model(tiny_recipe.model, pretrained=False)  # same config, other random weights
@@ -168,11 +168,18 @@ def test_probe_takes_loss_mixtures_sample_weights_teacher_and_a_shared_cache(pre
     assert via_features["val_plcc"] == pytest.approx(via_towers["val_plcc"], abs=1e-4)
 
 
-def test_signature_ignores_empty_arch_options_so_older_caches_stay_valid(tiny_recipe) -> None:
-    """A cache written before `model.options` existed carries no such key: with no options set the
-    signature must not name it, while options that change the model do change the signature."""
-    model = create_model(tiny_recipe.model, pretrained=False)
+def test_signature_of_a_version_1_model_is_what_the_version_1_code_gave() -> None:
+    """Feature caches written before config.json format_version 2 stay valid: the signature keeps the
+    version-1 layout (the fixture's expected.json holds the signature the version-1 code computed)."""
+    folder = Path(__file__).resolve().parents[1] / "fixtures" / "v1" / "effiminivlm-image"
+    model, _ = load_model(folder)
+    expected = json.loads((folder / "expected.json").read_text())["feature_signature"]
+    assert model_signature(model) == expected
+
+
+def test_signature_of_a_peer_names_its_own_keys() -> None:
+    torch.manual_seed(0)
+    model = create_model(load_recipe("clip-fusion-tiny", ["model.modalities=image"]).model, pretrained=False)
     sig = json.loads(model_signature(model))
-    assert "options" not in sig and "weights_blake2b" in sig
-    model.config_dict = lambda: {**type(model).config_dict(model), "options": {"k": 1}}  # type: ignore[method-assign]
-    assert json.loads(model_signature(model))["options"] == {"k": 1}
+    assert sig["options"]["dim"] == 32 and "head_hidden" in sig["options"]
+    assert "tokenizer" not in sig["input"]

@@ -91,7 +91,7 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
     say("model-only rates (pre-collated, length-sorted batches)")
     rates, breakdown = _model_only(model, tokenizer, table, src.store, fast, batch_size, model_batches, dev)
     texts = ProductDataset(table, None, images="none")
-    mean_tokens, _ = mean_token_length(texts, tokenizer, model.cfg.text_encoder.max_length)
+    mean_tokens, _ = mean_token_length(texts, tokenizer, model.cfg.input.max_length)
     prof = profile_model(model, mean_tokens=mean_tokens if model.text_encoder is not None else None)
     report = {
         "model": label, "inputs": list(inputs), "split": split, "items": wanted, "batch_size": batch_size,

@@ -35,7 +35,6 @@ from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.evaluation.metrics import plcc, plcc_change_interval
 from effiminivlm.inference import make_loader, run_inference
-from effiminivlm.models.image_encoders import resolve_image_cfg
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
 from effiminivlm.runtime import fetch_threads, scoring_threads, torch_threads, usable_cores
 
@@ -169,7 +168,7 @@ def _timed(name: str, techniques: list[str], precision: str, fn: Any) -> PathRun
 def reference_transform(model: torch.nn.Module) -> T.Compose:
     """The reference code's preprocessing: Resize((S, S)) (torchvision default, bilinear) + ToTensor +
     Normalize with the image weights' mean / std."""
-    cfg = resolve_image_cfg(model.cfg.image_encoder)  # type: ignore[attr-defined]
+    cfg = model.cfg.input  # type: ignore[attr-defined]  (resolved by the model)
     return T.Compose([T.Resize((cfg.image_size, cfg.image_size)), T.ToTensor(),
                       T.Normalize(list(cfg.mean), list(cfg.std))])
 
@@ -182,8 +181,8 @@ def reference_scores(model: torch.nn.Module, tokenizer: Any, table: pa.Table, st
     store = store if store is not None else ImageStore(None)
     uses_images = getattr(model, "image_encoder", None) is not None
     tf = reference_transform(model) if uses_images else None
-    size = model.cfg.image_encoder.image_size  # type: ignore[attr-defined]
-    max_length = min(REFERENCE_MAX_LENGTH, model.cfg.text_encoder.max_length)  # type: ignore[attr-defined]
+    size = model.cfg.input.image_size  # type: ignore[attr-defined]
+    max_length = min(REFERENCE_MAX_LENGTH, model.cfg.input.max_length)  # type: ignore[attr-defined]
     dev = next(model.parameters()).device
     preds = []
     with torch.no_grad():

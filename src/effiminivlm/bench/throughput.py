@@ -206,7 +206,7 @@ def benchmark_model(model: torch.nn.Module, tokenizer: Any, table: pa.Table, sto
     prec = resolve_precision(precision, dev)
     mode = image_mode(model, images)
     workers = default_num_workers(num_workers)
-    max_length = model.cfg.text_encoder.max_length
+    max_length = model.cfg.input.max_length
     model = model.to(dev).eval()
     loader = make_loader(model, tokenizer, table.slice(0, n_rows), store, images=mode, batch_size=batch_size,
                          num_workers=workers, pad_to_max=pad_to_max)

@@ -8,7 +8,9 @@ same work is reachable from Python, from tests (`main([...])`) and from the shel
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import typer
 
@@ -148,10 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _former_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=args, prog_name="effiminivlm", standalone_mode=True)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app(args=args, prog_name="effiminivlm", standalone_mode=True)
     except SystemExit as e:  # click's own exit: 0, or 2 for usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except EffiMiniVLMError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
     return 0
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A FutureWarning (an old spelling still read) as one `note:` line; any other warning as Python shows
+    it."""
+    if issubclass(category, FutureWarning):
+        typer.echo(f"note: {message}", err=True)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)

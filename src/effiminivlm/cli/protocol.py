@@ -21,7 +21,7 @@ def profile_cmd(
     model: str | None = typer.Option(None, "--model", help="Saved model folder."),
     recipe: str | None = typer.Option(None, "--recipe", help="Profile a recipe's architecture, random init "
                                       "(no weights needed) instead of --model."),
-    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. model.image_encoder.image_size="
+    set_: list[str] = typer.Option([], "--set", help="Recipe override, e.g. input.image_size="
                                    "256 (repeat; with --recipe)."),
     image_size: int | None = typer.Option(None, help="Canonical image size (default: the model's)."),
     max_length: int | None = typer.Option(None, help="Canonical text length (default: the model's)."),

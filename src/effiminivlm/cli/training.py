@@ -281,7 +281,7 @@ def embed_cmd(
 
         rec = load_recipe(recipe, list(set_))
         net = build_probe_model(rec)  # the towers a probe run of this recipe builds
-        tok = create_tokenizer(rec.model.text_encoder) if net.text_encoder is not None else None
+        tok = create_tokenizer(rec.model) if net.text_encoder is not None else None
     dev = resolve_device(device)
     feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                         images=images, batch_size=batch_size, device=dev,

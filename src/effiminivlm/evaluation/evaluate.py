@@ -81,8 +81,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
 def _multilabel(model: Any, res: Any, out: Path, meta: dict[str, Any], title: str) -> dict[str, Any]:
     """A multi-label model's report: mAP, micro / macro / sample F1 at 0.5 and at its tuned thresholds
     (out/metrics.json + out/report.md)."""
-    opts = model.opts
-    metrics = multilabel_report(res.target, res.pred, opts.thresholds, opts.labels)
+    metrics = multilabel_report(res.target, res.pred, model.cfg.thresholds, model.cfg.labels)
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_multilabel_markdown(metrics, title)
     paths = {"json": write_json({"meta": meta, "metrics": metrics}, out / "metrics.json"),

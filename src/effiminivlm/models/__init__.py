@@ -1,10 +1,12 @@
 """models stage: the architectures (models.base.RatingModel subclasses), encoders and heads (created by
 name from registries), weight sources.
 
-Importing this package registers every architecture (MODEL_ARCHS, selected by `model.arch`), encoder and head.
+Importing this package registers every architecture (MODEL_ARCHS, selected by `model.arch`: one module each,
+imported here, plus the modules of the folders in $EFFIMINIVLM_ARCH_PATH), encoder and head.
 """
 
-from effiminivlm.models.archs import MODEL_ARCHS, get_arch
+from effiminivlm.models import clip_fusion, cross_attention, latent_query, minivitex, smolvlm  # noqa: F401
+from effiminivlm.models.archs import MODEL_ARCHS, get_arch, load_arch_path, load_env_archs, register_arch
 from effiminivlm.models.base import RatingModel
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model
 from effiminivlm.models.heads import HEADS, create_head
@@ -14,7 +16,7 @@ from effiminivlm.models.image_encoders import (
     ImageDataConfig,
     create_image_encoder,
     image_data_config,
-    resolve_image_cfg,
+    resolve_image_input,
 )
 from effiminivlm.models.processor import Processor
 from effiminivlm.models.regressor import EffiMiniVLM, read_model_config
@@ -31,6 +33,8 @@ __all__ = [
     "Processor",
     "RatingModel",
     "create_head",
+    "load_arch_path",
+    "register_arch",
     "create_image_encoder",
     "create_model",
     "create_text_encoder",
@@ -40,5 +44,7 @@ __all__ = [
     "image_data_config",
     "load_model",
     "read_model_config",
-    "resolve_image_cfg",
+    "resolve_image_input",
 ]
+
+load_env_archs()  # after the built-in ones: a path module imports `register_arch` from this package

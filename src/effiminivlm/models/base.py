@@ -6,8 +6,12 @@ Why a base class: the surface is the contract (`model(batch) -> [B]` float32 rat
 `from_pretrained` as config.json + model.safetensors, no pickle). An architecture subclass writes only its
 `__init__` (towers named `image_encoder` / `text_encoder`, so freezing and the backbone/head parameter groups
 work unchanged), `forward_batch` and, when it reads more than one image + one text, its own `Processor`.
-Its options are a dataclass (`Options`) that `model.options` is checked against when a recipe or a saved
-config loads (`models.archs.check_model_names`): an unknown option key fails by its dotted name.
+Its `model:` section is its own dataclass (`Config`, a `config.ModelCfg` subclass) that a recipe or a saved
+config is checked against as it loads: an unknown key fails by its dotted name.
+
+The saved config.json (format_version 2) holds `{"model": {...}, "input": {...}}`; version-1 folders (a flat
+EffiMiniVLM-shaped section with `options`) are read through the recipes' old-spelling map
+(`config.migrate_legacy`), so they load and predict as before.
 """
 
 from __future__ import annotations
@@ -25,27 +29,22 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from effiminivlm.config import ModelCfg, from_dict
+from effiminivlm.config import InputCfg, ModelCfg, from_dict, migrate_legacy, model_config_class
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import atomic_write_text
 from effiminivlm.models.archs import check_model_names, get_arch
 from effiminivlm.models.blocks import ScaledSigmoid
 from effiminivlm.models.processor import Processor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-@dataclasses.dataclass
-class NoOptions:
-    """An architecture without options: any key under `model.options` is an error."""
 
 
 class RatingModel(nn.Module):
     """Base of every architecture: `forward(batch)` -> [B] float32 ratings, plus the shared bookkeeping."""
 
-    Options: ClassVar[type] = NoOptions
+    Config: ClassVar[type[ModelCfg]] = ModelCfg  # the architecture's own `model:` dataclass
     #: what `forward` returns: "rating" ([B] ratings) or "multilabel" ([B, K] logits, `target` multi-hot);
     #: the loop and `evaluate` choose their metrics by it, never by the architecture
     task: str = "rating"
@@ -59,15 +58,33 @@ class RatingModel(nn.Module):
         if get_arch(cfg.arch) is not type(self):
             raise EffiMiniVLMError(f"model.arch {cfg.arch!r} is not built by {type(self).__name__}; "
                                    "use effiminivlm.models.create_model(cfg)")
-        self.cfg = copy.deepcopy(cfg)
+        self.cfg: Any = copy.deepcopy(cfg)  # the subclass's Config; its `input` the model's own copy
+        self.cfg.input = self.resolve_input(self.cfg)
         self.image_encoder: nn.Module | None = None  # the towers: set by the subclass (None: absent)
         self.text_encoder: nn.Module | None = None
-        self.opts = from_dict(self.Options, dict(cfg.options), "model.options")
         self._frozen = {"image": False, "text": False}
         self._frozen_parts: list[nn.Module] = []  # parts frozen inside a tower (models.freezing)
         self._fixed_frozen: list[nn.Module] = []  # frozen by the architecture itself (`keep_frozen`)
 
     # ----------------------------------------------------------------------------------- the model surface
+
+    #: the recipe the architecture's smoke runs and tests use (None: the packaged `<arch>-tiny`)
+    tiny_recipe: ClassVar[str | None] = None
+    #: `input.image_size` / `input.max_length` when neither the recipe nor the weights set them
+    default_image_size = 224
+    default_max_length = 256
+
+    def resolve_input(self, cfg: Any) -> InputCfg:
+        """`cfg.input` with its unset sizes filled (the saved config.json then records what the model read);
+        an architecture whose weights fix more (mean/std) fills those too."""
+        inp = cfg.input
+        return dataclasses.replace(
+            inp, image_size=inp.image_size if inp.image_size is not None else self.default_image_size,
+            max_length=inp.max_length if inp.max_length is not None else self.default_max_length)
+
+    @classmethod
+    def check_names(cls, cfg: Any, where: str = "model") -> None:
+        """Check the registered names `cfg` holds (before anything is built); none by default."""
 
     def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """[B] float32 ratings from a collated batch (the keys this model's `Processor` writes)."""
@@ -156,22 +173,24 @@ class RatingModel(nn.Module):
     # ------------------------------------------------------------------------------------------ save / load
 
     def config_dict(self, tokenizer_saved: bool = False) -> dict[str, Any]:
-        """The ModelCfg as saved: weight sources cleared (weights come from model.safetensors) and whatever a
-        rebuild needs written out (`saved_options`), so the folder rebuilds with no network."""
-        cfg = dataclasses.asdict(self.cfg)
-        cfg["image_encoder"]["pretrained"] = None
-        text = cfg["text_encoder"]
-        text["tokenizer"] = None if tokenizer_saved else (text["tokenizer"] or text["pretrained"])
-        text["pretrained"] = None
-        cfg["options"] = self.saved_options()
-        return {"format_version": FORMAT_VERSION, "effiminivlm_version": _version(), **cfg}
+        """config.json: the `model:` section with weight sources cleared (weights come from
+        model.safetensors) and whatever a rebuild needs written out (`saved_section`), and the `input:` block
+        (the tokenizer source kept unless the folder holds the tokenizer's files), so the folder rebuilds
+        with no network."""
+        inp = dataclasses.asdict(self.cfg.input)
+        inp["tokenizer"] = None if tokenizer_saved else self.cfg.tokenizer_source()
+        return {"format_version": FORMAT_VERSION, "effiminivlm_version": _version(),
+                "model": self.saved_section(), "input": inp}
 
-    def saved_options(self) -> dict[str, Any]:
-        """`model.options` as saved: by default the given ones with weight sources (`pretrained`) cleared."""
-        opts = dataclasses.asdict(self.opts)
-        if "pretrained" in opts:
-            opts["pretrained"] = None
-        return opts
+    def saved_section(self) -> dict[str, Any]:
+        """The `model:` section as saved: by default the config's with every weight source (a `pretrained`
+        or `*_pretrained` field, also one level down) cleared."""
+        out = self.cfg.section()
+        for node in (out, *(v for v in out.values() if isinstance(v, dict))):
+            for key in node:
+                if key == "pretrained" or key.endswith("_pretrained"):
+                    node[key] = None
+        return out
 
     def save_pretrained(self, save_dir: str | Path, tokenizer: Any = None) -> Path:
         """Write `config.json` + `model.safetensors` (+ the tokenizer's files) into `save_dir`; LoRA adapters
@@ -246,11 +265,38 @@ def read_model_config(folder: Path) -> ModelCfg:
         raise EffiMiniVLMError(f"{path}: format_version {version!r} is newer than this effiminivlm supports "
                                f"({FORMAT_VERSION}); upgrade effiminivlm")
     try:
-        cfg = from_dict(ModelCfg, data, "model")
+        data = _from_version_1(data) if version < 2 else data
+        unknown = sorted(set(data) - {"model", "input"})
+        if unknown:
+            raise EffiMiniVLMError(f"unknown key(s) {', '.join(unknown)} (format_version 2 holds model and "
+                                   "input)")
+        section = data.get("model")
+        if not isinstance(section, dict):
+            raise EffiMiniVLMError("model: expected a mapping")
+        cfg = from_dict(model_config_class(section.get("arch", "effiminivlm")), section, "model")
+        cfg.input = from_dict(InputCfg, data.get("input") or {}, "input")
+        cfg.check_input()
         check_model_names(cfg)
     except (EffiMiniVLMError, ValueError, TypeError) as e:
         raise EffiMiniVLMError(f"{path}: {e}") from None
     return cfg
+
+
+#: sections of the version-1 layout every architecture's config carried, read only by EffiMiniVLM
+_V1_EFFIMINIVLM_SECTIONS = ("image_encoder", "text_encoder", "head")
+
+
+def _from_version_1(flat: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config (the model section flat at the top, peers' settings under `options`, the input
+    inside the towers' sections) as version 2, through the recipes' map of old spellings; the EffiMiniVLM
+    sections a peer's version-1 config carried unread are dropped."""
+    data = {"model": dict(flat), "input": {}}
+    arch = flat.get("arch", "effiminivlm")
+    migrate_legacy(data, arch, "format_version 1", quiet=True)
+    if arch != "effiminivlm":
+        for key in _V1_EFFIMINIVLM_SECTIONS:
+            data["model"].pop(key, None)
+    return data
 
 
 def _version() -> str:

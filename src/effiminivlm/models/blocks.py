@@ -9,13 +9,17 @@ parts once keeps each architecture's module short enough to read whole and makes
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from effiminivlm.data.schema import RATING_RANGE
-from effiminivlm.errors import WeightsError
+from effiminivlm.errors import ConfigError, WeightsError
 from effiminivlm.models.weights import load_into, load_state_dict, resolve_source
 
 
@@ -137,6 +141,41 @@ _BOOKKEEPING = {"transformers_version", "architectures", "_name_or_path", "model
                 "torch_dtype",
                 "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states",
                 "_attn_implementation_autoset", "use_cache"}
+
+
+@functools.cache
+def _hf_keys(config_name: str) -> frozenset[str]:
+    """The keys transformers' `config_name` means something by: its defaults (and one level of their nested
+    dicts, e.g. `rope_parameters.rope_theta`), its constructor's parameters and the attributes its modeling
+    module reads (`config.x`, `getattr(config, "x", ...)`, as DeBERTa's `norm_rel_ebd`)."""
+    import importlib
+
+    import transformers
+
+    cls = getattr(transformers, config_name)
+    defaults = cls().to_dict()
+    keys = set(defaults) | set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    keys |= {k for v in defaults.values() if isinstance(v, dict) for k in v if isinstance(k, str)}
+    try:
+        modeling = importlib.import_module(cls.__module__.replace(".configuration_", ".modeling_"))
+        source = inspect.getsource(modeling)
+    except (ImportError, OSError, TypeError):
+        source = ""
+    keys |= set(re.findall(r"\bconfig\.([a-z_][a-z0-9_]*)", source))
+    keys |= set(re.findall(r"getattr\(\s*config\s*,\s*[\"']([a-z_][a-z0-9_]*)", source))
+    return frozenset(keys)
+
+
+def check_hf_keys(config_name: str, values: dict[str, Any], where: str) -> None:
+    """Every key of `values` is one transformers' `config_name` (e.g. "CLIPVisionConfig") knows: a config
+    class takes any keyword, so a typo such as `hiden_size` would silently build the default size. Fails
+    with the first unknown key, named `where.key`, and the closest known one."""
+    known = _hf_keys(config_name)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}.{unknown[0]}: not a {config_name} key{hint}")
 
 
 def hf_config(model: Any, keep: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from effiminivlm.config import HeadCfg, ImageEncoderCfg, ModelCfg, TextEncoderCfg
+from effiminivlm.config import EffiMiniVLMCfg, HeadCfg, ImageEncoderCfg, InputCfg, TextEncoderCfg
 from effiminivlm.errors import WeightsError
 from effiminivlm.files import partial_dir, remove_stale_partials, replace_dir
 from effiminivlm.models.factory import create_model, create_tokenizer
@@ -122,14 +122,14 @@ def text_config(source: str) -> dict[str, Any]:
 
 def reference_model_cfg(source: str, hidden_dims: list[int], dropout: float = REFERENCE_DROPOUT,
                         image_size: int = REFERENCE_IMAGE_SIZE, max_length: int = REFERENCE_MAX_LENGTH
-                        ) -> ModelCfg:
-    """The effiminivlm ModelCfg that is the reference MultimodalRegressor: torchvision B0 (ImageNet mean/std,
+                        ) -> EffiMiniVLMCfg:
+    """The EffiMiniVLM config that is the reference MultimodalRegressor: torchvision B0 (ImageNet mean/std,
     224 px), the BERT text tower of `source` with CLS pooling, and the MLP head of `hidden_dims`."""
-    return ModelCfg(
+    return EffiMiniVLMCfg(
         arch="effiminivlm",
-        image_encoder=ImageEncoderCfg(name="efficientnet_b0", pretrained=None, image_size=image_size),
-        text_encoder=TextEncoderCfg(name="bert", pretrained=None, tokenizer=source,
-                                    config=text_config(source), max_length=max_length, pooling="cls"),
+        input=InputCfg(image_size=image_size, tokenizer=source, max_length=max_length),
+        image_encoder=ImageEncoderCfg(name="efficientnet_b0", pretrained=None),
+        text_encoder=TextEncoderCfg(name="bert", pretrained=None, config=text_config(source), pooling="cls"),
         head=HeadCfg(name="mlp", hidden_dims=list(hidden_dims), dropout=dropout))
 
 
@@ -174,7 +174,7 @@ def convert_reference(ckpt: str | Path, text_model: str, out: str | Path, *,
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
         raise WeightsError(f"{dest} already exists and is not empty; pass --overwrite to replace it")
     model = load_reference(ckpt, text_model, dropout, image_size, max_length)
-    tokenizer = create_tokenizer(model.cfg.text_encoder)
+    tokenizer = create_tokenizer(model.cfg)
     remove_stale_partials(dest)
     tmp = partial_dir(dest)
     try:

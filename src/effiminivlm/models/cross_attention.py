@@ -23,11 +23,12 @@ from torch import nn
 from effiminivlm.config import ModelCfg
 from effiminivlm.data.dataset import Sample
 from effiminivlm.errors import ConfigError
-from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.archs import register_arch
 from effiminivlm.models.base import RatingModel
 from effiminivlm.models.blocks import (
     CrossAttention,
     ScaledSigmoid,
+    check_hf_keys,
     fusion_encoder,
     hf_config,
     hf_tower,
@@ -49,7 +50,8 @@ AMAZON_CATEGORIES = [
 
 
 @dataclass
-class CrossAttentionOptions:
+class CrossAttentionCfg(ModelCfg):
+    arch: str = "cross-attention"
     backbone: str = "swinv2_tiny_window8_256"  # timm
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     image_pretrained: str | None = None
@@ -64,29 +66,31 @@ class CrossAttentionOptions:
     categories: list[str] = field(default_factory=lambda: list(AMAZON_CATEGORIES))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int("collage", self.collage, 1, 16)
         check_int("tile_width", self.tile_width, 8, 4096)
         check_int("dim", self.dim, 1, 8192)
         check_int("heads", self.heads, 1, self.dim)
+        check_hf_keys("DebertaV2Config", self.text, "text")
 
 
-@MODEL_ARCHS.register("cross-attention")
+@register_arch("cross-attention")
 class CrossAttentionFusion(RatingModel):
-    Options = CrossAttentionOptions
+    Config = CrossAttentionCfg
 
-    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+    def __init__(self, cfg: CrossAttentionCfg, pretrained: bool = False) -> None:
         from transformers import DebertaV2Config, DebertaV2Model
 
         super().__init__(cfg)
         if cfg.modalities != "image_text":
             raise ConfigError("cross-attention reads image and text: model.modalities must be image_text")
-        o = self.opts
-        size = (cfg.image_encoder.image_size, o.collage * o.tile_width)
+        o = self.cfg
+        size = (self.cfg.input.image_size, o.collage * o.tile_width)
         self.image_encoder = timm_tower(o.backbone, o.image_pretrained if pretrained else None,
-                                        "model.options.image_pretrained", img_size=size, **o.backbone_kwargs)
+                                        "model.image_pretrained", img_size=size, **o.backbone_kwargs)
         self.text_encoder = hf_tower(DebertaV2Model, DebertaV2Config, o.text,
                                      o.text_pretrained if pretrained else None,
-                                     "model.options.text_pretrained (DeBERTa-v3)", attn="eager")
+                                     "model.text_pretrained (DeBERTa-v3)", attn="eager")
         self.image_proj = projection(self.image_encoder.num_features, o.dim)
         self.text_proj = projection(self.text_encoder.config.hidden_size, o.dim)
         self.cross = CrossAttention(o.dim, o.heads, o.dropout)
@@ -97,13 +101,13 @@ class CrossAttentionFusion(RatingModel):
         self.eval()
 
     def processor(self, tokenizer: Any) -> Processor:
-        return CollageProcessor(self.cfg, tokenizer, self.opts)
+        return CollageProcessor(self.cfg, tokenizer)
 
     def example_batch(self, image_size: int | None = None, length: int | None = None) -> dict[str, Any]:
         batch = super().example_batch(None, length)
         ref = batch["input_ids"]
-        height = image_size or self.cfg.image_encoder.image_size
-        batch["pixel_values"] = torch.zeros(1, 3, height, self.opts.collage * self.opts.tile_width,
+        height = image_size or self.cfg.input.image_size
+        batch["pixel_values"] = torch.zeros(1, 3, height, self.cfg.collage * self.cfg.tile_width,
                                             device=ref.device, dtype=self.category.weight.dtype)
         batch["category_id"] = torch.zeros(1, dtype=torch.long, device=ref.device)
         batch["numeric"] = torch.zeros(1, len(NUMERIC_FEATURES), device=ref.device)
@@ -122,8 +126,8 @@ class CrossAttentionFusion(RatingModel):
         with torch.autocast(fused.device.type, enabled=False):  # head in fp32
             return self.head(fused.float()).squeeze(-1)
 
-    def saved_options(self) -> dict[str, Any]:
-        out = super().saved_options()
+    def saved_section(self) -> dict[str, Any]:
+        out = super().saved_section()
         out["image_pretrained"] = out["text_pretrained"] = None
         out["text"] = hf_config(self.text_encoder, out["text"])
         return out
@@ -135,17 +139,17 @@ class CollageProcessor(Processor):
 
     fixed_images = "collage"
 
-    def __init__(self, cfg: ModelCfg, tokenizer: Any, opts: CrossAttentionOptions) -> None:
+    def __init__(self, cfg: CrossAttentionCfg, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
-        self.max_images, self.opts = opts.collage, opts
-        self.image_hw = (cfg.image_encoder.image_size, opts.tile_width)
+        self.max_images = cfg.collage
+        self.image_hw = (cfg.input.image_size, cfg.tile_width)
 
     def extra(self, samples: list[Sample]) -> dict[str, Any]:
-        h, w, k = *self.image_hw, self.opts.collage
+        h, w, k = *self.image_hw, self.cfg.collage
         collage = torch.zeros(len(samples), 3, h, k * w)
         for i, s in enumerate(samples):
             for j, img in enumerate(s.images[:k]):
                 collage[i, :, :, j * w:(j + 1) * w] = img
         return {"pixel_values": collage, "all_pixel_values": None, "image_index": None,
-                "category_id": category_ids(samples, self.opts.categories),
+                "category_id": category_ids(samples, self.cfg.categories),
                 "numeric": numeric_features(samples)}

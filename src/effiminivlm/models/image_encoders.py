@@ -7,7 +7,7 @@ networks by name, strictly, so a wrong file fails loudly.
 
 Each registered encoder name also has a data config in `IMAGE_DATA_CONFIGS` (read from timm's
 `pretrained_cfg` or torchvision's weights transforms, without building the network), so a recipe need not copy
-the encoder's normalisation: `resolve_image_cfg` fills an unset `mean`/`std` from it.
+the encoder's normalisation: `resolve_image_input` fills an unset `input.image_size` / `mean` / `std` from it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from effiminivlm.config import ImageEncoderCfg
+from effiminivlm.config import ImageEncoderCfg, InputCfg
 from effiminivlm.errors import EffiMiniVLMError, WeightsError
 from effiminivlm.models.weights import load_into, load_state_dict
 from effiminivlm.registry import Registry
@@ -262,23 +262,25 @@ def image_data_config(cfg: ImageEncoderCfg) -> ImageDataConfig:
     IMAGE_ENCODERS.get(cfg.name)  # an unknown encoder gets the encoder registry's "did you mean"
     if cfg.name not in IMAGE_DATA_CONFIGS:
         raise EffiMiniVLMError(f"image encoder {cfg.name!r} declares no mean/std: set "
-                               "model.image_encoder.mean and .std in the recipe")
+                               "input.mean and input.std in the recipe")
     return IMAGE_DATA_CONFIGS.build(cfg.name, **cfg.kwargs)
 
 
-def resolve_image_cfg(cfg: ImageEncoderCfg) -> ImageEncoderCfg:
-    """A copy of `cfg` with `mean`/`std` set: the recipe's values, else the encoder's pretrained ones."""
-    mean, std = cfg.mean, cfg.std
-    if mean is None or std is None:
+def resolve_image_input(cfg: ImageEncoderCfg, inp: InputCfg) -> InputCfg:
+    """A copy of input block `inp` with `image_size` and `mean`/`std` set: the recipe's values, else what the
+    encoder's pretrained weights expect (its data config)."""
+    mean, std, size = inp.mean, inp.std, inp.image_size
+    if mean is None or std is None or size is None:
         data = image_data_config(cfg)
         mean = list(data.mean) if mean is None else mean
         std = list(data.std) if std is None else std
+        size = int(data.input_size[-1]) if size is None else size
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != 3 or (key == "std" and min(values) <= 0):
             kind = "positive numbers" if key == "std" else "numbers"
-            raise EffiMiniVLMError(f"model.image_encoder.{key} must be 3 {kind} (one per RGB channel), "
-                                   f"got {values}")
-    return dataclasses.replace(cfg, mean=[float(v) for v in mean], std=[float(v) for v in std])
+            raise EffiMiniVLMError(f"input.{key} must be 3 {kind} (one per RGB channel), got {values}")
+    return dataclasses.replace(inp, image_size=size, mean=[float(v) for v in mean],
+                               std=[float(v) for v in std])
 
 
 def create_image_encoder(cfg: ImageEncoderCfg, pretrained: bool = True) -> nn.Module:

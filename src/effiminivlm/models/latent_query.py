@@ -5,33 +5,34 @@
     8 learned latent queries --3 cross-attention layers over all tokens--> [B,8,D]
        --> query-weighted sum (softmax over a score per query) --> MLP --> linear calibration = rating [B]
 
-LoRA adapters (peft) sit on the query/value projections of both towers (`model.image_encoder.lora` /
-`model.text_encoder.lora`, merged into the weights on save like EffiMiniVLM's). The published FLOPs use
+LoRA adapters (peft) sit on the query/value projections of both towers (`model.image_lora` /
+`model.text_lora`, merged into the weights on save like EffiMiniVLM's). The published FLOPs use
 k = 1 (`topk`), the team's default is 2; a missing image's tokens are masked out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from effiminivlm.config import ModelCfg
+from effiminivlm.config import LoraCfg, ModelCfg
 from effiminivlm.data.dataset import Sample
 from effiminivlm.errors import ConfigError
-from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.archs import register_arch
 from effiminivlm.models.base import RatingModel
-from effiminivlm.models.blocks import CrossAttention, hf_config, hf_tower, mlp_head, projection
+from effiminivlm.models.blocks import CrossAttention, check_hf_keys, hf_config, hf_tower, mlp_head, projection
 from effiminivlm.models.lora import apply_lora
 from effiminivlm.models.processor import Processor, stack_images
 from effiminivlm.typed import check_int
 
 
 @dataclass
-class LatentQueryOptions:
+class LatentQueryCfg(ModelCfg):
+    arch: str = "latent-query"
     image_pretrained: str | None = None  # DINOv2-base: hf-hub:facebook/dinov2-base or local-dir:
     text_pretrained: str | None = None  # DistilBERT-base: hf-hub:distilbert-base-uncased or local-dir:
     vision: dict[str, Any] = field(default_factory=dict)  # Dinov2Config values
@@ -43,33 +44,45 @@ class LatentQueryOptions:
     heads: int = 8
     head_hidden: int = 384
     dropout: float = 0.1
+    image_lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
+    text_lora: LoraCfg | None = None  # e.g. {r: 8, alpha: 16, target_modules: [q_lin, v_lin]}
+    LEGACY: ClassVar[dict[str, str]] = {"image_encoder.lora": "image_lora", "text_encoder.lora": "text_lora",
+                                        "vision.intermediate_size": ""}  # DINOv2: mlp_ratio x hidden_size
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_hf_keys("Dinov2Config", self.vision, "vision")
+        check_hf_keys("DistilBertConfig", self.text, "text")
         for key, hi in (("topk", 16), ("queries", 256), ("layers", 64), ("dim", 8192)):
             check_int(key, getattr(self, key), 1, hi)
         check_int("heads", self.heads, 1, self.dim)
 
+    def lora(self, tower: str) -> LoraCfg | None:
+        return self.image_lora if tower == "image_encoder" else self.text_lora
 
-@MODEL_ARCHS.register("latent-query")
+    def without_lora(self, tower: str) -> LatentQueryCfg:
+        return replace(self, **{"image_lora" if tower == "image_encoder" else "text_lora": None})
+
+
+@register_arch("latent-query")
 class LatentQuery(RatingModel):
-    Options = LatentQueryOptions
+    Config = LatentQueryCfg
 
-    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+    def __init__(self, cfg: LatentQueryCfg, pretrained: bool = False) -> None:
         from transformers import Dinov2Config, Dinov2Model, DistilBertConfig, DistilBertModel
 
         super().__init__(cfg)
         if cfg.modalities != "image_text":
             raise ConfigError("latent-query reads image and text: model.modalities must be image_text")
-        o = self.opts
+        o = self.cfg
         image_source, text_source = (o.image_pretrained, o.text_pretrained) if pretrained else (None, None)
         self.image_encoder = hf_tower(Dinov2Model, Dinov2Config, o.vision, image_source,
-                                      "model.options.image_pretrained (DINOv2)")
+                                      "model.image_pretrained (DINOv2)")
         self.text_encoder = hf_tower(DistilBertModel, DistilBertConfig, o.text, text_source,
-                                     "model.options.text_pretrained (DistilBERT)")
-        for tower, tower_cfg, key in ((self.image_encoder, cfg.image_encoder, "image_encoder"),
-                                      (self.text_encoder, cfg.text_encoder, "text_encoder")):
-            if tower_cfg.lora is not None:
-                apply_lora(tower, tower_cfg.lora, f"model.{key}.lora")
+                                     "model.text_pretrained (DistilBERT)")
+        for tower, key in ((self.image_encoder, "image_lora"), (self.text_encoder, "text_lora")):
+            if getattr(cfg, key) is not None:
+                apply_lora(tower, getattr(cfg, key), f"model.{key}")
         self.image_proj = projection(self.image_encoder.config.hidden_size, o.dim)
         self.text_proj = projection(self.text_encoder.config.dim, o.dim)
         self.latents = nn.Parameter(torch.randn(1, o.queries, o.dim) * 0.02)
@@ -79,7 +92,7 @@ class LatentQuery(RatingModel):
         self.eval()
 
     def processor(self, tokenizer: Any) -> Processor:
-        return TopKProcessor(self.cfg, tokenizer, self.opts.topk)
+        return TopKProcessor(self.cfg, tokenizer, self.cfg.topk)
 
     def example_batch(self, image_size: int | None = None, length: int | None = None) -> dict[str, Any]:
         batch = super().example_batch(image_size, length)  # the published count: one image (k = 1)
@@ -104,8 +117,8 @@ class LatentQuery(RatingModel):
         with torch.autocast(q.device.type, enabled=False):  # head in fp32
             return self.head((weights * q).sum(1).float()).squeeze(-1)
 
-    def saved_options(self) -> dict[str, Any]:
-        out = super().saved_options()
+    def saved_section(self) -> dict[str, Any]:
+        out = super().saved_section()
         out["image_pretrained"] = out["text_pretrained"] = None
         out["vision"] = hf_config(self.image_encoder, out["vision"])
         out["text"] = hf_config(self.text_encoder, out["text"])

@@ -14,7 +14,6 @@ its config keeps `lora`, so loading rebuilds the adapters (random init, no downl
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 from torch import nn
 
@@ -75,19 +74,17 @@ def merge_lora(module: nn.Module) -> None:
 def _merging_towers(model: nn.Module) -> list[str]:
     """The towers ("image_encoder", "text_encoder") whose adapters the config says to merge on save."""
     return [key for key in ("image_encoder", "text_encoder")
-            if getattr(model, key, None) is not None and getattr(model.cfg, key).lora is not None
-            and getattr(model.cfg, key).lora.merge and lora_layers(getattr(model, key))]
+            if getattr(model, key, None) is not None and model.cfg.lora(key) is not None
+            and model.cfg.lora(key).merge and lora_layers(getattr(model, key))]
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
     """A deep copy of an EffiMiniVLM with the adapters of the towers whose `lora.merge` is true folded into
     their weights, and `lora` cleared from those towers' config."""
     out = copy.deepcopy(model)
-    changes = {}
     for key in _merging_towers(out):
         merge_lora(getattr(out, key))
-        changes[key] = dataclasses.replace(getattr(out.cfg, key), lora=None)
-    out.cfg = dataclasses.replace(out.cfg, **changes)
+        out.cfg = out.cfg.without_lora(key)
     return out
 
 

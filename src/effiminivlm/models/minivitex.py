@@ -31,10 +31,11 @@ from effiminivlm.config import ModelCfg
 from effiminivlm.data.dataset import Sample
 from effiminivlm.data.labels import LabelVocab, build_label_vocab
 from effiminivlm.errors import ConfigError
-from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.archs import register_arch
 from effiminivlm.models.base import RatingModel
 from effiminivlm.models.blocks import (
     AttentionPool,
+    check_hf_keys,
     fusion_encoder,
     hf_config,
     hf_tower,
@@ -46,7 +47,8 @@ from effiminivlm.typed import check_int, check_number
 
 
 @dataclass
-class MiniViTexOptions:
+class MiniViTexCfg(ModelCfg):
+    arch: str = "minivitex"
     backbone: str = "tf_efficientnetv2_s"  # a timm model name
     image_pretrained: str | None = None  # the backbone's weights: local-file:/path/x.safetensors, ...
     text_pretrained: str | None = None  # BERT-Mini: hf-hub:google/bert_uncased_L-4_H-256_A-4 or local-dir:
@@ -63,21 +65,23 @@ class MiniViTexOptions:
     thresholds: list[float] | None = None  # multilabel: per-class thresholds tuned on val (None: 0.5)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int("dim", self.dim, 1, 8192)
         check_int("layers", self.layers, 1, 64)
         check_int("heads", self.heads, 1, self.dim)
         check_number("dropout", self.dropout, ge=0, lt=1)
         check_int("grid", self.grid, 1, 64)
+        check_hf_keys("BertConfig", self.text, "text")
         if self.task not in ("rating", "multilabel"):
-            raise ConfigError(f"model.options.task must be rating or multilabel, got {self.task!r}")
+            raise ConfigError(f"model.task must be rating or multilabel, got {self.task!r}")
         check_int("min_label_freq", self.min_label_freq, 1, 10**9)
         if self.max_labels is not None:
             check_int("max_labels", self.max_labels, 1, 10**6)
         if self.labels is not None and (not all(isinstance(x, str) for x in self.labels)
                                         or len(set(self.labels)) != len(self.labels) or not self.labels):
-            raise ConfigError("model.options.labels must be a non-empty list of distinct strings")
+            raise ConfigError("model.labels must be a non-empty list of distinct strings")
         if self.thresholds is not None and (self.labels is None or len(self.thresholds) != len(self.labels)):
-            raise ConfigError(f"model.options.thresholds: {len(self.thresholds)} values for "
+            raise ConfigError(f"model.thresholds: {len(self.thresholds)} values for "
                               f"{len(self.labels or [])} labels")
 
 
@@ -93,28 +97,28 @@ class LabelProcessor(Processor):
         return {"target": torch.from_numpy(self.vocab.encode_many([s.categories for s in samples]))}
 
 
-@MODEL_ARCHS.register("minivitex")
+@register_arch("minivitex")
 class MiniViTex(RatingModel):
-    Options = MiniViTexOptions
+    Config = MiniViTexCfg
 
-    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+    def __init__(self, cfg: MiniViTexCfg, pretrained: bool = False) -> None:
         from transformers import BertConfig, BertModel
 
         super().__init__(cfg)
-        o = self.opts
+        o = self.cfg
         n_text = 0
         if cfg.modalities != "text":
             self.image_encoder = timm_tower(o.backbone, o.image_pretrained if pretrained else None,
-                                            "model.options.image_pretrained")
+                                            "model.image_pretrained")
             self.image_proj = projection(self.image_encoder.num_features, o.dim)
             self.image_pool = AttentionPool(o.dim)  # the image-only pseudo-CLS
         if cfg.modalities != "image":
             text_source = o.text_pretrained if pretrained else None
             self.text_encoder = hf_tower(BertModel, BertConfig, o.text, text_source,
-                                         "model.options.text_pretrained (BERT-Mini)",
+                                         "model.text_pretrained (BERT-Mini)",
                                          add_pooling_layer=False)
             self.text_proj = projection(self.text_encoder.config.hidden_size, o.dim)
-            n_text = cfg.text_encoder.max_length
+            n_text = self.cfg.input.max_length
         self.cls = nn.Parameter(torch.zeros(1, 1, o.dim))
         self.pos = nn.Parameter(torch.randn(1, 2 + o.grid**2 + n_text, o.dim) * 0.02)  # shared by all tokens
         self.encoder = fusion_encoder(o.dim, o.layers, o.heads, o.dropout)
@@ -130,9 +134,9 @@ class MiniViTex(RatingModel):
     def processor(self, tokenizer: Any) -> Processor:
         if self.task != "multilabel":
             return super().processor(tokenizer)
-        if not self.opts.labels:
+        if not self.cfg.labels:
             raise ConfigError("a multilabel MiniViTex has no label vocabulary yet: call fit_task(train_rows)")
-        return LabelProcessor(self.cfg, tokenizer, self.opts.labels)
+        return LabelProcessor(self.cfg, tokenizer, self.cfg.labels)
 
     def fit_task(self, train_rows: Any) -> None:
         """Multilabel: the vocabulary of the train split's `categories`, a head of that size, its biases at
@@ -140,17 +144,17 @@ class MiniViTex(RatingModel):
         if self.task != "multilabel":
             return
         cats = train_rows.column("categories").to_pylist()
-        vocab = build_label_vocab(cats, self.opts.min_label_freq, self.opts.max_labels)
+        vocab = build_label_vocab(cats, self.cfg.min_label_freq, self.cfg.max_labels)
         if not len(vocab):
-            raise ConfigError(f"no label of `categories` is in >= {self.opts.min_label_freq} of the "
-                              f"{len(cats)} train items; lower model.options.min_label_freq")
+            raise ConfigError(f"no label of `categories` is in >= {self.cfg.min_label_freq} of the "
+                              f"{len(cats)} train items; lower model.min_label_freq")
         ref = self.head[1].weight
-        head = nn.Linear(self.opts.dim, len(vocab)).to(device=ref.device, dtype=ref.dtype)
+        head = nn.Linear(self.cfg.dim, len(vocab)).to(device=ref.device, dtype=ref.dtype)
         p = torch.tensor([vocab.counts[x] / max(vocab.n_items, 1) for x in vocab.labels]).clamp(1e-3, 0.999)
         with torch.no_grad():
             head.bias.copy_(torch.log(p / (1 - p)))
         self.head[1] = head
-        self.opts.labels, self.opts.thresholds = list(vocab.labels), None
+        self.cfg.labels, self.cfg.thresholds = list(vocab.labels), None
 
     def init_output_bias(self, rating: float) -> None:
         if self.task == "rating":  # multilabel: fit_task set the label base rates
@@ -158,7 +162,7 @@ class MiniViTex(RatingModel):
 
     def set_thresholds(self, thresholds: Any) -> None:
         """Per-class decision thresholds (tuned on val), saved with the model."""
-        self.opts.thresholds = [float(t) for t in thresholds]
+        self.cfg.thresholds = [float(t) for t in thresholds]
 
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, grid*grid, num_features]: the backbone's last feature map, pooled to the grid."""
@@ -167,12 +171,12 @@ class MiniViTex(RatingModel):
             tokens = fmap[:, getattr(self.image_encoder, "num_prefix_tokens", 1):]
             side = math.isqrt(tokens.shape[1])
             fmap = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
-        return F.adaptive_avg_pool2d(fmap, self.opts.grid).flatten(2).transpose(1, 2)
+        return F.adaptive_avg_pool2d(fmap, self.cfg.grid).flatten(2).transpose(1, 2)
 
     def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         ref = batch["input_ids"] if batch.get("input_ids") is not None else batch["pixel_values"]
         size, dev = len(ref), ref.device
-        g2 = self.opts.grid ** 2  # position slots: CLS 0, pseudo-CLS 1, visual 2..g2+1, text after
+        g2 = self.cfg.grid ** 2  # position slots: CLS 0, pseudo-CLS 1, visual 2..g2+1, text after
         tokens = [self.cls.expand(size, -1, -1) + self.pos[:, :1]]
         masks = [torch.ones(size, 1, dtype=torch.bool, device=dev)]
         pixels = batch.get("pixel_values")
@@ -193,8 +197,8 @@ class MiniViTex(RatingModel):
             out = self.head(x[:, 0].float())
         return out if self.task == "multilabel" else out.squeeze(-1)
 
-    def saved_options(self) -> dict[str, Any]:
-        out = super().saved_options()
+    def saved_section(self) -> dict[str, Any]:
+        out = super().saved_section()
         out["image_pretrained"] = out["text_pretrained"] = None
         if self.text_encoder is not None:
             out["text"] = hf_config(self.text_encoder, out["text"])

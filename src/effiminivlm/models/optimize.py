@@ -141,7 +141,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
             fast.text_encoder = text = lean
             used.append("cls_only")
     if image is not None and cpu and plain and levers.image_backend == "openvino":
-        size = fast.cfg.image_encoder.image_size  # type: ignore[union-attr]
+        size = fast.cfg.input.image_size  # type: ignore[union-attr]
         ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, image_prec,
                                                                   streams=levers.ov_streams),
                              "image", fallbacks)

@@ -25,7 +25,6 @@ from effiminivlm.config import AUGMENTS, ModelCfg
 from effiminivlm.data.dataset import Collator, ProductDataset, Sample
 from effiminivlm.data.images import ImageStore, to_rgb
 from effiminivlm.errors import EffiMiniVLMError
-from effiminivlm.models.image_encoders import resolve_image_cfg
 
 
 def image_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], train: bool = False,
@@ -52,13 +51,12 @@ class Processor:
     def __init__(self, cfg: ModelCfg, tokenizer: Any) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.max_length = cfg.text_encoder.max_length
+        inp = cfg.input  # the model's: unset values filled from its weights (RatingModel.resolve_input)
+        self.max_length = inp.max_length
         self.uses_image = cfg.modalities != "text"
         self.uses_text = cfg.modalities != "image"
-        size = cfg.image_encoder.image_size
-        self.image_hw = (size, size)
-        image_cfg = resolve_image_cfg(cfg.image_encoder) if self.uses_image else cfg.image_encoder
-        self.mean, self.std = image_cfg.mean, image_cfg.std
+        self.image_hw = (inp.image_size, inp.image_size)
+        self.mean, self.std = inp.mean, inp.std
 
     def image_mode(self, images: str = "first") -> str:
         """How the dataset reads an item's images: "first", "mean" (several) or "none"."""

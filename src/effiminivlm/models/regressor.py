@@ -19,36 +19,59 @@ exact model offline, without unpickling anything.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from effiminivlm.config import ModelCfg
-from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.config import EffiMiniVLMCfg, InputCfg
+from effiminivlm.errors import EffiMiniVLMError, UnknownNameError
+from effiminivlm.models.archs import register_arch
 from effiminivlm.models.base import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, RatingModel, read_model_config
 from effiminivlm.models.heads import create_head
-from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_cfg
+from effiminivlm.models.image_encoders import create_image_encoder, resolve_image_input
 from effiminivlm.models.lora import apply_lora
 from effiminivlm.models.text_encoders import create_text_encoder
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "EffiMiniVLM", "read_model_config"]
 
 
-@MODEL_ARCHS.register("effiminivlm")
+@register_arch("effiminivlm")
 class EffiMiniVLM(RatingModel):
-    """Image tower + text tower + regression head from a `ModelCfg` (random init unless `pretrained`).
+    """Image tower + text tower + regression head from an `EffiMiniVLMCfg` (random init unless `pretrained`).
 
-    `self.cfg` is the given config with the image mean/std resolved from the encoder when unset, so the saved
-    config.json records the normalisation the model was trained with and reloads identically.
+    `self.cfg.input` is the given input block with the image size and mean/std resolved from the encoder's
+    data config when unset, so the saved config.json records the input the model was trained with and
+    reloads identically.
     """
 
+    Config = EffiMiniVLMCfg
+    tiny_recipe = "tiny"
     plain_towers = True  # pixels -> pooled vector, (ids, mask) -> CLS vector: the fast path may swap them
 
-    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+    @classmethod
+    def check_names(cls, cfg: EffiMiniVLMCfg, where: str = "model") -> None:
+        """The encoder and head names, each against its registry."""
+        from effiminivlm.models.heads import HEADS
+        from effiminivlm.models.image_encoders import IMAGE_ENCODERS
+        from effiminivlm.models.text_encoders import TEXT_ENCODERS
+
+        for key, registry, name in ((f"{where}.image_encoder.name", IMAGE_ENCODERS, cfg.image_encoder.name),
+                                    (f"{where}.text_encoder.name", TEXT_ENCODERS, cfg.text_encoder.name),
+                                    (f"{where}.head.name", HEADS, cfg.head.name)):
+            try:
+                registry.get(name)
+            except EffiMiniVLMError as e:
+                raise UnknownNameError(f"{key}: {e}") from None
+
+    def resolve_input(self, cfg: EffiMiniVLMCfg) -> InputCfg:
+        if cfg.modalities != "text":  # the image weights' size and mean/std where the recipe sets none
+            cfg = dataclasses.replace(cfg, input=resolve_image_input(cfg.image_encoder, cfg.input))
+        return super().resolve_input(cfg)
+
+    def __init__(self, cfg: EffiMiniVLMCfg, pretrained: bool = False) -> None:
         super().__init__(cfg)
-        if cfg.modalities != "text":
-            self.cfg.image_encoder = resolve_image_cfg(cfg.image_encoder)
         uses_image, uses_text = cfg.modalities != "text", cfg.modalities != "image"
         self.image_encoder = create_image_encoder(cfg.image_encoder, pretrained) if uses_image else None
         self.text_encoder = create_text_encoder(cfg.text_encoder, pretrained) if uses_text else None
@@ -180,5 +203,5 @@ class EffiMiniVLM(RatingModel):
         with no network and no source."""
         cfg = super().config_dict(tokenizer_saved)
         if self.text_encoder is not None and hasattr(self.text_encoder, "architecture"):
-            cfg["text_encoder"]["config"] = self.text_encoder.architecture()
+            cfg["model"]["text_encoder"]["config"] = self.text_encoder.architecture()
         return cfg

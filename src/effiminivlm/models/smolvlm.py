@@ -23,26 +23,39 @@ from torch import nn
 from effiminivlm.config import ModelCfg
 from effiminivlm.data.dataset import Sample
 from effiminivlm.errors import ConfigError
-from effiminivlm.models.archs import MODEL_ARCHS
+from effiminivlm.models.archs import register_arch
 from effiminivlm.models.base import RatingModel
-from effiminivlm.models.blocks import ScaledSigmoid, hf_config, hf_tower, masked_mean, mlp_head
+from effiminivlm.models.blocks import ScaledSigmoid, check_hf_keys, hf_config, hf_tower, masked_mean, mlp_head
 from effiminivlm.models.processor import Processor, base_fields
 from effiminivlm.typed import check_int
+
+#: text_config.model_type -> the transformers config class its keys are checked against
+TEXT_CONFIGS = {"llama": "LlamaConfig"}
 
 PROMPT = ("User: How would shoppers rate this product from 1 to 5?", ("Category", "category"),
           ("Title", "title"), ("Features", "features"), ("Description", "description"), "Assistant:")
 
 
 @dataclass
-class SmolVLMOptions:
+class SmolVLMCfg(ModelCfg):
+    arch: str = "smolvlm2-regressor"
     pretrained: str | None = None  # hf-hub:HuggingFaceTB/SmolVLM2-256M-Video-Instruct or local-dir:/path
     config: dict[str, Any] = field(default_factory=dict)  # SmolVLMConfig values (vision_config, text_config)
     head_hidden: int = 288
     field_tokens: int = 100  # each text field is cut to this many tokens before the prompt is joined
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int("head_hidden", self.head_hidden, 1, 65536)
         check_int("field_tokens", self.field_tokens, 1, 8192)
+        check_hf_keys("SmolVLMConfig", self.config, "config")
+        vision, text = self.config.get("vision_config") or {}, self.config.get("text_config") or {}
+        check_hf_keys("SmolVLMVisionConfig", vision, "config.vision_config")
+        text_class = TEXT_CONFIGS.get(text.get("model_type", "llama"))
+        if text_class is None:
+            raise ConfigError(f"config.text_config.model_type must be one of {', '.join(TEXT_CONFIGS)}, "
+                              f"got {text.get('model_type')!r}")
+        check_hf_keys(text_class, {k: v for k, v in text.items() if k != "model_type"}, "config.text_config")
 
 
 class VisionConnector(nn.Module):
@@ -56,28 +69,28 @@ class VisionConnector(nn.Module):
         return self.connector(self.vision_model(pixel_values=pixel_values).last_hidden_state)
 
 
-@MODEL_ARCHS.register("smolvlm2-regressor")
+@register_arch("smolvlm2-regressor")
 class SmolVLMRegressor(RatingModel):
-    Options = SmolVLMOptions
+    Config = SmolVLMCfg
 
-    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+    def __init__(self, cfg: SmolVLMCfg, pretrained: bool = False) -> None:
         from transformers import SmolVLMConfig, SmolVLMModel
 
         super().__init__(cfg)
         if cfg.modalities != "image_text":
             raise ConfigError("smolvlm2-regressor reads image and text: model.modalities must be image_text")
-        source = self.opts.pretrained if pretrained else None
-        vlm = hf_tower(SmolVLMModel, SmolVLMConfig, self.opts.config, source,
-                       "model.options.pretrained (SmolVLM)")
+        source = self.cfg.pretrained if pretrained else None
+        vlm = hf_tower(SmolVLMModel, SmolVLMConfig, self.cfg.config, source,
+                       "model.pretrained (SmolVLM)")
         self.image_encoder = VisionConnector(vlm.vision_model, vlm.connector)
         self.text_encoder = vlm.text_model  # the decoder without its LM head
         self._config = vlm.config
         width = vlm.config.text_config.hidden_size
-        self.head = nn.Sequential(mlp_head(width, self.opts.head_hidden, 0.0, nn.ReLU), ScaledSigmoid())
+        self.head = nn.Sequential(mlp_head(width, self.cfg.head_hidden, 0.0, nn.ReLU), ScaledSigmoid())
         self.eval()
 
     def processor(self, tokenizer: Any) -> Processor:
-        return PromptProcessor(self.cfg, tokenizer, self.opts.field_tokens)
+        return PromptProcessor(self.cfg, tokenizer, self.cfg.field_tokens)
 
     def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         mask = batch["attention_mask"]
@@ -92,8 +105,8 @@ class SmolVLMRegressor(RatingModel):
         with torch.autocast(hidden.device.type, enabled=False):  # head in fp32
             return self.head(masked_mean(hidden.float(), mask)).squeeze(-1)
 
-    def saved_options(self) -> dict[str, Any]:
-        out = super().saved_options()
+    def saved_section(self) -> dict[str, Any]:
+        out = super().saved_section()
         out["config"] = {**out["config"], "scale_factor": self._config.scale_factor,
                          "vision_config": hf_config(self.image_encoder.vision_model, {}),
                          "text_config": {"model_type": self._config.text_config.model_type,

@@ -96,9 +96,9 @@ def profile_model(model: nn.Module, image_size: int | None = None, max_length: i
     has_image = getattr(model, "image_encoder", None) is not None
     has_text = getattr(model, "text_encoder", None) is not None
     if image_size is None and has_image:
-        image_size = mcfg.image_encoder.image_size
+        image_size = mcfg.input.image_size
     if max_length is None and has_text:
-        max_length = mcfg.text_encoder.max_length
+        max_length = mcfg.input.max_length
     size = _positive_int(image_size, "image size") if has_image else None
     length = _positive_int(max_length, "max length") if has_text else None
     canonical = _count_canonical(model, size, length, f"the canonical input (image {size}, {length} tokens)")
@@ -178,7 +178,7 @@ def run_profile(model_dir: str | Path | None = None, recipe: str | None = None,
     if data is not None:
         if model.text_encoder is None:
             raise EffiMiniVLMError("--data gives the mean token length, but this model has no text tower")
-        length = _positive_int(max_length if max_length is not None else model.cfg.text_encoder.max_length,
+        length = _positive_int(max_length if max_length is not None else model.cfg.input.max_length,
                                "max length")
         mean_tokens, mean_source = data_mean_tokens(data, tokenizer, length)
     profile = profile_model(model, image_size, max_length, mean_tokens, cfg, label=label)

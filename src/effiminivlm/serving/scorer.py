@@ -44,7 +44,7 @@ def check_rates(model: torch.nn.Module, model_dir: str | Path) -> None:
     """Refuse, in one line, a model that does not predict ratings: a label head's logits are no rating to
     clip, and a submission of them would look valid."""
     if getattr(model, "task", "rating") != "rating":
-        raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.options.task): it scores "
+        raise EffiMiniVLMError(f"{model_dir} is a {model.task} model (model.task): it scores "
                                "labels, not ratings; use `effiminivlm evaluate` for its mAP / F1")
 
 
@@ -73,7 +73,7 @@ class Scorer:
             self.runner = optimize_for_inference(self.model, self.device, self.precision)  # fp32: the model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.max_length = model.cfg.text_encoder.max_length
+        self.max_length = model.cfg.input.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
 
     @classmethod

@@ -34,20 +34,32 @@ __all__ = ["embed_table", "feature_matrix", "load_features", "model_signature", 
 def model_signature(model: torch.nn.Module) -> str:
     """The towers' config and a digest of their weights: two caches are interchangeable only if this
     matches (the config alone would accept two random initialisations, or another fine-tuned model)."""
-    cfg = model.config_dict()  # type: ignore[attr-defined]
-    cfg.pop("effiminivlm_version", None)
-    cfg.pop("head", None)  # the head does not change the features
-    if not cfg.get("options"):  # no arch options: caches made before `model.options` existed stay valid
-        cfg.pop("options", None)
-    for tower in ("image_encoder", "text_encoder"):  # where weights/tokenizer came from: a saved model and
-        for key in ("pretrained", "tokenizer"):  # the recipe it was trained from differ only here
-            cfg.get(tower, {}).pop(key, None)
+    cfg = _signature_config(model.config_dict())  # type: ignore[attr-defined]
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         if not name.startswith("head."):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return json.dumps({**cfg, "weights_blake2b": digest.hexdigest()}, sort_keys=True)
+
+
+def _signature_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """What of a saved config.json the features depend on, in the version-1 layout (the towers' sections
+    holding their input sizes, peers' keys under `options`), so caches written before format_version 2 stay
+    valid; the head and the weights' and tokenizer's sources are left out (a saved model and the recipe it
+    was trained from differ only there)."""
+    section, inp = dict(saved["model"]), saved["input"]
+    section.pop("head", None)
+    if "image_encoder" in section:  # EffiMiniVLM
+        image, text = dict(section.pop("image_encoder")), dict(section.pop("text_encoder"))
+        image.update(image_size=inp["image_size"], mean=inp["mean"], std=inp["std"])
+        text["max_length"] = inp["max_length"]
+        for tower in (image, text):
+            tower.pop("pretrained", None)
+        return {"format_version": 1, **section, "image_encoder": image, "text_encoder": text}
+    arch, modalities = section.pop("arch"), section.pop("modalities")
+    return {"format_version": 1, "arch": arch, "modalities": modalities, "options": section,
+            "input": {k: v for k, v in inp.items() if k != "tokenizer"}}
 
 
 @torch.no_grad()

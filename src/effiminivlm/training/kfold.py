@@ -132,7 +132,7 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
         from effiminivlm.training.embed import embed_table, model_signature, save_features
 
         model = build_probe_model(recipe)
-        tok = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
+        tok = create_tokenizer(recipe.model) if model.text_encoder is not None else None
         dev = resolve_device(device)
         feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                             images=recipe.data.images, batch_size=recipe.train.eval_batch_size, device=dev,

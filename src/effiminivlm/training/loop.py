@@ -198,7 +198,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         train_rows, val_rows = attach_categories(train_rows, data_dir), attach_categories(val_rows, data_dir)
     model.fit_task(train_rows)  # e.g. the label vocabulary of the TRAIN split (models.base)
     apply_recipe_freezing(model, tc)
-    tokenizer = create_tokenizer(recipe.model.text_encoder)
+    tokenizer = create_tokenizer(recipe.model)
     processor = model.processor(tokenizer)  # the architecture's own preprocessing (models.processor)
     draft = recipe.data.draft_decode  # JPEGs decoded near the model's size
     train_ds = processor.dataset(train_rows, store, "first", train=True, augment=recipe.data.augment,

@@ -277,8 +277,9 @@ def check_recipe_names(recipe: Recipe) -> None:
     check_model_names(recipe.model)
     build_loss(recipe.train.loss, {"delta": recipe.train.huber_delta})
     names = {t.name for t in parse_loss_spec(recipe.train.loss)}
-    multilabel = recipe.model.options.get("task") == "multilabel"
+    task = getattr(recipe.model, "task", "rating")
+    multilabel = task == "multilabel"
     if multilabel != ("bce" in names) or (multilabel and names != {"bce"}):
-        raise ConfigError(f"train.loss {recipe.train.loss!r} does not fit model.options.task "
-                          f"{recipe.model.options.get('task', 'rating')!r}: a multilabel head trains with "
+        raise ConfigError(f"train.loss {recipe.train.loss!r} does not fit model.task "
+                          f"{task!r}: a multilabel head trains with "
                           "loss bce alone, a rating head with a rating loss")

@@ -144,7 +144,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     dev = resolve_device(device)
     model = build_probe_model(recipe)
     torch.manual_seed(tc.seed)
-    tokenizer = create_tokenizer(recipe.model.text_encoder) if model.text_encoder is not None else None
+    tokenizer = create_tokenizer(recipe.model) if model.text_encoder is not None else None
     train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
     if train_rows.num_rows == 0 or val_rows.num_rows == 0:
         raise DataError(f"{data_dir}: training needs non-empty train and val splits "
