@@ -89,8 +89,8 @@ def load_env_archs() -> None:
 
 
 def _register_all() -> None:
-    import effiminivlm.models  # noqa: F401  (its import registers the built-in architectures)
-
+    # The built-in architectures are registered already: importing this module imports its package first,
+    # whose __init__ imports each architecture's module. Only $EFFIMINIVLM_ARCH_PATH may have changed since.
     load_env_archs()
 
 
