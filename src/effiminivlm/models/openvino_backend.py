@@ -17,6 +17,7 @@ thread-safe: one infer request per calling thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -47,6 +48,25 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_capabilities() -> frozenset[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU (e.g. FP32, INT8, BF16): the ISA facts a precision
+    choice depends on."""
+    import openvino as ov
+
+    return frozenset(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def native_precision(precision: str) -> str:
+    """`precision`, or "fp32" when it is bf16 / fp16 and this CPU has no native kernels for it.
+
+    Why: OpenVINO honours a bf16 hint on a CPU without AVX512_BF16 / AMX by emulating it, and that is not a
+    little slower but tens of times slower (measured: a MiniLM text tower, batch 32 x 256 tokens, 2 threads,
+    AVX-512 VNNI without BF16: f32 2.4 s, "bf16" 65-95 s); f32 is what such a CPU computes fastest."""
+    want = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
+    return "fp32" if want is not None and want not in cpu_capabilities() else precision
+
+
 class OpenVINOTower(TowerWrapper):
     """`tower` compiled by OpenVINO: called with the tower's tensors, returns its float32 output.
 
@@ -59,6 +79,9 @@ class OpenVINOTower(TowerWrapper):
     with a slice of the batch, keeps every core busy through the many small layers (depthwise convolutions,
     the text tower's short matrices) that one stream cannot spread over two threads well; the outputs are
     the same rows in the same order (tested equal to one stream).
+
+    `precision` is what the CPU can compute natively (`native_precision`): the tower's `precision` says
+    what it was compiled for.
     """
 
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
@@ -67,6 +90,7 @@ class OpenVINOTower(TowerWrapper):
         import openvino as ov
 
         graph = _cached_graph(tower.float().eval(), example, dynamic)
+        precision = native_precision(precision)
         threads = int(threads or torch.get_num_threads())
         self.streams = max(1, min(int(streams), threads))
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],

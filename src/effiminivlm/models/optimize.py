@@ -147,13 +147,13 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
                              "image", fallbacks)
         if ov_image is not None:
             fast.image_encoder, image = ov_image, None
-            used.append(f"openvino image tower ({image_prec})")
+            used.append(f"openvino image tower ({ov_image.precision})")
     if text is not None and cpu and plain and levers.text_backend == "openvino":
         ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision, streams=levers.ov_streams),
                             "text", fallbacks)
         if ov_text is not None:
             fast.text_encoder, text = ov_text, None
-            used.append(f"openvino text tower ({precision})")
+            used.append(f"openvino text tower ({ov_text.precision})")
     towers = (getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None))
     streams = max((getattr(t, "streams", 1) for t in towers
                    if isinstance(t, openvino_backend.OpenVINOTower)), default=1)
