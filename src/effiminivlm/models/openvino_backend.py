@@ -87,7 +87,6 @@ class OpenVINOTower(TowerWrapper):
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
                  precision: str = "bf16", threads: int | None = None, streams: int = 1) -> None:
         super().__init__(tower)
-        import openvino as ov
 
         graph = _cached_graph(tower.float().eval(), example, dynamic)
         precision = native_precision(precision)
@@ -97,7 +96,7 @@ class OpenVINOTower(TowerWrapper):
                                   "INFERENCE_NUM_THREADS": threads}
         config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams} if self.streams > 1
                       else {"PERFORMANCE_HINT": "LATENCY"})
-        self.compiled = ov.Core().compile_model(graph, "CPU", config)
+        self.compiled = _core().compile_model(graph, "CPU", config)
         self.precision = precision
         self._local = threading.local()
 
@@ -126,6 +125,22 @@ class OpenVINOTower(TowerWrapper):
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("an OpenVINO-compiled tower cannot be pickled: build the fast model in each process "
                         "(models.optimize.optimize_for_inference)")
+
+
+def _core() -> Any:
+    """An OpenVINO Core with its compiled-model cache in `cache_dir()/compiled`: the next process imports the
+    compiled blob instead of compiling the graph again (OpenVINO keys it by graph, device and settings).
+    An unwritable cache only costs the compilation."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = cache_dir() / "compiled"
+    try:
+        compiled.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(compiled)})
+    except (OSError, RuntimeError):
+        pass
+    return core
 
 
 def cache_dir() -> Path:
