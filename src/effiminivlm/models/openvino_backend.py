@@ -87,7 +87,6 @@ class OpenVINOTower(TowerWrapper):
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
                  precision: str = "bf16", threads: int | None = None, streams: int = 1) -> None:
         super().__init__(tower)
-
         graph = _cached_graph(tower.float().eval(), example, dynamic)
         precision = native_precision(precision)
         threads = int(threads or torch.get_num_threads())
