@@ -80,14 +80,19 @@ class OpenVINOTower(TowerWrapper):
     the text tower's short matrices) that one stream cannot spread over two threads well; the outputs are
     the same rows in the same order (tested equal to one stream).
 
-    `precision` is what the CPU can compute natively (`native_precision`): the tower's `precision` says
-    what it was compiled for.
+    `graph` (an OpenVINO model, or the path of its .xml) replaces the conversion of `tower`: a quantized
+    variant of the same function. `precision` is what the CPU can compute natively (`native_precision`):
+    the tower's `precision` says what it was compiled for.
     """
 
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
-                 precision: str = "bf16", threads: int | None = None, streams: int = 1) -> None:
+                 precision: str = "bf16", threads: int | None = None, streams: int = 1,
+                 graph: Any = None) -> None:
         super().__init__(tower)
-        graph = _cached_graph(tower.float().eval(), example, dynamic)
+        if graph is None:
+            graph = _cached_graph(tower.float().eval(), example, dynamic)
+        elif isinstance(graph, str | Path):  # a stored graph (an int8 variant of `models.quantize`)
+            graph = _core().read_model(str(graph))
         precision = native_precision(precision)
         threads = int(threads or torch.get_num_threads())
         self.streams = max(1, min(int(streams), threads))
@@ -196,16 +201,29 @@ def _cached_graph(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
     return graph
 
 
-def image_tower(tower: nn.Module, image_size: int, precision: str, threads: int | None = None,
-                streams: int = 1) -> OpenVINOTower:
-    """An image tower (pixels [B,3,S,S] -> features [B,D]) compiled with a dynamic batch."""
-    example = (torch.zeros(2, 3, image_size, image_size),)
-    return OpenVINOTower(tower, example, ((0,),), precision, threads, streams)
-
-
-def text_tower(tower: nn.Module, precision: str, threads: int | None = None, streams: int = 1
-               ) -> OpenVINOTower:
-    """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
+def _signature(kind: str, image_size: int | None) -> tuple[tuple[torch.Tensor, ...], Dynamic]:
+    """Example inputs and dynamic dimensions of an image tower (pixels [B,3,S,S], dynamic batch) or a text
+    tower ((input_ids, attention_mask) [B,L], dynamic batch and length)."""
+    if kind == "image":
+        return (torch.zeros(2, 3, int(image_size or 0), int(image_size or 0)),), ((0,),)
     ids = torch.tensor([[1, 5, 6, 7, 8, 2], [1, 5, 2, 0, 0, 0]], dtype=torch.long)  # valid in any vocabulary
-    mask = (ids != 0).long()
-    return OpenVINOTower(tower, (ids, mask), ((0, 1), (0, 1)), precision, threads, streams)
+    return (ids, (ids != 0).long()), ((0, 1), (0, 1))
+
+
+def tower_graph(tower: nn.Module, kind: str, image_size: int | None = None) -> Any:
+    """The fp32 OpenVINO graph of an image or text tower, exactly as the towers below compile it (the graph
+    `models.quantize` calibrates)."""
+    example, dynamic = _signature(kind, image_size)
+    return _cached_graph(tower.float().eval(), example, dynamic)
+
+
+def image_tower(tower: nn.Module, image_size: int, precision: str, threads: int | None = None,
+                streams: int = 1, graph: Any = None) -> OpenVINOTower:
+    """An image tower (pixels [B,3,S,S] -> features [B,D]) compiled with a dynamic batch."""
+    return OpenVINOTower(tower, *_signature("image", image_size), precision, threads, streams, graph)
+
+
+def text_tower(tower: nn.Module, precision: str, threads: int | None = None, streams: int = 1,
+               graph: Any = None) -> OpenVINOTower:
+    """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
+    return OpenVINOTower(tower, *_signature("text", None), precision, threads, streams, graph)

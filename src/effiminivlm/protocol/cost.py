@@ -53,15 +53,19 @@ def profile_model(model: nn.Module) -> ModelProfile:
 
 def _cost_key(folder: Path) -> str | None:
     """What the stored counts depend on, as a digest; None when the folder has no config.json to key on."""
-    from effiminivlm import __version__
+    from importlib import metadata
 
+    try:
+        version = metadata.version("effiminivlm")  # the counting rules' version
+    except metadata.PackageNotFoundError:
+        version = "unknown"
     try:
         config = (folder / "config.json").read_bytes()
         weights = (folder / "model.safetensors").stat().st_size
     except OSError:
         return None
     digest = hashlib.sha256(config)
-    digest.update(json.dumps([weights, __version__]).encode())
+    digest.update(json.dumps([weights, version]).encode())
     return digest.hexdigest()
 
 
