@@ -370,7 +370,12 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     assert main(args) == 0
     report = json.loads((tmp_path / "t3.json").read_text())
     names = [r["name"] for r in report["runs"]]
-    assert names == ["reference pipeline", "fp32, no acceleration", "fast"]
+    from effiminivlm.models.factory import load_model
+    from effiminivlm.protocol.variants import variant_models
+
+    assert names[:3] == ["reference pipeline", "fp32, no acceleration", "fast"]
+    assert names[3:] == [n for n, _ in variant_models(load_model(saved_tiny)[0])]  # a row per variant
+    assert names[3] == "variant: every tower fp32" and report["parity"][f"{names[3]} vs fp32"]["items"] == 12
     assert all(r["samples"] == 12 and r["samples_per_s"] > 0 for r in report["runs"])
     ref = report["runs"][0]["samples_per_s"]
     assert report["fast_speedup_vs_reference"] == round(report["runs"][2]["samples_per_s"] / ref, 2)
