@@ -145,6 +145,8 @@ def test_strict_bounds_refuse_every_variant_but_fp32(plain_model: Path, prepared
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["choice"] == {"image": "fp32", "text": "fp32"}
     assert captured.err.count("int8") >= 2 and "refused, correlation with fp32" in captured.err
+    combined = json.loads((tmp_path / "strict" / q.VARIANTS_NAME).read_text())["report"]["combined"]
+    assert combined["max_abs_diff"] == 0.0  # all fp32 again: exactly the reference, whatever int8 was built
     assert main(["quantize", "--model", str(plain_model), "--data", str(prepared), "--out",
                  str(tmp_path / "x"), "--precisions", "int4"]) == 2
     assert "--precisions must list fp32" in capsys.readouterr().err

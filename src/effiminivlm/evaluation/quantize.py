@@ -173,7 +173,7 @@ def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
         accepted = {p: f for p, f in figures.items() if f["accepted"]}
         choice[name] = min(accepted, key=lambda p: accepted[p]["ms_per_item"]) if accepted else "fp32"
         report["towers"][name] = figures
-    chosen, _ = scores({k: TowerVariant(p, graphs.get(k)) for k, p in choice.items()})
+    chosen, _ = scores({k: TowerVariant(p, graphs[k] if p == "int8" else None) for k, p in choice.items()})
     combined = _compare(chosen, ref, exact.target)
     why = _accepts(combined, max_plcc_change, min_corr)
     if why is not None:
