@@ -16,7 +16,7 @@ from effiminivlm.protocol.profile import profile_model as count
 
 
 def profile_model(model) -> cost.StoredCost:
-    return cost.StoredCost.of(count(model).to_dict())
+    return cost.StoredCost(count(model).to_dict())
 
 
 @pytest.fixture()
@@ -79,3 +79,11 @@ def test_a_copied_folder_keeps_its_counts(folder: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(cost, "profile_model", _no_count)
     assert cost.stored_profile(model, copy) == prof  # keyed by content, not by path or mtime
     assert cost.store_profile(tmp_path / "nowhere", count(model)) is False  # no model folder there
+
+
+def test_figures_are_read_by_name_in_their_json_form() -> None:
+    stored = cost.StoredCost({"params_m": 1.5, "flops_g": float("nan")})
+    assert stored.params_m == 1.5 and stored.flops_g is None  # as cost.json holds it
+    assert stored == cost.StoredCost({"params_m": 1.5, "flops_g": None})
+    with pytest.raises(AttributeError):
+        _ = stored.missing

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from effiminivlm.files import write_json
+from effiminivlm.files import to_jsonable, write_json
 
 if TYPE_CHECKING:
     from effiminivlm.protocol.profile import ModelProfile
@@ -27,21 +26,24 @@ if TYPE_CHECKING:
 COST_NAME = "cost.json"
 
 
-@dataclass(frozen=True)
 class StoredCost:
-    """What a scoring command states about its model: the profile's figures the submission and the service
-    report (the whole profile is in cost.json)."""
+    """A model's profile as stored (the JSON form of `protocol.profile.ModelProfile`), its figures read by
+    name: `params_m`, `flops_g`, `c`, `e`, `image_size`, `max_length`, ... The same object whether just
+    counted or read back, so a command states the same numbers either way."""
 
-    params_m: float
-    flops_g: float
-    c: float
-    e: float
-    image_size: int | None
-    max_length: int | None
+    def __init__(self, profile: dict[str, Any]) -> None:
+        self._profile = json.loads(json.dumps(to_jsonable(profile)))
 
-    @classmethod
-    def of(cls, profile: dict[str, Any]) -> StoredCost:
-        return cls(**{f.name: profile[f.name] for f in fields(cls)})
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_profile"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoredCost) and self._profile == other._profile
+
+    __hash__ = None  # type: ignore[assignment]  # mutable contents: no hash
 
 
 def profile_model(model: nn.Module) -> ModelProfile:
@@ -75,8 +77,9 @@ def read_stored_profile(folder: str | Path) -> StoredCost | None:
     key = _cost_key(folder)
     try:
         data: Any = json.loads((folder / COST_NAME).read_text(encoding="utf-8"))
-        if key is not None and isinstance(data, dict) and data.get("key") == key:
-            return StoredCost.of(data["profile"])
+        if key is not None and isinstance(data, dict) and data.get("key") == key and \
+                {"params_m", "flops_g"} <= set(data["profile"]):
+            return StoredCost(data["profile"])
     except (OSError, ValueError, TypeError, KeyError):
         pass  # absent or damaged: count again
     return None
@@ -102,4 +105,4 @@ def stored_profile(model: nn.Module, folder: str | Path | None) -> StoredCost:
     prof = profile_model(model)
     if folder is not None:
         store_profile(folder, prof)
-    return StoredCost.of(prof.to_dict())
+    return StoredCost(prof.to_dict())
