@@ -3,11 +3,14 @@
 Writes realistic inputs (real development texts + generated JPEGs at Amazon hi_res size, 1000-1500 px),
 builds the offline recipe with its pretrained towers and a head fitted by ridge regression on the warmup
 items' features (the measured items stay out of the fit; `--model DIR` measures a trained model instead),
-then runs `benchmark --baseline reference --ablation` on the same items: reference pipeline, fp32 "no
-acceleration", the fast path, each lever flipped, parity (fast vs fp32: PLCC change, max / mean abs diff,
-correlation), model-only GFLOP/s of each tower next to the bf16 / fp32 matmul peak it measures, where the
-text tower's time goes, and its ceiling (its matrix products and attention each timed alone: the most any
-backend with kernels that fast could reach). About 9 minutes on 2 idle cores (more with --compile).
+then `quantize`s it on the warmup items (the fastest accurate precision per tower, measured here; the
+measured items stay out), times whole-process `predict` of 32 items (benchmarks/bench_startup.py), and
+runs `benchmark --baseline reference --ablation` on the same items: reference pipeline, fp32 "no
+acceleration", the fast path, each lever flipped, a row per precision variant, parity (fast vs fp32: PLCC
+change, max / mean abs diff, correlation), model-only GFLOP/s of each tower next to the bf16 / fp32 matmul
+peak it measures, where the text tower's time goes, and its ceiling (its matrix products and attention
+each timed alone: the most any backend with kernels that fast could reach). About 10-12 minutes on 2 idle
+cores (more with --compile).
 
 The fitted head is a hard case for parity: ~160 items of weak signal give predictions that barely vary (sd
 ~0.04 on the 1-5 scale, out-of-sample PLCC ~0.05), so the same rounding moves its PLCC more than a trained
@@ -20,6 +23,8 @@ model's; the report prints that sd next to the differences.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +36,7 @@ from effiminivlm.bench.baseline import render_markdown, run_table3
 from effiminivlm.config import load_recipe
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.data.realistic import write_hi_res_catalog
+from effiminivlm.evaluation.quantize import quantize_model
 from effiminivlm.inference import make_loader
 from effiminivlm.models.factory import create_model, create_tokenizer
 
@@ -62,6 +68,14 @@ def fit_head(model: torch.nn.Module, tokenizer: object, meta: Path, rows: int, b
     return float(np.corrcoef(pred, y.numpy())[0, 1])
 
 
+def subset_meta(meta: Path, name: str, rows: int) -> Path:
+    """The first `rows` items of `meta` as a meta file beside it (its images stay inside the same folder)."""
+    lines = meta.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]
+    out = meta.with_name(f"meta_{name}.jsonl")
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1000, help="measured items (after the warmup batches)")
@@ -73,6 +87,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for report.json / report.md (default: temp)")
     ap.add_argument("--model", default=None,
                     help="a saved model folder to measure instead of the offline towers + fitted head")
+    ap.add_argument("--no-quantize", action="store_true",
+                    help="measure the folder as it is (default: `quantize` it on the warmup items first)")
+    ap.add_argument("--startup-runs", type=int, default=3,
+                    help="whole-process `predict` runs of 32 items timed (0: skip)")
     args = ap.parse_args()
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-fast-"))
@@ -94,6 +112,20 @@ def main() -> None:
         print(f"model: offline towers (pretrained) + head fitted by ridge on the "
               f"{args.warmup * args.batch_size} warmup items (in-sample PLCC {fit:.3f})")
         model.save_pretrained(model_dir, tokenizer=tokenizer)
+    warm_items = args.warmup * args.batch_size
+    if not args.no_quantize and warm_items >= 10:
+        calib = subset_meta(cat.meta_path, "Calibration", warm_items)  # never the measured items
+        t1 = time.perf_counter()
+        fast_dir = out / "model-fast"
+        result = quantize_model(model_dir, calib, fast_dir, items=warm_items, batch_size=args.batch_size,
+                                log=print)
+        print(f"quantize: chose {result['choice']} ({time.perf_counter() - t1:.0f} s)")
+        model_dir = fast_dir
+    if args.startup_runs > 0:
+        first32 = subset_meta(cat.meta_path, "First32", min(32, warm_items or 32))
+        subprocess.run([sys.executable, str(Path(__file__).with_name("bench_startup.py")), "--model",
+                        str(model_dir), "--inputs", str(first32), "--runs", str(args.startup_runs)],
+                       check=True)
     report = run_table3([str(cat.meta_path)], model_dir=model_dir, batch_size=args.batch_size,
                         warmup=args.warmup, max_samples=args.items, ablation=not args.no_ablation,
                         compile_lever=args.compile, json_out=out / "report.json",

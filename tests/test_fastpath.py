@@ -153,11 +153,15 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     both = ModelLevers()  # the default: both towers in OpenVINO, the image one in f32
     fast = optimize_for_inference(model, CPU, "bf16", both)
     streams = min(2, torch.get_num_threads())  # ov_streams, capped at the threads a tower gets
-    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)", "openvino text tower (bf16)",
+    text_prec = openvino_backend.native_precision("bf16")  # fp32 on a CPU without native bf16
+    assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)",
+                                f"openvino text tower ({text_prec})",
                                 *([f"{streams} openvino streams"] if streams > 1 else [])]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
-    assert len(list(openvino_backend.cache_dir().iterdir())) == 2  # one converted graph per tower
+    graphs = [p for p in openvino_backend.cache_dir().iterdir() if p.name != "compiled"]
+    assert len(graphs) == 2  # one converted graph per tower
+    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 2  # and compiled once
     for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
         got = run_inference(fast, make_loader(model, tok, table, batch_size=7, sort_by_length=True,
                                               raw_pixels=raw), CPU, "bf16", progress=False)
@@ -165,6 +169,20 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
     again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
     assert again.fast_levers == fast.fast_levers
+
+
+def test_a_precision_the_cpu_lacks_compiles_as_fp32(tiny, monkeypatch) -> None:
+    from effiminivlm.models import openvino_backend
+
+    model, _ = tiny
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    assert [openvino_backend.native_precision(p) for p in ("bf16", "fp16", "fp32")] == ["fp32"] * 3
+    tower = openvino_backend.text_tower(model.text_encoder, "bf16", threads=1)
+    assert tower.precision == "fp32"
+    assert str(tower.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
+    assert openvino_backend.native_precision("bf16") == "bf16"
+    assert openvino_backend.native_precision("fp16") == "fp32"
 
 
 def test_openvino_streams_split_a_batch_and_give_the_same_rows(tiny) -> None:
@@ -208,7 +226,8 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
         fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
-    assert fast.fast_levers == ["cls_only", "openvino image tower (bf16)", "bf16_weights"]  # text: PyTorch
+    image_prec = openvino_backend.native_precision("bf16")
+    assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "bf16_weights"]
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
     assert np.isfinite(got.pred).all() and len(got.pred) == table.num_rows
@@ -351,7 +370,12 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     assert main(args) == 0
     report = json.loads((tmp_path / "t3.json").read_text())
     names = [r["name"] for r in report["runs"]]
-    assert names == ["reference pipeline", "fp32, no acceleration", "fast"]
+    from effiminivlm.bench.variants import variant_models
+    from effiminivlm.models.factory import load_model
+
+    assert names[:3] == ["reference pipeline", "fp32, no acceleration", "fast"]
+    assert names[3:] == [n for n, _ in variant_models(load_model(saved_tiny)[0])]  # a row per variant
+    assert names[3] == "variant: every tower fp32" and report["parity"][f"{names[3]} vs fp32"]["items"] == 12
     assert all(r["samples"] == 12 and r["samples_per_s"] > 0 for r in report["runs"])
     ref = report["runs"][0]["samples_per_s"]
     assert report["fast_speedup_vs_reference"] == round(report["runs"][2]["samples_per_s"] / ref, 2)

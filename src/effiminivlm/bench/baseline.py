@@ -30,6 +30,7 @@ from effiminivlm.bench.fastpath import (
 )
 from effiminivlm.bench.peak import matmul_peak_gflops, op_breakdown, tower_rates
 from effiminivlm.bench.throughput import device_name, is_prepared, load_avg_1m
+from effiminivlm.bench.variants import variant_models
 from effiminivlm.config import Recipe
 from effiminivlm.data.dataset import ProductDataset, mean_token_length
 from effiminivlm.data.images import ImageStore
@@ -79,6 +80,11 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
         runs.append(run_path(model, tokenizer, table, src.store, cfg, batch_size, warm_rows, dev))
         rate = runs[-1].samples_per_s
         say(f"  {rate:.2f} samples/s ({rate / runs[0].samples_per_s:.2f}x the reference)")
+    for name, twin in variant_models(model) if dev.type == "cpu" else []:  # bench.variants
+        say(f"{name} on {wanted} items")
+        runs.append(run_path(twin, tokenizer, table, src.store, dataclasses.replace(fast, name=name),
+                             batch_size, warm_rows, dev))
+        say(f"  {runs[-1].samples_per_s:.2f} samples/s")
     ref = runs[0].samples_per_s
     for r in runs:
         r.speedup_vs_reference = round(r.samples_per_s / ref, 2)

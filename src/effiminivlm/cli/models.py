@@ -1,4 +1,5 @@
-"""Model commands: convert-reference (checkpoints of the reference implementation -> a model folder)."""
+"""Model commands: convert-reference (checkpoints of the reference implementation -> a model folder),
+quantize (the fastest accurate precision per tower, measured on this CPU)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,37 @@ def convert_reference_cmd(
                                max_length=max_length, overwrite=overwrite)
     typer.echo(f"converted {result.tensors} tensors ({result.params / 1e6:.2f}M params, head "
                f"{result.hidden_dims}) into {result.out}")
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: str = typer.Option(..., "--model", help="Saved model folder (left unchanged)."),
+    data: str = typer.Option(..., "--data", help="Your items to calibrate and check on: a prepared folder, a "
+                             "LoViF input.csv or a meta file."),
+    out: str = typer.Option(..., "--out", help="New model folder: a copy of --model + the chosen variant "
+                            "per tower (fast.json, int8 graphs under fast/)."),
+    items: int = typer.Option(300, help="Items sampled from --data (a third held out for the check)."),
+    images_dir: str | None = typer.Option(None, help="Images folder of --data (as predict's)."),
+    batch_size: int = typer.Option(32, help="Batch size of calibration and timing."),
+    precisions: str = typer.Option("fp32,bf16,int8", help="Candidates per tower, comma-separated."),
+    max_plcc_change: float = typer.Option(0.005, help="Largest |PLCC change| against fp32 accepted."),
+    min_corr: float = typer.Option(0.995, help="Smallest correlation with the fp32 scores accepted."),
+) -> None:
+    """Choose the fastest accurate precision per tower (fp32 / bf16 / NNCF int8) by measuring on this CPU."""
+    import json
+
+    from effiminivlm.errors import ConfigError
+    from effiminivlm.evaluation.quantize import quantize_model
+    from effiminivlm.models.quantize import PRECISIONS
+
+    writable(out, "--out", "dir")
+    wanted = tuple(p.strip() for p in precisions.split(",") if p.strip())
+    if not wanted or any(p not in PRECISIONS for p in wanted) or "fp32" not in wanted:
+        raise ConfigError(f"--precisions must list fp32 and any of {', '.join(PRECISIONS)}, got "
+                          f"{precisions!r}")
+    if items < 10 or batch_size < 1:
+        raise ConfigError("--items must be >= 10 and --batch-size >= 1")
+    result = quantize_model(model, data, out, items=items, batch_size=batch_size, images_dir=images_dir,
+                            precisions=wanted, max_plcc_change=max_plcc_change, min_corr=min_corr,
+                            log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(json.dumps({"model": result["model"], "choice": result["choice"]}, indent=2))

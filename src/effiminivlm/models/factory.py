@@ -22,6 +22,7 @@ from effiminivlm.models.archs import check_model_names, get_arch
 from effiminivlm.models.base import RatingModel, read_model_config
 from effiminivlm.models.image_encoders import resolve_image_input
 from effiminivlm.models.processor import image_transform
+from effiminivlm.models.quantize import read_variants
 from effiminivlm.models.weights import resolve_source
 
 
@@ -85,6 +86,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
         warnings.warn(repaired, stacklevel=2)
     arch = get_arch(read_model_config(folder).arch, f"{folder / 'config.json'}: arch")
     model = arch.from_pretrained(folder, device=device)
+    model.fast_variants = read_variants(folder)  # type: ignore[assignment]  # `quantize`'s choice, if any
     if (folder / "tokenizer_config.json").is_file():
         return model, _local_tokenizer(folder, str(folder))
     if model.cfg.tokenizer_source():

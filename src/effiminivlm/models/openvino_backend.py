@@ -17,6 +17,7 @@ thread-safe: one infer request per calling thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -47,6 +48,25 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_capabilities() -> frozenset[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU (e.g. FP32, INT8, BF16): the ISA facts a precision
+    choice depends on."""
+    import openvino as ov
+
+    return frozenset(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def native_precision(precision: str) -> str:
+    """`precision`, or "fp32" when it is bf16 / fp16 and this CPU has no native kernels for it.
+
+    Why: OpenVINO honours a bf16 hint on a CPU without AVX512_BF16 / AMX by emulating it, and that is not a
+    little slower but tens of times slower (measured: a MiniLM text tower, batch 32 x 256 tokens, 2 threads,
+    AVX-512 VNNI without BF16: f32 2.4 s, "bf16" 65-95 s); f32 is what such a CPU computes fastest."""
+    want = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
+    return "fp32" if want is not None and want not in cpu_capabilities() else precision
+
+
 class OpenVINOTower(TowerWrapper):
     """`tower` compiled by OpenVINO: called with the tower's tensors, returns its float32 output.
 
@@ -59,21 +79,28 @@ class OpenVINOTower(TowerWrapper):
     with a slice of the batch, keeps every core busy through the many small layers (depthwise convolutions,
     the text tower's short matrices) that one stream cannot spread over two threads well; the outputs are
     the same rows in the same order (tested equal to one stream).
+
+    `graph` (an OpenVINO model, or the path of its .xml) replaces the conversion of `tower`: a quantized
+    variant of the same function. `precision` is what the CPU can compute natively (`native_precision`):
+    the tower's `precision` says what it was compiled for.
     """
 
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
-                 precision: str = "bf16", threads: int | None = None, streams: int = 1) -> None:
+                 precision: str = "bf16", threads: int | None = None, streams: int = 1,
+                 graph: Any = None) -> None:
         super().__init__(tower)
-        import openvino as ov
-
-        graph = _cached_graph(tower.float().eval(), example, dynamic)
+        if graph is None:
+            graph = _cached_graph(tower.float().eval(), example, dynamic)
+        elif isinstance(graph, str | Path):  # a stored graph (an int8 variant of `models.quantize`)
+            graph = _core().read_model(str(graph))
+        precision = native_precision(precision)
         threads = int(threads or torch.get_num_threads())
         self.streams = max(1, min(int(streams), threads))
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
                                   "INFERENCE_NUM_THREADS": threads}
         config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams} if self.streams > 1
                       else {"PERFORMANCE_HINT": "LATENCY"})
-        self.compiled = ov.Core().compile_model(graph, "CPU", config)
+        self.compiled = _core().compile_model(graph, "CPU", config)
         self.precision = precision
         self._local = threading.local()
 
@@ -102,6 +129,22 @@ class OpenVINOTower(TowerWrapper):
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("an OpenVINO-compiled tower cannot be pickled: build the fast model in each process "
                         "(models.optimize.optimize_for_inference)")
+
+
+def _core() -> Any:
+    """An OpenVINO Core with its compiled-model cache in `cache_dir()/compiled`: the next process imports the
+    compiled blob instead of compiling the graph again (OpenVINO keys it by graph, device and settings).
+    An unwritable cache only costs the compilation."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = cache_dir() / "compiled"
+    try:
+        compiled.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(compiled)})
+    except (OSError, RuntimeError):
+        pass
+    return core
 
 
 def cache_dir() -> Path:
@@ -158,16 +201,29 @@ def _cached_graph(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
     return graph
 
 
-def image_tower(tower: nn.Module, image_size: int, precision: str, threads: int | None = None,
-                streams: int = 1) -> OpenVINOTower:
-    """An image tower (pixels [B,3,S,S] -> features [B,D]) compiled with a dynamic batch."""
-    example = (torch.zeros(2, 3, image_size, image_size),)
-    return OpenVINOTower(tower, example, ((0,),), precision, threads, streams)
-
-
-def text_tower(tower: nn.Module, precision: str, threads: int | None = None, streams: int = 1
-               ) -> OpenVINOTower:
-    """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
+def _signature(kind: str, image_size: int | None) -> tuple[tuple[torch.Tensor, ...], Dynamic]:
+    """Example inputs and dynamic dimensions of an image tower (pixels [B,3,S,S], dynamic batch) or a text
+    tower ((input_ids, attention_mask) [B,L], dynamic batch and length)."""
+    if kind == "image":
+        return (torch.zeros(2, 3, int(image_size or 0), int(image_size or 0)),), ((0,),)
     ids = torch.tensor([[1, 5, 6, 7, 8, 2], [1, 5, 2, 0, 0, 0]], dtype=torch.long)  # valid in any vocabulary
-    mask = (ids != 0).long()
-    return OpenVINOTower(tower, (ids, mask), ((0, 1), (0, 1)), precision, threads, streams)
+    return (ids, (ids != 0).long()), ((0, 1), (0, 1))
+
+
+def tower_graph(tower: nn.Module, kind: str, image_size: int | None = None) -> Any:
+    """The fp32 OpenVINO graph of an image or text tower, exactly as the towers below compile it (the graph
+    `models.quantize` calibrates)."""
+    example, dynamic = _signature(kind, image_size)
+    return _cached_graph(tower.float().eval(), example, dynamic)
+
+
+def image_tower(tower: nn.Module, image_size: int, precision: str, threads: int | None = None,
+                streams: int = 1, graph: Any = None) -> OpenVINOTower:
+    """An image tower (pixels [B,3,S,S] -> features [B,D]) compiled with a dynamic batch."""
+    return OpenVINOTower(tower, *_signature("image", image_size), precision, threads, streams, graph)
+
+
+def text_tower(tower: nn.Module, precision: str, threads: int | None = None, streams: int = 1,
+               graph: Any = None) -> OpenVINOTower:
+    """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
+    return OpenVINOTower(tower, *_signature("text", None), precision, threads, streams, graph)

@@ -118,6 +118,21 @@ def _openvino(build: Callable[[], nn.Module], what: str, fallbacks: list[str]) -
     return None
 
 
+def _label(variant: Any, tower: nn.Module) -> str:
+    """What an OpenVINO tower computes in: its stored variant's int8, else the precision it compiled for."""
+    return "int8" if variant is not None and variant.precision == "int8" else str(tower.precision)
+
+
+def lean_copy(model: nn.Module) -> nn.Module:
+    """A fp32 eval copy of `model` with the fast path's same-function changes only (the CLS-only last text
+    layer): the towers whose OpenVINO graphs `models.quantize` calibrates."""
+    lean = copy.deepcopy(model).float().eval()
+    text = getattr(lean, "text_encoder", None)
+    if text is not None and hasattr(text, "cls_only") and (short := text.cls_only()) is not None:
+        lean.text_encoder = short
+    return lean
+
+
 def optimize_for_inference(model: nn.Module, device: torch.device, precision: str,
                            levers: ModelLevers | None = None) -> nn.Module:
     """A copy of `model` (eval mode, on `device`) with the `levers` that apply to `precision` and `device`.
@@ -140,20 +155,28 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
         if lean is not None:
             fast.text_encoder = text = lean
             used.append("cls_only")
+    # per-tower variants measured and stored by `effiminivlm quantize` (models.quantize); the text tower's
+    # graph was taken with its CLS-only last layer, so it applies only with that lever on
+    variants = dict(getattr(model, "fast_variants", None) or {})
+    if not levers.cls_only:
+        variants.pop("text", None)
     if image is not None and cpu and plain and levers.image_backend == "openvino":
         size = fast.cfg.input.image_size  # type: ignore[union-attr]
-        ov_image = _openvino(lambda: openvino_backend.image_tower(image, size, image_prec,
-                                                                  streams=levers.ov_streams),
-                             "image", fallbacks)
+        iv = variants.get("image")
+        ov_image = _openvino(lambda: openvino_backend.image_tower(
+            image, size, iv.compile_precision if iv else image_prec, streams=levers.ov_streams,
+            graph=iv.graph if iv else None), "image", fallbacks)
         if ov_image is not None:
             fast.image_encoder, image = ov_image, None
-            used.append(f"openvino image tower ({image_prec})")
+            used.append(f"openvino image tower ({_label(iv, ov_image)})")
     if text is not None and cpu and plain and levers.text_backend == "openvino":
-        ov_text = _openvino(lambda: openvino_backend.text_tower(text, precision, streams=levers.ov_streams),
-                            "text", fallbacks)
+        tv = variants.get("text")
+        ov_text = _openvino(lambda: openvino_backend.text_tower(
+            text, tv.compile_precision if tv else precision, streams=levers.ov_streams,
+            graph=tv.graph if tv else None), "text", fallbacks)
         if ov_text is not None:
             fast.text_encoder, text = ov_text, None
-            used.append(f"openvino text tower ({precision})")
+            used.append(f"openvino text tower ({_label(tv, ov_text)})")
     towers = (getattr(fast, "image_encoder", None), getattr(fast, "text_encoder", None))
     streams = max((getattr(t, "streams", 1) for t in towers
                    if isinstance(t, openvino_backend.OpenVINOTower)), default=1)

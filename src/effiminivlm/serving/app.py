@@ -45,10 +45,10 @@ def _validation_message(err: ValidationError, prefix: str = "items") -> str:
 
 def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI:
     """The app for one loaded model. The batcher starts and drains with the app's lifespan."""
-    from effiminivlm.protocol.profile import profile_model
+    from effiminivlm.protocol.cost import stored_profile
 
     settings = settings or ServeSettings()
-    prof = profile_model(scorer.model)
+    prof = stored_profile(scorer.model, scorer.model_dir)
     listings = TypeAdapter(list[listing_model(settings.max_text_chars)])  # type: ignore[misc]
     batcher: Batcher[Item, Any] = Batcher(lambda items: score_batch(scorer, items, settings),
                                           max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,

@@ -21,10 +21,11 @@ from effiminivlm.serving.scorer import Scorer
 
 
 def model_cost(scorer: Scorer) -> tuple[float, float]:
-    """(params in M, canonical FLOPs in G) of the scorer's model, by the protocol's rules."""
-    from effiminivlm.protocol.profile import profile_model
+    """(params in M, canonical FLOPs in G) of the scorer's model, by the protocol's rules (stored in its
+    folder after the first count: `protocol.cost`)."""
+    from effiminivlm.protocol.cost import stored_profile
 
-    prof = profile_model(scorer.model)
+    prof = stored_profile(scorer.model, scorer.model_dir)
     return prof.params_m, prof.flops_g
 
 

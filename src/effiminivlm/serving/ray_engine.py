@@ -176,7 +176,7 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     `threads`: torch threads per CPU actor, default this process's `torch.get_num_threads()`, i.e. what a
     single-process `predict` here uses. CPU kernels split their sums by thread count (scores then differ in
     the last float32 bit), so the same thread count is what makes the scores bit-identical."""
-    from effiminivlm.protocol.profile import profile_model
+    from effiminivlm.protocol.cost import stored_profile
 
     if device not in (None, "auto", "cpu", "cuda"):
         raise EffiMiniVLMError(f"--engine ray takes --device cpu, cuda or auto (one GPU per actor), got "
@@ -189,7 +189,7 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     model_dir = str(Path(model_dir).resolve())
     model, _ = load_model(model_dir)  # the driver checks the folder and counts params / FLOPs once
     check_rates(model, model_dir)
-    prof = profile_model(model)
+    prof = stored_profile(model, model_dir)
     mode = image_mode(model, images)
     started = start_ray(address, num_cpus)
     try:

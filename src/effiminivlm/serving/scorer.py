@@ -75,6 +75,7 @@ class Scorer:
         self.batch_size = batch_size
         self.max_length = model.cfg.input.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
+        self.model_dir: Path | None = None  # the folder it was loaded from (its stored cost.json)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
@@ -83,6 +84,7 @@ class Scorer:
         check_rates(model, model_dir)
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
+        scorer.model_dir = Path(model_dir)
         return scorer
 
     def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,0 +1,152 @@
+"""`quantize`: per-tower variants measured on this CPU, stored in a copy of the model folder, used on load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effiminivlm.cli import main
+from effiminivlm.config import load_recipe
+from effiminivlm.errors import WeightsError
+from effiminivlm.evaluation.quantize import quantize_model
+from effiminivlm.models import quantize as q
+from effiminivlm.models.factory import create_model, create_tokenizer, load_model
+from effiminivlm.serving.scorer import Scorer
+
+pytest.importorskip("nncf")
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory) -> Path:
+    cfg = load_recipe("tiny").model
+    torch.manual_seed(0)
+    model = create_model(cfg, pretrained=False)
+    with torch.no_grad():
+        model.head[-1].bias.fill_(3.0)  # scores in the middle of the scale: nothing clips
+    out = tmp_path_factory.mktemp("quantize") / "model"
+    model.save_pretrained(out, tokenizer=create_tokenizer(cfg.text_encoder))
+    return out
+
+
+@pytest.fixture(scope="module")
+def quantized(plain_model: Path, prepared: Path) -> tuple[Path, dict]:
+    """Loose bounds, so int8 is accepted wherever it is the faster one (the choice is still timed)."""
+    out = plain_model.with_name("model-fast")
+    result = quantize_model(plain_model, prepared, out, items=40, batch_size=8, precisions=("fp32", "int8"),
+                            max_plcc_change=10.0, min_corr=-1.0, log=lambda _m: None)
+    return out, result
+
+
+def _predict(folder: Path, prepared: Path) -> tuple[np.ndarray, list[str]]:
+    from effiminivlm.data.prepare import read_prepared
+
+    scorer = Scorer.from_pretrained(folder, batch_size=8)
+    return scorer.score_table(read_prepared(prepared, "test"), progress=False).pred, scorer.runner.fast_levers
+
+
+def test_the_choice_is_measured_and_stored_in_a_copy(plain_model: Path, quantized) -> None:
+    out, result = quantized
+    assert not (plain_model / q.VARIANTS_NAME).exists()  # the input folder is never changed
+    stored = json.loads((out / q.VARIANTS_NAME).read_text())
+    assert stored["isa"] == q.isa_facts()
+    report = stored["report"]
+    assert set(report["towers"]) == {"image", "text"} and report["choice"] == result["choice"]
+    for tower, figures in report["towers"].items():
+        assert set(figures) == {"fp32", "int8"}
+        assert figures["fp32"]["corr"] == pytest.approx(1.0) and figures["fp32"]["max_abs_diff"] == 0.0
+        assert figures["int8"]["ms_per_item"] > 0 and figures["int8"]["max_abs_diff"] > 0  # int8 rounds
+        fastest = min(figures, key=lambda p: figures[p]["ms_per_item"])
+        assert result["choice"][tower] == fastest  # every variant was accepted: the fastest wins
+        if fastest == "int8":
+            assert (out / stored["towers"][tower]["graph"]).is_file()
+    assert set(report["fast_fp32_vs_exact"]) >= {"corr", "max_abs_diff", "plcc_change"}
+
+
+def test_a_quantized_folder_reloads_and_predicts_identically(quantized, prepared: Path) -> None:
+    out, result = quantized
+    first, levers = _predict(out, prepared)
+    again, _ = _predict(out, prepared)
+    assert np.array_equal(first, again)
+    for tower in ("image", "text"):
+        want = "int8" if result["choice"][tower] == "int8" else None
+        assert any(f"openvino {tower} tower" in lv for lv in levers)
+        if want:
+            assert f"openvino {tower} tower (int8)" in levers
+
+
+def test_stored_int8_graphs_are_what_the_fast_path_runs(plain_model: Path, quantized, prepared: Path,
+                                                        tmp_path: Path) -> None:
+    out, _ = quantized
+    forced = tmp_path / "forced"
+    shutil.copytree(out, forced)
+    model, _tok = load_model(plain_model)
+    from effiminivlm.models import openvino_backend
+    from effiminivlm.models.optimize import lean_copy
+
+    lean = lean_copy(model)
+    ids = torch.randint(5, 90, (4, 9))
+    graph = q.int8_graph(openvino_backend.tower_graph(lean.text_encoder, "text"),
+                         [(ids.numpy(), torch.ones_like(ids).numpy())], transformer=True)
+    path = q.save_graph(graph, forced / q.GRAPH_DIR / "text-int8.xml")
+    q.write_variants(forced, {"image": "fp32", "text": "int8"}, {"text": path}, {})
+    variants = load_model(forced)[0].fast_variants
+    assert variants["text"] == q.TowerVariant("int8", path) and variants["image"].precision == "fp32"
+    preds, levers = _predict(forced, prepared)
+    assert "openvino text tower (int8)" in levers and "openvino image tower (fp32)" in levers
+    plain, _ = _predict(plain_model, prepared)
+    assert np.isfinite(preds).all() and np.abs(preds - plain).max() < 0.5
+
+
+def test_a_folder_without_a_choice_or_from_another_cpu_runs_the_default_path(plain_model: Path, quantized,
+                                                                             prepared: Path,
+                                                                             tmp_path: Path) -> None:
+    assert load_model(plain_model)[0].fast_variants is None
+    plain, plain_levers = _predict(plain_model, prepared)
+    moved = tmp_path / "moved"
+    shutil.copytree(quantized[0], moved)
+    data = json.loads((moved / q.VARIANTS_NAME).read_text())
+    flags = set(data["isa"]["cpu_flags"])
+    data["isa"]["cpu_flags"] = sorted(flags ^ {"amx_bf16"})  # chosen on a CPU with (or without) AMX
+    (moved / q.VARIANTS_NAME).write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="other ISA facts"):
+        assert load_model(moved)[0].fast_variants is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again, levers = _predict(moved, prepared)
+    assert np.array_equal(again, plain) and levers == plain_levers  # exactly the default path
+
+
+def test_a_damaged_choice_is_one_clear_error(quantized, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(quantized[0], bad)
+    (bad / q.VARIANTS_NAME).write_text(json.dumps({"towers": {"text": {"precision": "int4"}}}))
+    with pytest.raises(WeightsError, match="precision in"):
+        load_model(bad)
+    (bad / q.VARIANTS_NAME).write_text(json.dumps({"towers": {"text": {"precision": "int8",
+                                                                        "graph": "fast/none.xml"}}}))
+    with pytest.raises(WeightsError, match="graph .* is missing"):
+        load_model(bad)
+    (bad / q.VARIANTS_NAME).write_text("{")
+    with pytest.raises(WeightsError, match="unreadable"):
+        load_model(bad)
+
+
+def test_strict_bounds_refuse_every_variant_but_fp32(plain_model: Path, prepared: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    code = main(["quantize", "--model", str(plain_model), "--data", str(prepared), "--out",
+                 str(tmp_path / "strict"), "--items", "24", "--batch-size", "8", "--precisions", "fp32,int8",
+                 "--min-corr", "1.01"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["choice"] == {"image": "fp32", "text": "fp32"}
+    assert captured.err.count("int8") >= 2 and "refused, correlation with fp32" in captured.err
+    combined = json.loads((tmp_path / "strict" / q.VARIANTS_NAME).read_text())["report"]["combined"]
+    assert combined["max_abs_diff"] == 0.0  # all fp32 again: exactly the reference, whatever int8 was built
+    assert main(["quantize", "--model", str(plain_model), "--data", str(prepared), "--out",
+                 str(tmp_path / "x"), "--precisions", "int4"]) == 2
+    assert "--precisions must list fp32" in capsys.readouterr().err
