@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory) -> Path:
     cfg = load_recipe("tiny").model
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("startup") / "model"
-    create_model(cfg, pretrained=False).save_pretrained(out, tokenizer=create_tokenizer(cfg.text_encoder))
+    create_model(cfg, pretrained=False).save_pretrained(out, tokenizer=create_tokenizer(cfg))
     return out
 
 

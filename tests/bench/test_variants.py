@@ -9,7 +9,7 @@ import torch
 from effiminivlm.config import load_recipe
 from effiminivlm.models.factory import create_model
 from effiminivlm.models.quantize import TowerVariant
-from effiminivlm.protocol import variants
+from effiminivlm.bench import variants
 
 
 def _model(recipe_overrides: list[str] | None = None) -> torch.nn.Module:

@@ -30,7 +30,7 @@ def plain_model(tmp_path_factory) -> Path:
     with torch.no_grad():
         model.head[-1].bias.fill_(3.0)  # scores in the middle of the scale: nothing clips
     out = tmp_path_factory.mktemp("quantize") / "model"
-    model.save_pretrained(out, tokenizer=create_tokenizer(cfg.text_encoder))
+    model.save_pretrained(out, tokenizer=create_tokenizer(cfg))
     return out
 
 

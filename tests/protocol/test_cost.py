@@ -24,7 +24,7 @@ def folder(tmp_path: Path) -> Path:
     cfg = load_recipe("tiny").model
     torch.manual_seed(0)
     out = tmp_path / "model"
-    create_model(cfg, pretrained=False).save_pretrained(out, tokenizer=create_tokenizer(cfg.text_encoder))
+    create_model(cfg, pretrained=False).save_pretrained(out, tokenizer=create_tokenizer(cfg))
     return out
 
 
@@ -49,7 +49,7 @@ def test_a_stale_or_damaged_cost_file_is_recounted(folder: Path) -> None:
     model, _ = load_model(folder)
     cost.stored_profile(model, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["text_encoder"]["max_length"] = 16  # another canonical input: the stored count no longer holds
+    config["input"]["max_length"] = 16  # another canonical input: the stored count no longer holds
     (folder / "config.json").write_text(json.dumps(config))
     assert cost.read_stored_profile(folder) is None
     shorter, _ = load_model(folder)
