@@ -67,6 +67,7 @@ def fetch_images_cmd(
     """Download every image URL of a prepared dataset once into a content-addressed cache (resumable)."""
     from effiminivlm.data.images import fetch_images
 
+    _writable(cache, "--cache", "dir")
     typer.echo(str(fetch_images(prepared, cache, workers=workers, timeout=timeout, retries=retries,
                                 retry_failed=retry_failed, deadline=deadline,
                                 allow_private_hosts=allow_private_hosts, progress=True)))

@@ -137,6 +137,7 @@ def export_cmd(
 
     from effiminivlm.models.export import export_model
 
+    _writable(out, "--out", "dir")
     typer.echo(json.dumps(export_model(model, out, fmt), indent=2))
 
 
