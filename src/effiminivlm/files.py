@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,10 @@ import numpy as np
 from effiminivlm.errors import DataError, EffiMiniVLMError
 
 NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, tmpfs, APFS and NTFS
+#: The longest input line / record / CSV cell read (16 MiB, over 1,000x the longest line of the official
+#: Amazon Reviews 2023 dumps). Enforced while reading, before parsing: a parser holds several times a line's
+#: size, so one valid 3 GB line would otherwise take gigabytes. `--max-line-bytes` raises it.
+MAX_LINE_BYTES = 16 << 20
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str = "file") -> Path:
@@ -322,19 +325,21 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv_rows(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+                  ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, row)]) of a UTF-8 CSV; header names stripped and lower-cased, cells stripped.
 
     Blank lines are skipped; a row whose field count differs from the header's, an empty file, bytes that are
-    not UTF-8, a malformed CSV or a path that is not a regular file (`open_regular`) are a DataError naming
-    the file (and line), never a silent skip or a hang.
+    not UTF-8, a malformed CSV, a line or cell longer than `max_line_bytes` characters (refused while
+    reading, before it is held whole) or a path that is not a regular file (`open_regular`) are a DataError
+    naming the file (and line), never a silent skip or a hang.
     """
     path = Path(path)
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # product descriptions can exceed the 128 KiB default
+    csv.field_size_limit(max_line_bytes)  # product descriptions can exceed the 128 KiB default
     raw = open_regular(path)  # a FIFO or /dev/stdin would hang, a folder would be "not found"
     try:
         with io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(_bounded_lines(fh, path, max_line_bytes))
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty file (expected a header line)")
@@ -350,8 +355,20 @@ def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[i
     except UnicodeDecodeError as e:  # e.start counts from the decoder's chunk, so find the line itself
         raise DataError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise DataError(f"{path}:{reader.line_num}: a cell longer than {max_line_bytes:,} characters "
+                            "(the per-line budget; raise it with --max-line-bytes if it is real)") from None
         raise DataError(f"{path}: malformed CSV: {e}") from None
     return header, rows
+
+
+def _bounded_lines(fh: io.TextIOWrapper, path: Path, limit: int) -> Iterator[str]:
+    """The lines of `fh`, each read with a size limit, so one huge line is refused before it is in memory."""
+    for lineno, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), 1):
+        if len(line) > limit:
+            raise DataError(f"{path}:{lineno}: a line longer than {limit:,} characters (the per-line budget; "
+                            "raise it with --max-line-bytes if the line is real)")
+        yield line
 
 
 def _first_non_utf8_line(path: Path) -> int | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from effiminivlm.cli._app import (
+    _line_budget,
     _writable,
     app,
 )
@@ -36,16 +37,21 @@ def prepare_cmd(
                                            "the title and rows without images (require only category + "
                                            "title; for text-only training)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already at --out."),
+    max_line_bytes: int | None = typer.Option(None, "--max-line-bytes", help="Longest JSON line read "
+                                              "(default 16 MiB); a longer one stops its file (counted) "
+                                              "before it is held in memory."),
 ) -> None:
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
     from effiminivlm.data.prepare import prepare, print_summary
 
     _writable(out, "--out", "dir")
+    max_line_bytes = _line_budget(max_line_bytes)
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
                       require_image=require_image, rare_threshold=rare_threshold,
                       keep_missing_rating_number=keep_missing_rating_number,
-                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True)
+                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True,
+                      max_line_bytes=max_line_bytes)
     print_summary(summary)
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 

@@ -30,6 +30,7 @@ import orjson
 from effiminivlm.data.schema import INT64_MAX, RATING_RANGE, ROW_SCHEMA
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
+from effiminivlm.files import MAX_LINE_BYTES
 
 __all__ = ["ROW_SCHEMA", "BadRow", "InputLog", "image_refs", "normalize_record"]
 # Names that lived here before the split; `from effiminivlm.data.meta import read_meta_table` keeps working.
@@ -60,6 +61,7 @@ class InputLog:
 
     strict: bool = False
     max_examples: int = 5
+    max_line_bytes: int = MAX_LINE_BYTES  # per JSON line, enforced by the readers
     rows_read: int = 0
     bad: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)

@@ -16,7 +16,7 @@ from typing import Any
 
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError
-from effiminivlm.files import atomic_write_text
+from effiminivlm.files import MAX_LINE_BYTES, atomic_write_text
 from effiminivlm.serving.scorer import Scorer
 
 
@@ -58,12 +58,14 @@ def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,
             images_dir: str | None = None, images: str = "first", batch_size: int = 64, num_workers: int = 0,
             device: str | None = None, precision: str = "auto", strict: bool = False,
-            progress: bool = True, with_intervals: bool = False) -> dict[str, Any]:
+            progress: bool = True, with_intervals: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+            ) -> dict[str, Any]:
     """Score `inputs` with `model_dir`; write the submission; return a summary of what happened.
 
     With `with_intervals` and a model that carries conformal.json, each row also gets its intervals.
     """
-    src = read_inputs(inputs, split=split, images_dir=images_dir, strict=strict)
+    src = read_inputs(inputs, split=split, images_dir=images_dir, strict=strict,
+                      max_line_bytes=max_line_bytes)
     if src.table.num_rows == 0:
         raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {src.skipped})")
     scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
