@@ -17,7 +17,7 @@ from typing import Any
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError
 from effiminivlm.files import MAX_LINE_BYTES, atomic_write_text
-from effiminivlm.serving.scorer import Scorer
+from effiminivlm.serving.scorer import Scorer, check_finite
 
 
 def model_cost(scorer: Scorer) -> tuple[float, float]:
@@ -29,18 +29,22 @@ def model_cost(scorer: Scorer) -> tuple[float, float]:
 
 
 def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float,
-                    bounds: dict[str, tuple[Any, Any]] | None = None) -> str:
+                    bounds: dict[str, tuple[Any, Any]] | None = None,
+                    image_status: list[str] | None = None) -> str:
     """The submission CSV as text: `item_id, score, params, flops` (also what the service returns);
-    `bounds` ({"80": (low, high), ...}) adds the columns `low_80, high_80, ...` AFTER the LoViF columns,
-    which stay exactly as they are."""
+    `bounds` ({"80": (low, high), ...}) adds the columns `low_80, high_80, ...` and `image_status` (the
+    service's CSV endpoint) a last column `image_status` AFTER the LoViF columns, which stay exactly as
+    they are."""
     bounds = bounds or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["item_id", "score", "params", "flops",
-                *(f"{side}_{k}" for k in bounds for side in ("low", "high"))])
+                *(f"{side}_{k}" for k in bounds for side in ("low", "high")),
+                *(["image_status"] if image_status is not None else [])])
     for i, (item, score) in enumerate(zip(item_ids, scores, strict=True)):
         extra = [f"{float(b[j][i]):.8f}" for b in bounds.values() for j in (0, 1)]
-        w.writerow([*submission_row(item, score, params_m, flops_g), *extra])
+        status = [image_status[i]] if image_status is not None else []
+        w.writerow([*submission_row(item, score, params_m, flops_g), *extra, *status])
     return buf.getvalue()
 
 
@@ -71,6 +75,7 @@ def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split:
     scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
                                     batch_size=batch_size, num_workers=num_workers)
     res = scorer.score_table(src.table, src.store, progress=progress)
+    check_finite(res.pred, scorer.source)
     params_m, flops_g = model_cost(scorer)
     bounds = scorer.intervals(res.pred) if with_intervals else {}
     path = write_submission(out, res.item_id, res.pred, params_m, flops_g, bounds)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
-from effiminivlm.errors import EffiMiniVLMError
+from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import (
     SCORE_RANGE,
@@ -78,6 +78,7 @@ class Scorer:
         self.batch_size = batch_size
         self.max_length = model.cfg.text_encoder.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
+        self.source = "the model"  # what error messages call it: the model folder, once loaded from one
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
@@ -86,6 +87,7 @@ class Scorer:
         check_rates(model, model_dir)
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
+        scorer.source = str(model_dir)
         return scorer
 
     def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -115,6 +117,21 @@ class Scorer:
         """Scores for plain dicts with `title`, `features`, `description`, `category` (or `main_category`) and
         optional `images` (list of local paths / file:// URLs / fetched URLs)."""
         return self.score_table(products_table(products), progress=progress).pred
+
+
+def check_finite(scores: Any, source: str) -> None:
+    """A one-line DataError if any score is NaN or infinite: a diverged model's output is never written as a
+    score (a NaN submission row, a service answer); `evaluate` refuses the same model the same way."""
+    arr = np.asarray(scores, dtype=np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise non_finite_error(bad, arr.size, source)
+
+
+def non_finite_error(bad: int, total: int, source: str) -> DataError:
+    """The one line for `bad` of `total` non-finite predictions of the model `source`."""
+    return DataError(f"model {source}: {bad} of {total} predictions are not finite (NaN or inf); nothing "
+                     "written (retrain or check the weights)")
 
 
 def products_table(products: Sequence[dict[str, Any]]) -> pa.Table:
