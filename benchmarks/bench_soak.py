@@ -5,7 +5,9 @@ Starts `effiminivlm serve` (a random-init model of `--recipe`, or `--model DIR`)
 (a bound either way). Each request is one to four listings (sizes vary, so batches and padded lengths vary
 as they do in production); every `--abuse-every`-th request is a hostile one (nesting 100,000 deep, bytes
 that are not UTF-8) that must get a 4xx. The server's RSS (/proc/PID/status VmRSS) is sampled every
-`--sample-s` seconds. Prints failed (a 5xx or an unexpected status), lost (no answer), the RSS at start /
+`--sample-s` seconds, after a sweep that sends one request of each size 1..64 (one model batch of each
+size: the shape caches of oneDNN / OpenVINO fill there, not during the measurement). Prints failed (a 5xx
+or an unexpected status), lost (no answer), the RSS at start /
 after warmup / end, and the least-squares RSS slope in MB/min after `--warmup-min` minutes: a leak shows as
 a slope that does not flatten; a bounded cache as growth that stops.
 
@@ -23,6 +25,7 @@ import json
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +61,7 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
     """Run the clients and the RSS sampler; returns counts, samples and statuses."""
     counts = {"sent": 0, "ok": 0, "abuse_ok": 0, "failed": 0, "lost": 0}
     statuses: dict[int, int] = {}
+    errors: dict[str, int] = {}
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     deadline = start + args.minutes * 60
@@ -85,8 +89,9 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
                         want = 200
                         resp = await client.post("/v1/score", json=[items[(n + j) % len(items)]
                                                                     for j in range(k)])
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:
                     counts["lost"] += 1
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                     continue
                 statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
                 if resp.status_code != want and resp.status_code != 503:  # 503 + Retry-After is allowed
@@ -99,7 +104,30 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
         sampling.cancel()
         health = (await client.get("/healthz")).json()
     wall = time.monotonic() - start
-    return {**counts, "statuses": statuses, "samples": samples, "seconds": wall, "health": health}
+    return {**counts, "statuses": statuses, "errors": errors, "samples": samples, "seconds": wall,
+            "health": health}
+
+
+async def sweep(url: str, items: list[dict], max_batch: int) -> None:
+    """Warm the server's shape caches: one request of each size 1..max_batch, sent alone so that each is one
+    model batch of exactly that size (oneDNN and OpenVINO keep compiled kernels per input shape, a cache
+    with a fixed capacity: RSS grows while new shapes arrive, then stays flat)."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        for offset in (0, 64):
+            for k in range(1, max_batch + 1):
+                await client.post("/v1/score", json=[items[(offset + j) % len(items)] for j in range(k)])
+
+
+def drain(stream: object, tail: list[str]) -> threading.Thread:
+    """Read the server's stderr as it comes (an undrained pipe would block the server), keeping its tail."""
+    def run() -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            tail.append(line.rstrip())
+            del tail[:-20]
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> int:
@@ -113,6 +141,7 @@ def main() -> int:
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--abuse-every", type=int, default=25, help="every Nth request is hostile (0: none)")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the shape-cache warmup")
     ap.add_argument("--json", default=None, help="also write the RSS samples and counts here")
     args = ap.parse_args()
 
@@ -123,7 +152,12 @@ def main() -> int:
         items = listings(Path(tmp) / "cat", 128)
         model = Path(args.model) if args.model else make_model(args.recipe, Path(tmp) / "model")
         images = Path(tmp) / "cat" / "lovif" / "images"
+        stderr: list[str] = []
         with Server(model, images, max_queue=max(256, 8 * args.clients), precision=args.precision) as srv:
+            drain(srv.proc.stderr, stderr)
+            before = round(rss_mb(srv.proc.pid), 1)
+            if args.sweep:
+                asyncio.run(sweep(srv.url, items, 64))
             r = asyncio.run(soak(srv.url, srv.proc.pid, items, args))
     samples = r.pop("samples")
     rss = [m for _, m in samples if np.isfinite(m)]
@@ -133,7 +167,9 @@ def main() -> int:
     summary = {"model": args.model or f"random-init {args.recipe}", "clients": args.clients,
                "minutes": round(r["seconds"] / 60, 2), "sent": r["sent"], "ok": r["ok"],
                "hostile_refused_4xx": r["abuse_ok"], "failed": r["failed"], "lost": r["lost"],
-               "statuses": r["statuses"], "requests_per_s_busy_machine": round(r["sent"] / r["seconds"], 1),
+               "statuses": r["statuses"], "client_errors": r["errors"],
+               "requests_per_s_busy_machine": round(r["sent"] / r["seconds"], 1),
+               "rss_mb_before_sweep": before,
                "rss_mb_start": round(rss[0], 1) if rss else None,
                "rss_mb_after_warmup": round(warm[0], 1) if warm else None,
                "rss_mb_end": round(rss[-1], 1) if rss else None,
@@ -142,6 +178,7 @@ def main() -> int:
                "slope_mb_per_min_second_half": round(later, 3),
                "mean_batch": r["health"].get("mean_batch")}
     print(json.dumps(summary, indent=2))
+    print("server stderr (tail):", *stderr[-5:], sep="\n  ")
     if args.json:
         Path(args.json).write_text(json.dumps({**summary, "samples": samples}, indent=1) + "\n")
     ok = r["failed"] == 0 and r["lost"] == 0 and slope <= 1.0

@@ -119,6 +119,13 @@ class Scorer:
         return self.score_table(products_table(products), progress=progress).pred
 
 
+#: How far a score may move when its item is scored in another batch (docs/PARITY.md). fp32: float32
+#: rounding only (kernels split their sums by the batch's shape; measured up to 5e-7 on a 1-5 scale). The
+#: fast path (bf16, OpenVINO): measured up to 0.0049 on 200 items (benchmarks/bench_parity.py).
+FP32_BATCH_TOLERANCE = 1e-5
+FAST_BATCH_TOLERANCE = 0.01
+
+
 def check_finite(scores: Any, source: str) -> None:
     """A one-line DataError if any score is NaN or infinite: a diverged model's output is never written as a
     score (a NaN submission row, a service answer); `evaluate` refuses the same model the same way."""
