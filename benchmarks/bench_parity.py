@@ -26,7 +26,8 @@ from bench_serve import make_model  # noqa: E402  (a sibling script, not a packa
 
 def batch_parity(model: Path, input_csv: Path, batches: tuple[int, ...] = (1, 7, 33),
                  precisions: tuple[str, ...] = ("fp32", "auto")) -> list[dict]:
-    """Per (precision, batch size): items differing from the batch-64 scores, and the largest difference."""
+    """Per (precision, batch size): items differing from the batch-64 scores, and the largest difference
+    (each row also printed as it is measured)."""
     from effiminivlm.data.images import ImageStore
     from effiminivlm.data.lovif import read_lovif
     from effiminivlm.serving.scorer import Scorer
@@ -45,6 +46,7 @@ def batch_parity(model: Path, input_csv: Path, batches: tuple[int, ...] = (1, 7,
             rows.append({"precision": precision, "batch": batch, "items": len(diff),
                          "differ": int((diff > 0).sum()), "max_abs_diff": float(diff.max()),
                          "mean_abs_diff": float(diff.mean())})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -60,11 +62,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-parity-") as tmp:
         write_synth(Path(tmp) / "cat", n=args.items, seed=0, image_size=256, progress=False)
         model = Path(args.model) if args.model else make_model(args.recipe, Path(tmp) / "model")
+        label = args.model or f"random-init {args.recipe}"
+        print(f"model: {label}; {args.items} synthetic items", flush=True)
         rows = batch_parity(model, Path(tmp) / "cat" / "lovif" / "input.csv")
-    print(f"model: {args.model or 'random-init ' + args.recipe}; {args.items} synthetic items; "
-          "each row: scores with this batch size vs batches of 64")
-    for row in rows:
-        print(json.dumps(row))
+    print("each row: scores with this batch size vs batches of 64; largest difference per path: "
+          f"{ {p: max(r['max_abs_diff'] for r in rows if r['precision'] == p) for p in ('fp32', 'auto')} }")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,10 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
     start = time.monotonic()
     deadline = start + args.minutes * 60
     rng = random.Random(0)
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    # Idle connections are dropped by the client well before the server would close them (its keep-alive
+    # timeout): a request sent on a connection the server is closing at that moment would be reset.
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients,
+                          keepalive_expiry=2.0)
 
     async def sampler() -> None:
         while time.monotonic() < deadline + 1:
@@ -91,7 +94,8 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
                                                                     for j in range(k)])
                 except httpx.HTTPError as e:
                     counts["lost"] += 1
-                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                    what = f"{type(e).__name__} ({'hostile' if abuse else 'listings'})"
+                    errors[what] = errors.get(what, 0) + 1
                     continue
                 statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
                 if resp.status_code != want and resp.status_code != 503:  # 503 + Retry-After is allowed

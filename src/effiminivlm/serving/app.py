@@ -43,6 +43,7 @@ from effiminivlm.serving.service import (
 
 STATIC = files("effiminivlm.serving") / "static"
 LOG = logging.getLogger("effiminivlm.serve")
+KEEP_ALIVE_S = 15  # seconds an idle client connection stays open
 CSV_ROW_COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")
 
 
@@ -261,5 +262,7 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
                                     batch_size=settings.max_batch, num_workers=0)
     app = create_app(scorer, settings)
     log(f"serving {model_dir} on http://{host}:{port} (page /, API docs /docs); images folder: {root}")
-    uvicorn.run(app, host=host, port=port, log_level="info",
+    # Keep-alive longer than common clients' own idle expiry (httpx: 5 s, uvicorn's default too): when both
+    # are equal, a request sent on a connection the server is closing at that instant is reset (lost).
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
                 timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)

@@ -219,7 +219,8 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
                                                       "precision": prec,
                                                       "threads": threads or torch.get_num_threads()}))
         t0 = time.perf_counter()
-        n, statuses, path = _write(scored, Path(out), prof.params_m, prof.flops_g, str(model_dir))
+        n, statuses, path = _write(scored, Path(out), prof.params_m, prof.flops_g, str(model_dir),
+                                   f"no products to score in {', '.join(inputs)} (skipped: {skipped})")
         seconds = time.perf_counter() - t0
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
@@ -229,9 +230,6 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     finally:
         if started:
             ray.shutdown()
-    if n == 0:
-        Path(path).unlink(missing_ok=True)
-        raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {skipped})")
     return {"submission": str(path), "items": n, "input_kind": kind, "skipped_input": skipped,
             "image_status": dict(sorted(statuses.items())), "params_m": prof.params_m,
             "flops_g": prof.flops_g, "images": mode, "seconds": round(seconds, 3), "engine": "ray",
@@ -240,11 +238,12 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
             "items_per_s": round(n / max(seconds, 1e-9), 2)}
 
 
-def _write(scored: Any, out: Path, params_m: float, flops_g: float, source: str
+def _write(scored: Any, out: Path, params_m: float, flops_g: float, source: str, empty: str
            ) -> tuple[int, Counter[str], Path]:
     """Stream the scored rows into `out` (CSV submission, or Parquet when it ends in .parquet) by the output
     rule (`files.output_path`: a temporary file renamed when complete, or a FIFO / device written into): a
-    failed run leaves no half submission, and a run with non-finite scores writes nothing (`check_finite`)."""
+    failed run leaves no half submission; a run with non-finite scores (`check_finite`) or with no rows
+    (DataError `empty`) publishes nothing, so an older file at `out` stays as it was."""
     n, statuses, bad = 0, Counter(), 0
     schema = pa.schema([("item_id", pa.string()), ("score", pa.float64())])
     with output_path(out) as tmp, contextlib.ExitStack() as stack:
@@ -270,4 +269,6 @@ def _write(scored: Any, out: Path, params_m: float, flops_g: float, source: str
         stack.close()
         if bad:
             raise non_finite_error(bad, n, source)  # the temporary file is dropped, nothing published
+        if n == 0:
+            raise DataError(empty)
     return n, statuses, out
