@@ -4,7 +4,7 @@ The same items are scored with batches of 64 (predict's default) and of 1, 7 and
 a Ray block or a repeated request under load can hold), on the fp32 path and on the default fast path.
 Prints, per path and batch size, how many items differ from the batch-64 score and the largest difference.
 Why it matters: CPU kernels split their sums by the batch's shape (and text is padded to the longest in the
-batch), so "the same item gives the same bits" holds within one batch composition only; docs/PARITY.md
+batch), so "the same item gives the same bits" holds within one batch composition only; docs/ROBUSTNESS.md
 states the guarantee these figures support, and tests/test_parity.py checks it on a tiny model.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_parity.py --recipe offline --items 200

@@ -1,4 +1,4 @@
-"""The parity guarantee docs/PARITY.md states, checked as stated.
+"""The parity guarantee docs/ROBUSTNESS.md states, checked as stated.
 
 Same items in the same batches: the same bits, on the fp32 path and on the fast path (this is what makes
 Ray, the CSV endpoint on an idle server and `predict` agree byte for byte when their batches match). Another

@@ -121,7 +121,8 @@ class Scorer:
 
 #: How far a score may move when its item is scored in another batch (docs/PARITY.md). fp32: float32
 #: rounding only (kernels split their sums by the batch's shape; measured up to 5e-7 on a 1-5 scale). The
-#: fast path (bf16, OpenVINO): measured up to 0.0049 on 200 items (benchmarks/bench_parity.py).
+#: fast path (bf16, OpenVINO): 1.7e-4 on random-init `offline` towers, up to 0.005 with trained weights
+#: (benchmarks/bench_parity.py, docs/ROBUSTNESS.md).
 FP32_BATCH_TOLERANCE = 1e-5
 FAST_BATCH_TOLERANCE = 0.01
 
