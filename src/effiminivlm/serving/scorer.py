@@ -119,7 +119,7 @@ class Scorer:
         return self.score_table(products_table(products), progress=progress).pred
 
 
-#: How far a score may move when its item is scored in another batch (docs/PARITY.md). fp32: float32
+#: How far a score may move when its item is scored in another batch (docs/ROBUSTNESS.md). fp32: float32
 #: rounding only (kernels split their sums by the batch's shape; measured up to 5e-7 on a 1-5 scale). The
 #: fast path (bf16, OpenVINO): 1.7e-4 on random-init `offline` towers, up to 0.005 with trained weights
 #: (benchmarks/bench_parity.py, docs/ROBUSTNESS.md).
