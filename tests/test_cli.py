@@ -265,3 +265,26 @@ def test_fp16_on_a_cpu_is_refused_before_any_work(tmp_path, capsys):
     assert main(["benchmark", "--data", str(tmp_path), "--recipe", "tiny", "--precision", "fp16"]) == 2
     assert "fp16 autocast needs CUDA" in _one_line_error(capsys)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "{x}", "--model", "{x}/m", "--device", "cuda"], "--device 'cuda': no CUDA GPU is available"),
+    (["evaluate", "--data", "{x}", "--model", "{x}/m", "--device", "cuda:0"], "--device 'cuda:0': no CUDA"),
+    (["synth", "--n", "1", "--image-size", "60000", "--out", "{x}/s"],
+     "synth: --image-size must be in [32, 4096] pixels, got 60000"),
+    (["scaling", "--data", "{x}", "--out", "{x}/sc", "--target-n", "-5"],
+     "--target-n must be a finite number of items >= 1, got -5.0"),
+    (["scaling", "--data", "{x}", "--out", "{x}/sc", "--target-n", "nan"], "--target-n must be a finite"),
+    (["predict", "{x}/in.csv", "--model", "{x}/m", "--images-dir", "{x}/nope"],
+     "--images-dir {x}/nope: does not exist"),
+    (["predict", "{x}/in.csv", "--model", "{x}/m", "--images-dir", "{x}/in.csv"], "is not a folder"),
+])
+def test_user_errors_of_options_are_one_line(tmp_path, capsys, argv, message):
+    """Each was a traceback (RuntimeError, MemoryError), a numpy warning or a silent exit 0."""
+    import torch
+
+    if "cuda" in " ".join(argv) and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "in.csv").write_text("parent_asin,title\n")
+    assert main([a.replace("{x}", str(tmp_path)) for a in argv]) == 2
+    assert message.replace("{x}", str(tmp_path)) in _one_line_error(capsys)

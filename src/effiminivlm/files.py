@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import stat
-import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +28,10 @@ import numpy as np
 from effiminivlm.errors import DataError, EffiMiniVLMError
 
 NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, tmpfs, APFS and NTFS
+#: The longest input line / record / CSV cell read (16 MiB, over 1,000x the longest line of the official
+#: Amazon Reviews 2023 dumps). Enforced while reading, before parsing: a parser holds several times a line's
+#: size, so one valid 3 GB line would otherwise take gigabytes. `--max-line-bytes` raises it.
+MAX_LINE_BYTES = 16 << 20
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "--out", kind: str = "file") -> Path:
@@ -53,17 +59,31 @@ def _check_writable(out: Path, what: str, kind: str) -> Path:
     for part in out.parts:  # also below a missing folder, where no lookup reaches it yet
         if len(os.fsencode(part)) > NAME_MAX:
             raise EffiMiniVLMError(f"{what} {out}: the name {part[:20]}... is longer than {NAME_MAX} bytes")
-    if kind == "file" and out.is_dir():
-        raise EffiMiniVLMError(f"{what} {out}: is a folder; give a file name")
+    if kind == "file" and out.exists():
+        mode = out.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise EffiMiniVLMError(f"{what} {out}: is a folder; give a file name")
+        if is_stream(out):
+            return out  # /dev/stdout, /dev/null, a FIFO: written straight into (see `output_path`)
+        if not stat.S_ISREG(mode):
+            raise EffiMiniVLMError(f"{what} {out}: is {file_kind(mode)}; give a file, a pipe (FIFO) or a "
+                                   "character device such as /dev/null")
     if kind == "dir" and out.exists() and not out.is_dir():
         raise EffiMiniVLMError(f"{what} {out}: exists and is not a folder")
     ancestor = out if kind == "dir" and out.is_dir() else out.parent
+    missing = []
     while not ancestor.exists() and ancestor != ancestor.parent:
         if ancestor.is_symlink():  # a dangling link: writing through it fails
             raise EffiMiniVLMError(f"{what} {out}: {ancestor} is a broken symbolic link")
+        missing.append(ancestor)
         ancestor = ancestor.parent
+    if _in_pseudo_fs(out) or _in_pseudo_fs(ancestor):
+        raise EffiMiniVLMError(f"{what} {out}: is under /proc or /sys (kernel files, not a place for output)")
     if not ancestor.is_dir():
         raise EffiMiniVLMError(f"{what} {out}: {ancestor} is a file, not a folder")
+    if missing and ancestor.resolve() == ancestor.resolve().parent:  # a typo must not create /nonexistent_dir
+        raise EffiMiniVLMError(f"{what} {out}: the folder {missing[-1]} does not exist (a new top-level "
+                               "folder is not created; create it first)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise EffiMiniVLMError(f"{what} {out}: {ancestor} is not writable")
     if kind == "file" and out.exists() and not os.access(out, os.W_OK):
@@ -71,14 +91,90 @@ def _check_writable(out: Path, what: str, kind: str) -> Path:
     return out
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` via a temporary file and a rename: readers see the old file or the new one, never half."""
+#: Kernel pseudo-filesystems: their "files" are interfaces (writing one can reconfigure the machine).
+PSEUDO_FS = ("/proc", "/sys")
+
+
+def _in_pseudo_fs(path: Path) -> bool:
+    """Whether `path`, as written or with its links resolved, lies under /proc or /sys."""
+    names = {os.path.abspath(path), os.path.realpath(path)}  # realpath stops quietly at a symlink loop
+    return any(n == root or n.startswith(root + "/") for n in names for root in PSEUDO_FS)
+
+
+def is_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` exists and is a pipe (FIFO) or a character device (/dev/null, /dev/stdout, a tty).
+
+    Why these are written straight into: that is what a Unix user means by `--out /dev/stdout`; renaming a
+    temporary file over them would replace the device node or the FIFO with a regular file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+@contextmanager
+def output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """The one output rule: yields a temporary path to write into, then publishes it at `path`.
+
+    A regular (or missing) `path` gets the temporary file beside it and a rename: readers see the old file or
+    the new one, never half. A FIFO or character device is never renamed over: the finished bytes are copied
+    into it (a temporary file in the system temp folder holds them meanwhile). Anything else that exists and
+    is not a regular file (a folder, a socket, a block device) or lies under /proc or /sys is refused. Every
+    OSError becomes a one-line `EffiMiniVLMError` naming `path` (a full disk, /dev/full, a read-only folder).
+    """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    stream = is_stream(out)
+    try:
+        if stream:
+            fd, name = tempfile.mkstemp(prefix=".effiminivlm-", suffix=out.suffix)
+            os.close(fd)
+            tmp = Path(name)
+        else:
+            _refuse_non_regular(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            yield tmp
+            if stream:
+                with open(tmp, "rb") as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                _refuse_non_regular(out)  # it may have become something else meanwhile
+                os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise EffiMiniVLMError(f"{out}: cannot write: {e.strerror or e}") from None
+
+
+def _refuse_non_regular(out: Path) -> None:
+    """A one-line error if `out` exists and is neither a regular file nor a link (rename would replace it)."""
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise EffiMiniVLMError(f"{out}: is {file_kind(mode)}; not replaced by a file")
+    if _in_pseudo_fs(out):
+        raise EffiMiniVLMError(f"{out}: is under /proc or /sys; not written")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` as UTF-8 by the output rule (`output_path`): atomically, or into a FIFO/device."""
+    with output_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure by the output rule; the format comes from `path`'s suffix (PNG without one),
+    since the temporary name it is written to first has another suffix."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with output_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
+    return Path(path)
 
 
 def _backup_of(dest: Path) -> Path:
@@ -229,19 +325,21 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv_rows(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+                  ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, row)]) of a UTF-8 CSV; header names stripped and lower-cased, cells stripped.
 
     Blank lines are skipped; a row whose field count differs from the header's, an empty file, bytes that are
-    not UTF-8, a malformed CSV or a path that is not a regular file (`open_regular`) are a DataError naming
-    the file (and line), never a silent skip or a hang.
+    not UTF-8, a malformed CSV, a line or cell longer than `max_line_bytes` characters (refused while
+    reading, before it is held whole) or a path that is not a regular file (`open_regular`) are a DataError
+    naming the file (and line), never a silent skip or a hang.
     """
     path = Path(path)
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # product descriptions can exceed the 128 KiB default
+    csv.field_size_limit(max_line_bytes)  # product descriptions can exceed the 128 KiB default
     raw = open_regular(path)  # a FIFO or /dev/stdin would hang, a folder would be "not found"
     try:
         with io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(_bounded_lines(fh, path, max_line_bytes))
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty file (expected a header line)")
@@ -257,8 +355,20 @@ def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[i
     except UnicodeDecodeError as e:  # e.start counts from the decoder's chunk, so find the line itself
         raise DataError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise DataError(f"{path}:{reader.line_num}: a cell longer than {max_line_bytes:,} characters "
+                            "(the per-line budget; raise it with --max-line-bytes if it is real)") from None
         raise DataError(f"{path}: malformed CSV: {e}") from None
     return header, rows
+
+
+def _bounded_lines(fh: io.TextIOWrapper, path: Path, limit: int) -> Iterator[str]:
+    """The lines of `fh`, each read with a size limit, so one huge line is refused before it is in memory."""
+    for lineno, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), 1):
+        if len(line) > limit:
+            raise DataError(f"{path}:{lineno}: a line longer than {limit:,} characters (the per-line budget; "
+                            "raise it with --max-line-bytes if the line is real)")
+        yield line
 
 
 def _first_non_utf8_line(path: Path) -> int | str:

@@ -15,13 +15,19 @@ from pathlib import Path
 import torch
 
 from effiminivlm.config import PRECISIONS
+from effiminivlm.errors import ConfigError
 
 
 def resolve_device(device: str | None = None) -> torch.device:
     """`None`/"auto" -> cuda when available, else cpu."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: no CUDA GPU is available here (use cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from effiminivlm.bench import variants
 from effiminivlm.config import load_recipe
 from effiminivlm.models.factory import create_model
 from effiminivlm.models.quantize import TowerVariant
-from effiminivlm.bench import variants
 
 
 def _model(recipe_overrides: list[str] | None = None) -> torch.nn.Module:

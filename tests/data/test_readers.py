@@ -197,3 +197,52 @@ def test_predict_and_score_inputs_fail_in_one_line(tmp_path: Path,
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+@pytest.mark.parametrize("chunk", [1024, 1 << 22])
+def test_a_line_over_the_byte_budget_stops_its_file_before_it_is_parsed(tmp_path: Path, suffix: str,
+                                                                       chunk: int, monkeypatch) -> None:
+    """A valid line longer than the budget is refused while it is read (also when it spans many chunks, and
+    when it is the unterminated last line); lines before it are kept, a line at the budget is read."""
+    from effiminivlm.data import readers
+
+    monkeypatch.setattr(readers, "_CHUNK", chunk)
+    budget = 4096
+    at_budget = json.dumps(record("AT", title="x" * 100))
+    at_budget = at_budget.replace("x" * 100, "x" * (100 + budget - len(at_budget.encode())))
+    huge = json.dumps(record("HUGE", title="y" * 20_000))
+    for tail in ("\n", ""):
+        path = tmp_path / f"meta_T{len(tail)}{suffix}"
+        write_jsonl(path, [GOOD, at_budget, huge, GOOD.replace("G0", "G1")])
+        if not tail:  # the huge line is the last one, without a newline
+            write_jsonl(path, [GOOD, at_budget, huge.rstrip()])
+        log = meta.InputLog(max_line_bytes=budget)
+        rows = list(iter_meta([path], log))
+        assert [r["parent_asin"] for r in rows] == ["G0", "AT"]
+        assert log.bad == {"line_too_long": 1}
+        assert log.examples["line_too_long"][0].startswith(f"{path}:3: a line longer than 4,096 bytes")
+        with pytest.raises(DataError, match=r":3: a line longer than 4,096 bytes .*line_too_long"):
+            list(iter_meta([path], meta.InputLog(strict=True, max_line_bytes=budget)))
+
+
+def test_prepare_and_predict_take_the_budget_as_an_option(tmp_path: Path, capsys) -> None:
+    path = write_jsonl(tmp_path / "meta_T.jsonl.gz", [json.dumps(record("HUGE", title="y" * 5000))])
+    assert main(["prepare", str(path), "--out", str(tmp_path / "p"), "--max-line-bytes", "2048"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "line_too_long" in err and "a line longer than 2,048 bytes" in err
+    assert main(["predict", str(path), "--model", str(tmp_path / "m"), "--max-line-bytes", "100"]) == 2
+    assert "--max-line-bytes must be >= 1024, got 100" in capsys.readouterr().err
+
+
+def test_a_csv_line_or_cell_over_the_budget_is_one_line(tmp_path: Path) -> None:
+    from effiminivlm.files import read_csv_rows
+
+    f = tmp_path / "input.csv"
+    f.write_text("item_id,title\nA,short\nB," + "z" * 5000 + "\n")
+    assert len(read_csv_rows(f)[1]) == 2
+    with pytest.raises(DataError, match=r"input.csv:3: a line longer than 2,048 characters"):
+        read_csv_rows(f, max_line_bytes=2048)
+    f.write_text('item_id,title\nA,"' + "z\n" * 2000 + '"\n')  # one quoted cell over many short lines
+    with pytest.raises(DataError, match=r"a cell longer than 2,048 characters"):
+        read_csv_rows(f, max_line_bytes=2048)

@@ -159,3 +159,34 @@ def test_multi_output_heads_and_other_text_models_are_refused(text_dir, tmp_path
                                   hidden_dim=16).state_dict(), tmp_path / "one.pt")
     with pytest.raises(WeightsError, match="model_type 'roberta'"):
         convert_reference(tmp_path / "one.pt", f"local-dir:{other}", tmp_path / "b")
+
+
+def _rezip_deflated(src: Path, dest: Path) -> Path:
+    """The same checkpoint with every entry deflated: zeros shrink ~1000x, as in a decompression bomb."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    return dest
+
+
+def test_a_checkpoint_bomb_or_an_oversized_checkpoint_is_refused_before_torch_load(tmp_path, capsys):
+    from effiminivlm.models.weights import check_archive, read_state_dict_file
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"head.0.weight": torch.zeros(8 << 20, dtype=torch.uint8)}, plain)  # 8 MiB of zeros
+    check_archive(plain)  # a torch.save archive stores its tensors ~1:1
+    bomb = _rezip_deflated(plain, tmp_path / "bomb.pt")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(WeightsError, match=r"bomb.pt: entry .*data/0 expands .* -> 8,388,608 bytes \(a "
+                                           "decompression bomb"):
+        read_state_dict_file(bomb)
+    with pytest.raises(WeightsError, match=r"bomb.pt: unpacks to 8,38[0-9,]+ bytes, more than the 1,000,000"):
+        check_archive(bomb, max_bytes=1_000_000)
+    with pytest.raises(WeightsError, match=r"plain.pt: 8,3[0-9,]+ bytes, more than the 1,000,000"):
+        check_archive(plain, max_bytes=1_000_000)
+    assert main(["convert-reference", str(bomb), "--text-model", f"local-dir:{tmp_path}", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "decompression bomb" in err and "Traceback" not in err

@@ -73,7 +73,10 @@ def test_api_scores_equal_predict_scores_exactly(make_app, lovif, predicted):
     assert [g["score"] for g in by_upload.json()["items"]] == raw
     assert len(set(raw)) == len(raw)  # distinct items, distinct scores: the comparison means something
     assert by_csv.status_code == 200 and by_csv.headers["content-type"].startswith("text/csv")
-    assert by_csv.text == text  # byte for byte the submission predict wrote (all 160 rows, params, flops)
+    # byte for byte the submission predict wrote (all 160 rows, params, flops), plus each row's image status
+    lines = [line.rsplit(",", 1) for line in by_csv.text.splitlines()]
+    assert "".join(f"{kept}\n" for kept, _ in lines) == text
+    assert [status for _, status in lines] == ["image_status"] + ["ok"] * 160
 
 
 def test_model_health_ready_docs_and_page(make_app, serve_model):

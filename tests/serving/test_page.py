@@ -150,7 +150,9 @@ def test_csv_round_trip_gives_predicts_csv_and_a_histogram(browser, server, serv
     browser.find_element(By.ID, "csv-btn").click()
     _wait(browser, "#csv-result")
     link = browser.find_element(By.ID, "csv-download")
-    assert link.get_attribute("data-csv") == out.read_text()  # the browser got predict's file, byte for byte
+    got = [line.rsplit(",", 1) for line in link.get_attribute("data-csv").splitlines()]
+    assert "".join(f"{kept}\n" for kept, _ in got) == out.read_text()  # predict's file, byte for byte,
+    assert {status for _, status in got[1:]} == {"ok"}  # plus each row's image status
     assert link.get_attribute("download") == "input_scored.csv"
     assert browser.find_element(By.ID, "csv-summary").text.startswith("160 listings scored")
     painted = browser.execute_script("""

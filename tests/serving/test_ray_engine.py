@@ -53,3 +53,26 @@ def test_ray_options_are_checked(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--model", "m", "--out", str(tmp_path / "s.csv"),
                  "--engine", "spark"]) == 2
     assert "--engine must be one of local, ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scores, message", [
+    ([3.0, float("nan"), float("inf")], "model M: 2 of 3 predictions are not finite (NaN or inf)"),
+    ([], "nothing to score"),
+])
+def test_ray_writer_publishes_nothing_for_non_finite_scores_or_no_rows(local_ray, tmp_path, scores, message):
+    """An older submission at --out stays as it was: no NaN row is written, no empty file replaces it."""
+    import pyarrow as pa
+
+    from effiminivlm.errors import DataError
+    from effiminivlm.serving.ray_engine import _write
+
+    out = tmp_path / "submission.csv"
+    out.write_text("old\n")
+    n = len(scores)
+    scored = ray.data.from_arrow(pa.table({"item_id": [f"I{i}" for i in range(n)], "score": scores,
+                                           "image_status": ["ok"] * n},
+                                          schema=pa.schema([("item_id", pa.string()), ("score", pa.float64()),
+                                                            ("image_status", pa.string())])))
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _write(scored, out, 1.0, 0.1, "M", "nothing to score")
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]

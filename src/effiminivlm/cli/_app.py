@@ -38,6 +38,15 @@ def writable(path: str | None, what: str, kind: str) -> None:
         check_writable(path, what, kind)
 
 
+def line_budget(max_line_bytes: int | None) -> int:
+    """--max-line-bytes, checked; None is the documented default (files.MAX_LINE_BYTES, 16 MiB)."""
+    from effiminivlm.files import MAX_LINE_BYTES
+
+    if max_line_bytes is not None and max_line_bytes < 1024:
+        raise ConfigError(f"--max-line-bytes must be >= 1024, got {max_line_bytes}")
+    return MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
+
+
 def default_eval_out(model: str, split: str) -> str:
     """evaluate's default report folder (MODEL/../eval-SPLIT), checked like an explicit --out."""
     from pathlib import Path

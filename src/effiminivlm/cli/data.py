@@ -8,6 +8,7 @@ from effiminivlm.cli._app import (
     app,
     dataset,
     deprecated,
+    line_budget,
     writable,
 )
 from effiminivlm.errors import ConfigError
@@ -40,17 +41,22 @@ def prepare_cmd(
                                            "the title and rows without images (require only category + "
                                            "title; for text-only training)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already at --out."),
+    max_line_bytes: int | None = typer.Option(None, "--max-line-bytes", help="Longest JSON line read "
+                                              "(default 16 MiB); a longer one stops its file (counted) "
+                                              "before it is held in memory."),
 ) -> None:
     """Filter, sample and split Amazon Reviews 2023 item metadata into a prepared Parquet dataset."""
     from effiminivlm.data.prepare import prepare, print_summary
 
     inputs = dataset(inputs, data)
     writable(out, "--out", "dir")
+    max_line_bytes = line_budget(max_line_bytes)
     summary = prepare(inputs, out, frac=frac, min_per_category=min_per_category, seed=seed, strict=strict,
                       require_fields=require_fields, min_text_chars=min_text_chars,
                       require_image=require_image, rare_threshold=rare_threshold,
                       keep_missing_rating_number=keep_missing_rating_number,
-                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True)
+                      allow_titles_only=allow_titles_only, overwrite=overwrite, progress=True,
+                      max_line_bytes=max_line_bytes)
     print_summary(summary)
     typer.echo(f"wrote {summary['kept']:,} rows to {out}")
 
@@ -80,6 +86,7 @@ def fetch_images_cmd(
         if images_dir is not None:
             raise ConfigError("give the image folder once: --images-dir (--cache is its old name)")
         images_dir = cache
+    writable(images_dir, "--images-dir", "dir")
     typer.echo(str(fetch_images(prepared, images_dir, workers=workers, timeout=timeout, retries=retries,
                                 retry_failed=retry_failed, deadline=deadline,
                                 allow_private_hosts=allow_private_hosts, progress=True)))

@@ -12,6 +12,7 @@ from effiminivlm.cli._app import (
     dataset,
     default_eval_out,
     deprecated,
+    line_budget,
     refuse_unused,
     writable,
 )
@@ -76,6 +77,9 @@ def predict_cmd(
                                         "intervals as extra columns low_80,high_80,low_90,high_90 after "
                                         "the LoViF columns (off by default: the submission stays exactly "
                                         "the LoViF layout)."),
+    max_line_bytes: int | None = typer.Option(None, "--max-line-bytes", help="Longest input line or "
+                                              "CSV cell read (default 16 MiB); a longer one is refused "
+                                              "before it is held in memory."),
 ) -> None:
     """Score products and write a LoViF submission.csv (with --engine ray and an --out ending in .parquet:
     a Parquet of item_id, score)."""
@@ -83,6 +87,7 @@ def predict_cmd(
 
     inputs = dataset(inputs, data)
     writable(out, "--out", "file")
+    max_line_bytes = line_budget(max_line_bytes)
     if split is not None:
         check_choice("--split", split, ("train", "val", "test"))
     check_choice("--engine", engine, ("local", "ray"))
@@ -103,7 +108,7 @@ def predict_cmd(
 
     summary = predict(model, inputs, out, split=split, images_dir=images_dir, images=images,
                       batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
-                      strict=strict, with_intervals=with_intervals)
+                      strict=strict, with_intervals=with_intervals, max_line_bytes=max_line_bytes)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -147,6 +152,7 @@ def export_cmd(
 
     from effiminivlm.models.export import export_model
 
+    writable(out, "--out", "dir")
     typer.echo(json.dumps(export_model(model, out, fmt), indent=2))
 
 

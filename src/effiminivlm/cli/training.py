@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from effiminivlm.cli._app import (
@@ -225,6 +227,8 @@ def scaling_cmd(
     from effiminivlm.training.scaling import run_scaling
 
     writable(out, "--out", "dir")
+    if not (target_n >= 1 and math.isfinite(target_n)):  # the power law is extrapolated to it (a log)
+        raise ConfigError(f"--target-n must be a finite number of items >= 1, got {target_n}")
     try:
         fracs = [float(x) for x in fractions.split(",") if x.strip()]
     except ValueError:

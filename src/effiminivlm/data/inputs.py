@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from effiminivlm.data.images import ImageStore
 from effiminivlm.errors import DataError
-from effiminivlm.files import recover_dir
+from effiminivlm.files import MAX_LINE_BYTES, recover_dir
 
 
 @dataclass
@@ -33,8 +33,15 @@ class PredictInputs:
 
 
 def read_inputs(inputs: list[str], *, split: str | None = None, images_dir: str | None = None,
-                strict: bool = False) -> PredictInputs:
-    """Detect the input kind and read it into the prepared schema."""
+                strict: bool = False, max_line_bytes: int = MAX_LINE_BYTES) -> PredictInputs:
+    """Detect the input kind and read it into the prepared schema (lines / cells up to `max_line_bytes`).
+
+    An `images_dir` that is missing or not a folder is an error: a typo must not score every item as text
+    only with exit 0.
+    """
+    if images_dir is not None and not Path(images_dir).is_dir():
+        what = "is not a folder" if Path(images_dir).exists() else "does not exist"
+        raise DataError(f"--images-dir {images_dir}: {what}")
     if not inputs:
         raise DataError("nothing to predict: give a prepared folder, an input.csv or metadata files")
     first = Path(inputs[0])
@@ -50,11 +57,11 @@ def read_inputs(inputs: list[str], *, split: str | None = None, images_dir: str 
     if len(inputs) == 1 and first.suffix.lower() == ".csv":
         from effiminivlm.data.lovif import read_lovif
 
-        table, stats = read_lovif(first, images_dir, strict=strict)
+        table, stats = read_lovif(first, images_dir, strict=strict, max_line_bytes=max_line_bytes)
         return PredictInputs(table, ImageStore(None), "lovif", skipped=_nonzero(vars(stats)))
     from effiminivlm.data.readers import read_meta_table
 
-    table, log = read_meta_table(inputs, require_rating=False, strict=strict)
+    table, log = read_meta_table(inputs, require_rating=False, strict=strict, max_line_bytes=max_line_bytes)
     cache = images_dir if images_dir is not None else None
     return PredictInputs(table, ImageStore(cache), "meta", skipped=log.as_dict())
 

@@ -26,7 +26,7 @@ from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.data.schema import SCHEMA as PREPARED_SCHEMA  # the contract of docs/ARCHITECTURE.md
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
-from effiminivlm.files import parse_number, read_csv_rows
+from effiminivlm.files import MAX_LINE_BYTES, parse_number, read_csv_rows
 
 INPUT_COLUMNS = ("parent_asin", "main_category", "title", "features", "description", "image_paths")
 
@@ -114,7 +114,7 @@ def _safe_image(images_root: Path, rel: str) -> tuple[str | None, str]:
 
 
 def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[str] | None = None,
-               strict: bool = False) -> tuple[pa.Table, LovifStats]:
+               strict: bool = False, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[pa.Table, LovifStats]:
     """Read `input_csv` (images relative to `images_dir`, default `<its folder>/images`) as a prepared table.
 
     Rows keep the file's order; `average_rating` / `rating_number` are null, `split` is "test" and
@@ -124,7 +124,7 @@ def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[
     """
     path = Path(input_csv)
     images_root = (Path(images_dir) if images_dir is not None else path.parent / "images").resolve()
-    header, rows = read_csv_rows(path)
+    header, rows = read_csv_rows(path, max_line_bytes)
     _require(path, header, INPUT_COLUMNS)
     stats = LovifStats()
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}

@@ -28,6 +28,7 @@ import orjson
 from effiminivlm.data.schema import INT64_MAX, RATING_RANGE
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
+from effiminivlm.files import MAX_LINE_BYTES
 
 __all__ = ["BadRow", "InputLog", "image_refs", "normalize_record"]
 
@@ -46,6 +47,7 @@ class InputLog:
 
     strict: bool = False
     max_examples: int = 5
+    max_line_bytes: int = MAX_LINE_BYTES  # per JSON line, enforced by the readers
     rows_read: int = 0
     bad: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)

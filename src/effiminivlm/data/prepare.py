@@ -40,7 +40,7 @@ from effiminivlm.data.meta import InputLog
 from effiminivlm.data.readers import expand_inputs, iter_meta
 from effiminivlm.data.schema import ESSENTIAL, ROW_SCHEMA, SCHEMA, SPLITS
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.files import partial_dir, recover_dir, remove_stale_partials, replace_dir
+from effiminivlm.files import MAX_LINE_BYTES, partial_dir, recover_dir, remove_stale_partials, replace_dir
 
 __all__ = ["ESSENTIAL", "SCHEMA", "SPLITS", "prepare", "print_summary", "read_prepared", "sample_size",
            "split_counts"]
@@ -71,7 +71,8 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
             min_per_category: int = 10_000, seed: int = 0, strict: bool = False, require_fields: bool = True,
             min_text_chars: int = 30, require_image: bool = True, rare_threshold: int = 50,
             keep_missing_rating_number: bool = False, allow_titles_only: bool = False,
-            overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+            overwrite: bool = False, progress: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+            ) -> dict[str, Any]:
     """Build `out/data.parquet` + `out/summary.json` from metadata files; returns the summary.
 
     Filters (the paper's, each a switch): `require_fields` drops rows with an empty category, title, features
@@ -102,7 +103,7 @@ def prepare(inputs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *
                "allow_titles_only": allow_titles_only}
     tmp = partial_dir(out)
     try:
-        log = InputLog(strict=strict)
+        log = InputLog(strict=strict, max_line_bytes=max_line_bytes)
         spill = tmp / "spill.parquet"
         total = sum(p.stat().st_size for p in paths)
         with tqdm(total=total, unit="B", unit_scale=True, desc="prepare: reading",

@@ -317,8 +317,8 @@ def write_synth(out: str | os.PathLike[str], n: int, seed: int = 0, image_size: 
         raise EffiMiniVLMError(f"synth: --n must be at least 1, got {n}")
     if seed < 0:
         raise EffiMiniVLMError(f"synth: --seed must be >= 0, got {seed}")
-    if image_size < 32:
-        raise EffiMiniVLMError(f"synth: --image-size must be at least 32 pixels, got {image_size}")
+    if not 32 <= image_size <= 4096:  # the models' own image-size range; 60,000 px would not fit in memory
+        raise EffiMiniVLMError(f"synth: --image-size must be in [32, 4096] pixels, got {image_size}")
     if not 0.0 <= missing_description_frac <= 1.0:
         raise EffiMiniVLMError(f"synth: --missing-description-frac must be in [0, 1], got "
                                f"{missing_description_frac}")

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from effiminivlm.data.schema import RATING_RANGE
 from effiminivlm.evaluation.metrics import check_predictions, metric_group
-from effiminivlm.files import atomic_write_text, to_jsonable, write_json
+from effiminivlm.files import atomic_write_text, save_figure, to_jsonable, write_json
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("n", "n"), ("plcc", "PLCC"), ("plcc_plus", "PLCC+"), ("srcc", "SRCC"),
@@ -118,10 +118,8 @@ def pred_vs_true_figure(pred: Any, true: Any, title: str = "Predicted vs true ra
 def plot_pred_vs_true(pred: Any, true: Any, path: str | Path, title: str = "Predicted vs true rating",
                       metrics: dict[str, Any] | None = None, gridsize: int = 40) -> Path:
     """Save `pred_vs_true_figure` as an image (format from the suffix: PNG in the report); return the path."""
-    path = Path(path)
     # A bare Figure renders through Agg: no pyplot global state, nothing to close, safe in threads.
-    pred_vs_true_figure(pred, true, title=title, metrics=metrics, gridsize=gridsize).savefig(path)
-    return path
+    return save_figure(pred_vs_true_figure(pred, true, title=title, metrics=metrics, gridsize=gridsize), path)
 
 
 def write_report(metrics: dict[str, Any], pred: Any, true: Any, out_dir: str | Path,

@@ -136,6 +136,6 @@ def plot_scaling(path: str | Path, summary: list[dict[str, Any]], fit: dict[str,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    return out
+    from effiminivlm.files import save_figure
+
+    return save_figure(fig, path)

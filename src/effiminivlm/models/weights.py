@@ -114,6 +114,39 @@ def find_weights_file(folder: Path) -> Path:
     raise WeightsError(f"no weights file in {folder} (looked for {', '.join(WEIGHT_FILES)})")
 
 
+#: The largest checkpoint `torch.load` is asked to open (16 GiB, about 4 billion fp32 parameters), and
+#: the most an entry may expand (torch.save stores tensors uncompressed, so a real checkpoint is ~1:1).
+MAX_CHECKPOINT_BYTES = 16 << 30
+MAX_EXPANSION = 20
+
+
+def check_archive(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> None:
+    """Refuse, before `torch.load` opens it, a checkpoint larger than `max_bytes` on disk or once unpacked,
+    or a zip archive with an entry that expands more than `MAX_EXPANSION` times (a decompression bomb:
+    a 1.5 MB `.pt` can unpack to gigabytes). Sizes come from the zip's directory; nothing is decompressed.
+    """
+    import zipfile
+
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise WeightsError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a checkpoint may have")
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy (pre-1.6) format: read as is, its size is checked above
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WeightsError(f"cannot read weights from {path}: {e}") from None
+    unpacked = sum(e.file_size for e in entries)
+    if unpacked > max_bytes:
+        raise WeightsError(f"{path}: unpacks to {unpacked:,} bytes, more than the {max_bytes:,} a checkpoint "
+                           "may have")
+    bomb = next((e for e in entries if e.file_size > MAX_EXPANSION * e.compress_size + (1 << 20)), None)
+    if bomb is not None:
+        raise WeightsError(f"{path}: entry {bomb.filename} expands {bomb.compress_size:,} -> "
+                           f"{bomb.file_size:,} bytes (a decompression bomb, not a torch.save checkpoint)")
+
+
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or a .pth/.pt/.bin state dict read with ``weights_only=True``."""
     try:
@@ -122,6 +155,7 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            check_archive(path)
             state = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise WeightsError(f"{path}: unsupported weights format {path.suffix!r} "

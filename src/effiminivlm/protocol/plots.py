@@ -143,10 +143,9 @@ def _side_table(ax: Any, board: list[LeaderboardEntry], points: Sequence[PlotPoi
 def plot_protocol(out: str | Path, points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFAULT_PROTOCOL,
                   leaderboard: Sequence[LeaderboardEntry] | None = None, title: str | None = None) -> Path:
     """Write the PLCC-vs-C plot (PNG, or any format matplotlib knows from the suffix) and return its path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    protocol_figure(points, cfg=cfg, leaderboard=leaderboard, title=title).savefig(out)
-    return out
+    from effiminivlm.files import save_figure
+
+    return save_figure(protocol_figure(points, cfg=cfg, leaderboard=leaderboard, title=title), out)
 
 
 def protocol_figure(points: Sequence[PlotPoint] = (), *, cfg: ProtocolCfg = DEFAULT_PROTOCOL,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import logging
 import tempfile
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -24,15 +24,26 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.serving.batcher import Batcher, QueueFull, ShuttingDown
 from effiminivlm.serving.predict import submission_text
 from effiminivlm.serving.schemas import ModelInfo, ScoredItem, ScoreResponse, ServeSettings, listing_model
 from effiminivlm.serving.scorer import Scorer
-from effiminivlm.serving.service import Item, RequestError, build_items, data_uri, score_batch, version
+from effiminivlm.serving.service import (
+    Item,
+    RequestError,
+    build_items,
+    data_uri,
+    parse_json_body,
+    score_batch,
+    version,
+)
 
 STATIC = files("effiminivlm.serving") / "static"
+LOG = logging.getLogger("effiminivlm.serve")
+KEEP_ALIVE_S = 15  # seconds an idle client connection stays open
 CSV_ROW_COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")
 
 
@@ -113,13 +124,9 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     uploads[name] = await value.read()
-            text = raw
+            body = parse_json_body(raw)
         else:
-            text = (await request.body()).decode("utf-8", errors="replace")
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RequestError(422, f"body: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            body = parse_json_body(await request.body())
         if isinstance(body, dict) and "items" in body:
             body = body["items"]
         if not isinstance(body, list):
@@ -137,6 +144,13 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
         return error(exc.status, exc.message)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        """A client that hangs up mid-upload is routine, not a server error: one INFO line, no traceback."""
+        LOG.info("client %s disconnected during %s %s", request.client.host if request.client else "?",
+                 request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.post("/v1/score", response_model=ScoreResponse, openapi_extra={"requestBody": {"content": {
         "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Listing"}}},
@@ -158,7 +172,9 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
         200: {"content": {"text/csv": {}}, "description": "item_id,score,params,flops"}})
     async def score_csv(request: Request) -> Response:
         """Score a LoViF input.csv (multipart part `file`; image_paths relative to the server's images
-        folder) and return the submission CSV that `effiminivlm predict` writes for it."""
+        folder) and return the submission CSV that `effiminivlm predict` writes for it, plus a last column
+        `image_status` per row (`ok`, or why the row was scored without its image: `no_ref` when it had
+        none or its path was refused, `missing`, ...)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise RequestError(422, "file: send the CSV as multipart/form-data with a part named 'file'")
         form = await request.form(max_files=1, max_part_size=settings.max_body_bytes)
@@ -171,7 +187,7 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
         if isinstance(results, JSONResponse):
             return results
         text = submission_text([it.row["parent_asin"] for it in items], [r.score for r in results],
-                               prof.params_m, prof.flops_g)
+                               prof.params_m, prof.flops_g, image_status=[r.image_status for r in results])
         name = Path(upload.filename or "input.csv").stem + "_scored.csv"
         return Response(text, media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -246,5 +262,7 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
                                     batch_size=settings.max_batch, num_workers=0)
     app = create_app(scorer, settings)
     log(f"serving {model_dir} on http://{host}:{port} (page /, API docs /docs); images folder: {root}")
-    uvicorn.run(app, host=host, port=port, log_level="info",
+    # Keep-alive longer than common clients' own idle expiry (httpx: 5 s, uvicorn's default too): when both
+    # are equal, a request sent on a connection the server is closing at that instant is reset (lost).
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
                 timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)

@@ -16,8 +16,8 @@ from typing import Any
 
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError
-from effiminivlm.files import atomic_write_text
-from effiminivlm.serving.scorer import Scorer
+from effiminivlm.files import MAX_LINE_BYTES, atomic_write_text
+from effiminivlm.serving.scorer import Scorer, check_finite
 
 
 def model_cost(scorer: Scorer) -> tuple[float, float]:
@@ -30,18 +30,22 @@ def model_cost(scorer: Scorer) -> tuple[float, float]:
 
 
 def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float,
-                    bounds: dict[str, tuple[Any, Any]] | None = None) -> str:
+                    bounds: dict[str, tuple[Any, Any]] | None = None,
+                    image_status: list[str] | None = None) -> str:
     """The submission CSV as text: `item_id, score, params, flops` (also what the service returns);
-    `bounds` ({"80": (low, high), ...}) adds the columns `low_80, high_80, ...` AFTER the LoViF columns,
-    which stay exactly as they are."""
+    `bounds` ({"80": (low, high), ...}) adds the columns `low_80, high_80, ...` and `image_status` (the
+    service's CSV endpoint) a last column `image_status` AFTER the LoViF columns, which stay exactly as
+    they are."""
     bounds = bounds or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["item_id", "score", "params", "flops",
-                *(f"{side}_{k}" for k in bounds for side in ("low", "high"))])
+                *(f"{side}_{k}" for k in bounds for side in ("low", "high")),
+                *(["image_status"] if image_status is not None else [])])
     for i, (item, score) in enumerate(zip(item_ids, scores, strict=True)):
         extra = [f"{float(b[j][i]):.8f}" for b in bounds.values() for j in (0, 1)]
-        w.writerow([*submission_row(item, score, params_m, flops_g), *extra])
+        status = [image_status[i]] if image_status is not None else []
+        w.writerow([*submission_row(item, score, params_m, flops_g), *extra, *status])
     return buf.getvalue()
 
 
@@ -59,17 +63,20 @@ def write_submission(path: str | Path, item_ids: list[str], scores: Any, params_
 def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split: str | None = None,
             images_dir: str | None = None, images: str = "first", batch_size: int = 64, num_workers: int = 0,
             device: str | None = None, precision: str = "auto", strict: bool = False,
-            progress: bool = True, with_intervals: bool = False) -> dict[str, Any]:
+            progress: bool = True, with_intervals: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+            ) -> dict[str, Any]:
     """Score `inputs` with `model_dir`; write the submission; return a summary of what happened.
 
     With `with_intervals` and a model that carries conformal.json, each row also gets its intervals.
     """
-    src = read_inputs(inputs, split=split, images_dir=images_dir, strict=strict)
+    src = read_inputs(inputs, split=split, images_dir=images_dir, strict=strict,
+                      max_line_bytes=max_line_bytes)
     if src.table.num_rows == 0:
         raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {src.skipped})")
     scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
                                     batch_size=batch_size, num_workers=num_workers)
     res = scorer.score_table(src.table, src.store, progress=progress)
+    check_finite(res.pred, scorer.source)
     params_m, flops_g = model_cost(scorer)
     bounds = scorer.intervals(res.pred) if with_intervals else {}
     path = write_submission(out, res.item_id, res.pred, params_m, flops_g, bounds)

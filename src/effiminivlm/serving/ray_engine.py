@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import math
 import os
 import pickle
 import time
@@ -38,13 +39,13 @@ import torch
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError, EffiMiniVLMError
-from effiminivlm.files import recover_dir
+from effiminivlm.files import output_path, recover_dir
 from effiminivlm.inference import SCORE_RANGE, forward_batch, image_mode
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
 from effiminivlm.serving.predict import submission_row
-from effiminivlm.serving.scorer import check_rates
+from effiminivlm.serving.scorer import check_rates, non_finite_error
 
 #: The prepared-dataset columns scoring reads (the rest stay on disk).
 COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")
@@ -218,7 +219,8 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
                                                       "precision": prec,
                                                       "threads": threads or torch.get_num_threads()}))
         t0 = time.perf_counter()
-        n, statuses, path = _write(scored, Path(out), prof.params_m, prof.flops_g)
+        n, statuses, path = _write(scored, Path(out), prof.params_m, prof.flops_g, str(model_dir),
+                                   f"no products to score in {', '.join(inputs)} (skipped: {skipped})")
         seconds = time.perf_counter() - t0
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
@@ -228,9 +230,6 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
     finally:
         if started:
             ray.shutdown()
-    if n == 0:
-        Path(path).unlink(missing_ok=True)
-        raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {skipped})")
     return {"submission": str(path), "items": n, "input_kind": kind, "skipped_input": skipped,
             "image_status": dict(sorted(statuses.items())), "params_m": prof.params_m,
             "flops_g": prof.flops_g, "images": mode, "seconds": round(seconds, 3), "engine": "ray",
@@ -239,34 +238,37 @@ def predict_ray(model_dir: str | Path, inputs: list[str], out: str | Path, *, sp
             "items_per_s": round(n / max(seconds, 1e-9), 2)}
 
 
-def _write(scored: Any, out: Path, params_m: float, flops_g: float) -> tuple[int, Counter[str], Path]:
-    """Stream the scored rows into `out` (CSV submission, or Parquet when it ends in .parquet) through a
-    temporary file that is renamed when complete: a failed run leaves no half submission."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    n, statuses = 0, Counter()
+def _write(scored: Any, out: Path, params_m: float, flops_g: float, source: str, empty: str
+           ) -> tuple[int, Counter[str], Path]:
+    """Stream the scored rows into `out` (CSV submission, or Parquet when it ends in .parquet) by the output
+    rule (`files.output_path`: a temporary file renamed when complete, or a FIFO / device written into): a
+    failed run leaves no half submission; a run with non-finite scores (`check_finite`) or with no rows
+    (DataError `empty`) publishes nothing, so an older file at `out` stays as it was."""
+    n, statuses, bad = 0, Counter(), 0
     schema = pa.schema([("item_id", pa.string()), ("score", pa.float64())])
-    try:
-        with contextlib.ExitStack() as stack:
-            if out.suffix.lower() == ".parquet":
-                pq_writer = stack.enter_context(pq.ParquetWriter(tmp, schema))
+    with output_path(out) as tmp, contextlib.ExitStack() as stack:
+        if out.suffix.lower() == ".parquet":
+            pq_writer = stack.enter_context(pq.ParquetWriter(tmp, schema))
 
-                def emit(ids: list[str], scores: list[float]) -> None:
-                    pq_writer.write_table(pa.table({"item_id": ids, "score": scores}, schema=schema))
-            else:
-                rows = csv.writer(stack.enter_context(tmp.open("w", newline="", encoding="utf-8")),
-                                  lineterminator="\n")
-                rows.writerow(["item_id", "score", "params", "flops"])
+            def emit(ids: list[str], scores: list[float]) -> None:
+                pq_writer.write_table(pa.table({"item_id": ids, "score": scores}, schema=schema))
+        else:
+            rows = csv.writer(stack.enter_context(tmp.open("w", newline="", encoding="utf-8")),
+                              lineterminator="\n")
+            rows.writerow(["item_id", "score", "params", "flops"])
 
-                def emit(ids: list[str], scores: list[float]) -> None:
-                    rows.writerows(submission_row(i, s, params_m, flops_g)
-                                   for i, s in zip(ids, scores, strict=True))
-            for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                ids = batch.column("item_id").to_pylist()
-                emit(ids, batch.column("score").to_pylist())
-                statuses.update(batch.column("image_status").to_pylist())
-                n += len(ids)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+            def emit(ids: list[str], scores: list[float]) -> None:
+                rows.writerows(submission_row(i, s, params_m, flops_g)
+                               for i, s in zip(ids, scores, strict=True))
+        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            ids, scores = batch.column("item_id").to_pylist(), batch.column("score").to_pylist()
+            bad += sum(not math.isfinite(s) for s in scores)
+            emit(ids, scores)
+            statuses.update(batch.column("image_status").to_pylist())
+            n += len(ids)
+        stack.close()
+        if bad:
+            raise non_finite_error(bad, n, source)  # the temporary file is dropped, nothing published
+        if n == 0:
+            raise DataError(empty)
     return n, statuses, out

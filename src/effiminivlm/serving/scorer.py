@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import clean_text
-from effiminivlm.errors import EffiMiniVLMError
+from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import (
     SCORE_RANGE,
@@ -76,6 +76,7 @@ class Scorer:
         self.max_length = model.cfg.input.max_length
         self.conformal: dict[str, Any] | None = None  # conformal.json of the model folder, if it has one
         self.model_dir: Path | None = None  # the folder it was loaded from (its stored cost.json)
+        self.source = "the model"  # what error messages call it: the model folder, once loaded from one
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> Scorer:
@@ -85,6 +86,7 @@ class Scorer:
         scorer = cls(model, tokenizer, **kwargs)
         scorer.conformal = load_conformal(model_dir)
         scorer.model_dir = Path(model_dir)
+        scorer.source = str(model_dir)
         return scorer
 
     def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -114,6 +116,29 @@ class Scorer:
         """Scores for plain dicts with `title`, `features`, `description`, `category` (or `main_category`) and
         optional `images` (list of local paths / file:// URLs / fetched URLs)."""
         return self.score_table(products_table(products), progress=progress).pred
+
+
+#: How far a score may move when its item is scored in another batch (docs/ROBUSTNESS.md). fp32: float32
+#: rounding only (kernels split their sums by the batch's shape; measured up to 5e-7 on a 1-5 scale). The
+#: fast path (bf16, OpenVINO): 1.7e-4 on random-init `offline` towers, up to 0.005 with trained weights
+#: (benchmarks/bench_parity.py, docs/ROBUSTNESS.md).
+FP32_BATCH_TOLERANCE = 1e-5
+FAST_BATCH_TOLERANCE = 0.01
+
+
+def check_finite(scores: Any, source: str) -> None:
+    """A one-line DataError if any score is NaN or infinite: a diverged model's output is never written as a
+    score (a NaN submission row, a service answer); `evaluate` refuses the same model the same way."""
+    arr = np.asarray(scores, dtype=np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise non_finite_error(bad, arr.size, source)
+
+
+def non_finite_error(bad: int, total: int, source: str) -> DataError:
+    """The one line for `bad` of `total` non-finite predictions of the model `source`."""
+    return DataError(f"model {source}: {bad} of {total} predictions are not finite (NaN or inf); nothing "
+                     "written (retrain or check the weights)")
 
 
 def products_table(products: Sequence[dict[str, Any]]) -> pa.Table:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +28,9 @@ import pyarrow as pa
 from PIL import Image
 
 from effiminivlm.data.images import ImageStore, confine, decode_image_bytes, local_path
+from effiminivlm.errors import DataError
 from effiminivlm.serving.schemas import ImageData, ServeSettings
-from effiminivlm.serving.scorer import Scorer, products_table
+from effiminivlm.serving.scorer import Scorer, check_finite, products_table
 
 IMAGE_SIZE_STATUS = {"too_many_pixels": 413, "decompression_bomb": 413}
 ROW_SCHEMA = products_table([]).schema  # the columns a batch needs, as `products_table` types them
@@ -40,6 +43,58 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+#: A JSON token for `too_deep`: a string (escapes included) or one structural character.
+_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{},:]')
+
+
+def parse_json_body(raw: bytes | str) -> Any:
+    """A request's JSON: bytes that are not UTF-8 are a 400 (never replaced and scored), nesting the parser
+    cannot follow is a 422 naming the field where it happens, malformed JSON a 422 with line and column."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(400, f"body: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RequestError(422, f"body: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise RequestError(422, f"{too_deep(raw)}: nested too deep (a listing's fields are strings, lists "
+                                "of strings or image objects)") from None
+
+
+def too_deep(text: str, depth: int = 32) -> str:
+    """The field (`items.0.title`) where `text`'s nesting first exceeds `depth`, named like pydantic does.
+
+    Only called on the error path: a plain scan of tokens, no parsing, so any depth costs one pass."""
+    stack: list[list[Any]] = []  # per open container: [its key or index]
+    key: str | None = None
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            stack.append(["" if tok == "{" else 0])
+            if len(stack) > depth:
+                break
+        elif tok in "]}":
+            if stack:
+                stack.pop()
+        elif tok == ",":
+            if stack and isinstance(stack[-1][0], int):
+                stack[-1][0] += 1
+        elif tok == ":":
+            if stack and key is not None:
+                stack[-1][0] = key
+        else:
+            key = tok[1:-1]
+    parts = [str(level[0]) for level in stack[:3]]
+    if parts and parts[0] == "items":  # {"items": [...]}: the list is the items
+        parts = parts[1:]
+    elif stack and isinstance(stack[0][0], str):
+        return ".".join(["body", *parts[:2]])
+    return ".".join(["items", *parts[:2]])
 
 
 @dataclass
@@ -162,6 +217,10 @@ def score_batch(scorer: Scorer, items: list[Item], settings: ServeSettings) -> l
     table = pa.Table.from_pylist([it.row for it in items], schema=ROW_SCHEMA)
     images = [it.images for it in items]
     res = scorer.score_table(table, ImageStore(None, allowed_roots=roots), progress=False, decoded=images)
+    try:
+        check_finite(res.pred, scorer.source)
+    except DataError as e:  # the server's model is broken, not the request: 500 with the reason, no NaN
+        raise RequestError(500, str(e)) from None
     out = [Scored(float(s), st) for s, st in zip(res.pred, res.item_image_status, strict=True)]
     for i, item in enumerate(items):
         if item.want_view and item.images:

@@ -105,13 +105,12 @@ def save_features(feats: dict[str, Any], path: str | os.PathLike[str], signature
     """Write a feature cache atomically (safetensors; ids and the model signature in its metadata)."""
     from safetensors.torch import save_file
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    from effiminivlm.files import output_path
+
     meta = {"ids": json.dumps(feats["ids"]), "model": signature, "images": feats["images"], **(extra or {})}
-    save_file({k: feats[k].contiguous() for k in ("image", "text", "has_image")}, str(tmp), metadata=meta)
-    os.replace(tmp, out)
-    return out
+    with output_path(path) as tmp:
+        save_file({k: feats[k].contiguous() for k in ("image", "text", "has_image")}, str(tmp), metadata=meta)
+    return Path(path)
 
 
 def load_features(path: str | os.PathLike[str], signature: str | None = None) -> dict[str, Any]:
