@@ -29,7 +29,7 @@ OUTPUTS = [
     (["prepare", "{x}/meta.jsonl"], "--out", "dir"),
     (["synth", "--n", "2"], "--out", "dir"),
     (["merge-prepared", "{x}/a"], "--out", "dir"),
-    (["fetch-images", "{x}/prep"], "--cache", "dir"),
+    (["fetch-images", "{x}/prep"], "--images-dir", "dir"),
     (["convert-reference", "{x}/c.pt", "--text-model", "local-dir:{x}"], "--out", "dir"),
     (["profile", "--model", "{x}/m"], "--json", "file"),
     (["profile", "--model", "{x}/m"], "--plot", "file"),
