@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 MODEL_ARCHS: Registry = Registry("model arch")
 #: The modules whose import registers an architecture (imported before any name is looked up).
 ARCH_MODULES = ("regressor", "clip_fusion", "smolvlm", "minivitex", "cross_attention",
-                "latent_query")
+                "latent_query", "hybrid")
 
 
 def _register_all() -> None:
