@@ -24,7 +24,8 @@ from effiminivlm.errors import DataError
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import metric_group, rating_number_key
 
-__all__ = ["add_words_only", "baseline_line", "table_texts", "words_only", "words_only_groups"]
+__all__ = ["add_words_only", "baseline_line", "table_texts", "words_only", "words_only_groups",
+           "words_only_split"]
 SCORE_RANGE = (1.0, 5.0)
 
 
@@ -87,6 +88,12 @@ def add_words_only(metrics: dict[str, Any], data_dir: str | Path, evaluated: pa.
         return
     if log is not None:
         log(baseline_line(metrics["overall"]["plcc"], metrics["words_only"]["plcc"]))
+
+
+def words_only_split(data_dir: str | Path, split: str = "val", settings: LexicalSettings | None = None
+                     ) -> dict[str, Any]:
+    """The baseline's groups on DATA's `split`, fit on its train split (`train` reports it on val)."""
+    return words_only_groups(read_prepared(data_dir, "train"), read_prepared(data_dir, split), settings)
 
 
 def baseline_line(model_plcc: float, words_plcc: float, what: str = "PLCC") -> str:

@@ -75,7 +75,8 @@ def _sparse(x: Any) -> torch.Tensor:
     """scipy CSR -> torch sparse COO float32 (moves to a device with the batch)."""
     coo = x.tocoo()
     index = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long)
-    return torch.sparse_coo_tensor(index, torch.as_tensor(coo.data, dtype=torch.float32), coo.shape)
+    return torch.sparse_coo_tensor(index, torch.as_tensor(coo.data, dtype=torch.float32), coo.shape,
+                                   check_invariants=False)  # built from a valid scipy matrix
 
 
 @MODEL_ARCHS.register("hybrid-probe")
@@ -125,7 +126,7 @@ class HybridProbe(EffiMiniVLM):
         batch = super().example_batch(image_size, length)
         if self.opts.lexical_terms:
             batch["lexical"] = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0),
-                                                       (1, self.opts.lexical_terms))
+                                                       (1, self.opts.lexical_terms), check_invariants=False)
         if self.opts.listing_features:
             batch["listing"] = torch.zeros(1, self.opts.listing_features)
         return batch

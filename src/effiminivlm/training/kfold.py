@@ -24,6 +24,7 @@ from effiminivlm.data.folds import write_fold_dataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs, render_aggregate_markdown
+from effiminivlm.evaluation.baseline import baseline_line
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
@@ -169,7 +170,9 @@ def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: in
                      device=device, precision=recipe.train.precision, progress=progress)
     metrics = json.loads(report.read_text())
     keep = {g: v for g, v in metrics.items() if isinstance(v, dict) and ("n" in v or g == "conformal")}
-    log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}")
+    words = keep.get("words_only", {}).get("plcc")
+    log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}"
+        + (f"; {baseline_line(keep['overall']['plcc'], words)}" if words is not None else ""))
     return {"fold": fold, "seed": seed, "run": str(run), "metrics": keep}
 
 
