@@ -19,11 +19,14 @@ from effiminivlm.data.images import ImageStore
 from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, listing_json, parse_listing
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.data.schema import SCHEMA
+from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.inference import make_loader, run_inference
+from effiminivlm.models.export import export_model
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.hybrid import HYBRID_NAME, HybridProbe
+from effiminivlm.protocol.flops import count_params
 from effiminivlm.training.embed import embed_table, model_signature, save_features
 from effiminivlm.training.probe import evaluate_on_features, train_probe
 
@@ -94,7 +97,7 @@ def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path
     preds = []
     for _ in range(2):
         model, tok = load_model(folder)
-        assert isinstance(model, HybridProbe) and model.lexical_weight.abs().sum() > 0
+        assert isinstance(model, HybridProbe) and model.lexical_block.weight.abs().sum() > 0
         loader = make_loader(model, tok, test, ImageStore.for_prepared(data))
         preds.append(run_inference(model, loader, torch.device("cpu"), "fp32", progress=False).pred)
     assert np.array_equal(preds[0], preds[1])
@@ -106,7 +109,12 @@ def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path
     for key in ("plcc", "rmse"):
         assert report["metrics"]["overall"][key] == pytest.approx(direct[key], abs=1e-4)
     assert "words_only" in report["metrics"]
-    assert model.num_params_by_part()["lexical"] == model.lexical_weight.numel()
+    assert model.num_params_by_part()["lexical"] == model.lexical_block.weight.numel()
+    parts = count_params(model).by_module  # profile's P lists the blocks, so P without them is at hand
+    assert parts["lexical_block"] == model.opts.lexical_terms
+    assert parts["listing_block"] == len(LISTING_FEATURES)
+    with pytest.raises(EffiMiniVLMError, match="cannot be exported"):
+        export_model(folder, tmp_path / "exported")
 
 
 @pytest.mark.parametrize("train_has,score_has", [(False, True), (True, False)])

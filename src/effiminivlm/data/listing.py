@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LISTING_FEATURES", "ListingEncoder", "listing_json", "parse_listing"]
+__all__ = ["LISTING_FEATURES", "LISTING_KEYS", "ListingEncoder", "listing_json", "parse_listing"]
+# The raw metadata keys `listing_json` reads (a product dict with none of them has no listing fields).
+LISTING_KEYS = ("store", "price", "videos", "details")
 
 # The columns of the listing block, in order.
 LISTING_FEATURES = ("log_price", "price_missing", "n_images", "n_videos", "n_features",
@@ -40,7 +42,10 @@ _YEAR_FILL = 2015.0  # a listing without a year: a typical year (the `year_missi
 
 
 def _count(value: Any) -> int:
-    return len(value) if isinstance(value, list | dict) else 0
+    """Entries of a JSON list; of a Hugging Face parquet struct of lists ({url: [...], ...}), the longest."""
+    if isinstance(value, dict):
+        return max((len(v) for v in value.values() if isinstance(v, list)), default=0)
+    return len(value) if isinstance(value, list) else 0
 
 
 def _price(value: Any) -> float | None:

@@ -9,8 +9,8 @@ rows into the extra inputs: `lexical` (a sparse [B, n_terms] TF-IDF matrix, rebu
 vocabulary and idf) and `listing` ([B, k] from the `listing` column, `data.listing`). `training.hybrid`
 fits all three blocks in closed form and writes the weights here; the intercept lives in the head's bias.
 
-Saved: config.json (options: the blocks' sizes) + model.safetensors (towers, head, `lexical_weight`,
-`listing_weight`) + `hybrid.json` (vocabulary, idf, the store table and fallbacks as plain data; no pickle).
+Saved: config.json (options: the blocks' sizes) + model.safetensors (towers, head, the lexical and listing
+weights) + `hybrid.json` (vocabulary, idf, the store table and fallbacks as plain data; no pickle).
 """
 
 from __future__ import annotations
@@ -79,16 +79,26 @@ def _sparse(x: Any) -> torch.Tensor:
                                    check_invariants=False)  # built from a valid scipy matrix
 
 
+class _Weights(torch.nn.Module):
+    """One fitted weight vector (no gradient: the blocks are solved in closed form)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n), requires_grad=False)
+
+
 @MODEL_ARCHS.register("hybrid-probe")
 class HybridProbe(EffiMiniVLM):
     """EffiMiniVLM + lexical and listing blocks, all linear (see the module docstring)."""
 
     Options = HybridOptions
+    exportable = False  # `export` refuses it in one line: the TF-IDF and listing blocks are Python code
 
     def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
         super().__init__(cfg, pretrained)
-        self.lexical_weight = torch.nn.Parameter(torch.zeros(self.opts.lexical_terms), requires_grad=False)
-        self.listing_weight = torch.nn.Parameter(torch.zeros(self.opts.listing_features), requires_grad=False)
+        # Modules of their own, so `profile` lists them as parts: P with and without the lexical weights
+        self.lexical_block = _Weights(self.opts.lexical_terms)
+        self.listing_block = _Weights(self.opts.listing_features)
         self.lexical: LexicalFeatures | None = None
         self.listing: ListingEncoder | None = None
 
@@ -113,12 +123,12 @@ class HybridProbe(EffiMiniVLM):
                     raise ValueError("the hybrid probe reads `lexical` (its processor's TF-IDF); build "
                                      "batches with model.processor(tokenizer)")
                 x = batch["lexical"].to(out.device, torch.float32)
-                out = out + torch.sparse.mm(x, self.lexical_weight.unsqueeze(-1)).squeeze(-1)
+                out = out + torch.sparse.mm(x, self.lexical_block.weight.unsqueeze(-1)).squeeze(-1)
             if self.opts.listing_features:
                 if batch.get("listing") is None:
                     raise ValueError("the hybrid probe reads `listing` (its processor's listing block); "
                                      "build batches with model.processor(tokenizer)")
-                out = out + batch["listing"].to(out.device, torch.float32) @ self.listing_weight
+                out = out + batch["listing"].to(out.device, torch.float32) @ self.listing_block.weight
         return out
 
     def example_batch(self, image_size: int | None = None, length: int | None = None) -> dict[str, Any]:

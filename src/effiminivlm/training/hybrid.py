@@ -182,9 +182,9 @@ def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None
                                             dtype=torch.float32).unsqueeze(0))
         linear.bias.fill_(bias)
         if lex is not None:
-            hybrid.lexical_weight.copy_(torch.as_tensor(coefs["lexical"], dtype=torch.float32))
+            hybrid.lexical_block.weight.copy_(torch.as_tensor(coefs["lexical"], dtype=torch.float32))
         if listing is not None:
-            hybrid.listing_weight.copy_(torch.as_tensor(coefs["listing"], dtype=torch.float32))
+            hybrid.listing_block.weight.copy_(torch.as_tensor(coefs["listing"], dtype=torch.float32))
     return hybrid.eval()
 
 
@@ -193,9 +193,9 @@ def hybrid_side_scores(model: HybridProbe, rows: pa.Table) -> np.ndarray:
     model's processor computes it: for scoring from cached tower features."""
     out = np.zeros(rows.num_rows)
     if model.lexical is not None:
-        out += np.asarray(model.lexical.transform(table_texts(rows)) @ model.lexical_weight.detach().double()
-                          .numpy()).ravel()
+        weight = model.lexical_block.weight.detach().double().numpy()
+        out += np.asarray(model.lexical.transform(table_texts(rows)) @ weight).ravel()
     if model.listing is not None:
         block, _ = model.listing.transform(*listing_inputs(rows))
-        out += block @ model.listing_weight.detach().double().numpy()
+        out += block @ model.listing_block.weight.detach().double().numpy()
     return out
