@@ -28,7 +28,7 @@ from effiminivlm.models.factory import load_model
 from effiminivlm.models.hybrid import HYBRID_NAME, HybridProbe
 from effiminivlm.protocol.flops import count_params
 from effiminivlm.training.embed import embed_table, model_signature, save_features
-from effiminivlm.training.probe import evaluate_on_features, train_probe
+from effiminivlm.training.probe import build_probe_model, evaluate_on_features, train_probe
 
 HYBRID = ["train.probe=ridge", "model.head.hidden_dims=[]", "train.freeze_image=true",
           "train.freeze_text=true", "data.num_workers=0", "train.eval_batch_size=32",
@@ -101,8 +101,10 @@ def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path
         loader = make_loader(model, tok, test, ImageStore.for_prepared(data))
         preds.append(run_inference(model, loader, torch.device("cpu"), "fp32", progress=False).pred)
     assert np.array_equal(preds[0], preds[1])
-    feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data))
-    cache = save_features(feats, tmp_path / "f.safetensors", model_signature(model))
+    probe = build_probe_model(recipe)  # the cache `embed` makes for the recipe fits the hybrid it trains
+    feats = embed_table(probe, tok, read_prepared(data), ImageStore.for_prepared(data))
+    cache = save_features(feats, tmp_path / "f.safetensors", model_signature(probe))
+    assert model_signature(probe) == model_signature(model)
     report = evaluate_on_features(folder, data, cache, tmp_path / "eval")  # head(cache) + the blocks
     target = test.column("average_rating").to_numpy()
     direct = compute_metrics(np.clip(preds[0], 1, 5), target)["overall"]

@@ -92,6 +92,8 @@ class HybridProbe(EffiMiniVLM):
     """EffiMiniVLM + lexical and listing blocks, all linear (see the module docstring)."""
 
     Options = HybridOptions
+    tower_arch = "effiminivlm"  # whose towers these are: feature caches of the probe fit this model
+    side_modules = ("lexical_block", "listing_block")  # weights outside the towers and the head
     exportable = False  # `export` refuses it in one line: the TF-IDF and listing blocks are Python code
 
     def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:

@@ -37,6 +37,10 @@ def model_signature(model: torch.nn.Module) -> str:
     cfg = model.config_dict()  # type: ignore[attr-defined]
     cfg.pop("effiminivlm_version", None)
     cfg.pop("head", None)  # the head does not change the features
+    side = tuple(f"{m}." for m in getattr(model, "side_modules", ()))
+    if side:  # the hybrid probe: an EffiMiniVLM's towers plus blocks that never touch the features
+        cfg["arch"] = model.tower_arch  # type: ignore[attr-defined]
+        cfg["options"] = {}
     if not cfg.get("options"):  # no arch options: caches made before `model.options` existed stay valid
         cfg.pop("options", None)
     for tower in ("image_encoder", "text_encoder"):  # where weights/tokenizer came from: a saved model and
@@ -44,7 +48,7 @@ def model_signature(model: torch.nn.Module) -> str:
             cfg.get(tower, {}).pop(key, None)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("head."):
+        if not name.startswith(("head.", *side)):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return json.dumps({**cfg, "weights_blake2b": digest.hexdigest()}, sort_keys=True)
