@@ -180,3 +180,12 @@ def test_conformal_intervals_of_the_hybrid_cover(tmp_path: Path) -> None:
     report = evaluate_on_features(tmp_path / "run" / "model", data, tmp_path / "none", tmp_path / "eval")
     cover = report["metrics"]["conformal"]["overall"]
     assert abs(cover["80"]["coverage"] - 0.8) < 0.08 and abs(cover["90"]["coverage"] - 0.9) < 0.06
+
+
+def test_a_dataset_prepared_before_the_listing_column_still_reads(prepared: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    table = pq.read_table(old / "data.parquet")
+    pq.write_table(table.drop_columns(["listing"]), old / "data.parquet")
+    back = read_prepared(old)
+    assert back.schema.names == SCHEMA.names and back.column("listing").null_count == back.num_rows
