@@ -33,7 +33,7 @@ def main() -> None:
     scorers = {name: Scorer.from_pretrained(path, precision=args.precision)
                for name, path in (("probe", args.probe), ("hybrid", args.hybrid))}
     rates: dict[str, list[float]] = {name: [] for name in scorers}
-    for name, scorer in scorers.items():  # warm-up (graph conversion, caches)
+    for scorer in scorers.values():  # warm-up (graph conversion, caches)
         scorer.score_table(table.slice(0, 64), progress=False)
     for _ in range(args.repeats):
         for name, scorer in scorers.items():

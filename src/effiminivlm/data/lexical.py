@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from effiminivlm.errors import DataError
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 __all__ = ["LexicalFeatures", "LexicalSettings"]
 
@@ -41,6 +43,8 @@ class LexicalSettings:
 
 
 def _vectorizer(kind: str, ngrams: Sequence[int], s: LexicalSettings) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer  # here: every model import registers archs
+
     return TfidfVectorizer(analyzer="word" if kind == "word" else "char_wb", ngram_range=tuple(ngrams),
                            min_df=s.min_df, max_features=s.max_features, sublinear_tf=True,
                            strip_accents="unicode", lowercase=True, dtype=np.float64)
