@@ -54,6 +54,8 @@ __all__ = ["MODALITIES", "MODEL_CONFIGS", "POOLINGS", "DataCfg", "DistillCfg", "
 MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
 PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
 PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
+PROBE_FEATURES = ("lexical", "tower", "listing")  # training.hybrid: the ridge probe's feature blocks
+PROBE_COMBINES = ("stack", "joint")  # training.hybrid: how the blocks are combined
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
 AUGMENTS = ("none", "flip")  # checked here and by models.processor.image_transform
@@ -129,6 +131,40 @@ class PseudoCfg:
 
 
 @dataclass
+class LexicalCfg:
+    """The lexical block of the hybrid probe and of the words-only baseline (`data.lexical`): word and
+    char_wb n-gram TF-IDF, sublinear tf, fit on the train split only."""
+
+    word_ngrams: list[int] = field(default_factory=lambda: [1, 2])
+    char_ngrams: list[int] = field(default_factory=lambda: [3, 5])
+    min_df: int = 2
+    max_features: int | None = None  # per vectorizer (None: every term with min_df)
+
+    def __post_init__(self) -> None:
+        for key in ("word_ngrams", "char_ngrams"):
+            value = getattr(self, key)
+            if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int) for v in value)
+                    or not 1 <= value[0] <= value[1] <= 10):
+                fail(key, "[low, high] with 1 <= low <= high <= 10", value)
+        check_int("min_df", self.min_df, 1, 1_000_000)
+        if self.max_features is not None:
+            check_int("max_features", self.max_features, 1)
+
+
+@dataclass
+class ListingCfg:
+    """The listing block of the hybrid probe (`data.listing`): cold-start fields, and the store as a
+    smoothed target encoding fit on train (out-of-fold for train rows)."""
+
+    store_smoothing: float = 10.0  # pseudo-items at the prior mean in a store's smoothed rating
+    store_folds: int = 5
+
+    def __post_init__(self) -> None:
+        check_number("store_smoothing", self.store_smoothing, gt=0)
+        check_int("store_folds", self.store_folds, 2, 100)
+
+
+@dataclass
 class TrainCfg:
     """Optimisation. Defaults are the paper's: AdamW 2e-5, cosine with 10% warmup, clip 1.0, batch 32."""
 
@@ -167,6 +203,12 @@ class TrainCfg:
     missing_rating_number: str = "median"  # median | one | drop: weight of train rows without rating_number
     probe: str = "none"  # none (fine-tune) | ridge | head: frozen towers, only the head on cached features
     probe_alpha: str = "loo_mse"  # ridge's alpha by leave-one-out on train (loo_mse | loo_plcc) or val_plcc
+    # The ridge probe's feature blocks (any subset): lexical TF-IDF, the frozen towers' features, the
+    # listing's cold-start fields; more than [tower] makes the hybrid probe (training.hybrid)
+    probe_features: list[str] = field(default_factory=lambda: ["tower"])
+    probe_combine: str = "stack"  # stack: a second level over the blocks' LOO predictions | joint: one ridge
+    lexical: LexicalCfg = field(default_factory=LexicalCfg)
+    listing: ListingCfg = field(default_factory=ListingCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
 
@@ -174,6 +216,13 @@ class TrainCfg:
         check_choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
         check_choice("probe", self.probe, PROBES)
         check_choice("probe_alpha", self.probe_alpha, PROBE_ALPHAS)
+        if not isinstance(self.probe_features, list) or not self.probe_features:
+            fail("probe_features", f"a non-empty list of {', '.join(PROBE_FEATURES)}", self.probe_features)
+        for name in self.probe_features:
+            check_choice("probe_features", name, PROBE_FEATURES)
+        if len(set(self.probe_features)) != len(self.probe_features):
+            fail("probe_features", "a list without repeats", self.probe_features)
+        check_choice("probe_combine", self.probe_combine, PROBE_COMBINES)
         check_number("huber_delta", self.huber_delta, gt=0)
         check_number("weight_cap", self.weight_cap, gt=0)
         check_int("epochs", self.epochs, 1, 100_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import typer
 
@@ -15,7 +16,7 @@ from effiminivlm.cli._app import (
     refuse_unused,
     writable,
 )
-from effiminivlm.errors import ConfigError
+from effiminivlm.errors import ConfigError, EffiMiniVLMError
 
 
 @app.command("train")
@@ -109,6 +110,29 @@ def train_cmd(
     if env_dist().is_main:  # under torchrun, rank 0 reports for the job
         typer.echo(f"best val PLCC {summary['best_val_plcc']:.4f} at epoch {summary['best_epoch']} "
                    f"({summary['stop_reason']}); model saved to {summary['model_dir']}")
+        _words_only_beside(resolved, data, out, summary)
+
+
+def _words_only_beside(recipe: Any, data: str, out: str, summary: dict[str, Any]) -> None:
+    """Print and record (train_summary.json) the words-only baseline on val beside a fine-tuned model."""
+    from pathlib import Path
+
+    from effiminivlm.data.lexical import LexicalSettings
+    from effiminivlm.evaluation.baseline import baseline_line, words_only_split
+    from effiminivlm.files import write_json
+
+    settings = LexicalSettings.from_cfg(recipe.train.lexical) if recipe is not None else None
+    try:
+        words = words_only_split(data, "val", settings)["words_only"]["plcc"]
+    except EffiMiniVLMError as e:
+        typer.echo(f"words-only baseline skipped: {e}")
+        return
+    typer.echo(f"val {baseline_line(summary['best_val_plcc'], words)}")
+    path = Path(out) / "train_summary.json"
+    if path.is_file():
+        import json
+
+        write_json({**json.loads(path.read_text()), "words_only_val_plcc": words}, path)
 
 
 def technique_overrides(teacher: str | None, pseudo: str | None, pseudo_weight: float | None) -> list[str]:

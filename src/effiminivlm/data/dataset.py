@@ -45,7 +45,7 @@ class Sample:
     target: float
     rating_number: float
     weight: float = 1.0  # the loss weight of the item (`sample_weight` column; 1 when absent)
-    fields: dict[str, str] = field(default_factory=dict)  # category, title, features, description (raw)
+    fields: dict[str, str] = field(default_factory=dict)  # the text columns (raw), listing
     n_refs: int = 0  # image references the row lists (a cold-start side feature)
     categories: list[str] = field(default_factory=list)  # the optional `categories` column (multi-label)
 
@@ -92,6 +92,7 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         self._count = self.table.column("rating_number") if "rating_number" in names else None
         self._weight = self.table.column("sample_weight") if "sample_weight" in names else None
         self._categories = self.table.column("categories") if "categories" in names else None
+        self._listing = self.table.column("listing") if "listing" in names else None  # data.listing
 
     def __len__(self) -> int:
         return self.n
@@ -142,6 +143,8 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         count = self._count[i].as_py() if self._count is not None else None
         weight = self._weight[i].as_py() if self._weight is not None else None
         fields = {c: self._cols[c][i].as_py() or "" for c in TEXT_COLUMNS}
+        if self._listing is not None:
+            fields["listing"] = self._listing[i].as_py() or ""
         return Sample(item_id=str(self._cols["parent_asin"][i].as_py()),
                       category=self._cols["category"][i].as_py() or "",
                       text=self.text(i), images=images, image_status=status,

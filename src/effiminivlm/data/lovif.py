@@ -152,6 +152,7 @@ def read_lovif(input_csv: str | os.PathLike[str], images_dir: str | os.PathLike[
         for column in ("title", "features", "description"):
             cols[column].append(_read_cell(row.get(column), f"{path}:{line}: {column}", stats, strict))
         cols["details"].append("")
+        cols["listing"].append(None)  # input.csv has no listing fields: models count the fallback
         cols["average_rating"].append(None)
         cols["rating_number"].append(None)
         cols["images"].append(images)

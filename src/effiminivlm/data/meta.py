@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from effiminivlm.data.listing import listing_json
 from effiminivlm.data.schema import INT64_MAX, RATING_RANGE
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError
@@ -125,6 +126,7 @@ def normalize_record(obj: Any, *, base_dir: Path, file_category: str, source: st
         "average_rating": rating,
         "rating_number": count,
         "images": image_refs(obj.get("images"), base_dir, log),
+        "listing": listing_json(obj),
         "source": source,
     }
 

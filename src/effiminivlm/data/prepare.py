@@ -141,7 +141,12 @@ def read_prepared(directory: str | os.PathLike[str], split: str | None = None) -
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     source = d / "data.parquet" if (d / "data.parquet").exists() else d / "data"
     dataset = ds.dataset(source, format="parquet")
-    return dataset.to_table(filter=None if split is None else ds.field("split") == split)
+    table = dataset.to_table(filter=None if split is None else ds.field("split") == split)
+    if "listing" not in table.column_names:  # prepared before the `listing` column: no listing fields
+        field = SCHEMA.field("listing")
+        index = min(SCHEMA.get_field_index("listing"), table.num_columns)
+        table = table.add_column(index, field, pa.nulls(table.num_rows, field.type))
+    return table
 
 
 def _require_rows(paths: list[Path], log: InputLog, cats: dict[str, Counter[str]]) -> None:

@@ -12,13 +12,16 @@ import pyarrow as pa
 
 # Columns read from the official metadata (JSON keys / parquet columns); everything else is ignored.
 META_COLUMNS = ("parent_asin", "main_category", "title", "average_rating", "rating_number", "features",
-                "description", "details", "images")
-# The prepared dataset's columns but `split`: what one normalised record holds.
+                "description", "details", "images",
+                "price", "store", "videos")  # the last three: the `listing` column (data.listing)
+# The prepared dataset's columns but `split`: what one normalised record holds. `listing` is a JSON object
+# of the cold-start listing fields the text columns drop (store, price, counts: `data.listing`); null when
+# absent.
 ROW_SCHEMA = pa.schema([
     ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
     ("features", pa.string()), ("description", pa.string()), ("details", pa.string()),
     ("average_rating", pa.float32()), ("rating_number", pa.int64()), ("images", pa.list_(pa.string())),
-    ("source", pa.string()),
+    ("listing", pa.string()), ("source", pa.string()),
 ])
 # The prepared dataset (`prepare --out DIR`): ROW_SCHEMA with `split` before `source`.
 SCHEMA = ROW_SCHEMA.insert(ROW_SCHEMA.get_field_index("source"), pa.field("split", pa.string()))

@@ -16,6 +16,7 @@ from effiminivlm.data.images import ImageStore
 from effiminivlm.data.labels import attach_categories
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError
+from effiminivlm.evaluation.baseline import add_words_only
 from effiminivlm.evaluation.classification import multilabel_report, render_multilabel_markdown
 from effiminivlm.evaluation.conformal import coverage_report, load_conformal, render_coverage_markdown
 from effiminivlm.evaluation.metrics import compute_metrics
@@ -64,6 +65,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
         return _multilabel(model, res, out, meta, f"MiniViTex labels on {Path(data_dir).name} ({split})")
     res.pred = np.clip(res.pred, *SCORE_RANGE)  # the same clipping as every served score
     metrics = compute_metrics(res.pred, res.target, res.category, res.rating_number, min_rating_number)
+    lines: list[str] = []  # the words-only baseline on the same split, fit on DATA's train rows
+    add_words_only(metrics, data_dir, table, lines.append, min_rating_number)
     conf = load_conformal(model_dir)
     if conf is not None:  # the model's intervals: empirical coverage and width on this split
         metrics["conformal"] = coverage_report(res.pred, res.target, conf, res.rating_number,
@@ -71,6 +74,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test"
     title = f"EffiMiniVLM on {Path(data_dir).name} ({split})"
     paths = write_report(metrics, res.pred, res.target, out, title=title, meta=meta)
     markdown = render_markdown(metrics, title=title, meta=meta)
+    if lines:
+        markdown += "\n" + "\n".join(lines) + "\n"
     if conf is not None:
         markdown += render_coverage_markdown(metrics["conformal"])
         with paths["markdown"].open("a") as f:

@@ -5,7 +5,7 @@ Importing this package registers every architecture (MODEL_ARCHS, selected by `m
 imported here, plus the modules of the folders in $EFFIMINIVLM_ARCH_PATH), encoder and head.
 """
 
-from effiminivlm.models import clip_fusion, cross_attention, latent_query, minivitex, smolvlm  # noqa: F401
+from effiminivlm.models import clip_fusion, cross_attention, hybrid, latent_query, minivitex, smolvlm  # noqa: F401
 from effiminivlm.models.archs import MODEL_ARCHS, get_arch, load_arch_path, load_env_archs, register_arch
 from effiminivlm.models.base import RatingModel
 from effiminivlm.models.factory import create_model, create_tokenizer, create_transforms, load_model

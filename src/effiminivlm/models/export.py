@@ -93,6 +93,9 @@ def export_model(model_dir: str | Path, out: str | Path, fmt: str = "onnx", opse
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise EffiMiniVLMError(f"{target} exists and is not an empty folder")
     model, tokenizer = load_model(model_dir)
+    if getattr(model, "exportable", True) is False:
+        raise EffiMiniVLMError(f"{model_dir}: {model.cfg.arch} cannot be exported (its TF-IDF and listing "
+                               "blocks run in Python, not in a graph); score it with predict or serve")
     graph = ScoringGraph(model.float().eval())
     inputs = example_inputs(model, tokenizer)
     with torch.no_grad():

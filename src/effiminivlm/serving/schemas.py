@@ -75,6 +75,9 @@ def listing_model(max_text_chars: int) -> type[BaseModel]:
         images=(list[ImageRef], Field(default_factory=list, max_length=16, description=(
             "paths inside the server's images folder, 'upload:<part>' of a multipart request, "
             "data:image/...;base64 URIs, or {\"base64\": ...}; the first usable one feeds the model"))),
+        store=(str | None, Field(default=None, max_length=max_text_chars, description="brand / publisher "
+                                 "(the hybrid probe's store prior)")),
+        price=(float | str | None, Field(default=None, description="price, a number or e.g. \"$12.99\"")),
     )
 
 

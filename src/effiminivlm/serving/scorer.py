@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from effiminivlm.data.images import ImageStore
+from effiminivlm.data.listing import LISTING_KEYS, listing_json
 from effiminivlm.data.text import clean_text
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
@@ -154,10 +155,13 @@ def products_table(products: Sequence[dict[str, Any]]) -> pa.Table:
         "title": text(p.get("title")), "features": text(p.get("features")),
         "description": text(p.get("description")),
         "images": [str(r) for r in (p.get("images") or [])],
+        # the cold-start listing fields (store, price, ...) a hybrid probe reads; null when none is given
+        "listing": listing_json(p) if any(p.get(k) is not None for k in LISTING_KEYS) else None,
     } for i, p in enumerate(products)]
     return pa.Table.from_pylist(rows, schema=pa.schema([
         ("parent_asin", pa.string()), ("category", pa.string()), ("title", pa.string()),
-        ("features", pa.string()), ("description", pa.string()), ("images", pa.list_(pa.string()))]))
+        ("features", pa.string()), ("description", pa.string()), ("images", pa.list_(pa.string())),
+        ("listing", pa.string())]))
 
 
 def create_scorer(model_dir: str | Path, **kwargs: Any) -> Scorer:

@@ -202,7 +202,8 @@ def build_items(listings: list[Any], settings: ServeSettings, uploads: dict[str,
         items.append(Item({"parent_asin": data.get("parent_asin") or str(i),
                             "category": data.get("category") or data.get("main_category") or "",
                             "title": data.get("title"), "features": data.get("features"),
-                            "description": data.get("description"), "images": []}, imgs, want_view))
+                            "description": data.get("description"), "images": [],
+                            "store": data.get("store"), "price": data.get("price")}, imgs, want_view))
     rows = products_table([it.row for it in items]).to_pylist()  # text cleaned as `prepare` cleans it
     for item, row in zip(items, rows, strict=True):
         item.row = row

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from effiminivlm.config import MODEL_CONFIGS
 from effiminivlm.errors import DataError
 from effiminivlm.inference import make_loader
 from effiminivlm.runtime import autocast
@@ -34,10 +36,16 @@ __all__ = ["embed_table", "feature_matrix", "load_features", "model_signature", 
 def model_signature(model: torch.nn.Module) -> str:
     """The towers' config and a digest of their weights: two caches are interchangeable only if this
     matches (the config alone would accept two random initialisations, or another fine-tuned model)."""
-    cfg = _signature_config(model.config_dict())  # type: ignore[attr-defined]
+    saved = model.config_dict()  # type: ignore[attr-defined]
+    side = tuple(f"{m}." for m in getattr(model, "side_modules", ()))
+    if side:  # the hybrid probe: an EffiMiniVLM's towers plus blocks that never touch the features
+        tower_keys = {f.name for f in fields(MODEL_CONFIGS[model.tower_arch])}  # type: ignore[attr-defined]
+        section = {k: v for k, v in saved["model"].items() if k in tower_keys}
+        saved = {**saved, "model": {**section, "arch": model.tower_arch}}  # type: ignore[attr-defined]
+    cfg = _signature_config(saved)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("head."):
+        if not name.startswith(("head.", *side)):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return json.dumps({**cfg, "weights_blake2b": digest.hexdigest()}, sort_keys=True)

@@ -24,6 +24,7 @@ from effiminivlm.data.folds import write_fold_dataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs, render_aggregate_markdown
+from effiminivlm.evaluation.baseline import baseline_line
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.loop import train
@@ -122,8 +123,9 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
 def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path | None,
                     device: str | None, progress: bool, log: Callable[[str], None]) -> Path | None:
     """For a probe recipe, every item's features once in RUN/features.safetensors (all folds share them)."""
-    if recipe.train.probe == "none":
-        return None
+    tc = recipe.train
+    if tc.probe == "none" or (tc.probe == "ridge" and "tower" not in tc.probe_features):
+        return None  # no tower block: the hybrid probe never reads tower features
     path = out / "features.safetensors"
     if not path.is_file():
         from effiminivlm.data.images import ImageStore
@@ -154,13 +156,13 @@ def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: in
         if not (run / "train_summary.json").is_file():
             started = run.is_dir() and any(run.iterdir())
             r = load_recipe(recipe.to_dict(), [f"train.seed={seed}"])
-            if features is not None:
+            if recipe.train.probe != "none":
                 train_probe(r, fold_data, run, features=features, overwrite=started, device=device,
                             log=lambda msg: log(f"{tag}: {msg}"))
             else:
                 train(r, fold_data, run, resume=started, images_dir=images_dir, device=device,
                       progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
-        if features is not None:  # frozen towers: the cached features are the model's, no tower pass
+        if recipe.train.probe != "none":  # frozen towers: the cached features are the model's, no tower pass
             evaluate_on_features(run / "model", fold_data, features, run / "eval-test")
         else:
             evaluate(run / "model", fold_data, split="test", out_dir=run / "eval-test",
@@ -169,7 +171,9 @@ def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: in
                      device=device, precision=recipe.train.precision, progress=progress)
     metrics = json.loads(report.read_text())
     keep = {g: v for g, v in metrics.items() if isinstance(v, dict) and ("n" in v or g == "conformal")}
-    log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}")
+    words = keep.get("words_only", {}).get("plcc")
+    log(f"{tag}: test PLCC {_fmt(keep['overall'].get('plcc'))}, RMSE {_fmt(keep['overall'].get('rmse'))}"
+        + (f"; {baseline_line(keep['overall']['plcc'], words)}" if words is not None else ""))
     return {"fold": fold, "seed": seed, "run": str(run), "metrics": keep}
 
 

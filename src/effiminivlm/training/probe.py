@@ -31,8 +31,10 @@ import torch
 
 from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
+from effiminivlm.data.lexical import LexicalSettings
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import ConfigError, DataError
+from effiminivlm.evaluation.baseline import add_words_only, baseline_line, table_texts, words_only
 from effiminivlm.evaluation.conformal import (
     coverage_report,
     fit_conformal,
@@ -43,8 +45,10 @@ from effiminivlm.evaluation.conformal import (
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, replace_dir, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
+from effiminivlm.models.hybrid import HybridProbe
 from effiminivlm.runtime import resolve_device, resolve_precision
 from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
+from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.ridge import select_alpha
 from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
@@ -99,14 +103,19 @@ def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: 
     rows = read_prepared(data_dir, split)
     if rows.num_rows == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty")
-    feats = load_features(features, model_signature(model))
-    x = feature_matrix(feats, rows.column("parent_asin").to_pylist())
+    hybrid = isinstance(model, HybridProbe)
+    feats = None if hybrid and not model.cfg.tower else load_features(features, model_signature(model))
+    x = _tower_matrix(feats, rows, model)
     with torch.no_grad():
         pred = model.head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+    if hybrid:  # + the lexical and listing blocks, as the model's processor computes them
+        pred = pred + hybrid_side_scores(model, rows)
     pred = np.clip(pred, *SCORE_RANGE)
     target = rows.column("average_rating").to_numpy().astype(np.float64)
     counts = np.array([0.0 if c is None else float(c) for c in rows.column("rating_number").to_pylist()])
     metrics = compute_metrics(pred, target, rows.column("category").to_pylist(), counts, min_rating_number)
+    lines: list[str] = []
+    add_words_only(metrics, data_dir, rows, lines.append, min_rating_number)
     conf = load_conformal(model_dir)
     if conf is not None:
         metrics["conformal"] = coverage_report(pred, target, conf, counts, min_rating_number)
@@ -116,7 +125,8 @@ def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: 
     if conf is not None:
         with paths["markdown"].open("a") as f:
             f.write(render_coverage_markdown(metrics["conformal"]))
-    return {"metrics": metrics, "paths": paths, "markdown": render_markdown(metrics, title=title, meta=meta)}
+    markdown = render_markdown(metrics, title=title, meta=meta) + "".join(f"\n{line}\n" for line in lines)
+    return {"metrics": metrics, "paths": paths, "markdown": markdown}
 
 
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
@@ -150,7 +160,10 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         raise DataError(f"{data_dir}: training needs non-empty train and val splits "
                         f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
     train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
-    if features is not None:
+    hybrid = tc.probe == "ridge" and tc.probe_features != ["tower"]
+    if hybrid and "tower" not in tc.probe_features:  # no tower block: its features are never read
+        feats = None
+    elif features is not None:
         feats = load_features(features, model_signature(model))
     else:
         store = ImageStore.for_prepared(data_dir, images_dir)
@@ -158,22 +171,31 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
                             batch_size=tc.eval_batch_size, device=dev,
                             precision=resolve_precision(tc.precision, dev), progress=progress)
-    x_tr = feature_matrix(feats, train_rows.column("parent_asin").to_pylist())
-    x_va = feature_matrix(feats, val_rows.column("parent_asin").to_pylist())
+    x_tr, x_va = (_tower_matrix(feats, rows, model) for rows in (train_rows, val_rows))
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
     train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
     y_tr = train_rows.column("average_rating").to_numpy().astype(np.float64)  # teacher-blended if distilling
+    x_tr = _tower_matrix(feats, train_rows, model)  # mix_train_rows may drop or add rows
     w = train_rows.column(WEIGHT_COLUMN).to_numpy().astype(np.float64)
     if not w.any():  # no usable weight: plain least squares
         w = np.ones_like(y_tr)
-    if tc.probe == "ridge":
+    if hybrid:
+        model, result = fit_hybrid(recipe, model, train_rows, val_rows, x_tr, x_va, y_tr, w, y_va, ALPHAS,
+                                   log)
+        val_pred = result.pop("val_pred")
+    elif tc.probe == "ridge":
         result = _ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha)
     else:
         result = _train_head(model, recipe, x_tr, y_tr, w, x_va, y_va, log)
+    if not hybrid:
+        with torch.no_grad():
+            val_pred = model.head(torch.as_tensor(x_va, dtype=torch.float32)).squeeze(-1).double().numpy()
+    if "words_only_val_plcc" not in result:  # the baseline beside the model: same rows, same weights
+        words, _ = words_only(table_texts(train_rows), y_tr, w, table_texts(val_rows),
+                              LexicalSettings.from_cfg(tc.lexical))
+        result["words_only_val_plcc"] = _plcc(words, y_va)
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     model.save_pretrained(out / MODEL_TMP, tokenizer=tokenizer)
-    with torch.no_grad():
-        val_pred = model.head(torch.as_tensor(x_va, dtype=torch.float32)).squeeze(-1).double().numpy()
     save_conformal(out / MODEL_TMP, fit_conformal(val_pred, y_va))
     replace_dir(out / MODEL_TMP, out / "model")
     summary = {"probe": tc.probe, **result, "mu": weighting["mu"], "missing_rating_number": weighting,
@@ -181,7 +203,15 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     write_json(summary, out / "train_summary.json")
     log(f"probe {tc.probe}: val PLCC {summary['best_val_plcc']:.4f} "
         + (f"(alpha {result['alpha']:g})" if tc.probe == "ridge" else f"(epoch {result['best_epoch']})"))
+    log(f"val {baseline_line(summary['best_val_plcc'], summary['words_only_val_plcc'])}")
     return summary
+
+
+def _tower_matrix(feats: dict[str, Any] | None, rows: Any, model: torch.nn.Module) -> np.ndarray:
+    """The cached tower features of `rows`; zero columns when the tower block is off (never read)."""
+    if feats is None:
+        return np.zeros((rows.num_rows, model.head[-1].in_features))
+    return feature_matrix(feats, rows.column("parent_asin").to_pylist())
 
 
 def _ridge_head(model: torch.nn.Module, x_tr: np.ndarray, y_tr: np.ndarray, w: np.ndarray,

@@ -1,0 +1,182 @@
+"""The hybrid probe (`arch: hybrid-probe`): EffiMiniVLM's frozen towers and linear head, plus a lexical
+block (TF-IDF of the model's text) and a listing block (cold-start fields and the store's rating prior).
+
+    rating = head([image; text] tower features) + tfidf(text) . w_lex + listing(fields) . w_listing
+
+Why one model and not a side script: a small shop's best model must be saved, reloaded, evaluated, served
+and Ray-scored like every other, through the same `Scorer` / `inference` path. Its processor turns a batch's
+rows into the extra inputs: `lexical` (a sparse [B, n_terms] TF-IDF matrix, rebuilt from the saved
+vocabulary and idf) and `listing` ([B, k] from the `listing` column, `data.listing`). `training.hybrid`
+fits all three blocks in closed form and writes the weights here; the intercept lives in the head's bias.
+
+Saved: config.json (`model:` holds the blocks' sizes) + model.safetensors (towers, head, the lexical and
+listing weights) + `hybrid.json` (vocabulary, idf, the store table and fallbacks as plain data; no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from effiminivlm.config import EffiMiniVLMCfg, HeadCfg, ModelCfg
+from effiminivlm.data.dataset import Sample
+from effiminivlm.data.lexical import LexicalFeatures
+from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, parse_listing
+from effiminivlm.errors import WeightsError
+from effiminivlm.files import atomic_write_text
+from effiminivlm.models.archs import register_arch
+from effiminivlm.models.processor import Processor
+from effiminivlm.models.regressor import EffiMiniVLM
+
+__all__ = ["HYBRID_NAME", "HybridProbe", "HybridProcessor"]
+HYBRID_NAME = "hybrid.json"
+
+
+@dataclass
+class HybridCfg(EffiMiniVLMCfg):
+    """EffiMiniVLM's config plus the blocks' sizes (so the weights' shapes are known before `hybrid.json` is
+    read) and which blocks the fit used. Written by `training.hybrid`, never by hand: a recipe trains a
+    hybrid through `train.probe_features`."""
+
+    arch: str = "hybrid-probe"
+    head: HeadCfg = field(default_factory=lambda: HeadCfg(hidden_dims=[], dropout=0.0))
+    lexical_terms: int = 0  # 0: no lexical block
+    listing_features: int = 0  # 0: no listing block
+    tower: bool = True  # False: the head's weights are zero (the towers still run; their output is unused)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.lexical_terms, int) or self.lexical_terms < 0:
+            raise ValueError(f"lexical_terms must be a count >= 0, got {self.lexical_terms!r}")
+        if not isinstance(self.listing_features, int) or self.listing_features < 0:
+            raise ValueError(f"listing_features must be a count >= 0, got {self.listing_features!r}")
+
+
+class HybridProcessor(Processor):
+    """EffiMiniVLM's batch plus `lexical` (sparse TF-IDF) and `listing` (the listing block, raw scale);
+    `listing_fallbacks` counts the rows that had no listing fields (scored with the train means)."""
+
+    def __init__(self, cfg: ModelCfg, tokenizer: Any, lexical: LexicalFeatures | None,
+                 listing: ListingEncoder | None) -> None:
+        super().__init__(cfg, tokenizer)
+        self.lexical, self.listing = lexical, listing
+        self.listing_fallbacks = 0
+
+    def extra(self, samples: list[Sample]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.lexical is not None:
+            out["lexical"] = _sparse(self.lexical.transform([s.text for s in samples]))
+        if self.listing is not None:
+            block, missing = self.listing.transform(
+                [parse_listing(s.fields.get("listing")) for s in samples], [s.n_refs for s in samples],
+                [s.fields.get("description", "") for s in samples])
+            self.listing_fallbacks += missing
+            out["listing"] = torch.as_tensor(block, dtype=torch.float32)
+        return out
+
+
+def _sparse(x: Any) -> torch.Tensor:
+    """scipy CSR -> torch sparse COO float32 (moves to a device with the batch)."""
+    coo = x.tocoo()
+    index = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long)
+    return torch.sparse_coo_tensor(index, torch.as_tensor(coo.data, dtype=torch.float32), coo.shape,
+                                   check_invariants=False)  # built from a valid scipy matrix
+
+
+class _Weights(torch.nn.Module):
+    """One fitted weight vector (no gradient: the blocks are solved in closed form)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n), requires_grad=False)
+
+
+@register_arch("hybrid-probe")
+class HybridProbe(EffiMiniVLM):
+    """EffiMiniVLM + lexical and listing blocks, all linear (see the module docstring)."""
+
+    Config = HybridCfg
+    cfg: HybridCfg
+    tower_arch = "effiminivlm"  # whose towers these are: feature caches of the probe fit this model
+    side_modules = ("lexical_block", "listing_block")  # weights outside the towers and the head
+    exportable = False  # `export` refuses it in one line: the TF-IDF and listing blocks are Python code
+
+    def __init__(self, cfg: ModelCfg, pretrained: bool = False) -> None:
+        super().__init__(cfg, pretrained)
+        # Modules of their own, so `profile` lists them as parts: P with and without the lexical weights
+        self.lexical_block = _Weights(self.cfg.lexical_terms)
+        self.listing_block = _Weights(self.cfg.listing_features)
+        self.lexical: LexicalFeatures | None = None
+        self.listing: ListingEncoder | None = None
+
+    def attach(self, lexical: LexicalFeatures | None, listing: ListingEncoder | None) -> None:
+        """The fitted vectorizers / encoder whose outputs the weights multiply."""
+        if (lexical.n_terms if lexical else 0) != self.cfg.lexical_terms:
+            raise WeightsError(f"lexical block: {lexical.n_terms if lexical else 0} terms, model has "
+                               f"{self.cfg.lexical_terms} weights")
+        if (len(LISTING_FEATURES) if listing else 0) != self.cfg.listing_features:
+            raise WeightsError(f"listing block: the model has {self.cfg.listing_features} weights, this "
+                               f"version computes {len(LISTING_FEATURES)} features")
+        self.lexical, self.listing = lexical, listing
+
+    def processor(self, tokenizer: Any) -> HybridProcessor:
+        return HybridProcessor(self.cfg, tokenizer, self.lexical, self.listing)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        out = super().forward_batch(batch)
+        with torch.autocast(out.device.type, enabled=False):
+            if self.cfg.lexical_terms:
+                if batch.get("lexical") is None:
+                    raise ValueError("the hybrid probe reads `lexical` (its processor's TF-IDF); build "
+                                     "batches with model.processor(tokenizer)")
+                x = batch["lexical"].to(out.device, torch.float32)
+                out = out + torch.sparse.mm(x, self.lexical_block.weight.unsqueeze(-1)).squeeze(-1)
+            if self.cfg.listing_features:
+                if batch.get("listing") is None:
+                    raise ValueError("the hybrid probe reads `listing` (its processor's listing block); "
+                                     "build batches with model.processor(tokenizer)")
+                out = out + batch["listing"].to(out.device, torch.float32) @ self.listing_block.weight
+        return out
+
+    def example_batch(self, image_size: int | None = None, length: int | None = None) -> dict[str, Any]:
+        """The towers' canonical input plus one empty TF-IDF row and a zero listing row."""
+        batch = super().example_batch(image_size, length)
+        if self.cfg.lexical_terms:
+            batch["lexical"] = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0),
+                                                       (1, self.cfg.lexical_terms), check_invariants=False)
+        if self.cfg.listing_features:
+            batch["listing"] = torch.zeros(1, self.cfg.listing_features)
+        return batch
+
+    def num_params_by_part(self) -> dict[str, int]:
+        """EffiMiniVLM's parts plus the lexical and listing weights (parameters too: P counts them)."""
+        return {**super().num_params_by_part(), "lexical": self.cfg.lexical_terms,
+                "listing": self.cfg.listing_features}
+
+    def save_pretrained(self, save_dir: str | Path, tokenizer: Any = None) -> Path:
+        out = super().save_pretrained(save_dir, tokenizer=tokenizer)
+        data = {"lexical": self.lexical.to_data() if self.lexical else None,
+                "listing": self.listing.to_dict() if self.listing else None}
+        atomic_write_text(out / HYBRID_NAME, json.dumps(data, ensure_ascii=False) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, load_dir: str | Path, device: str | torch.device = "cpu") -> HybridProbe:
+        model = super().from_pretrained(load_dir, device=device)
+        path = Path(load_dir) / HYBRID_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            lexical = LexicalFeatures.from_data(data["lexical"]) if data.get("lexical") else None
+            listing = ListingEncoder.from_dict(data["listing"]) if data.get("listing") else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{path}: cannot read the hybrid probe's blocks ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        assert isinstance(model, HybridProbe)
+        model.attach(lexical, listing)
+        return model

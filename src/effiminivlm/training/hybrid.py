@@ -1,0 +1,201 @@
+"""The hybrid probe's fit (`train.probe: ridge` with `train.probe_features` beyond [tower]): lexical TF-IDF,
+frozen tower features and listing fields, each block a weighted ridge in closed form, combined linearly.
+
+Why: on small real catalogs the blocks are complementary (a bag of n-grams catches brand and product-type
+words, the sentence embedding their meaning, the listing block the store's track record), and each is cheap
+to fit exactly. Two combinations (`train.probe_combine`):
+
+* ``stack`` (default): each block's ridge picks its own alpha by exact leave-one-out MSE; a second level (a
+  weighted least-squares fit with intercept) is fit on the blocks' LOO predictions of the train rows, which
+  are out-of-sample for every row, so the weights are not those of an overfit block. Final rating =
+  c + sum_b g_b x block_b, still one linear function of the inputs (`models.hybrid.HybridProbe`).
+* ``joint``: one ridge over the concatenated blocks, each standardised and scaled to unit total variance
+  (so no block wins by its column count), alpha by leave-one-out MSE (`evaluation.dual_ridge`).
+
+Both use the recipe's train rows and sample weights. The lexical block's own fit is exactly the words-only
+baseline (`evaluation.baseline`), so a hybrid run reports it for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+
+from effiminivlm.config import EffiMiniVLMCfg, Recipe
+from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
+from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, parse_listing
+from effiminivlm.evaluation.baseline import table_texts
+from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
+from effiminivlm.evaluation.metrics import compute_metrics
+from effiminivlm.models.hybrid import HybridCfg, HybridProbe
+from effiminivlm.training.ridge import loo_predictions, select_alpha
+
+__all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs"]
+
+
+def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
+    return compute_metrics(pred, y)["overall"]["plcc"]
+
+
+def listing_inputs(rows: pa.Table) -> tuple[list[dict[str, Any] | None], list[int], list[str]]:
+    """(parsed `listing` per row (None without), number of image references, description) of a table."""
+    listings = ([parse_listing(v) for v in rows.column("listing").to_pylist()]
+                if "listing" in rows.column_names else [None] * rows.num_rows)
+    n_images = [len(v or []) for v in rows.column("images").to_pylist()]
+    return listings, n_images, [v or "" for v in rows.column("description").to_pylist()]
+
+
+def _weighted_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Weighted ridge on standardised columns (`probe.fit_ridge`'s model), coef in the raw scale."""
+    from effiminivlm.training.probe import fit_ridge
+
+    return fit_ridge(x, y, w, alpha)
+
+
+def _dense_block(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[float, ...]) -> dict[str, Any]:
+    """A dense block's ridge, alpha by LOO MSE: coef, intercept, alpha, LOO predictions at that alpha."""
+    pick, _ = select_alpha(x, y, w, alphas, "loo_mse")
+    coef, b = _weighted_fit(x, y, w, alphas[pick])
+    loo = loo_predictions(x, y, w, [alphas[pick]])[0]
+    return {"coef": coef, "intercept": b, "alpha": float(alphas[pick]), "loo": loo}
+
+
+def _stack(loo: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """(g [B], c): weighted least squares of y on the blocks' LOO predictions, with an intercept."""
+    a = np.hstack([loo, np.ones((len(y), 1))])
+    sw = np.sqrt(w)[:, None]
+    sol, *_ = np.linalg.lstsq(a * sw, y * sw[:, 0], rcond=None)
+    return sol[:-1], float(sol[-1])
+
+
+def _joint(blocks: dict[str, Any], y: np.ndarray, w: np.ndarray) -> dict[str, dict[str, Any]]:
+    """One ridge over the standardised blocks, each scaled to unit total variance; per block coef in the raw
+    scale (the shared intercept is returned on the first block)."""
+    wn = w / w.sum()
+    parts, meta = [], {}
+    for name, x in blocks.items():
+        if sp.issparse(x):  # lexical: not centred (the solver centres), scaled by its total variance
+            mean = np.asarray(wn @ x).ravel()
+            var = float(np.asarray(wn @ x.multiply(x).sum(axis=1)).ravel()[0] - mean @ mean)
+            sd, scale = None, 1.0 / np.sqrt(max(var, 1e-12))
+            parts.append(x * scale)
+        else:
+            mean = wn @ x
+            sd = np.sqrt(wn @ (x - mean) ** 2)
+            sd[sd < 1e-12] = 1.0
+            scale = 1.0 / np.sqrt(x.shape[1])
+            parts.append(sp.csr_matrix((x - mean) / sd * scale))
+        meta[name] = (x.shape[1], sd, scale)
+    fit = fit_dual_ridge(sp.hstack(parts, format="csr"), y, w)
+    out, start, intercept = {}, 0, fit.intercept
+    for name, x in blocks.items():
+        d, sd, scale = meta[name]
+        coef = fit.coef[start:start + d] * scale
+        start += d
+        if sd is not None:  # undo the centring / scaling of a dense block: fold its mean into the intercept
+            coef = coef / sd
+            intercept -= float((wn @ x) @ coef)
+        out[name] = {"coef": coef, "alpha": fit.alpha}
+    out[next(iter(blocks))]["intercept_all"] = intercept
+    return out
+
+
+def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val_rows: pa.Table,
+               x_tr: np.ndarray, x_va: np.ndarray, y_tr: np.ndarray, w: np.ndarray, y_va: np.ndarray,
+               alphas: tuple[float, ...], log: Callable[[str], None]) -> tuple[HybridProbe, dict[str, Any]]:
+    """Fit the blocks of `train.probe_features` on the train rows; returns (the hybrid model, the run
+    summary's fields). `model` is the probe's frozen EffiMiniVLM; its towers are copied into the hybrid."""
+    tc = recipe.train
+    names = [b for b in ("lexical", "tower", "listing") if b in tc.probe_features]
+    lex = listing = None
+    blocks_tr: dict[str, Any] = {}
+    blocks_va: dict[str, Any] = {}
+    if "lexical" in names:
+        lex = LexicalFeatures(LexicalSettings.from_cfg(tc.lexical))
+        texts_tr = table_texts(train_rows)
+        blocks_tr["lexical"] = lex.fit(texts_tr).transform(texts_tr)
+        blocks_va["lexical"] = lex.transform(table_texts(val_rows))
+    if "tower" in names:
+        blocks_tr["tower"], blocks_va["tower"] = x_tr, x_va
+    if "listing" in names:
+        listing = ListingEncoder(tc.listing.store_smoothing, tc.listing.store_folds)
+        lst, n_img, desc = listing_inputs(train_rows)
+        listing.fit(lst, y_tr)
+        ids = [str(v) for v in train_rows.column("parent_asin").to_pylist()]
+        blocks_tr["listing"], _ = listing.transform(lst, n_img, desc, y=y_tr, item_ids=ids)
+        listing.set_fill(blocks_tr["listing"])
+        blocks_va["listing"], missing = listing.transform(*listing_inputs(val_rows))
+        if missing:
+            log(f"hybrid: {missing} of {val_rows.num_rows} val rows have no listing fields "
+                "(train means used)")
+    fits: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name == "lexical":
+            f = fit_dual_ridge(blocks_tr[name], y_tr, w)
+            fits[name] = {"coef": f.coef, "intercept": f.intercept, "alpha": f.alpha, "loo": f.loo}
+        else:
+            fits[name] = _dense_block(blocks_tr[name], y_tr, w, alphas)
+    val_pred = {n: np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
+    if tc.probe_combine == "joint" and len(names) > 1:
+        joint = _joint(blocks_tr, y_tr, w)
+        gains = dict.fromkeys(names, 1.0)
+        coefs = {n: joint[n]["coef"] for n in names}
+        bias = joint[names[0]]["intercept_all"]
+    else:
+        g, c = _stack(np.column_stack([fits[n]["loo"] for n in names]), y_tr, w)
+        gains = {n: float(v) for n, v in zip(names, g, strict=True)}
+        coefs = {n: fits[n]["coef"] * gains[n] for n in names}
+        bias = c + sum(gains[n] * fits[n]["intercept"] for n in names)
+    hybrid = _build(model, names, lex, listing, coefs, bias)
+    pred_va = bias + sum(np.asarray(blocks_va[n] @ coefs[n]).ravel() for n in names)
+    result = {"probe_features": names, "combine": tc.probe_combine if len(names) > 1 else "single",
+              "block_alpha": {n: fits[n]["alpha"] for n in names}, "stack_weights": gains,
+              "block_val_plcc": {n: _plcc(val_pred[n], y_va) for n in names},
+              "best_val_plcc": _plcc(pred_va, y_va), "alpha": fits[names[0]]["alpha"], "alpha_by": "loo_mse",
+              "lexical_terms": lex.n_terms if lex else 0}
+    if "lexical" in names:
+        result["words_only_val_plcc"] = result["block_val_plcc"]["lexical"]
+    log("hybrid blocks: " + ", ".join(f"{n} val PLCC {result['block_val_plcc'][n]:.4f} (alpha "
+                                       f"{fits[n]['alpha']:g}, weight {gains[n]:.3f})" for n in names))
+    return hybrid, {**result, "val_pred": pred_va}
+
+
+def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None,
+           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float) -> HybridProbe:
+    """A HybridProbe with `model`'s towers and the fitted weights."""
+    tower = {f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(EffiMiniVLMCfg) if f.init}
+    cfg = HybridCfg(**{**tower, "arch": "hybrid-probe"}, lexical_terms=lex.n_terms if lex else 0,
+                    listing_features=len(LISTING_FEATURES) if listing else 0, tower="tower" in names)
+    hybrid = HybridProbe(cfg, pretrained=False)
+    hybrid.load_state_dict(model.state_dict(), strict=False)  # towers + head; the blocks' weights follow
+    hybrid.freeze(image=True, text=True)
+    hybrid.attach(lex, listing)
+    linear = hybrid.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(coefs.get("tower", np.zeros(linear.in_features)),
+                                            dtype=torch.float32).unsqueeze(0))
+        linear.bias.fill_(bias)
+        if lex is not None:
+            hybrid.lexical_block.weight.copy_(torch.as_tensor(coefs["lexical"], dtype=torch.float32))
+        if listing is not None:
+            hybrid.listing_block.weight.copy_(torch.as_tensor(coefs["listing"], dtype=torch.float32))
+    return hybrid.eval()
+
+
+def hybrid_side_scores(model: HybridProbe, rows: pa.Table) -> np.ndarray:
+    """The lexical + listing part of the model's output for `rows` (the tower part is the head's), as the
+    model's processor computes it: for scoring from cached tower features."""
+    out = np.zeros(rows.num_rows)
+    if model.lexical is not None:
+        weight = model.lexical_block.weight.detach().double().numpy()
+        out += np.asarray(model.lexical.transform(table_texts(rows)) @ weight).ravel()
+    if model.listing is not None:
+        block, _ = model.listing.transform(*listing_inputs(rows))
+        out += block @ model.listing_block.weight.detach().double().numpy()
+    return out

@@ -1,0 +1,191 @@
+"""The hybrid probe (lexical + tower + listing blocks), its dual ridge, the listing block and the words-only
+baseline beside train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from effiminivlm.cli import main
+from effiminivlm.config import load_recipe
+from effiminivlm.data.images import ImageStore
+from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, listing_json, parse_listing
+from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.schema import SCHEMA
+from effiminivlm.errors import EffiMiniVLMError
+from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
+from effiminivlm.evaluation.metrics import compute_metrics
+from effiminivlm.inference import make_loader, run_inference
+from effiminivlm.models.export import export_model
+from effiminivlm.models.factory import load_model
+from effiminivlm.models.hybrid import HYBRID_NAME, HybridProbe
+from effiminivlm.protocol.flops import count_params
+from effiminivlm.training.embed import embed_table, model_signature, save_features
+from effiminivlm.training.probe import build_probe_model, evaluate_on_features, train_probe
+
+HYBRID = ["train.probe=ridge", "model.head.hidden_dims=[]", "train.freeze_image=true",
+          "train.freeze_text=true", "data.num_workers=0", "train.eval_batch_size=32",
+          "model.modalities=text", "train.lexical.min_df=1"]
+
+
+def test_dual_ridge_loo_is_the_refit_without_the_item() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(25, 40))  # wider than long, as a TF-IDF block
+    y = x[:, 0] - 0.5 * x[:, 1] + rng.normal(scale=0.3, size=25) + 4
+    w = rng.uniform(0.5, 2.0, 25)
+    fit = fit_dual_ridge(x, y, w, alphas=(0.3, 3.0, 30.0))
+    for i in (0, 7, 24):
+        keep = np.arange(25) != i
+        same_lam = fit.alpha * w.mean() / w[keep].mean()  # the penalty is alpha x mean(w)
+        refit = fit_dual_ridge(x[keep], y[keep], w[keep], alphas=(same_lam,))
+        assert refit.predict(x[i:i + 1])[0] == pytest.approx(fit.loo[i], abs=1e-8)
+    mse = [c["loo_mse"] for c in fit.curve]
+    assert fit.alpha == (0.3, 3.0, 30.0)[int(np.argmin(mse))]
+
+
+def test_listing_fields_and_store_prior_never_see_their_own_rating() -> None:
+    raw = {"store": " Acme ", "price": "$1,299.50", "videos": [{}], "features": ["a", "b"],
+           "details": {"Date First Available": "June 2, 2019", "Brand": "Acme"}}
+    parsed = parse_listing(listing_json(raw))
+    assert parsed == {"store": "Acme", "price": 1299.5, "n_videos": 1, "n_features": 2, "n_details": 2,
+                      "year": 2019}
+    assert parse_listing(listing_json({"price": "n/a", "details": "oops"}))["price"] is None
+    lst = [{"store": "A"}, {"store": "A"}, {"store": "B"}, None]
+    ids = ["i0", "i1", "i2", "i3"]
+    y = np.array([5.0, 1.0, 2.0, 4.0])
+    enc = ListingEncoder(smoothing=1.0, folds=2).fit(lst, y)
+    col = LISTING_FEATURES.index("store_prior")
+    block, _ = enc.transform(lst, [0] * 4, [""] * 4, y=y, item_ids=ids)
+    assert block[2, col] == pytest.approx(enc.prior)  # B's only train item: its own rating is left out
+    moved, _ = enc.fit(lst, np.array([5.0, 1.0, 5.0, 4.0])).transform(lst, [0] * 4, [""] * 4,
+                                                                       y=np.array([5.0, 1.0, 5.0, 4.0]),
+                                                                       item_ids=ids)
+    assert moved[2, col] == pytest.approx(enc.prior)  # ... whatever that rating is
+    enc.fit(lst, y)
+    unseen, _ = enc.transform([{"store": "only-in-test"}], [0], [""])
+    assert unseen[0, col] == pytest.approx(enc.prior)
+    seen, _ = enc.transform([{"store": "a"}], [0], [""])  # case-insensitive; both A items count here
+    assert seen[0, col] == pytest.approx((6.0 + enc.prior) / 3.0)
+
+
+def _with_listing(src: Path, dest: Path, listing: str | None) -> Path:
+    """A copy of the prepared dataset `src` whose `listing` column is `listing` on every row."""
+    shutil.copytree(src, dest)
+    table = pq.read_table(dest / "data.parquet")
+    i = table.schema.get_field_index("listing")
+    column = pa.array([listing] * table.num_rows, pa.string())
+    pq.write_table(table.set_column(i, SCHEMA.field("listing"), column), dest / "data.parquet")
+    return dest
+
+
+def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path, tmp_path: Path) -> None:
+    data = _with_listing(prepared, tmp_path / "data", listing_json({"store": "S", "price": 5, "videos": []}))
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,tower,listing]"])
+    summary = train_probe(recipe, data, tmp_path / "run", log=lambda _: None)
+    assert summary["probe_features"] == ["lexical", "tower", "listing"] and "words_only_val_plcc" in summary
+    folder = tmp_path / "run" / "model"
+    saved = json.loads((folder / HYBRID_NAME).read_text())  # vocabulary and idf as plain data
+    assert len(saved["lexical"]["word"]["terms"]) == len(saved["lexical"]["word"]["idf"]) > 0
+    test = read_prepared(data, "test")
+    preds = []
+    for _ in range(2):
+        model, tok = load_model(folder)
+        assert isinstance(model, HybridProbe) and model.lexical_block.weight.abs().sum() > 0
+        loader = make_loader(model, tok, test, ImageStore.for_prepared(data))
+        preds.append(run_inference(model, loader, torch.device("cpu"), "fp32", progress=False).pred)
+    assert np.array_equal(preds[0], preds[1])
+    probe = build_probe_model(recipe)  # the cache `embed` makes for the recipe fits the hybrid it trains
+    feats = embed_table(probe, tok, read_prepared(data), ImageStore.for_prepared(data))
+    cache = save_features(feats, tmp_path / "f.safetensors", model_signature(probe))
+    assert model_signature(probe) == model_signature(model)
+    report = evaluate_on_features(folder, data, cache, tmp_path / "eval")  # head(cache) + the blocks
+    target = test.column("average_rating").to_numpy()
+    direct = compute_metrics(np.clip(preds[0], 1, 5), target)["overall"]
+    for key in ("plcc", "rmse"):
+        assert report["metrics"]["overall"][key] == pytest.approx(direct[key], abs=1e-4)
+    assert "words_only" in report["metrics"]
+    assert model.num_params_by_part()["lexical"] == model.lexical_block.weight.numel()
+    parts = count_params(model).by_module  # profile's P lists the blocks, so P without them is at hand
+    assert parts["lexical_block"] == model.cfg.lexical_terms
+    assert parts["listing_block"] == len(LISTING_FEATURES)
+    with pytest.raises(EffiMiniVLMError, match="cannot be exported"):
+        export_model(folder, tmp_path / "exported")
+
+
+@pytest.mark.parametrize("train_has,score_has", [(False, True), (True, False)])
+def test_listing_fields_may_be_absent_on_either_side(prepared: Path, tmp_path: Path, train_has: bool,
+                                                     score_has: bool) -> None:
+    value = listing_json({"store": "S", "price": 12.5, "videos": [1, 2]})
+    train_data = _with_listing(prepared, tmp_path / "a", value if train_has else None)
+    score_data = _with_listing(prepared, tmp_path / "b", value if score_has else None)
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,listing]"])
+    train_probe(recipe, train_data, tmp_path / "run", log=lambda _: None)
+    model, tok = load_model(tmp_path / "run" / "model")
+    test = read_prepared(score_data, "test")
+    loader = make_loader(model, tok, test, ImageStore.for_prepared(score_data))
+    pred = run_inference(model, loader, torch.device("cpu"), "fp32", progress=False).pred
+    assert np.isfinite(pred).all() and len(pred) == test.num_rows
+    assert loader.collate_fn.processor.listing_fallbacks == (0 if score_has else test.num_rows)
+
+
+def test_baseline_line_in_train_and_evaluate_output(prepared: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [a for s in [*HYBRID, "train.probe_features=[lexical,listing]"] for a in ("--set", s)]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(prepared), "--out", str(run), "--recipe", "tiny", *sets]) == 0
+    assert "| words only " in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(run / "model"), "--data", str(prepared), "--split", "test",
+                 "--precision", "fp32", "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "model " in out and "| words only " in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["words_only"]["n"] == metrics["overall"]["n"]
+
+
+def _generated(path: Path, n: int = 1200, seed: int = 0) -> Path:
+    """A prepared dataset whose rating depends on words and the store (a real conformal test needs more
+    items than the synthetic catalog has)."""
+    rng = np.random.default_rng(seed)
+    good, bad, filler = ["sturdy", "soft", "lovely"], ["flimsy", "cheap", "itchy"], ["shirt", "sock", "hat"]
+    rows = []
+    for i in range(n):
+        g, b = rng.integers(0, 3), rng.integers(0, 3)
+        store = f"store{rng.integers(0, 40)}"
+        words = rng.choice(good, g).tolist() + rng.choice(bad, b).tolist() + rng.choice(filler, 2).tolist()
+        rating = float(np.clip(3.5 + 0.4 * g - 0.4 * b + 0.02 * int(store[5:]) - 0.4
+                               + rng.normal(scale=0.5), 1, 5))
+        rows.append({"parent_asin": f"P{i}", "category": "Gen", "title": " ".join(words), "features": "",
+                     "description": "", "details": "", "average_rating": rating,
+                     "rating_number": int(rng.integers(1, 50)), "images": [],
+                     "listing": listing_json({"store": store}),
+                     "split": "train" if i < 0.6 * n else "val" if i < 0.75 * n else "test", "source": "gen"})
+    path.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path / "data.parquet")
+    (path / "summary.json").write_text("{}")
+    return path
+
+
+def test_conformal_intervals_of_the_hybrid_cover(tmp_path: Path) -> None:
+    data = _generated(tmp_path / "gen")
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,listing]"])
+    summary = train_probe(recipe, data, tmp_path / "run", log=lambda _: None)
+    assert summary["best_val_plcc"] > summary["words_only_val_plcc"]  # the store block adds signal
+    report = evaluate_on_features(tmp_path / "run" / "model", data, tmp_path / "none", tmp_path / "eval")
+    cover = report["metrics"]["conformal"]["overall"]
+    assert abs(cover["80"]["coverage"] - 0.8) < 0.08 and abs(cover["90"]["coverage"] - 0.9) < 0.06
+
+
+def test_a_dataset_prepared_before_the_listing_column_still_reads(prepared: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    table = pq.read_table(old / "data.parquet")
+    pq.write_table(table.drop_columns(["listing"]), old / "data.parquet")
+    back = read_prepared(old)
+    assert back.schema.names == SCHEMA.names and back.column("listing").null_count == back.num_rows
