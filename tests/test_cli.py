@@ -43,9 +43,12 @@ def test_main_job_end_to_end(tmp_path, capsys, monkeypatch):
     assert modes == ["first", "mean"]  # recipe data.images drives validation inference
     out = capsys.readouterr().out
     train_summary = json.loads((run / "train_summary.json").read_text())
-    assert out.strip().splitlines()[-1] == (
+    *_, best, beside = out.strip().splitlines()
+    assert best == (
         f"best val PLCC {train_summary['best_val_plcc']:.4f} at epoch {train_summary['best_epoch']} "
         f"({train_summary['stop_reason']}); model saved to {run / 'model'}")
+    words = train_summary["words_only_val_plcc"]  # the words-only baseline on the same val rows, beside
+    assert beside == f"val model {train_summary['best_val_plcc']:.3f} | words only {words:.3f} (PLCC)"
     stored = yaml.safe_load((run / "recipe.yaml").read_text())
     assert stored["data"]["images"] == "mean" and stored["train"]["epochs"] == 2 and "eval" not in stored
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]

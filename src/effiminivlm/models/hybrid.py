@@ -103,6 +103,7 @@ class HybridProbe(EffiMiniVLM):
 
     Config = HybridCfg
     cfg: HybridCfg
+    tiny_recipe = "hybrid-probe-tiny"  # (not EffiMiniVLM's `tiny`: that trains no hybrid)
     tower_arch = "effiminivlm"  # whose towers these are: feature caches of the probe fit this model
     side_modules = ("lexical_block", "listing_block")  # weights outside the towers and the head
     exportable = False  # `export` refuses it in one line: the TF-IDF and listing blocks are Python code
