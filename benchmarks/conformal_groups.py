@@ -25,7 +25,7 @@ import numpy as np
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.data.text import product_text
 from effiminivlm.training.embed import feature_matrix, load_features
-from effiminivlm.training.probe import fit_ridge
+from effiminivlm.training.ridge import fit_ridge
 from effiminivlm.training.weights import compute_sample_weights, fill_missing_rating_number
 
 SCHEMES = {"global": [], "2 groups (val length p80)": [0.8], "2 groups (p90)": [0.9],

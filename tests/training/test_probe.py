@@ -24,7 +24,8 @@ from effiminivlm.training.embed import (
     save_features,
 )
 from effiminivlm.training.kfold import run_kfold
-from effiminivlm.training.probe import fit_ridge, train_probe
+from effiminivlm.training.probe import train_probe
+from effiminivlm.training.ridge import fit_ridge
 
 PROBE = ["train.probe=ridge", "model.head.hidden_dims=[]", "train.freeze_image=true",
          "train.freeze_text=true", "data.num_workers=0", "train.eval_batch_size=32"]

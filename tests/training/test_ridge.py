@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effiminivlm.training.probe import fit_ridge
-from effiminivlm.training.ridge import loo_predictions, select_alpha, standardise
+from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha, standardise
 
 
 def _brute_loo(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:

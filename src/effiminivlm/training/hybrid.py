@@ -34,7 +34,7 @@ from effiminivlm.evaluation.baseline import table_texts
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.models.hybrid import HybridCfg, HybridProbe
-from effiminivlm.training.ridge import loo_predictions, select_alpha
+from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha
 
 __all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs"]
 
@@ -52,9 +52,7 @@ def listing_inputs(rows: pa.Table) -> tuple[list[dict[str, Any] | None], list[in
 
 
 def _weighted_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Weighted ridge on standardised columns (`probe.fit_ridge`'s model), coef in the raw scale."""
-    from effiminivlm.training.probe import fit_ridge
-
+    """Weighted ridge on standardised columns (`ridge.fit_ridge`), coef in the raw scale."""
     return fit_ridge(x, y, w, alpha)
 
 

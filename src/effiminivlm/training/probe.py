@@ -50,7 +50,7 @@ from effiminivlm.runtime import resolve_device, resolve_precision
 from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
 from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
-from effiminivlm.training.ridge import select_alpha
+from effiminivlm.training.ridge import fit_ridge, select_alpha
 from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
 from effiminivlm.training.train_rows import mix_train_rows
 from effiminivlm.training.weights import WEIGHT_COLUMN, fill_missing_rating_number
@@ -59,20 +59,6 @@ __all__ = ["ALPHAS", "build_probe_model", "evaluate_on_features", "fit_ridge", "
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """(coef, intercept) minimising sum w_i (y_i - x_i.coef - b)^2 + alpha |coef * sd|^2 (ridge on the
-    features standardised by their weighted mean and sd; returned in the raw feature scale)."""
-    w = w / w.sum()
-    mean = w @ x
-    xc = x - mean
-    sd = np.sqrt(w @ (xc * xc))
-    sd[sd < 1e-12] = 1.0  # constant features (e.g. an image vector that is zero everywhere) get coef 0
-    z = xc / sd
-    ym = float(w @ y)
-    gram = z.T @ (z * w[:, None]) + (alpha / len(y)) * np.eye(z.shape[1])
-    beta = np.linalg.solve(gram, z.T @ (w * (y - ym)))
-    coef = beta / sd
-    return coef, ym - float(mean @ coef)
 
 
 def build_probe_model(recipe: Recipe) -> torch.nn.Module:

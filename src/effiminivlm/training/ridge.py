@@ -10,7 +10,7 @@ for its rotation-invariant cousin GCV). With the SVD of the weighted, centred de
 
 so a whole grid of alphas costs O(n d^2) once plus O(n d) per alpha.
 
-The model is the one `probe.fit_ridge` solves: features z standardised by their weighted mean and sd over the
+The model is the one `fit_ridge` below solves: features z standardised by their weighted mean and sd over the
 train split (fixed, label-free), an unpenalised intercept, penalty lam |beta|^2 with lam = alpha x mean(w)
 (fit_ridge's alpha / n on normalised weights). Leaving item i out refits beta and the intercept without it,
 exactly (tests/training/test_ridge.py checks it against brute-force refits); only the standardisation is
@@ -32,6 +32,22 @@ def standardise(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     sd = np.sqrt(wn @ (xc * xc))
     sd[sd < 1e-12] = 1.0
     return xc / sd
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """(coef, intercept) minimising sum w_i (y_i - x_i.coef - b)^2 + alpha |coef * sd|^2 (ridge on the
+    features standardised by their weighted mean and sd; returned in the raw feature scale)."""
+    w = w / w.sum()
+    mean = w @ x
+    xc = x - mean
+    sd = np.sqrt(w @ (xc * xc))
+    sd[sd < 1e-12] = 1.0  # constant features (e.g. an image vector that is zero everywhere) get coef 0
+    z = xc / sd
+    ym = float(w @ y)
+    gram = z.T @ (z * w[:, None]) + (alpha / len(y)) * np.eye(z.shape[1])
+    beta = np.linalg.solve(gram, z.T @ (w * (y - ym)))
+    coef = beta / sd
+    return coef, ym - float(mean @ coef)
 
 
 def loo_predictions(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[float, ...] | list[float]
