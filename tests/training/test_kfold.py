@@ -14,7 +14,7 @@ from effiminivlm.data.folds import assign_folds, fold_splits, write_fold_dataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.errors import DataError, EffiMiniVLMError
 from effiminivlm.evaluation.aggregate import aggregate_runs, render_aggregate_markdown
-from effiminivlm.training import kfold as kfold_mod
+from effiminivlm.training import trainer
 from effiminivlm.training.kfold import run_kfold
 
 
@@ -99,7 +99,7 @@ def test_run_kfold_trains_tests_aggregates_and_skips_finished_runs(tiny_recipe, 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(kfold_mod, "train", no_training)
+    monkeypatch.setattr(trainer, "train", no_training)
     again = run_kfold(tiny_recipe, prepared, out, k=3, log=lambda _: None)
     assert again["aggregate"] == res["aggregate"]
     with pytest.raises(EffiMiniVLMError, match="another k"):
@@ -110,7 +110,7 @@ def test_a_killed_fold_is_resumed_and_only_unevaluated_runs_are_evaluated(tiny_r
                                                                           monkeypatch) -> None:
     tiny_recipe.train.epochs = 1
     out = tmp_path / "kf"
-    real_train = kfold_mod.train
+    real_train = trainer.train
     calls: list[bool] = []
 
     def crash_on_fold_1(recipe, data, run, **kw):
@@ -121,7 +121,7 @@ def test_a_killed_fold_is_resumed_and_only_unevaluated_runs_are_evaluated(tiny_r
             raise KeyboardInterrupt
         return real_train(recipe, data, run, **kw)
 
-    monkeypatch.setattr(kfold_mod, "train", crash_on_fold_1)
+    monkeypatch.setattr(trainer, "train", crash_on_fold_1)
     with pytest.raises(KeyboardInterrupt):
         run_kfold(tiny_recipe, prepared, out, k=2, log=lambda _: None)
     res = run_kfold(tiny_recipe, prepared, out, k=2, log=lambda _: None)

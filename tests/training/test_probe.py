@@ -106,16 +106,16 @@ def test_head_probe_and_bad_settings(prepared: Path, tmp_path: Path) -> None:
 
 
 def test_kfold_probe_embeds_once(prepared: Path, tmp_path: Path, monkeypatch) -> None:
-    from effiminivlm.training import kfold
+    from effiminivlm.training import trainer  # every k-fold run goes through the one trainer choice
 
     calls = []
-    real = kfold.train_probe
+    real = trainer.train_probe
 
     def spy(*a, **k):
         calls.append(k["features"])
         return real(*a, **k)
 
-    monkeypatch.setattr(kfold, "train_probe", spy)
+    monkeypatch.setattr(trainer, "train_probe", spy)
     res = run_kfold(load_recipe("tiny", PROBE), prepared, tmp_path / "kf", k=3, log=lambda _: None)
     assert len(res["runs"]) == 3 and len(set(calls)) == 1 and calls[0].name == "features.safetensors"
     assert res["aggregate"]["overall"]["rmse"]["n_runs"] == 3

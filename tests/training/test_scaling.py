@@ -13,7 +13,7 @@ from effiminivlm.config import load_recipe
 from effiminivlm.data.folds import nested_order, write_subset_dataset
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.evaluation.scaling_fit import fit_log, fit_power, fit_scaling
-from effiminivlm.training import kfold
+from effiminivlm.training import trainer
 from effiminivlm.training.scaling import run_scaling
 
 PROBE = ["train.probe=ridge", "model.head.hidden_dims=[]", "train.freeze_image=true",
@@ -63,7 +63,7 @@ def test_run_scaling_writes_json_markdown_png_and_resumes(prepared: Path, tmp_pa
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(kfold, "train_probe", no_training)
+    monkeypatch.setattr(trainer, "train_probe", no_training)
     again = run_scaling(recipe, prepared, out, fractions=[0.25, 0.5, 1.0], seeds=2, target_n=1e5, boot=50,
                         log=lambda _: None)
     assert again["points"] == res["points"]

@@ -59,7 +59,8 @@ def train_cmd(
 ) -> None:
     """Train EffiMiniVLM (weighted Huber, AdamW, cosine+warmup, early stopping on val PLCC)."""
     from effiminivlm.config import load_recipe
-    from effiminivlm.training.loop import train
+    from effiminivlm.training.skeleton import is_probe
+    from effiminivlm.training.trainer import run_training
 
     writable(out, "--out", "dir")
     if kfold is None:
@@ -93,18 +94,12 @@ def train_cmd(
         for kind, path in result["paths"].items():
             typer.echo(f"{kind}: {path}")
         return
-    if resolved is not None and resolved.train.probe != "none":
-        from effiminivlm.training.probe import train_probe
-
-        if resume:
-            raise ConfigError("a probe run takes seconds: rerun it with --overwrite instead of --resume")
-        summary = train_probe(resolved, data, out, features=features, overwrite=overwrite,
-                              images_dir=images_dir, device=device, log=typer.echo)
+    summary = run_training(resolved, data, out, resume=resume, overwrite=overwrite, features=features,
+                           images_dir=images_dir, device=device, strict=strict, log=typer.echo)
+    if resolved is not None and is_probe(resolved):
         typer.echo(f"probe {summary['probe']}: val PLCC {summary['best_val_plcc']:.4f}; model saved to "
                    f"{summary['model_dir']}")
         return
-    summary = train(resolved, data, out, resume=resume, overwrite=overwrite, images_dir=images_dir,
-                    device=device, strict=strict, log=typer.echo)
     from effiminivlm.training.distributed import env_dist
 
     if env_dist().is_main:  # under torchrun, rank 0 reports for the job

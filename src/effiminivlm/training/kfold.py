@@ -27,8 +27,9 @@ from effiminivlm.evaluation.aggregate import aggregate_coverage, aggregate_runs,
 from effiminivlm.evaluation.baseline import baseline_line
 from effiminivlm.evaluation.evaluate import evaluate
 from effiminivlm.files import atomic_write_text, write_json
-from effiminivlm.training.loop import train
-from effiminivlm.training.probe import build_probe_model, evaluate_on_features, train_probe
+from effiminivlm.training.probe import build_probe_model, evaluate_on_features
+from effiminivlm.training.skeleton import is_probe
+from effiminivlm.training.trainer import run_training
 
 __all__ = ["PLAN", "check_plan", "probe_features", "run_and_test", "run_kfold"]
 PLAN = "kfold_plan.json"
@@ -93,7 +94,7 @@ def run_kfold(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, k: i
     check_plan(out, plan, overwrite)
     if images_dir is None and (data / "images").is_dir():  # the source's fetch-images cache serves every fold
         images_dir = data / "images"
-    if features is not None and recipe.train.probe == "none":
+    if features is not None and not is_probe(recipe):
         raise EffiMiniVLMError("--features is for probe recipes (train.probe ridge | head)")
     features = Path(features) if features is not None else probe_features(recipe, data, out, images_dir,
                                                                             device, progress, log)
@@ -156,13 +157,11 @@ def run_and_test(recipe: Recipe, fold_data: Path, run: Path, fold: int, seed: in
         if not (run / "train_summary.json").is_file():
             started = run.is_dir() and any(run.iterdir())
             r = load_recipe(recipe.to_dict(), [f"train.seed={seed}"])
-            if recipe.train.probe != "none":
-                train_probe(r, fold_data, run, features=features, overwrite=started, device=device,
-                            log=lambda msg: log(f"{tag}: {msg}"))
-            else:
-                train(r, fold_data, run, resume=started, images_dir=images_dir, device=device,
-                      progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
-        if recipe.train.probe != "none":  # frozen towers: the cached features are the model's, no tower pass
+            probe = is_probe(r)  # a probe restarts (seconds), fine-tuning resumes
+            run_training(r, fold_data, run, features=features if probe else None, overwrite=probe and started,
+                         resume=started and not probe, images_dir=images_dir, device=device,
+                         progress=progress, log=lambda msg: log(f"{tag}: {msg}"))
+        if is_probe(recipe):  # frozen towers: the cached features are the model's, no tower pass
             evaluate_on_features(run / "model", fold_data, features, run / "eval-test")
         else:
             evaluate(run / "model", fold_data, split="test", out_dir=run / "eval-test",

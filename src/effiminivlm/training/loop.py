@@ -31,12 +31,10 @@ from effiminivlm.data.dataset import ProductDataset
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.labels import attach_categories
 from effiminivlm.data.loader import BucketedShuffledBatches, text_lengths, with_fetch_threads
-from effiminivlm.data.prepare import read_prepared
-from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.classification import sigmoid, tune_thresholds, validation_metrics
-from effiminivlm.evaluation.conformal import fit_conformal, save_conformal
 from effiminivlm.evaluation.metrics import compute_metrics
-from effiminivlm.files import atomic_write_text, replace_dir, to_jsonable, write_json
+from effiminivlm.files import atomic_write_text, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.freezing import apply_recipe_freezing
@@ -53,10 +51,10 @@ from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_che
 from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
 from effiminivlm.training.optim import param_groups
-from effiminivlm.training.rundir import MODEL_TMP, checkpoint_path, open_run_dir, sync_metrics
+from effiminivlm.training.rundir import checkpoint_path, open_run_dir, sync_metrics
+from effiminivlm.training.skeleton import publish_model, read_train_val, weighted_train_rows
 from effiminivlm.training.speed import CompiledOrEager, apply_train_levers, heap_reuse, make_adamw
 from effiminivlm.training.train_rows import mix_train_rows
-from effiminivlm.training.weights import fill_missing_rating_number
 
 MAX_NONFINITE_STEPS = 20
 
@@ -178,18 +176,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
                                "already split each batch; set it to 1")
     seed_everything(tc.seed + dist.rank)  # dropout / augmentation differ per rank; rank 0 = single process
 
-    train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
-    if train_rows.num_rows == 0 or val_rows.num_rows == 0:
-        raise DataError(f"{data_dir}: training needs non-empty train and val splits "
-                        f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
-    # mu over the TRAIN split's known counts; rows without one get the recipe's weight (training.weights)
-    train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
+    train_rows, val_rows = read_train_val(data_dir)
+    train_rows, weighting = weighted_train_rows(train_rows, tc, log)
     mu = weighting["mu"]
-    if weighting["missing"]:
-        how = ("dropped" if weighting["dropped"] else
-               f"weight {weighting['weight']:.3f} (count {weighting['filled_with']:g})")
-        log(f"{weighting['missing']} of {weighting['rows']} train rows lack rating_number: {how} "
-            f"(train.missing_rating_number={tc.missing_rating_number})")
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
@@ -334,13 +323,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             if improved:
                 state.best_plcc, state.best_epoch, state.bad_epochs = plcc, epoch, 0
                 if dist.is_main:
-                    tmp = out / MODEL_TMP
                     if model.task == "multilabel":  # per-class thresholds from this epoch's val, saved too
                         model.set_thresholds(tune_thresholds(val.target, sigmoid(val.pred)))
-                    model.save_pretrained(tmp, tokenizer=tokenizer)
-                    if model.task == "rating":
-                        save_conformal(tmp, fit_conformal(val.pred, val.target))  # intervals from this val
-                    replace_dir(tmp, out / "model")
+                    rating = model.task == "rating"  # intervals from this val
+                    publish_model(out, model, tokenizer, val.pred if rating else None, val.target)
             else:
                 state.bad_epochs += 1
             state.epoch = epoch

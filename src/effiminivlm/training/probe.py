@@ -37,13 +37,11 @@ from effiminivlm.errors import ConfigError, DataError
 from effiminivlm.evaluation.baseline import add_words_only, baseline_line, table_texts, words_only
 from effiminivlm.evaluation.conformal import (
     coverage_report,
-    fit_conformal,
     load_conformal,
     render_coverage_markdown,
-    save_conformal,
 )
 from effiminivlm.evaluation.metrics import compute_metrics
-from effiminivlm.files import atomic_write_text, replace_dir, write_json
+from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.hybrid import HybridProbe
 from effiminivlm.runtime import resolve_device, resolve_precision
@@ -51,9 +49,10 @@ from effiminivlm.training.embed import embed_table, feature_matrix, load_feature
 from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.ridge import fit_ridge, select_alpha
-from effiminivlm.training.rundir import MODEL_TMP, open_run_dir
+from effiminivlm.training.rundir import open_run_dir
+from effiminivlm.training.skeleton import publish_model, read_train_val, weighted_train_rows
 from effiminivlm.training.train_rows import mix_train_rows
-from effiminivlm.training.weights import WEIGHT_COLUMN, fill_missing_rating_number
+from effiminivlm.training.weights import WEIGHT_COLUMN
 
 __all__ = ["ALPHAS", "build_probe_model", "evaluate_on_features", "fit_ridge", "train_probe"]
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
@@ -141,11 +140,8 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     model = build_probe_model(recipe)
     torch.manual_seed(tc.seed)
     tokenizer = create_tokenizer(recipe.model) if model.text_encoder is not None else None
-    train_rows, val_rows = read_prepared(data_dir, "train"), read_prepared(data_dir, "val")
-    if train_rows.num_rows == 0 or val_rows.num_rows == 0:
-        raise DataError(f"{data_dir}: training needs non-empty train and val splits "
-                        f"(train {train_rows.num_rows}, val {val_rows.num_rows})")
-    train_rows, weighting = fill_missing_rating_number(train_rows, tc.missing_rating_number)
+    train_rows, val_rows = read_train_val(data_dir)
+    train_rows, weighting = weighted_train_rows(train_rows, tc, log)
     hybrid = tc.probe == "ridge" and tc.probe_features != ["tower"]
     if hybrid and "tower" not in tc.probe_features:  # no tower block: its features are never read
         feats = None
@@ -181,9 +177,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
                               LexicalSettings.from_cfg(tc.lexical))
         result["words_only_val_plcc"] = _plcc(words, y_va)
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
-    model.save_pretrained(out / MODEL_TMP, tokenizer=tokenizer)
-    save_conformal(out / MODEL_TMP, fit_conformal(val_pred, y_va))
-    replace_dir(out / MODEL_TMP, out / "model")
+    publish_model(out, model, tokenizer, val_pred, y_va)
     summary = {"probe": tc.probe, **result, "mu": weighting["mu"], "missing_rating_number": weighting,
                **mixed, "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
     write_json(summary, out / "train_summary.json")

@@ -27,6 +27,7 @@ from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.scaling_fit import fit_scaling, plot_scaling
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.training.kfold import check_plan, probe_features, run_and_test
+from effiminivlm.training.skeleton import is_probe
 
 __all__ = ["run_scaling"]
 PLAN = "scaling_plan.json"
@@ -51,7 +52,7 @@ def run_scaling(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *, fr
         images_dir = data / "images"
     if features is None:
         features = probe_features(recipe, data, out, images_dir, device, False, log)
-    elif recipe.train.probe == "none":
+    elif not is_probe(recipe):
         raise EffiMiniVLMError("--features serves probe recipes only (train.probe ridge | head)")
     points = []
     for frac in sorted(fractions):
