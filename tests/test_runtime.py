@@ -43,8 +43,20 @@ def _batch(n: int = N, seed: int = 1) -> dict[str, torch.Tensor]:
             "target": torch.full((n,), 4.0), "rating_number": torch.full((n,), 10.0)}
 
 
-def test_auto_is_bf16_on_cpu() -> None:
-    assert resolve_precision("auto", CPU) == "bf16"  # the default these tests guard
+def test_auto_computes_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path) -> None:
+    from effiminivlm import runtime
+
+    amx, vnni, odd = tmp_path / "amx", tmp_path / "vnni", tmp_path / "odd"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni amx_bf16 amx_tile\n")
+    vnni.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni\n")
+    odd.write_text("processor\t: 0\n")  # no flags line: unknown, bf16 as before
+    assert runtime.cpu_has_native_bf16(amx) and not runtime.cpu_has_native_bf16(vnni)
+    assert runtime.cpu_has_native_bf16(odd) and runtime.cpu_has_native_bf16(tmp_path / "missing")
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        assert runtime.resolve_compute_precision("auto", CPU) == want  # training, embedding
+        assert runtime.resolve_compute_precision("bf16", CPU) == "bf16"  # asked for: honoured
+        assert resolve_precision("auto", CPU) == "bf16"  # scoring: the fast path (its towers are guarded)
 
 
 def test_bf16_scores_are_distinct_float32_and_close_to_fp32(model) -> None:

@@ -1,7 +1,9 @@
 """Device and precision choices shared by training, evaluation, prediction and the runtime benchmark.
 
-Why one place: "auto" must mean the same everywhere (bf16 autocast on CPU, where AMX makes bf16 matrix
-products ~8x faster than fp32; fp16 AMP with a grad scaler on CUDA, bf16 there when the GPU supports it).
+Why one place: "auto" must mean the same everywhere (bf16 on CPU: the fast scoring path, whose OpenVINO towers
+compile in f32 where the CPU has no native bf16; fp16 AMP with a grad scaler on CUDA, bf16 there when the GPU
+supports it). Work PyTorch computes itself (training, embedding) asks `resolve_compute_precision`, which is
+fp32 on a CPU that would emulate bf16: there bf16 matrix products ran 5x slower than fp32.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ def resolve_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AMX or AVX512_BF16 on x86; bf16 on Arm).
+
+    Why: without them PyTorch and OpenVINO emulate bf16, and emulated it is slower than fp32, not faster
+    (measured on AVX-512 VNNI without BF16, 2 cores: bf16 matmul peak 60 GFLOP/s vs fp32 312). Where the
+    flags cannot be read (not Linux), bf16 is assumed, as before."""
+    try:
+        text = Path(cpuinfo).read_text(errors="ignore")
+    except OSError:
+        return True
+    flags = set()
+    for line in text.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    if not flags:
+        return True
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Concrete precision for `device`: auto -> bf16 on CPU, bf16/fp16 on CUDA; fp16 on CPU is refused."""
     if precision not in PRECISIONS:
@@ -41,6 +62,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
     return precision
+
+
+def resolve_compute_precision(precision: str, device: torch.device) -> str:
+    """`resolve_precision` for work PyTorch computes itself (training steps, embedding passes): "auto" is
+    fp32 on a CPU without native bf16, where autocast would emulate bf16 slower than fp32. An explicit bf16
+    is honoured (it is what the user asked)."""
+    resolved = resolve_precision(precision, device)
+    if precision == "auto" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "fp32"
+    return resolved
 
 
 @contextlib.contextmanager

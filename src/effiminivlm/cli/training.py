@@ -285,7 +285,7 @@ def embed_cmd(
     """Cache every item's pooled image and text features once (for probe recipes and sweeps)."""
     from effiminivlm.data.images import ImageStore
     from effiminivlm.data.prepare import read_prepared
-    from effiminivlm.runtime import resolve_device, resolve_precision
+    from effiminivlm.runtime import resolve_compute_precision, resolve_device
     from effiminivlm.training.embed import embed_table, model_signature, save_features
 
     (data,) = dataset(data_arg, data, many=False)
@@ -308,7 +308,7 @@ def embed_cmd(
     dev = resolve_device(device)
     feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                         images=images, batch_size=batch_size, device=dev,
-                        precision=resolve_precision(precision, dev), progress=True)
+                        precision=resolve_compute_precision(precision, dev), progress=True)
     save_features(feats, out, model_signature(net), {"data": str(data)})
     typer.echo(f"{len(feats['ids'])} items: image {tuple(feats['image'].shape)}, text "
                f"{tuple(feats['text'].shape)} -> {out}")

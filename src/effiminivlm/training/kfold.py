@@ -131,7 +131,7 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
     if not path.is_file():
         from effiminivlm.data.images import ImageStore
         from effiminivlm.models.factory import create_tokenizer
-        from effiminivlm.runtime import resolve_device, resolve_precision
+        from effiminivlm.runtime import resolve_compute_precision, resolve_device
         from effiminivlm.training.embed import embed_table, model_signature, save_features
 
         model = build_probe_model(recipe)
@@ -139,7 +139,8 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
         dev = resolve_device(device)
         feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                             images=recipe.data.images, batch_size=recipe.train.eval_batch_size, device=dev,
-                            precision=resolve_precision(recipe.train.precision, dev), progress=progress)
+                            precision=resolve_compute_precision(recipe.train.precision, dev),
+                            progress=progress)
         save_features(feats, path, model_signature(model), {"data": str(data)})
         log(f"features of {len(feats['ids'])} items cached in {path}")
     return path

@@ -42,8 +42,8 @@ from effiminivlm.runtime import (
     autocast,
     default_num_workers,
     fetch_threads,
+    resolve_compute_precision,
     resolve_device,
-    resolve_precision,
 )
 from effiminivlm.training import distributed
 from effiminivlm.training.accumulate import backward_in_parts
@@ -169,7 +169,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         raise EffiMiniVLMError("a recipe is needed to start a run (only --resume can do without one)")
     check_recipe_names(recipe)
     tc = recipe.train
-    precision = resolve_precision(tc.precision, dev)
+    precision = resolve_compute_precision(tc.precision, dev)
     rank_batch = distributed.per_rank_batch(tc.batch_size, dist)
     if dist.enabled and tc.grad_accum_steps > 1:
         raise EffiMiniVLMError("train.grad_accum_steps > 1 is not supported under torchrun yet: more ranks "

@@ -44,7 +44,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.hybrid import HybridProbe
-from effiminivlm.runtime import resolve_device, resolve_precision
+from effiminivlm.runtime import resolve_compute_precision, resolve_device
 from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
 from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
@@ -152,7 +152,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         both = read_prepared(data_dir)
         feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
                             batch_size=tc.eval_batch_size, device=dev,
-                            precision=resolve_precision(tc.precision, dev), progress=progress)
+                            precision=resolve_compute_precision(tc.precision, dev), progress=progress)
     x_tr, x_va = (_tower_matrix(feats, rows, model) for rows in (train_rows, val_rows))
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
     train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
