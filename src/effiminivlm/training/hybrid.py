@@ -51,15 +51,10 @@ def listing_inputs(rows: pa.Table) -> tuple[list[dict[str, Any] | None], list[in
     return listings, n_images, [v or "" for v in rows.column("description").to_pylist()]
 
 
-def _weighted_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Weighted ridge on standardised columns (`ridge.fit_ridge`), coef in the raw scale."""
-    return fit_ridge(x, y, w, alpha)
-
-
 def _dense_block(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[float, ...]) -> dict[str, Any]:
     """A dense block's ridge, alpha by LOO MSE: coef, intercept, alpha, LOO predictions at that alpha."""
     pick, _ = select_alpha(x, y, w, alphas, "loo_mse")
-    coef, b = _weighted_fit(x, y, w, alphas[pick])
+    coef, b = fit_ridge(x, y, w, alphas[pick])  # coef in the raw scale
     loo = loo_predictions(x, y, w, [alphas[pick]])[0]
     return {"coef": coef, "intercept": b, "alpha": float(alphas[pick]), "loo": loo}
 
