@@ -189,3 +189,13 @@ def test_a_dataset_prepared_before_the_listing_column_still_reads(prepared: Path
     pq.write_table(table.drop_columns(["listing"]), old / "data.parquet")
     back = read_prepared(old)
     assert back.schema.names == SCHEMA.names and back.column("listing").null_count == back.num_rows
+
+
+def test_a_damaged_hybrid_config_fails_by_its_key() -> None:
+    from effiminivlm.errors import ConfigError
+    from effiminivlm.models.hybrid import HybridCfg
+
+    with pytest.raises(ConfigError, match="lexical_terms must be an integer >= 0, got -1"):
+        HybridCfg(lexical_terms=-1)
+    with pytest.raises(ConfigError, match="listing_features"):
+        HybridCfg(listing_features="7")

@@ -33,6 +33,7 @@ from effiminivlm.files import atomic_write_text
 from effiminivlm.models.archs import register_arch
 from effiminivlm.models.processor import Processor
 from effiminivlm.models.regressor import EffiMiniVLM
+from effiminivlm.typed import check_int
 
 __all__ = ["HYBRID_NAME", "HybridProbe", "HybridProcessor"]
 HYBRID_NAME = "hybrid.json"
@@ -52,10 +53,8 @@ class HybridCfg(EffiMiniVLMCfg):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.lexical_terms, int) or self.lexical_terms < 0:
-            raise ValueError(f"lexical_terms must be a count >= 0, got {self.lexical_terms!r}")
-        if not isinstance(self.listing_features, int) or self.listing_features < 0:
-            raise ValueError(f"listing_features must be a count >= 0, got {self.listing_features!r}")
+        check_int("lexical_terms", self.lexical_terms, 0)  # a damaged config.json: one line naming it
+        check_int("listing_features", self.listing_features, 0)
 
 
 class HybridProcessor(Processor):
