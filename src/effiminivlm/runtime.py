@@ -32,23 +32,28 @@ def resolve_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (x86 `flags`, Arm `Features`); empty where they cannot
+    be read (another OS). The one reader: precision choices and `quantize`'s stored ISA facts use it."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return frozenset(flags)
+
+
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bf16 matrix products in hardware (AMX or AVX512_BF16 on x86; bf16 on Arm).
 
     Why: without them PyTorch and OpenVINO emulate bf16, and emulated it is slower than fp32, not faster
     (measured on AVX-512 VNNI without BF16, 2 cores: bf16 matmul peak 60 GFLOP/s vs fp32 312). Where the
     flags cannot be read (not Linux), bf16 is assumed, as before."""
-    try:
-        text = Path(cpuinfo).read_text(errors="ignore")
-    except OSError:
-        return True
-    flags = set()
-    for line in text.splitlines():
-        if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[-1].split())
-    if not flags:
-        return True
-    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+    flags = cpu_flags(cpuinfo)
+    return not flags or bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

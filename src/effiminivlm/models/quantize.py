@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from effiminivlm.errors import WeightsError
+from effiminivlm.runtime import cpu_flags
 
 VARIANTS_NAME = "fast.json"
 GRAPH_DIR = "fast"
@@ -55,15 +56,7 @@ def isa_facts() -> dict[str, list[str]]:
     relevant CPU flags (empty where /proc/cpuinfo is absent)."""
     from effiminivlm.models.openvino_backend import cpu_capabilities
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {"openvino": sorted(cpu_capabilities()), "cpu_flags": sorted(flags.intersection(CPU_FLAGS))}
+    return {"openvino": sorted(cpu_capabilities()), "cpu_flags": sorted(cpu_flags().intersection(CPU_FLAGS))}
 
 
 def _parse(folder: Path, data: Any) -> tuple[dict[str, TowerVariant], dict[str, Any]]:
