@@ -62,6 +62,7 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
     counts = {"sent": 0, "ok": 0, "abuse_ok": 0, "failed": 0, "lost": 0}
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
+    lost: list[str] = []  # when and how each lost request failed: what a diagnosis needs
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     deadline = start + args.minutes * 60
@@ -96,6 +97,8 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
                     counts["lost"] += 1
                     what = f"{type(e).__name__} ({'hostile' if abuse else 'listings'})"
                     errors[what] = errors.get(what, 0) + 1
+                    lost.append(f"t={time.monotonic() - start:.1f}s request {n}: {e!r} "
+                                f"(cause {e.__cause__ or e.__context__!r})")
                     continue
                 statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
                 if resp.status_code != want and resp.status_code != 503:  # 503 + Retry-After is allowed
@@ -108,8 +111,8 @@ async def soak(url: str, pid: int, items: list[dict], args: argparse.Namespace) 
         sampling.cancel()
         health = (await client.get("/healthz")).json()
     wall = time.monotonic() - start
-    return {**counts, "statuses": statuses, "errors": errors, "samples": samples, "seconds": wall,
-            "health": health}
+    return {**counts, "statuses": statuses, "errors": errors, "lost_detail": lost[:20], "samples": samples,
+            "seconds": wall, "health": health}
 
 
 async def sweep(url: str, items: list[dict], max_batch: int) -> None:
@@ -171,7 +174,7 @@ def main() -> int:
     summary = {"model": args.model or f"random-init {args.recipe}", "clients": args.clients,
                "minutes": round(r["seconds"] / 60, 2), "sent": r["sent"], "ok": r["ok"],
                "hostile_refused_4xx": r["abuse_ok"], "failed": r["failed"], "lost": r["lost"],
-               "statuses": r["statuses"], "client_errors": r["errors"],
+               "statuses": r["statuses"], "client_errors": r["errors"], "lost_detail": r["lost_detail"],
                "requests_per_s_busy_machine": round(r["sent"] / r["seconds"], 1),
                "rss_mb_before_sweep": before,
                "rss_mb_start": round(rss[0], 1) if rss else None,
