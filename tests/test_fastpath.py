@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from effiminivlm.config import load_recipe
-from effiminivlm.data import dataset as dataset_module
 from effiminivlm.data.images import load_image_with_reason
+from effiminivlm.data.images import store as store_module
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.data.loader import LengthSortedBatches, ThreadedFetch, restore_order
 from effiminivlm.data.prepare import read_prepared
@@ -76,13 +76,13 @@ def test_threaded_fetch_decodes_on_several_threads_into_the_same_batches(tiny, h
     model, tok = tiny
     src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
     seen: set[str] = set()
-    load = dataset_module.load_image_with_reason
+    load = store_module.load_image_with_reason
 
     def spy(*args, **kwargs):
         seen.add(threading.current_thread().name)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "load_image_with_reason", spy)
+    monkeypatch.setattr(store_module, "load_image_with_reason", spy)
     kw = dict(batch_size=8, sort_by_length=True, draft=True, raw_pixels=True)
     one = list(make_loader(model, tok, src.table, src.store, **kw))
     assert seen == {threading.current_thread().name}
@@ -172,15 +172,16 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
 
 
 def test_a_precision_the_cpu_lacks_compiles_as_fp32(tiny, monkeypatch) -> None:
+    from effiminivlm import ovgraph
     from effiminivlm.models import openvino_backend
 
     model, _ = tiny
-    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
     assert [openvino_backend.native_precision(p) for p in ("bf16", "fp16", "fp32")] == ["fp32"] * 3
     tower = openvino_backend.text_tower(model.text_encoder, "bf16", threads=1)
     assert tower.precision == "fp32"
     assert str(tower.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
-    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
+    monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
     assert openvino_backend.native_precision("bf16") == "bf16"
     assert openvino_backend.native_precision("fp16") == "fp32"
 
