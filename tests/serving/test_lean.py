@@ -61,11 +61,23 @@ def items(tmp_path_factory) -> Path:
     return out / "meta_HiRes.jsonl"
 
 
+@pytest.fixture(scope="module")
+def warm(folder, items, tmp_path_factory):
+    """(graph cache, summary, submission) of a first `predict` in a cache of its own: nothing was recorded
+    before it (the lean scorer does not apply), the PyTorch scorer ran and recorded the folder's plan."""
+    root = tmp_path_factory.mktemp("warm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFIMINIVLM_CACHE", str(root / "cache"))
+        assert LeanScorer.load(folder) is None
+        summary = predict(folder, [str(items)], root / "torch.csv", batch_size=8, progress=False)
+        yield root / "cache", summary, root / "torch.csv"
+
+
 @pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    """A graph cache of the test's own: no plan recorded yet."""
-    monkeypatch.setenv("EFFIMINIVLM_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def cache(warm, monkeypatch) -> Path:
+    """The warm graph cache, with the folder's plan."""
+    monkeypatch.setenv("EFFIMINIVLM_CACHE", str(warm[0]))
+    return warm[0]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -73,10 +85,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, cache, tmp_path) -> None:
+def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, warm, cache, tmp_path) -> None:
     src = read_inputs([str(items)])
-    assert LeanScorer.load(folder) is None  # nothing recorded yet: PyTorch runs
-    first = predict(folder, [str(items)], tmp_path / "a.csv", batch_size=8, progress=False)
+    _, first, torch_csv = warm
     plans = list((cache / "openvino" / "plans").iterdir())
     assert len(plans) == 1 and (plans[0] / "plan.json").is_file()
     lean = LeanScorer.load(folder, batch_size=8)
@@ -84,7 +95,7 @@ def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, cache, tmp
     second = predict(folder, [str(items)], tmp_path / "b.csv", batch_size=8, progress=False)
     assert second["image_status"] == first["image_status"]
     assert set(first["image_status"]) >= {"ok", "no_ref", "fallback", "decode_error", "unresolved"}
-    a, b = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
+    a, b = _rows(torch_csv), _rows(tmp_path / "b.csv")
     assert [r["item_id"] for r in a] == [r["item_id"] for r in b]
     assert [(r["params"], r["flops"]) for r in a] == [(r["params"], r["flops"]) for r in b]
     assert max(abs(float(x["score"]) - float(y["score"])) for x, y in zip(a, b, strict=True)) <= 1e-6
@@ -106,8 +117,7 @@ def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, cache, tmp
         assert np.array_equal(transform(img).numpy(), lean.pixels(img))
 
 
-def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, cache, tmp_path, monkeypatch) -> None:
-    predict(folder, [str(items)], tmp_path / "a.csv", batch_size=8, progress=False)  # records the plan
+def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, cache, tmp_path, monkeypatch) -> None:
     assert LeanScorer.load(folder) is not None
     for kwargs in ({"precision": "fp32"}, {"images": "mean"}, {"num_workers": 1}, {"device": "cuda"}):
         assert LeanScorer.load(folder, **kwargs) is None, kwargs
@@ -128,8 +138,7 @@ def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, cache, tmp
     assert LeanScorer.load(copy) is None
 
 
-def test_a_warm_predict_process_never_imports_torch(folder, items, cache, tmp_path) -> None:
-    predict(folder, [str(items)], tmp_path / "warm.csv", batch_size=8, progress=False)  # records the plan
+def test_a_warm_predict_process_never_imports_torch(folder, items, warm, cache, tmp_path) -> None:
     code = ("import sys; from effiminivlm.cli import main; "
             f"rc = main(['predict', {str(items)!r}, '--model', {str(folder)!r}, '--out', "
             f"{str(tmp_path / 'out.csv')!r}, '--batch-size', '8']); "
@@ -138,6 +147,6 @@ def test_a_warm_predict_process_never_imports_torch(folder, items, cache, tmp_pa
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout
-    want, got = _rows(tmp_path / "warm.csv"), _rows(tmp_path / "out.csv")
+    want, got = _rows(warm[2]), _rows(tmp_path / "out.csv")
     scores = [np.array([float(r["score"]) for r in rows]) for rows in (want, got)]
     assert np.abs(scores[0] - scores[1]).max() <= 1e-6
