@@ -156,18 +156,18 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     text_prec = openvino_backend.native_precision("bf16")  # fp32 on a CPU without native bf16
     assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)",
                                 f"openvino text tower ({text_prec})",
-                                *([f"{streams} openvino streams"] if streams > 1 else [])]
+                                *([f"{streams} openvino streams"] if streams > 1 else []), "openvino head"]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     graphs = [p for p in openvino_backend.cache_dir().iterdir() if p.name != "compiled"]
-    assert len(graphs) == 2  # one converted graph per tower
-    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 2  # and compiled once
+    assert len(graphs) == 3  # one converted graph per tower, and the head's
+    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 3  # and compiled once
     for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
         got = run_inference(fast, make_loader(model, tok, table, batch_size=7, sort_by_length=True,
                                               raw_pixels=raw), CPU, "bf16", progress=False)
         assert got.item_id == exact.item_id and np.abs(got.pred - exact.pred).max() < 0.005
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
-    again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
+    again = optimize_for_inference(model, CPU, "bf16", both)  # every graph comes from the cache now
     assert again.fast_levers == fast.fast_levers
 
 
@@ -228,7 +228,8 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
         fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
     image_prec = openvino_backend.native_precision("bf16")
-    assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "bf16_weights"]
+    assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "openvino head",
+                                "bf16_weights"]
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
     assert np.isfinite(got.pred).all() and len(got.pred) == table.num_rows

@@ -163,3 +163,10 @@ def text_tower(tower: nn.Module, precision: str, threads: int | None = None, str
                graph: Any = None) -> OpenVINOTower:
     """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
     return OpenVINOTower(tower, *_signature("text", None), precision, threads, streams, graph)
+
+
+def head_graph(head: nn.Module, in_dim: int, threads: int | None = None) -> OpenVINOTower:
+    """A regression head (fused features [B, in_dim] -> [B, 1]) compiled in f32 with a dynamic batch, one
+    stream. Why in OpenVINO, though it is a tiny part of the work: the torch-free scorer (`serving.lean`)
+    runs this very graph, so a score is the same bits whether `predict` imported torch or not."""
+    return OpenVINOTower(head, (torch.zeros(2, in_dim),), ((0,),), "fp32", threads, 1)

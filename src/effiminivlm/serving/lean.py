@@ -7,9 +7,8 @@ fast path has run once for a folder on this machine (same files, versions, preci
 scorer computes the same thing from the plan: the same rows in the same length-sorted batches, the same
 tokens (the tokenizer the scorer used, saved with the plan, with the same truncation and padding), the same
 uint8 pixels (draft JPEG decode, RGB, bicubic resize: `models.processor.Processor.transform(raw=True)`)
-normalised as `models.optimize` does, the same compiled graphs (`ovgraph.CompiledGraph`), the same image
-fallbacks and their counts; only the MLP head runs in numpy instead of PyTorch (float32 both; scores agree
-within float rounding, ~1e-7 on the 1-5 scale).
+normalised as `models.optimize` does, the same compiled graphs of the towers and the head
+(`ovgraph.CompiledGraph`), the same image fallbacks and their counts: the same scores, bit for bit.
 
 `LeanScorer.load` returns None whenever that is not exactly the case (no plan yet, a GPU that torch might
 pick, fp32 asked, DataLoader workers, the "mean" image mode, a stored precision choice measured on another
@@ -19,7 +18,6 @@ CPU, no stored cost.json): the caller then takes the PyTorch path, which records
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -78,23 +76,6 @@ def _stored_choice_applies(folder: Path) -> bool:
         return False  # damaged: the PyTorch path says so in one line
 
 
-def run_head(layers: list[list[Any]], arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The MLP head (`serving.plan.head_layers`) on fused features [B, D] float32 -> [B] float32."""
-    for layer in layers:
-        kind, i = layer[0], layer[1]
-        if kind == "linear":
-            x = x @ arrays[f"{i}.weight"].T + arrays[f"{i}.bias"]
-        elif kind == "layer_norm":
-            mean = x.mean(-1, keepdims=True)
-            var = np.square(x - mean).mean(-1, keepdims=True)
-            x = (x - mean) / np.sqrt(var + np.float32(layer[2])) * arrays[f"{i}.weight"] + arrays[f"{i}.bias"]
-        elif kind == "gelu":  # exact GELU: x * (1 + erf(x / sqrt 2)) / 2
-            erf = np.frompyfunc(math.erf, 1, 1)(x.astype(np.float64) / math.sqrt(2.0)).astype(np.float64)
-            x = (0.5 * x.astype(np.float64) * (1.0 + erf)).astype(np.float32)
-        x = x.astype(np.float32, copy=False)
-    return x[:, 0]
-
-
 class LeanScorer:
     """The `serving.scorer.Scorer` surface `predict` uses (`score_table`, `intervals`, `images`, `source`,
     `model_dir`), computed from a recorded plan without torch."""
@@ -110,8 +91,6 @@ class LeanScorer:
         self.images = images if "image" in towers else "none"
         self.graphs = {kind: CompiledGraph(t["graph"], t["precision"], t["threads"], t["streams"])
                        for kind, t in towers.items()}
-        with np.load(Path(plan["dir"]) / "head.npz") as npz:
-            self.head = {k: npz[k] for k in npz.files}
         self.tokenizer = None
         if "text" in towers:
             from tokenizers import Tokenizer
@@ -182,7 +161,8 @@ class LeanScorer:
             ids = np.asarray([e.ids for e in enc], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
             feats.append(self.graphs["text"].run([ids, mask]))
-        return run_head(self.plan["head"], self.head, np.concatenate(feats, axis=-1).astype(np.float32))
+        fused = np.concatenate(feats, axis=-1).astype(np.float32, copy=False)
+        return self.graphs["head"].run([fused])[:, 0]
 
     def score_table(self, table: pa.Table, store: ImageStore | None = None, progress: bool = True
                     ) -> LeanResult:

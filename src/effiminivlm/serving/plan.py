@@ -2,9 +2,9 @@
 
 Why: `predict` of 32 items spent most of its time importing torch, timm and transformers to build the
 PyTorch model its cached OpenVINO graphs are keyed on. Once a scorer has built the fast path for a folder,
-everything the numbers depend on is here: each tower's OpenVINO graph (the cached fp32 conversion or the
-folder's stored int8 variant) with the precision, threads and streams it was compiled with, the pixel
-normalisation, the regression head's weights and the tokenizer exactly as it ran. `serving.lean` compiles
+everything the numbers depend on is here: the OpenVINO graph of each tower (the cached fp32 conversion or
+the folder's stored int8 variant) and of the head, with the precision, threads and streams each was
+compiled with, the pixel normalisation and the tokenizer exactly as it ran. `serving.lean` compiles
 the same graphs the same way from it (OpenVINO's compiled-blob cache makes that a read).
 
 The plan lives in the graph cache (`ovgraph.cache_dir()/plans/KEY`), keyed by what can be known without
@@ -75,8 +75,8 @@ def read_plan(key: str) -> dict[str, Any] | None:
             xml = Path(tower["graph"])
             if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
                 return None
-        if not (folder / "head.npz").is_file() or ("text" in plan["towers"] and
-                                                   not (folder / "tokenizer.json").is_file()):
+        if "head" not in plan["towers"] or ("text" in plan["towers"] and
+                                            not (folder / "tokenizer.json").is_file()):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -84,34 +84,10 @@ def read_plan(key: str) -> dict[str, Any] | None:
     return plan
 
 
-def head_layers(head: Any) -> tuple[list[list[Any]], dict[str, Any]] | None:
-    """(layer list, arrays) of an MLP head made only of Linear, LayerNorm, exact GELU and Dropout (the
-    paper's head), in the form `serving.lean.run_head` computes; None for any other head."""
-    from torch import nn
-
-    layers: list[list[Any]] = []
-    arrays: dict[str, Any] = {}
-    for i, mod in enumerate(head.children()):
-        if isinstance(mod, nn.Linear):
-            layers.append(["linear", i])
-            arrays[f"{i}.weight"] = mod.weight.detach().float().numpy()
-            arrays[f"{i}.bias"] = mod.bias.detach().float().numpy()
-        elif isinstance(mod, nn.LayerNorm) and mod.elementwise_affine and mod.bias is not None:
-            layers.append(["layer_norm", i, float(mod.eps)])
-            arrays[f"{i}.weight"] = mod.weight.detach().float().numpy()
-            arrays[f"{i}.bias"] = mod.bias.detach().float().numpy()
-        elif isinstance(mod, nn.GELU) and mod.approximate == "none":
-            layers.append(["gelu", i])
-        elif not isinstance(mod, nn.Dropout):  # dropout is the identity in eval mode
-            return None
-    return layers, arrays
-
-
 def record_plan(scorer: Any) -> Path | None:
     """Write the plan of `scorer`'s fast path (a `serving.scorer.Scorer` of an EffiMiniVLM folder on a CPU,
-    both towers in OpenVINO, nothing fallen back); None when it is not such a case or cannot be written."""
-    import numpy as np
-
+    its towers and head in OpenVINO, nothing fallen back); None when it is not such a case or cannot be
+    written."""
     from effiminivlm.models.openvino_backend import OpenVINOTower
     from effiminivlm.models.regressor import EffiMiniVLM
 
@@ -125,7 +101,8 @@ def record_plan(scorer: Any) -> Path | None:
     towers: dict[str, Any] = {}
     plan: dict[str, Any] = {"version": PLAN_VERSION, "image_size": model.cfg.input.image_size,
                             "max_length": scorer.max_length, "image_dim": model.image_dim}
-    for kind, module in (("image", runner.image_encoder), ("text", runner.text_encoder)):
+    parts = {"image": runner.image_encoder, "text": runner.text_encoder, "head": runner.head}
+    for kind, module in parts.items():
         if module is None:
             continue
         if kind == "image":  # uint8 pixels are normalised first (`models.optimize._PixelNormalize`)
@@ -137,11 +114,9 @@ def record_plan(scorer: Any) -> Path | None:
         towers[kind] = {"graph": str(Path(module.graph_path).resolve()), "precision": module.precision,
                         "threads": module.threads, "streams": module.streams}
     plan["towers"] = towers
-    head = head_layers(model.head)
     backend = getattr(tok, "backend_tokenizer", None)
-    if head is None or ("text" in towers and (backend is None or tok.pad_token_id is None)):
+    if "text" in towers and (backend is None or tok.pad_token_id is None):
         return None
-    plan["head"] = head[0]
     if "text" in towers:
         plan["tokenizer"] = {"pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
                              "pad_type_id": int(getattr(tok, "pad_token_type_id", 0)),
@@ -150,7 +125,6 @@ def record_plan(scorer: Any) -> Path | None:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-        np.savez(tmp / "head.npz", **head[1])
         if "text" in towers:
             (tmp / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
         (tmp / PLAN_NAME).write_text(json.dumps(plan, indent=1), encoding="utf-8")  # last: marks it whole
