@@ -108,7 +108,7 @@ def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, warm, cach
         assert np.array_equal(transform(img).numpy(), lean.pixels(img))
 
 
-def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, cache, tmp_path, monkeypatch) -> None:
+def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, cache, tmp_path, monkeypatch) -> None:
     assert LeanScorer.load(folder) is not None
     for kwargs in ({"precision": "fp32"}, {"images": "mean"}, {"num_workers": 1}, {"device": "cuda"}):
         assert LeanScorer.load(folder, **kwargs) is None, kwargs
@@ -121,6 +121,10 @@ def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, cache, tmp_path, 
         graph.with_suffix(".bin").rename(graph.with_suffix(".bak"))
         assert LeanScorer.load(folder) is None
         graph.with_suffix(".bak").rename(graph.with_suffix(".bin"))
+        (plan / "plan.json").write_text("{")  # a damaged plan: PyTorch runs and records it again
+        assert LeanScorer.load(folder) is None
+        predict(folder, [str(items)], tmp_path / "again.csv", batch_size=8, progress=False)
+        assert json.loads((plan / "plan.json").read_text())["towers"]["text"]["graph"] == str(graph)
     assert LeanScorer.load(folder) is not None
     copy = tmp_path / "edited"  # other weights: another key
     copy.mkdir()

@@ -128,6 +128,8 @@ def record_plan(scorer: Any) -> Path | None:
         if "text" in towers:
             (tmp / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
         (tmp / PLAN_NAME).write_text(json.dumps(plan, indent=1), encoding="utf-8")  # last: marks it whole
+        if final.exists() and read_plan(key) is None:  # a stale plan (its graphs gone): replaced
+            shutil.rmtree(final, ignore_errors=True)
         try:
             tmp.rename(final)  # atomic: a reader sees the whole plan or none
         except OSError:  # another process recorded the same plan first
