@@ -108,7 +108,8 @@ def test_the_lean_path_scores_as_the_pytorch_fast_path(folder, items, warm, cach
         assert np.array_equal(transform(img).numpy(), lean.pixels(img))
 
 
-def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, cache, tmp_path, monkeypatch) -> None:
+def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, warm, cache, tmp_path, monkeypatch
+                                                       ) -> None:
     assert LeanScorer.load(folder) is not None
     for kwargs in ({"precision": "fp32"}, {"images": "mean"}, {"num_workers": 1}, {"device": "cuda"}):
         assert LeanScorer.load(folder, **kwargs) is None, kwargs
@@ -131,6 +132,14 @@ def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, cache, tmp
     for f in folder.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert LeanScorer.load(copy) is None
+    cost = folder / "cost.json"  # a folder without cost.json (read-only): the plan has the counts
+    saved = cost.read_bytes()
+    cost.unlink()
+    try:
+        lean = LeanScorer.load(folder)
+        assert lean is not None and lean.cost == (warm[1]["params_m"], warm[1]["flops_g"])
+    finally:
+        cost.write_bytes(saved)
 
 
 def test_a_warm_predict_process_never_imports_torch(folder, items, warm, cache, tmp_path) -> None:

@@ -12,7 +12,7 @@ normalised as `models.optimize` does, the same compiled graphs of the towers and
 
 `LeanScorer.load` returns None whenever that is not exactly the case (no plan yet, a GPU that torch might
 pick, fp32 asked, DataLoader workers, the "mean" image mode, a stored precision choice measured on another
-CPU, no stored cost.json): the caller then takes the PyTorch path, which records the plan for next time.
+CPU): the caller then takes the PyTorch path, which records the plan for next time.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class LeanScorer:
         self.scale = np.asarray(plan.get("scale", [1.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
         self.shift = np.asarray(plan.get("shift", [0.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
         self.conformal: dict[str, Any] | None = None
+        self.cost = (float("nan"), float("nan"))  # (params in M, FLOPs in G): the folder's, set by `load`
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str | None = None, precision: str = "auto",
@@ -124,12 +125,16 @@ class LeanScorer:
 
         key = plan_key(folder, prec, usable_cores())
         plan = read_plan(key) if key is not None else None
-        if plan is None or read_stored_profile(folder) is None or not _stored_choice_applies(folder):
+        if plan is None or not _stored_choice_applies(folder):
             return None
+        stored = read_stored_profile(folder)
+        cost = (stored.params_m, stored.flops_g) if stored is not None else \
+            (plan["cost"]["params_m"], plan["cost"]["flops_g"])
         from effiminivlm.evaluation.conformal import load_conformal
 
         scorer = cls(plan, folder, images, batch_size)
         scorer.conformal = load_conformal(folder)
+        scorer.cost = cost
         return scorer
 
     def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:

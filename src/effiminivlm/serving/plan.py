@@ -4,7 +4,8 @@ Why: `predict` of 32 items spent most of its time importing torch, timm and tran
 PyTorch model its cached OpenVINO graphs are keyed on. Once a scorer has built the fast path for a folder,
 everything the numbers depend on is here: the OpenVINO graph of each tower (the cached fp32 conversion or
 the folder's stored int8 variant) and of the head, with the precision, threads and streams each was
-compiled with, the pixel normalisation and the tokenizer exactly as it ran. `serving.lean` compiles
+compiled with, the pixel normalisation, the tokenizer exactly as it ran and the protocol's params / FLOPs
+(also in the folder's cost.json, where the folder is writable). `serving.lean` compiles
 the same graphs the same way from it (OpenVINO's compiled-blob cache makes that a read).
 
 The plan lives in the graph cache (`ovgraph.cache_dir()/plans/KEY`), keyed by what can be known without
@@ -106,6 +107,8 @@ def record_plan(scorer: Any) -> Path | None:
         if module is None:
             continue
         if kind == "image":  # uint8 pixels are normalised first (`models.optimize._PixelNormalize`)
+            if not (hasattr(module, "scale") and hasattr(module, "shift")):
+                return None
             plan["scale"] = module.scale.reshape(-1).numpy().tolist()
             plan["shift"] = module.shift.reshape(-1).numpy().tolist()
             module = module.inner
@@ -121,6 +124,10 @@ def record_plan(scorer: Any) -> Path | None:
         plan["tokenizer"] = {"pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
                              "pad_type_id": int(getattr(tok, "pad_token_type_id", 0)),
                              "padding_side": tok.padding_side, "truncation_side": tok.truncation_side}
+    from effiminivlm.protocol.cost import stored_profile
+
+    prof = stored_profile(model, scorer.model_dir)  # stored in the folder too, where it is writable
+    plan["cost"] = {"params_m": prof.params_m, "flops_g": prof.flops_g}  # for a read-only folder
     final = plan_dir(key)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -42,12 +42,12 @@ def non_finite_error(bad: int, total: int, source: str) -> DataError:
 
 def model_cost(scorer: Scorer | LeanScorer) -> tuple[float, float]:
     """(params in M, canonical FLOPs in G) of the scorer's model, by the protocol's rules (stored in its
-    folder after the first count: `protocol.cost`; a torch-free scorer runs only where it is stored)."""
-    from effiminivlm.protocol.cost import read_stored_profile, stored_profile
+    folder after the first count: `protocol.cost`; the torch-free scorer reads them there or in its plan)."""
+    if isinstance(scorer, LeanScorer):
+        return scorer.cost
+    from effiminivlm.protocol.cost import stored_profile
 
-    prof = read_stored_profile(scorer.model_dir) if isinstance(scorer, LeanScorer) else None
-    if prof is None:
-        prof = stored_profile(scorer.model, scorer.model_dir)  # type: ignore[union-attr]
+    prof = stored_profile(scorer.model, scorer.model_dir)
     return prof.params_m, prof.flops_g
 
 
