@@ -5,7 +5,8 @@ reading (and compiling) the OpenVINO graphs, counting params / FLOPs. Each run i
 `python -m effiminivlm.cli predict` process timed from spawn to exit; the first run warms the caches (the
 converted graphs, OpenVINO's compiled blobs, the folder's cost.json, the OS page cache) and is reported apart.
 Prints one line per run and the median / min / max of the warm runs; `--importtime` adds the slowest imports
-of one more run (`python -X importtime`).
+of one more run (`python -X importtime`) and which of torch, timm, torchvision and transformers it imported
+(none, once the folder's fast path is recorded: docs/SPEED.md "Start-up").
 
     .venv/bin/python benchmarks/bench_startup.py --model runs/x/model              # 32 realistic items
     .venv/bin/python benchmarks/bench_startup.py --model M --inputs input.csv --runs 7
@@ -51,18 +52,25 @@ def time_process(argv: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def slowest_imports(argv: list[str], env: dict[str, str], top: int = 12) -> list[tuple[float, str]]:
-    """(cumulative seconds, module) of the `top` slowest top-level imports of one run of `argv`."""
+#: What a warm `predict` of a recorded folder should never import (docs/SPEED.md "Start-up").
+HEAVY = ("torch", "timm", "torchvision", "transformers")
+
+
+def slowest_imports(argv: list[str], env: dict[str, str], top: int = 12
+                    ) -> tuple[list[tuple[float, str]], list[str]]:
+    """((cumulative seconds, module) of the `top` slowest top-level imports of one run of `argv`, the
+    `HEAVY` packages it imported)."""
     done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True,
                           check=False)
-    rows = []
+    rows, names = [], set()
     for line in done.stderr.splitlines():
         parts = line.removeprefix("import time:").split("|")
         if len(parts) == 3 and parts[1].strip().isdigit():
             name = parts[2]
+            names.add(name.strip())
             if len(name) - len(name.lstrip()) <= 3:  # top-level imports only (deeper ones are inside them)
                 rows.append((int(parts[1]) / 1e6, name.strip()))
-    return sorted(rows, reverse=True)[:top]
+    return sorted(rows, reverse=True)[:top], [h for h in HEAVY if h in names]
 
 
 def summary(seconds: list[float]) -> str:
@@ -96,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {i + 1}: {warm[-1]:.2f} s")
     print(f"predict whole process: {summary(warm)}")
     if args.importtime:
-        for sec, name in slowest_imports(cmd, env):
+        slowest, heavy = slowest_imports(cmd, env)
+        for sec, name in slowest:
             print(f"  import {name}: {sec:.2f} s")
+        print(f"  imported of {', '.join(HEAVY)}: {', '.join(heavy) or 'none'}")
     return 0
 
 

@@ -40,6 +40,7 @@ def test_main_times_warm_runs_and_lists_imports(bench, model_dir: Path, synth_ca
     out = capsys.readouterr().out
     assert "warming run:" in out and "run 1:" in out and "over 1 warm runs" in out
     assert "import effiminivlm" in out  # the slowest top-level imports of one run
+    assert "imported of torch, timm, torchvision, transformers: none" in out  # warm: the torch-free path
     assert (model_dir / "cost.json").is_file()  # the first run stored the counts in the folder
     with pytest.raises(SystemExit, match="failed"):
         bench.main(["--model", str(model_dir / "missing"), "--inputs", str(lovif), "--runs", "1"])

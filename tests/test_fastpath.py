@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from effiminivlm.config import load_recipe
-from effiminivlm.data import dataset as dataset_module
 from effiminivlm.data.images import load_image_with_reason
+from effiminivlm.data.images import store as store_module
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.data.loader import LengthSortedBatches, ThreadedFetch, restore_order
 from effiminivlm.data.prepare import read_prepared
@@ -76,13 +76,13 @@ def test_threaded_fetch_decodes_on_several_threads_into_the_same_batches(tiny, h
     model, tok = tiny
     src = read_inputs([str(hi_res / "meta_HiRes.jsonl")])
     seen: set[str] = set()
-    load = dataset_module.load_image_with_reason
+    load = store_module.load_image_with_reason
 
     def spy(*args, **kwargs):
         seen.add(threading.current_thread().name)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "load_image_with_reason", spy)
+    monkeypatch.setattr(store_module, "load_image_with_reason", spy)
     kw = dict(batch_size=8, sort_by_length=True, draft=True, raw_pixels=True)
     one = list(make_loader(model, tok, src.table, src.store, **kw))
     assert seen == {threading.current_thread().name}
@@ -156,31 +156,32 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     text_prec = openvino_backend.native_precision("bf16")  # fp32 on a CPU without native bf16
     assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)",
                                 f"openvino text tower ({text_prec})",
-                                *([f"{streams} openvino streams"] if streams > 1 else [])]
+                                *([f"{streams} openvino streams"] if streams > 1 else []), "openvino head"]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
     graphs = [p for p in openvino_backend.cache_dir().iterdir() if p.name != "compiled"]
-    assert len(graphs) == 2  # one converted graph per tower
-    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 2  # and compiled once
+    assert len(graphs) == 3  # one converted graph per tower, and the head's
+    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 3  # and compiled once
     for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
         got = run_inference(fast, make_loader(model, tok, table, batch_size=7, sort_by_length=True,
                                               raw_pixels=raw), CPU, "bf16", progress=False)
         assert got.item_id == exact.item_id and np.abs(got.pred - exact.pred).max() < 0.005
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
-    again = optimize_for_inference(model, CPU, "bf16", both)  # both graphs come from the cache now
+    again = optimize_for_inference(model, CPU, "bf16", both)  # every graph comes from the cache now
     assert again.fast_levers == fast.fast_levers
 
 
 def test_a_precision_the_cpu_lacks_compiles_as_fp32(tiny, monkeypatch) -> None:
+    from effiminivlm import ovgraph
     from effiminivlm.models import openvino_backend
 
     model, _ = tiny
-    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
     assert [openvino_backend.native_precision(p) for p in ("bf16", "fp16", "fp32")] == ["fp32"] * 3
     tower = openvino_backend.text_tower(model.text_encoder, "bf16", threads=1)
     assert tower.precision == "fp32"
     assert str(tower.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
-    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
+    monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
     assert openvino_backend.native_precision("bf16") == "bf16"
     assert openvino_backend.native_precision("fp16") == "fp32"
 
@@ -227,7 +228,8 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
         fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
     image_prec = openvino_backend.native_precision("bf16")
-    assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "bf16_weights"]
+    assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "openvino head",
+                                "bf16_weights"]
     table = read_prepared(prepared, "test")
     got = run_inference(fast, make_loader(model, tok, table, batch_size=8), CPU, "bf16", progress=False)
     assert np.isfinite(got.pred).all() and len(got.pred) == table.num_rows

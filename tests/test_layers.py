@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "effiminivlm"
 #: Stage of each top-level module or package of effiminivlm; a module may import its own stage or lower.
 STAGES: dict[str, int] = {
     "errors": 0, "files": 0, "registry": 0, "runtime": 0, "typed": 0, "modelcfg": 0, "config": 0,
+    "ovgraph": 0,
     "data": 1,
     "models": 2,
     "inference": 3,

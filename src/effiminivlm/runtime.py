@@ -4,6 +4,9 @@ Why one place: "auto" must mean the same everywhere (bf16 on CPU: the fast scori
 compile in f32 where the CPU has no native bf16; fp16 AMP with a grad scaler on CUDA, bf16 there when the GPU
 supports it). Work PyTorch computes itself (training, embedding) asks `resolve_compute_precision`, which is
 fp32 on a CPU that would emulate bf16: there bf16 matrix products ran 5x slower than fp32.
+
+torch is imported inside the functions that need it: `predict` on a CPU asks `cuda_absent` and
+`resolve_precision` before it knows whether it will import torch at all (`serving.lean`).
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from effiminivlm.config import PRECISIONS
 from effiminivlm.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+#: Files that exist where an NVIDIA driver is loaded: without any, torch can see no CUDA GPU.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0")
+
 
 def resolve_device(device: str | None = None) -> torch.device:
     """`None`/"auto" -> cuda when available, else cpu."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -30,6 +40,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
+
+
+def cuda_absent(device: str | None = None) -> bool:
+    """True when `device` (None / "auto" / "cpu") certainly resolves to the CPU, known without importing
+    torch: "cpu" asked, or auto on a machine with no NVIDIA driver loaded. False means "ask torch"."""
+    if device == "cpu":
+        return True
+    return device in (None, "auto") and not any(os.path.exists(f) for f in NVIDIA_DRIVER_FILES)
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -56,15 +74,19 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return not flags or bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Concrete precision for `device`: auto -> bf16 on CPU, bf16/fp16 on CUDA; fp16 on CPU is refused."""
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """Concrete precision for `device` (a torch device, or its type: "cpu" needs no torch): auto -> bf16 on
+    CPU, bf16/fp16 on CUDA; fp16 on CPU is refused."""
+    kind = device if isinstance(device, str) else device.type
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        if device.type == "cuda":
+        if kind == "cuda":
+            import torch
+
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16"
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and kind != "cuda":
         raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
     return precision
 
@@ -87,6 +109,8 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     if precision == "fp32":
         yield
         return
+    import torch
+
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
@@ -96,6 +120,8 @@ def synchronize(device: torch.device) -> None:
     """Wait for `device`'s queued work (CUDA runs asynchronously; a timer read before it finishes measures
     the launch, not the work); nothing on a CPU."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
@@ -149,6 +175,8 @@ def scoring_threads(num_workers: int, device: torch.device) -> int | None:
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to `threads` inside the block (None: unchanged), restored after."""
+    import torch
+
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -77,10 +77,10 @@ def check_runtime(precision: str | None, device: str | None) -> None:
     """--device must name a torch device, and a precision must run on it (fp16 needs CUDA). Other precision
     words (benchmark's "both", typos) are left to the command's own check of its choices."""
     from effiminivlm.config import PRECISIONS
-    from effiminivlm.runtime import resolve_device, resolve_precision
+    from effiminivlm.runtime import cuda_absent, resolve_device, resolve_precision
 
-    try:
-        dev = resolve_device(device)
+    try:  # the CPU is known without importing torch (a fast `predict` never imports it)
+        dev = "cpu" if cuda_absent(device) else resolve_device(device)
     except RuntimeError:  # torch's "Expected one of cpu, cuda, ipu, xpu, ... device type at start of ..."
         raise ConfigError(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if precision in PRECISIONS:

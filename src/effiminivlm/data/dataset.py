@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from effiminivlm.data.images import ImageStore, load_image_with_reason
+from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import product_text
 
 TEXT_COLUMNS = ("category", "title", "features", "description")
@@ -102,29 +102,8 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         return product_text(*(self._cols[c][i].as_py() or "" for c in TEXT_COLUMNS))
 
     def _load_images(self, refs: list[str]) -> tuple[list[torch.Tensor], str]:
-        if self.mode == "none":
-            return [], "skipped"
-        if not refs:
-            return [], "no_ref"
-        out: list[torch.Tensor] = []
-        first_failure = None
-        for k, ref in enumerate(refs):
-            path = self.store.resolve(ref)
-            if path is None:
-                first_failure = first_failure or "unresolved"
-                continue
-            img, reason = load_image_with_reason(path, draft=self.draft)
-            if img is None:
-                first_failure = first_failure or (reason or "load_failed")
-                continue
-            out.append(self.transform(img))  # type: ignore[misc]
-            if self.mode == "first":
-                return out, "ok" if k == 0 else "fallback"
-            if len(out) >= self.max_images:
-                break
-        if out:
-            return out, "ok"
-        return [], first_failure or "unresolved"
+        return self.store.load_images(refs, self.mode, self.transform,  # type: ignore[arg-type]
+                                      self.max_images, self.draft)
 
     def _decoded_images(self, imgs: Sequence[Image.Image]) -> tuple[list[torch.Tensor], str]:
         if self.mode == "none":

@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 
+from effiminivlm.data.batches import length_sorted_batches, restore_order
 from effiminivlm.data.dataset import Collator, ProductDataset, Sample
+
+__all__ = ["BucketedShuffledBatches", "LengthSortedBatches", "RowCollator", "RowDataset", "ThreadedFetch",
+           "length_sorted_batches", "restore_order", "text_lengths", "with_fetch_threads"]
 
 
 def text_lengths(dataset: ProductDataset) -> list[int]:
@@ -35,14 +39,7 @@ class LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, window: int | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batches: list[list[int]] = []
-        n = len(lengths)
-        step = n if window is None else max(window, batch_size)
-        for start in range(0, n, max(step, 1)):
-            rows = sorted(range(start, min(n, start + step)), key=lambda i: -lengths[i])
-            self.batches += [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+        self.batches = length_sorted_batches(lengths, batch_size, window)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -122,17 +119,6 @@ class RowCollator:
         out = self.collator([s for _, s in items])
         out["row"] = torch.tensor([i for i, _ in items], dtype=torch.long)
         return out
-
-
-def restore_order(rows: Sequence[int] | torch.Tensor, n: int) -> list[int]:
-    """Positions that put outputs made in `rows` order back in input order (every row must come once)."""
-    rows = [int(r) for r in rows]
-    if sorted(rows) != list(range(n)):
-        raise ValueError(f"batches covered {len(rows)} rows ({len(set(rows))} distinct) of {n}")
-    where = [0] * n
-    for pos, r in enumerate(rows):
-        where[r] = pos
-    return where
 
 
 class BucketedShuffledBatches(torch.utils.data.Sampler[list[int]]):

@@ -17,26 +17,24 @@ thread-safe: one infer request per calling thread.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import shutil
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from effiminivlm.models.blocks import TowerWrapper
+from effiminivlm.ovgraph import PRECISION_HINTS, CompiledGraph, cache_dir, cpu_capabilities, native_precision
+
+__all__ = ["PRECISION_HINTS", "OpenVINOTower", "cache_dir", "cpu_capabilities", "image_tower",
+           "native_precision", "openvino_available", "text_tower", "tower_graph"]
 
 #: Per input of a tower, the dimensions that may vary between calls.
 Dynamic = tuple[tuple[int, ...], ...]
-#: OpenVINO's inference precision hint per precision a tower is compiled for.
-PRECISION_HINTS = {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}
 
 
 def openvino_available() -> bool:
@@ -48,80 +46,40 @@ def openvino_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_capabilities() -> frozenset[str]:
-    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU (e.g. FP32, INT8, BF16): the ISA facts a precision
-    choice depends on."""
-    import openvino as ov
-
-    return frozenset(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
-def native_precision(precision: str) -> str:
-    """`precision`, or "fp32" when it is bf16 / fp16 and this CPU has no native kernels for it.
-
-    Why: OpenVINO honours a bf16 hint on a CPU without AVX512_BF16 / AMX by emulating it, and that is not a
-    little slower but tens of times slower (measured: a MiniLM text tower, batch 32 x 256 tokens, 2 threads,
-    AVX-512 VNNI without BF16: f32 2.4 s, "bf16" 65-95 s); f32 is what such a CPU computes fastest."""
-    want = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
-    return "fp32" if want is not None and want not in cpu_capabilities() else precision
-
-
 class OpenVINOTower(TowerWrapper):
-    """`tower` compiled by OpenVINO: called with the tower's tensors, returns its float32 output.
+    """`tower` compiled by OpenVINO (`ovgraph.CompiledGraph`): called with the tower's tensors, returns its
+    float32 output.
 
     `example` are example inputs (their shapes fix the rank; `dynamic` lists, per input, which dimensions
     may vary). The fp32 PyTorch tower is kept as `inner` (its attributes, e.g. `num_features`, stay readable
-    and `parameters()` still counts it) but never runs.
-
-    `streams` > 1 compiles for that many OpenVINO streams (the threads split between them) and runs a batch
-    as that many consecutive slices at once, one per stream. Why: on a small CPU one stream per core, each
-    with a slice of the batch, keeps every core busy through the many small layers (depthwise convolutions,
-    the text tower's short matrices) that one stream cannot spread over two threads well; the outputs are
-    the same rows in the same order (tested equal to one stream).
+    and `parameters()` still counts it) but never runs. `streams` > 1 runs a batch as that many slices at
+    once, one per OpenVINO stream (the same rows in the same order, tested equal to one stream).
 
     `graph` (an OpenVINO model, or the path of its .xml) replaces the conversion of `tower`: a quantized
     variant of the same function. `precision` is what the CPU can compute natively (`native_precision`):
-    the tower's `precision` says what it was compiled for.
+    the tower's `precision` says what it was compiled for. `graph_path` is the .xml the graph was read from
+    or cached as (None for a graph only in memory): what a torch-free scorer compiles the same way.
     """
 
     def __init__(self, tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic,
                  precision: str = "bf16", threads: int | None = None, streams: int = 1,
                  graph: Any = None) -> None:
         super().__init__(tower)
+        path: Path | None = None
         if graph is None:
-            graph = _cached_graph(tower.float().eval(), example, dynamic)
+            graph, path = _cached_graph(tower.float().eval(), example, dynamic)
         elif isinstance(graph, str | Path):  # a stored graph (an int8 variant of `models.quantize`)
-            graph = _core().read_model(str(graph))
-        precision = native_precision(precision)
-        threads = int(threads or torch.get_num_threads())
-        self.streams = max(1, min(int(streams), threads))
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-                                  "INFERENCE_NUM_THREADS": threads}
-        config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams} if self.streams > 1
-                      else {"PERFORMANCE_HINT": "LATENCY"})
-        self.compiled = _core().compile_model(graph, "CPU", config)
-        self.precision = precision
-        self._local = threading.local()
-
-    def _requests(self) -> list[Any]:
-        reqs = getattr(self._local, "requests", None)
-        if reqs is None:
-            reqs = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
-        return reqs
+            path = Path(graph)
+        self.graph_path = path
+        self.graph = CompiledGraph(graph, precision, int(threads or torch.get_num_threads()), streams)
+        self.compiled = self.graph.compiled
+        self.precision = self.graph.precision
+        self.threads = self.graph.threads
+        self.streams = self.graph.streams
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy() for t in inputs]
-        n = feeds[0].shape[0]
-        reqs = self._requests()[:self.streams if n >= self.streams else 1]  # a slice per stream
-        cuts = np.linspace(0, n, len(reqs) + 1).round().astype(int)
-        for req, lo, hi in zip(reqs, cuts[:-1], cuts[1:], strict=True):
-            req.start_async([np.ascontiguousarray(f[lo:hi]) for f in feeds])
-        parts = []
-        for req in reqs:
-            req.wait()
-            parts.append(np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True))
-        return torch.from_numpy(np.concatenate(parts))
+        return torch.from_numpy(self.graph.run(feeds))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenVINOTower:
         return self  # a compiled graph is immutable; copies of a fast model share it
@@ -129,29 +87,6 @@ class OpenVINOTower(TowerWrapper):
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("an OpenVINO-compiled tower cannot be pickled: build the fast model in each process "
                         "(models.optimize.optimize_for_inference)")
-
-
-def _core() -> Any:
-    """An OpenVINO Core with its compiled-model cache in `cache_dir()/compiled`: the next process imports the
-    compiled blob instead of compiling the graph again (OpenVINO keys it by graph, device and settings).
-    An unwritable cache only costs the compilation."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = cache_dir() / "compiled"
-    try:
-        compiled.mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(compiled)})
-    except (OSError, RuntimeError):
-        pass
-    return core
-
-
-def cache_dir() -> Path:
-    """Where converted graphs are kept: $EFFIMINIVLM_CACHE/openvino, else ~/.cache/effiminivlm/openvino."""
-    root = os.environ.get("EFFIMINIVLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                         Path.home() / ".cache") / "effiminivlm"
-    return Path(root) / "openvino"
 
 
 def _graph_key(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic) -> str:
@@ -168,17 +103,18 @@ def _graph_key(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dyn
     return digest.hexdigest()[:32]
 
 
-def _cached_graph(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic) -> Any:
-    """The tower's OpenVINO graph with its dynamic dimensions: read from the cache when converted before
-    (tracing takes seconds, reading ~0.1 s), else converted and written there (best effort: an unwritable
-    cache only costs the next run the conversion again)."""
+def _cached_graph(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: Dynamic
+                  ) -> tuple[Any, Path | None]:
+    """(the tower's OpenVINO graph with its dynamic dimensions, its .xml in the cache): read from the cache
+    when converted before (tracing takes seconds, reading ~0.1 s), else converted and written there (best
+    effort: an unwritable cache only costs the next run the conversion again; the path is then None)."""
     import openvino as ov
 
     key = _graph_key(tower, example, dynamic)
     path = cache_dir() / key / "model.xml"
     if path.is_file():
         try:
-            return ov.Core().read_model(str(path))
+            return ov.Core().read_model(str(path)), path
         except RuntimeError:  # a damaged entry: convert again and replace it
             shutil.rmtree(path.parent, ignore_errors=True)
     with warnings.catch_warnings(), torch.no_grad():  # tracing warnings of transformers' mask code
@@ -197,8 +133,8 @@ def _cached_graph(tower: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
         except OSError:  # another process published the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
-        pass
-    return graph
+        return graph, None
+    return graph, path
 
 
 def _signature(kind: str, image_size: int | None) -> tuple[tuple[torch.Tensor, ...], Dynamic]:
@@ -214,7 +150,7 @@ def tower_graph(tower: nn.Module, kind: str, image_size: int | None = None) -> A
     """The fp32 OpenVINO graph of an image or text tower, exactly as the towers below compile it (the graph
     `models.quantize` calibrates)."""
     example, dynamic = _signature(kind, image_size)
-    return _cached_graph(tower.float().eval(), example, dynamic)
+    return _cached_graph(tower.float().eval(), example, dynamic)[0]
 
 
 def image_tower(tower: nn.Module, image_size: int, precision: str, threads: int | None = None,
@@ -227,3 +163,10 @@ def text_tower(tower: nn.Module, precision: str, threads: int | None = None, str
                graph: Any = None) -> OpenVINOTower:
     """A text tower ((input_ids, attention_mask) [B,L] -> features [B,D]) with dynamic batch and length."""
     return OpenVINOTower(tower, *_signature("text", None), precision, threads, streams, graph)
+
+
+def head_graph(head: nn.Module, in_dim: int, threads: int | None = None) -> OpenVINOTower:
+    """A regression head (fused features [B, in_dim] -> [B, 1]) compiled in f32 with a dynamic batch, one
+    stream. Why in OpenVINO, though it is a tiny part of the work: the torch-free scorer (`serving.lean`)
+    runs this very graph, so a score is the same bits whether `predict` imported torch or not."""
+    return OpenVINOTower(head, (torch.zeros(2, in_dim),), ((0,),), "fp32", threads, 1)

@@ -18,7 +18,9 @@ keeps its fp32 weights; `--precision fp32` never calls it (the exact path).
 - `image_backend` / `text_backend`: "torch" or "openvino" (`models.openvino_backend`: the tower converted
   in memory and compiled for this CPU). Only for architectures with plain towers (`RatingModel.plain_towers`:
   pixels -> features, (ids, mask) -> features); a missing package or a failed conversion falls back to
-  PyTorch with one warning, and `fast_levers` / `fast_fallbacks` say what ran.
+  PyTorch with one warning, and `fast_levers` / `fast_fallbacks` say what ran. With a tower in OpenVINO,
+  the regression head runs there too, in f32 ("openvino head"): the graph the torch-free `predict` runs
+  (`serving.lean`), so both give the same bits.
 
 A fast model also takes uint8 pixels [B,3,S,S] (`inference.make_loader(raw_pixels=True)`: the loader ships
 4x fewer bytes from its workers and skips ToTensor + Normalize per item): its image tower normalises them
@@ -98,8 +100,8 @@ class _PixelNormalize(TowerWrapper):
                              persistent=False)
 
     def forward(self, pixels: torch.Tensor, *args: Any) -> Any:
-        if pixels.dtype == torch.uint8:
-            pixels = torch.addcmul(self.shift, pixels.float(), self.scale)
+        if pixels.dtype == torch.uint8:  # a product, then a sum: numpy's two roundings (`serving.lean`)
+            pixels = pixels.float() * self.scale + self.shift
         return self.inner(pixels, *args)
 
 
@@ -182,6 +184,12 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
                    if isinstance(t, openvino_backend.OpenVINOTower)), default=1)
     if streams > 1:
         used.append(f"{streams} openvino streams")
+    if any(isinstance(t, openvino_backend.OpenVINOTower) for t in towers):  # the head follows the towers
+        in_dim = int(getattr(fast, "image_dim", 0)) + int(getattr(fast, "text_dim", 0))
+        ov_head = _openvino(lambda: openvino_backend.head_graph(fast.head, in_dim), "head", fallbacks)
+        if ov_head is not None:
+            fast.head = ov_head
+            used.append("openvino head")
     if levers.int8_linear and text is not None and cpu:
         from torch.ao.quantization import quantize_dynamic
 

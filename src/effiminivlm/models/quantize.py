@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from effiminivlm.errors import WeightsError
-from effiminivlm.runtime import cpu_flags
+from effiminivlm.ovgraph import CPU_FLAGS, isa_facts
 
 VARIANTS_NAME = "fast.json"
 GRAPH_DIR = "fast"
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "bf16", "int8")
-#: The /proc/cpuinfo flags a precision choice depends on (matrix units and dot-product instructions).
-CPU_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_bf16", "amx_int8")
+__all__ = ["CPU_FLAGS", "GRAPH_DIR", "PRECISIONS", "TOWERS", "VARIANTS_NAME", "TowerVariant", "int8_graph",
+           "isa_facts", "read_variants", "save_graph", "write_variants"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,6 @@ class TowerVariant:
     def compile_precision(self) -> str:
         """The OpenVINO precision hint: int8 layers run int8 whatever the hint; the rest stays f32."""
         return "fp32" if self.precision == "int8" else self.precision
-
-
-def isa_facts() -> dict[str, list[str]]:
-    """The facts of this CPU a stored choice was measured on: OpenVINO's optimization capabilities and the
-    relevant CPU flags (empty where /proc/cpuinfo is absent)."""
-    from effiminivlm.models.openvino_backend import cpu_capabilities
-
-    return {"openvino": sorted(cpu_capabilities()), "cpu_flags": sorted(cpu_flags().intersection(CPU_FLAGS))}
 
 
 def _parse(folder: Path, data: Any) -> tuple[dict[str, TowerVariant], dict[str, Any]]:

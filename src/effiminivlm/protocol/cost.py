@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from effiminivlm.files import to_jsonable, write_json
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from effiminivlm.protocol.profile import ModelProfile
 
 COST_NAME = "cost.json"

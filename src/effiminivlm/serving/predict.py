@@ -12,21 +12,57 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from effiminivlm.data.inputs import read_inputs
 from effiminivlm.errors import DataError
 from effiminivlm.files import MAX_LINE_BYTES, atomic_write_text
-from effiminivlm.serving.scorer import Scorer, check_finite
+from effiminivlm.serving.lean import LeanScorer
+
+if TYPE_CHECKING:
+    from effiminivlm.serving.scorer import Scorer
 
 
-def model_cost(scorer: Scorer) -> tuple[float, float]:
+def check_finite(scores: Any, source: str) -> None:
+    """A one-line DataError if any score is NaN or infinite: a diverged model's output is never written as a
+    score (a NaN submission row, a service answer); `evaluate` refuses the same model the same way."""
+    arr = np.asarray(scores, dtype=np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise non_finite_error(bad, arr.size, source)
+
+
+def non_finite_error(bad: int, total: int, source: str) -> DataError:
+    """The one line for `bad` of `total` non-finite predictions of the model `source`."""
+    return DataError(f"model {source}: {bad} of {total} predictions are not finite (NaN or inf); nothing "
+                     "written (retrain or check the weights)")
+
+
+def model_cost(scorer: Scorer | LeanScorer) -> tuple[float, float]:
     """(params in M, canonical FLOPs in G) of the scorer's model, by the protocol's rules (stored in its
-    folder after the first count: `protocol.cost`)."""
+    folder after the first count: `protocol.cost`; the torch-free scorer reads them there or in its plan)."""
+    if isinstance(scorer, LeanScorer):
+        return scorer.cost
     from effiminivlm.protocol.cost import stored_profile
 
     prof = stored_profile(scorer.model, scorer.model_dir)
     return prof.params_m, prof.flops_g
+
+
+def _scorer(model_dir: str | Path, **kwargs: Any) -> Scorer | LeanScorer:
+    """The torch-free scorer when the folder's fast path was recorded on this machine (`serving.lean`),
+    else the PyTorch one (which records it for the next run)."""
+    lean = LeanScorer.load(model_dir, **kwargs)
+    if lean is not None:
+        return lean
+    from effiminivlm.serving.plan import record_plan
+    from effiminivlm.serving.scorer import Scorer
+
+    scorer = Scorer.from_pretrained(model_dir, **kwargs)
+    record_plan(scorer)
+    return scorer
 
 
 def submission_text(item_ids: list[str], scores: Any, params_m: float, flops_g: float,
@@ -73,8 +109,8 @@ def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split:
                       max_line_bytes=max_line_bytes)
     if src.table.num_rows == 0:
         raise DataError(f"no products to score in {', '.join(inputs)} (skipped: {src.skipped})")
-    scorer = Scorer.from_pretrained(model_dir, device=device, precision=precision, images=images,
-                                    batch_size=batch_size, num_workers=num_workers)
+    scorer = _scorer(model_dir, device=device, precision=precision, images=images, batch_size=batch_size,
+                     num_workers=num_workers)
     res = scorer.score_table(src.table, src.store, progress=progress)
     check_finite(res.pred, scorer.source)
     params_m, flops_g = model_cost(scorer)

@@ -44,8 +44,8 @@ from effiminivlm.inference import SCORE_RANGE, forward_batch, image_mode
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.runtime import autocast, resolve_precision
-from effiminivlm.serving.predict import submission_row
-from effiminivlm.serving.scorer import check_rates, non_finite_error
+from effiminivlm.serving.predict import non_finite_error, submission_row
+from effiminivlm.serving.scorer import check_rates
 
 #: The prepared-dataset columns scoring reads (the rest stay on disk).
 COLUMNS = ("parent_asin", "category", "title", "features", "description", "images")

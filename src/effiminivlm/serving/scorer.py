@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.listing import LISTING_KEYS, listing_json
 from effiminivlm.data.text import clean_text
-from effiminivlm.errors import DataError, EffiMiniVLMError
+from effiminivlm.errors import EffiMiniVLMError
 from effiminivlm.evaluation.conformal import intervals, load_conformal
 from effiminivlm.inference import (
     SCORE_RANGE,
@@ -125,21 +125,6 @@ class Scorer:
 #: (benchmarks/bench_parity.py, docs/ROBUSTNESS.md).
 FP32_BATCH_TOLERANCE = 1e-5
 FAST_BATCH_TOLERANCE = 0.01
-
-
-def check_finite(scores: Any, source: str) -> None:
-    """A one-line DataError if any score is NaN or infinite: a diverged model's output is never written as a
-    score (a NaN submission row, a service answer); `evaluate` refuses the same model the same way."""
-    arr = np.asarray(scores, dtype=np.float64)
-    bad = int((~np.isfinite(arr)).sum())
-    if bad:
-        raise non_finite_error(bad, arr.size, source)
-
-
-def non_finite_error(bad: int, total: int, source: str) -> DataError:
-    """The one line for `bad` of `total` non-finite predictions of the model `source`."""
-    return DataError(f"model {source}: {bad} of {total} predictions are not finite (NaN or inf); nothing "
-                     "written (retrain or check the weights)")
 
 
 def products_table(products: Sequence[dict[str, Any]]) -> pa.Table:

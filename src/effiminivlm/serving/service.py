@@ -29,8 +29,9 @@ from PIL import Image
 
 from effiminivlm.data.images import ImageStore, confine, decode_image_bytes, local_path
 from effiminivlm.errors import DataError
+from effiminivlm.serving.predict import check_finite
 from effiminivlm.serving.schemas import ImageData, ServeSettings
-from effiminivlm.serving.scorer import Scorer, check_finite, products_table
+from effiminivlm.serving.scorer import Scorer, products_table
 
 IMAGE_SIZE_STATUS = {"too_many_pixels": 413, "decompression_bomb": 413}
 ROW_SCHEMA = products_table([]).schema  # the columns a batch needs, as `products_table` types them

@@ -22,7 +22,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,37 @@ class ImageStore:
             with self._lock:
                 self.stats.load_failed[reason] += 1
         return img
+
+    def load_images(self, refs: list[str], mode: str, transform: Callable[[Image.Image], Any],
+                    max_images: int = 8, draft: int | None = None) -> tuple[list[Any], str]:
+        """(transformed images, status) of an item's references, the rule every scorer shares: "first"
+        takes the first reference that resolves and decodes ("ok", or "fallback" when a later one was used),
+        "mean" up to `max_images` of them, "none" none ("skipped"); no usable image gives "no_ref" or the
+        first failure's reason (unresolved, missing, decode_error, ...). `draft`: see
+        `load_image_with_reason`."""
+        if mode == "none":
+            return [], "skipped"
+        if not refs:
+            return [], "no_ref"
+        out: list[Any] = []
+        first_failure = None
+        for k, ref in enumerate(refs):
+            path = self.resolve(ref)
+            if path is None:
+                first_failure = first_failure or "unresolved"
+                continue
+            img, reason = load_image_with_reason(path, draft=draft)
+            if img is None:
+                first_failure = first_failure or (reason or "load_failed")
+                continue
+            out.append(transform(img))
+            if mode == "first":
+                return out, "ok" if k == 0 else "fallback"
+            if len(out) >= max_images:
+                break
+        if out:
+            return out, "ok"
+        return [], first_failure or "unresolved"
 
 
 def prepared_image_refs(prepared_dir: str | os.PathLike[str]) -> list[str]:
