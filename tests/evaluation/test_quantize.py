@@ -150,3 +150,39 @@ def test_strict_bounds_refuse_every_variant_but_fp32(plain_model: Path, prepared
     assert main(["quantize", "--model", str(plain_model), "--data", str(prepared), "--out",
                  str(tmp_path / "x"), "--precisions", "int4"]) == 2
     assert "--precisions must list fp32" in capsys.readouterr().err
+
+
+def test_split_keeps_the_calibration_sample_inside_one_split(plain_model: Path, prepared: Path,
+                                                             tmp_path: Path) -> None:
+    from effiminivlm.data.prepare import read_prepared
+
+    train = read_prepared(prepared, "train").num_rows
+    result = quantize_model(plain_model, prepared, tmp_path / "fast", items=10_000, batch_size=8,
+                            precisions=("fp32",), split="train", log=lambda _m: None)
+    items = result["report"]["items"]
+    assert items["calibration"] + items["held_out"] == train < read_prepared(prepared).num_rows
+
+
+def test_parity_benchmark_scores_held_out_items_per_tower(quantized, plain_model: Path,
+                                                          prepared: Path) -> None:
+    from effiminivlm.data.prepare import read_prepared
+    from effiminivlm.errors import EffiMiniVLMError
+    from tests._scripts import load_benchmark
+
+    bench = load_benchmark("bench_quant_parity")
+    out, result = quantized
+    got = bench.measure(str(out), str(prepared), "test", batch_size=8)
+    test_rows = read_prepared(prepared, "test").num_rows
+    assert got["stored"] == result["choice"] and got["ran"] == result["choice"]  # what the stored choice ran
+    rows = got["parity"]
+    assert rows["fast vs fp32"]["items"] == test_rows == got["items"]
+    per_tower = {f"{t} tower int8 alone vs fast fp32 towers" for t, p in result["choice"].items()
+                 if p == "int8"}
+    assert set(rows) == {"fast vs fp32", "fast, every tower fp32 vs fp32", *per_tower}
+    for p in rows.values():
+        lo, hi = p["plcc_change_ci95"]
+        assert lo <= hi and 0 <= p["max_abs_diff"] < 1 and p["corr_fast_fp32"] > 0.5
+    line = bench.markdown_row(got)
+    assert line.startswith(f"| {out} | {test_rows} |") and line.count("|") == 9
+    with pytest.raises(EffiMiniVLMError, match="quantize"):
+        bench.measure(str(plain_model), str(prepared), "test")

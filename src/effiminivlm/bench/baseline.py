@@ -28,7 +28,7 @@ from effiminivlm.bench.fastpath import (
     run_path,
     run_reference,
 )
-from effiminivlm.bench.peak import matmul_peak_gflops, op_breakdown, tower_rates
+from effiminivlm.bench.peak import matmul_peak_gflops, op_breakdown, peak_for, tower_rates
 from effiminivlm.bench.throughput import device_name, is_prepared, load_avg_1m
 from effiminivlm.bench.variants import variant_models
 from effiminivlm.config import Recipe
@@ -40,7 +40,7 @@ from effiminivlm.inference import make_loader
 from effiminivlm.models.factory import load_model_or_recipe
 from effiminivlm.models.optimize import optimize_for_inference
 from effiminivlm.protocol.profile import profile_model
-from effiminivlm.runtime import resolve_device
+from effiminivlm.runtime import cpu_has_native_bf16, resolve_device
 
 BASELINES = ("reference",)
 
@@ -71,7 +71,8 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
 
     say("measuring the matrix-multiply peak (bf16, fp32)")
     peak = {"bf16_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
-            "fp32_gflops": round(matmul_peak_gflops(torch.float32), 1)} if dev.type == "cpu" else {}
+            "fp32_gflops": round(matmul_peak_gflops(torch.float32), 1),
+            "bf16_native": cpu_has_native_bf16()} if dev.type == "cpu" else {}
     say(f"reference pipeline on {wanted} items")
     runs = [run_reference(model, tokenizer, table, src.store, batch_size, warm_rows)]
     say(f"  {runs[0].samples_per_s:.2f} samples/s")
@@ -114,9 +115,11 @@ def run_table3(inputs: list[str], *, model_dir: str | Path | None = None, recipe
         "fast_speedup_vs_reference": by_name[fast.name].speedup_vs_reference,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    text_rate = next((t.gflop_per_s for t in rates if t.part == "text_encoder"), None)
-    if text_rate is not None and peak:
-        report["text_tower_share_of_bf16_peak"] = round(text_rate / peak["bf16_gflops"], 3)
+    text = next((t for t in rates if t.part == "text_encoder"), None)  # the fast path's text tower
+    ref, ref_name = peak_for(text.precision, peak) if text is not None else (None, "")
+    if text is not None and peak:  # against the peak of the precision it really ran in
+        share = None if ref is None else round(text.gflop_per_s / ref, 3)
+        report["text_tower_share_of_peak"] = {"share": share, "peak": ref_name}
     if json_out is not None:
         files.write_json(report, json_out)
     if markdown_out is not None:
@@ -144,7 +147,8 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
     batches = batches[::step][:n_batches]  # each runs once untimed, then timed (peak.tower_rates)
     runner = optimize_for_inference(model, dev, fast.precision, fast.levers)
     counted = _counted_twin(model, runner)
-    rates = [*tower_rates(counted, runner, batches, dev, fast.precision),
+    rates = [*tower_rates(counted, runner, batches, dev, fast.precision,
+                          towers=getattr(runner, "tower_precisions", None)),
              *tower_rates(model, model, batches, dev, "fp32")]
     breakdown = None
     if getattr(model, "text_encoder", None) is not None and dev.type == "cpu":  # profiled in PyTorch
@@ -155,6 +159,7 @@ def _model_only(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
         longest = max(batches, key=lambda b: b["input_ids"].numel())
         inputs = (longest["input_ids"], longest["attention_mask"])
         breakdown = op_breakdown(_counted_twin(model, eager).text_encoder, text, inputs, dev, fast.precision)
+        breakdown["precision"] = getattr(eager, "tower_precisions", {}).get("text", fast.precision)
     return rates, breakdown
 
 
@@ -168,6 +173,11 @@ def _counted_twin(model: torch.nn.Module, runner: torch.nn.Module) -> torch.nn.M
     twin._modules = dict(model._modules)
     twin._modules["text_encoder"] = model.text_encoder.cls_only()  # type: ignore[union-attr,operator]
     return twin
+
+
+def _bf16_note(peak: dict[str, Any]) -> str:
+    """" (emulated: no native bf16 on this CPU)" where the peak was measured without native bf16."""
+    return " (emulated: no native bf16 on this CPU)" if peak.get("bf16_native") is False else ""
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -201,28 +211,31 @@ def render_markdown(report: dict[str, Any]) -> str:
                      "change: a change inside a wide interval is noise, not a measured loss or gain.")
     lines += ["", f"Model only (pre-collated batches, steady state: each batch's shape run once untimed "
               f"first). Measured matmul peak: bf16 {peak.get('bf16_gflops')} "
-              f"GFLOP/s, fp32 {peak.get('fp32_gflops')} GFLOP/s. GFLOP: what each model computes on the "
-              "padded shapes (a `cls_only` text tower skips most of its last layer: counted without it).",
+              f"GFLOP/s{_bf16_note(peak)}, fp32 {peak.get('fp32_gflops')} GFLOP/s; no int8 peak measured. "
+              "Each rate is read against the peak of the precision its part really ran in. GFLOP: what "
+              "each model computes on the padded shapes (a `cls_only` text tower skips most of its last "
+              "layer: counted without it).",
               "",
               "| part | precision | samples | GFLOP | GFLOP/s | ms/sample | share of peak |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for t in report["model_only"]:
-        ref = peak.get("bf16_gflops" if t["precision"] != "fp32" else "fp32_gflops")
-        share = f"{t['gflop_per_s'] / ref:.0%}" if ref else "-"
+        ref, ref_name = peak_for(t["precision"], peak)
+        share = f"{t['gflop_per_s'] / ref:.0%} of the {ref_name}" if ref else ref_name
         lines.append(f"| {t['part']} | {t['precision']} | {t['samples']} | {t['gflop']:.1f} | "
                      f"{t['gflop_per_s']:.1f} | {t['ms_per_sample']:.2f} | {share} |")
-    bd, bf16_peak = report.get("text_tower_breakdown"), peak.get("bf16_gflops")
+    bd = report.get("text_tower_breakdown")
     if bd:
-        mm_share = f" ({bd['matmul_gflop_per_s'] / bf16_peak:.0%} of the bf16 peak)" if bf16_peak else ""
+        bd_peak, bd_name = peak_for(bd.get("precision", "bf16"), peak)
+        mm_share = f" ({bd['matmul_gflop_per_s'] / bd_peak:.0%} of the {bd_name})" if bd_peak else ""
         lines += ["", "Where the text tower's time goes in PyTorch (the fast path's levers, its longest "
-                  "batch, torch.profiler): matmuls "
+                  f"batch, in {bd.get('precision', 'bf16')}, torch.profiler): matmuls "
                   f"{bd['matmul_time_share']:.0%} of the time at {bd['matmul_gflop_per_s']} GFLOP/s"
                   f"{mm_share}; attention {bd['attention_time_share']:.0%} at {bd['attention_gflop_per_s']} "
                   "GFLOP/s; the rest (bias copies, GELU, LayerNorm, residual adds, layout copies: "
                   f"memory-bound, no FLOPs counted) {bd['other_time_share']:.0%}."]
         if bd.get("ceiling_gflop_per_s"):
             ceiling = bd["ceiling_gflop_per_s"]
-            ceil_share = f" = {ceiling / bf16_peak:.0%} of the bf16 peak" if bf16_peak else ""
+            ceil_share = f" = {ceiling / bd_peak:.0%} of the {bd_name}" if bd_peak else ""
             mm_ms, att_ms = bd["alone_matmul_ms"], bd["alone_attention_ms"]
             lines += ["", "Ceiling of the text tower on this machine (same batch): its matrix products take "
                       f"{mm_ms:.1f} ms and its attention {att_ms:.1f} ms when each runs alone "

@@ -63,11 +63,15 @@ class PathConfig:
             return 1
         return self.fetch_threads if self.fetch_threads is not None else fetch_threads(self.num_workers)
 
-    def techniques(self, used: list[str] | None = None, threads: int | None = None) -> list[str]:
+    def techniques(self, used: list[str] | None = None, threads: int | None = None,
+                   towers: dict[str, str] | None = None) -> list[str]:
         """The acceleration techniques this path uses, as the report lists them; `used`: the model levers
         that really ran (`fast_levers` of the optimised model: a backend may have fallen back); `threads`:
-        the model's thread count when the path sets one (default: the cores the loader workers leave)."""
-        out = [] if self.precision == "fp32" else [f"{self.precision} autocast"]
+        the model's thread count when the path sets one (default: the cores the loader workers leave);
+        `towers`: the precision each tower really computed in (`tower_precisions` of the optimised model),
+        named instead of the path's autocast precision, which a CPU without native bf16 never runs."""
+        out = [] if self.precision == "fp32" else (
+            [precision_label(towers)] if towers else [f"{self.precision} autocast"])
         fetch = self.decode_threads()
         if self.precision != "fp32":
             out += [lever for lever in (self.levers.used() if used is None else used)
@@ -80,6 +84,11 @@ class PathConfig:
                 f"{fetch} decode thread(s)" if fetch > 1 else None,
                 f"model on {threads or self.threads} thread(s)" if (threads or self.threads) else None]
         return [t for t in out if t]
+
+
+def precision_label(towers: dict[str, str]) -> str:
+    """What the towers computed in, e.g. "image tower fp32, text tower int8"."""
+    return ", ".join(f"{name} tower {prec}" for name, prec in towers.items())
 
 
 FP32_EXACT = PathConfig("fp32, no acceleration", precision="fp32",
@@ -145,6 +154,7 @@ class PathRun:
     cpu_busy: float
     threads: int
     speedup_vs_reference: float | None = None
+    towers: dict[str, str] | None = None  # the precision each tower computed in (None: the path's own)
     pred: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,14 +163,15 @@ class PathRun:
         return d
 
 
-def _timed(name: str, techniques: list[str], precision: str, fn: Any) -> PathRun:
+def _timed(name: str, techniques: list[str], precision: str, fn: Any,
+           towers: dict[str, str] | None = None) -> PathRun:
     t0, c0 = time.perf_counter(), time.process_time()
     pred = fn()
     seconds = time.perf_counter() - t0
     n = len(pred)
     return PathRun(name, techniques, precision, n, round(seconds, 4), round(n / seconds, 2),
                    round(seconds * 1e3 / n, 3), round((time.process_time() - c0) / seconds, 2),
-                   torch.get_num_threads(), pred=np.asarray(pred, dtype=np.float64))
+                   torch.get_num_threads(), towers=towers, pred=np.asarray(pred, dtype=np.float64))
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -238,8 +249,9 @@ def run_path(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Ima
         runner = optimize_for_inference(model, device, cfg.precision, cfg.levers)
         if warm_rows:
             score(runner, table.slice(0, warm_rows))
-        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None), threads), cfg.precision,
-                      lambda: score(runner, table.slice(warm_rows)))
+        towers = getattr(runner, "tower_precisions", None)
+        return _timed(cfg.name, cfg.techniques(getattr(runner, "fast_levers", None), threads, towers),
+                      cfg.precision, lambda: score(runner, table.slice(warm_rows)), towers)
 
 
 def parity(fast: np.ndarray, exact: np.ndarray, target: np.ndarray) -> dict[str, Any]:

@@ -67,12 +67,45 @@ def _one_pass(run: torch.nn.Module, part: str, batches: list[dict[str, Any]], de
     synchronize(device)
 
 
+def part_precision(part: str, precision: str, towers: dict[str, str] | None) -> str:
+    """The precision `part` (text_encoder / image_encoder / model) computed in: its tower's entry of
+    `towers` (`tower_precisions` of an optimised model), the towers' common one for the whole model or
+    "mixed (...)" when they differ; `precision` (the path's) without `towers`."""
+    if not towers:
+        return precision
+    if part != "model":
+        return towers.get(part.removesuffix("_encoder"), precision)
+    kinds = set(towers.values())
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "mixed (" + ", ".join(f"{t} {p}" for t, p in towers.items()) + ")"
+
+
+def peak_for(precision: str, peak: dict[str, Any]) -> tuple[float | None, str]:
+    """(the measured matmul peak a rate in `precision` is read against, its name), or (None, why not).
+
+    Why per precision: an fp32 tower's rate against a bf16 peak reads as "> 100%" on a CPU that emulates
+    bf16 (its bf16 peak is below its fp32 one) and as a small share on one with AMX; neither says how close
+    the tower runs to what its own kernels can do. int8 has no peak unless one was measured
+    (`peak["int8_gflops"]`); a whole model of mixed precisions has no single one."""
+    base = precision.split(" ")[0]
+    if base == "mixed":
+        return None, "mixed precisions: no single peak"
+    value = peak.get(f"{base}_gflops")
+    if value:
+        emulated = " (emulated)" if base == "bf16" and peak.get("bf16_native") is False else ""
+        return float(value), f"{base}{emulated} peak"
+    return None, f"no {base} peak measured"
+
+
 def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: list[dict[str, Any]],
                 device: torch.device, precision: str, warmup: int = 1,
-                flops_cache: dict[str, int] | None = None) -> list[TowerRate]:
+                flops_cache: dict[str, int] | None = None,
+                towers: dict[str, str] | None = None) -> list[TowerRate]:
     """Model-only rate of the text tower, the image tower and the whole model of `runner` (the fast path's
     model) on `batches` (collated, untimed); FLOPs counted on `reference` (fp32) with the same shapes, once
-    per part when the same `flops_cache` is passed for several runners.
+    per part when the same `flops_cache` is passed for several runners. Each rate is labelled with the
+    precision its part really computed in (`part_precision` of `towers`), `precision` is the autocast.
 
     Steady state: `warmup` untimed passes over every batch, then one timed pass over all of them. Why every
     batch: length-sorted batches each have their own text length, and a compiled backend (OpenVINO) builds
@@ -97,8 +130,9 @@ def tower_rates(reference: torch.nn.Module, runner: torch.nn.Module, batches: li
             _one_pass(run, part, usable, device)
             seconds = time.perf_counter() - start
         n = sum(len(b["item_id"]) for b in usable)
-        out.append(TowerRate(part, precision, n, round(seconds, 4), round(flops / 1e9, 6),
-                             round(flops / 1e9 / seconds, 3), round(seconds * 1e3 / max(n, 1), 3)))
+        out.append(TowerRate(part, part_precision(part, precision, towers), n, round(seconds, 4),
+                             round(flops / 1e9, 6), round(flops / 1e9 / seconds, 3),
+                             round(seconds * 1e3 / max(n, 1), 3)))
     return out
 
 

@@ -41,6 +41,8 @@ def quantize_cmd(
                             "per tower (fast.json, int8 graphs under fast/)."),
     items: int = typer.Option(300, help="Items sampled from --data (a third held out for the check)."),
     images_dir: str | None = typer.Option(None, help="Images folder of --data (as predict's)."),
+    split: str | None = typer.Option(None, help="Prepared --data: sample this split only (e.g. train, so the "
+                                     "test items stay out of calibration); default every row."),
     batch_size: int = typer.Option(32, help="Batch size of calibration and timing."),
     precisions: str = typer.Option("fp32,bf16,int8", help="Candidates per tower, comma-separated."),
     max_plcc_change: float = typer.Option(0.005, help="Largest |PLCC change| against fp32 accepted."),
@@ -62,5 +64,5 @@ def quantize_cmd(
         raise ConfigError("--items must be >= 10 and --batch-size >= 1")
     result = quantize_model(model, data, out, items=items, batch_size=batch_size, images_dir=images_dir,
                             precisions=wanted, max_plcc_change=max_plcc_change, min_corr=min_corr,
-                            log=lambda msg: typer.echo(msg, err=True))
+                            split=split, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(json.dumps({"model": result["model"], "choice": result["choice"]}, indent=2))

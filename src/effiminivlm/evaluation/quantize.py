@@ -100,9 +100,11 @@ def _tower_ms(tower: torch.nn.Module, inputs: list[tuple[np.ndarray, ...]], repe
 def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, items: int = 300,
                    held_out: float = 0.34, batch_size: int = 32, images_dir: str | None = None,
                    precisions: tuple[str, ...] = PRECISIONS, max_plcc_change: float = 0.005,
-                   min_corr: float = 0.995, seed: int = 0,
+                   min_corr: float = 0.995, seed: int = 0, split: str | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every variant of every tower, choose, and publish `model_dir` + the choice as `out`."""
+    """Measure every variant of every tower, choose, and publish `model_dir` + the choice as `out`.
+    `split`: one split of a prepared folder (e.g. train, so the items a model is later tested on stay out
+    of the calibration); None reads every row."""
     if not openvino_backend.openvino_available():
         raise EffiMiniVLMError("quantize needs OpenVINO: pip install openvino")
     if Path(out).resolve() == Path(model_dir).resolve():
@@ -111,7 +113,7 @@ def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
     model.fast_variants = None  # type: ignore[assignment]  # measured from scratch
     if not getattr(model, "plain_towers", False):
         raise EffiMiniVLMError(f"{model_dir}: quantize needs an architecture with plain towers (effiminivlm)")
-    src = read_inputs([str(data)], images_dir=images_dir)
+    src = read_inputs([str(data)], split=split, images_dir=images_dir)
     calib, held = _sample(src.table, items, held_out, seed)
     log(f"calibration items {calib.num_rows}, held-out items {held.num_rows}")
     lean = lean_copy(model)

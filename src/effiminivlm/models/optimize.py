@@ -41,6 +41,7 @@ from torch import nn
 from effiminivlm.models import openvino_backend
 from effiminivlm.models.blocks import TowerWrapper, channels_last_inputs
 from effiminivlm.models.openvino_backend import openvino_available
+from effiminivlm.runtime import cpu_has_native_bf16
 
 BACKENDS = ("torch", "openvino")
 
@@ -123,6 +124,29 @@ def _openvino(build: Callable[[], nn.Module], what: str, fallbacks: list[str]) -
 def _label(variant: Any, tower: nn.Module) -> str:
     """What an OpenVINO tower computes in: its stored variant's int8, else the precision it compiled for."""
     return "int8" if variant is not None and variant.precision == "int8" else str(tower.precision)
+
+
+def tower_precisions(fast: nn.Module, precision: str, variants: dict[str, Any], cpu: bool) -> dict[str, str]:
+    """Per tower of an optimised copy, the precision it really computes in: an OpenVINO tower's int8 graph
+    or compiled precision (f32 where the CPU lacks native bf16, whatever was asked), "int8" for dynamically
+    quantised linears, else `precision` (PyTorch towers run under its autocast; "bf16 (emulated)" on a CPU
+    without native bf16, `runtime.cpu_has_native_bf16`). Why: a report must name what ran, not what the
+    path asked for; on a CPU without native bf16 the "bf16" path runs f32 / int8. `variants`: the stored
+    variants the copy applied (`models.quantize`)."""
+    out: dict[str, str] = {}
+    for name in ("image", "text"):
+        tower = getattr(fast, f"{name}_encoder", None)
+        if tower is None:
+            continue
+        if isinstance(tower, openvino_backend.OpenVINOTower):
+            out[name] = _label(variants.get(name), tower)
+        elif isinstance(tower, _Fp32Island):
+            out[name] = "int8"
+        elif precision == "bf16" and cpu and not cpu_has_native_bf16():
+            out[name] = "bf16 (emulated)"
+        else:
+            out[name] = precision
+    return out
 
 
 def lean_copy(model: nn.Module) -> nn.Module:
@@ -210,6 +234,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device, precision: st
     if levers.compile and text is not None:
         fast.text_encoder = torch.compile(text, dynamic=True)  # type: ignore[assignment]
         used.append("compile")
+    fast.tower_precisions = tower_precisions(fast, precision, variants, cpu)  # type: ignore[assignment]
     if plain and getattr(fast, "image_encoder", None) is not None:
         mean, std = fast.processor(None).norm_stats()  # type: ignore[operator]
         fast.image_encoder = _PixelNormalize(fast.image_encoder, mean, std).to(device)
