@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effiminivlm import runtime
+from effiminivlm import ovgraph, runtime
 from effiminivlm.bench.baseline import render_markdown
 from effiminivlm.bench.fastpath import FAST, FP32_EXACT
 from effiminivlm.bench.peak import part_precision, peak_for
 from effiminivlm.config import load_recipe
-from effiminivlm.models import openvino_backend
 from effiminivlm.models.factory import create_model
 from effiminivlm.models.optimize import ModelLevers, optimize_for_inference
 
@@ -59,7 +58,7 @@ def test_pytorch_towers_under_bf16_autocast_are_labelled_by_the_cpu_flags(tiny, 
 def test_openvino_towers_are_labelled_with_what_they_compiled_for(tiny, monkeypatch, tmp_path, caps,
                                                                    text) -> None:
     monkeypatch.setenv("EFFIMINIVLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: caps)
+    monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: caps)
     fast = optimize_for_inference(tiny, CPU, "bf16", ModelLevers())
     assert fast.tower_precisions == {"image": "fp32", "text": text}  # the image tower stays f32 (lever)
     labels = FAST.techniques(fast.fast_levers, None, fast.tower_precisions)
