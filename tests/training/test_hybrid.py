@@ -208,29 +208,31 @@ def test_a_damaged_hybrid_config_fails_by_its_key() -> None:
         HybridCfg(listing_features="7")
 
 
-def test_mean_pooling_flows_from_the_feature_cache_to_the_scorer(prepared: Path, tmp_path: Path) -> None:
-    """The probe recipe's towers are mean-pooled (all-MiniLM-L6-v2's own pooling): the cache `embed` makes,
-    the hybrid trained on it, the saved folder and the Scorer scoring raw text must all pool the same way,
-    or the tower block's weights meet other features at scoring time than at fit time."""
+def test_the_probe_pooling_flows_from_the_feature_cache_to_the_scorer(prepared: Path, tmp_path: Path) -> None:
+    """The probe recipe pools its text tower as all-MiniLM-L6-v2 does (mean, unit length): the cache `embed`
+    makes, the hybrid trained on it, the saved folder and the Scorer scoring raw text must all pool the same
+    way, or the tower block's weights meet other features at scoring time than at fit time."""
     from effiminivlm.models.factory import create_tokenizer
     from effiminivlm.serving.scorer import Scorer
 
-    recipe = load_recipe("tiny", [*HYBRID, "model.text_encoder.pooling=mean",
+    pooling = load_recipe("probe").model.text_encoder.pooling
+    assert pooling != "cls"
+    recipe = load_recipe("tiny", [*HYBRID, f"model.text_encoder.pooling={pooling}",
                                   "train.probe_features=[lexical,tower]"])
     probe = build_probe_model(recipe)
-    assert probe.text_encoder.pooling == "mean"
+    assert probe.text_encoder.pooling == pooling
     feats = embed_table(probe, create_tokenizer(recipe.model), read_prepared(data := prepared),
                         ImageStore.for_prepared(data))
-    cache = save_features(feats, tmp_path / "mean.safetensors", model_signature(probe))
+    cache = save_features(feats, tmp_path / "probe.safetensors", model_signature(probe))
     cls_recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,tower]"])
     with pytest.raises(EffiMiniVLMError, match="made by another model"):  # a CLS cache cannot fit it
         train_probe(cls_recipe, data, tmp_path / "cls", features=cache, log=lambda _: None)
     train_probe(recipe, data, tmp_path / "run", features=cache, log=lambda _: None)
     folder = tmp_path / "run" / "model"
     saved = json.loads((folder / "config.json").read_text())
-    assert saved["model"]["text_encoder"]["pooling"] == "mean"
+    assert saved["model"]["text_encoder"]["pooling"] == pooling
     scorer = Scorer.from_pretrained(folder, precision="fp32")
-    assert scorer.model.text_encoder.pooling == "mean"
+    assert scorer.model.text_encoder.pooling == pooling
     test = read_prepared(data, "test")
     raw = scorer.score_table(test, ImageStore.for_prepared(data), progress=False).pred
     model, _ = load_model(folder)
