@@ -73,6 +73,6 @@ def test_both_spellings_of_one_key_that_disagree_fail(tmp_path) -> None:
 
 def test_probe_recipe_keeps_its_pooling_and_head() -> None:
     recipe = load_recipe("probe")
-    assert recipe.model.text_encoder.pooling == "mean_l2"
+    assert recipe.model.text_encoder.pooling == "mean"
     assert (recipe.model.head.hidden_dims, recipe.model.head.dropout) == ([], 0.0)
     assert (recipe.input.image_size, recipe.input.max_length) == (224, 256)
