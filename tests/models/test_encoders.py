@@ -112,6 +112,12 @@ def test_mean_pooling_ignores_padding() -> None:
     with torch.no_grad():
         hidden = encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         torch.testing.assert_close(encoder(ids, mask), hidden[:, :3].mean(1))
+    unit = TEXT_ENCODERS.build("bert", config=TINY_BERT, pooling="mean_l2").eval()
+    unit.load_state_dict(encoder.state_dict())
+    with torch.no_grad():  # sentence-transformers' Normalize: the same direction, unit length
+        mean = hidden[:, :3].mean(1)
+        torch.testing.assert_close(unit(ids, mask), mean / mean.norm(dim=-1, keepdim=True))
+    assert unit.cls_only() is None
 
 
 def test_cls_only_last_layer_is_the_same_function_with_padding() -> None:

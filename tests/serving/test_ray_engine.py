@@ -76,3 +76,30 @@ def test_ray_writer_publishes_nothing_for_non_finite_scores_or_no_rows(local_ray
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _write(scored, out, 1.0, 0.1, "M", "nothing to score")
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+
+
+def test_ray_stages_carry_the_hybrid_probe_sparse_tfidf_rows(prepared, tmp_path):
+    """The hybrid probe's batches hold a sparse TF-IDF tensor (no numpy form): the decode stage must hand it
+    to the scoring actor intact, so Ray scores a hybrid as `predict` does (the stages run here in-process)."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from effiminivlm.config import load_recipe
+    from effiminivlm.data.images import ImageStore
+    from effiminivlm.data.prepare import read_prepared
+    from effiminivlm.serving.ray_engine import ScoreActor, collate_block
+    from effiminivlm.serving.scorer import Scorer
+    from effiminivlm.training.probe import train_probe
+
+    recipe = load_recipe("hybrid-probe-tiny", ["data.num_workers=0", "model.modalities=text",
+                                               "train.lexical.min_df=1"])
+    train_probe(recipe, prepared, tmp_path / "run", log=lambda _: None)
+    folder = str(tmp_path / "run" / "model")
+    rows, store = read_prepared(prepared, "test"), ImageStore.for_prepared(prepared)
+    staged = collate_block(rows, model_dir=folder, images="first", store=store, batch_size=8)
+    threads = torch.get_num_threads()  # the actor sets it; this process keeps its own
+    scored = ScoreActor(folder, "cpu", "fp32", threads)(pa.table({"payload": staged["payload"]}))
+    local = Scorer.from_pretrained(folder, precision="fp32").score_table(rows, store, progress=False).pred
+    assert scored["item_id"] == [str(v) for v in rows.column("parent_asin").to_pylist()]
+    np.testing.assert_array_equal(np.array(scored["score"]), local)

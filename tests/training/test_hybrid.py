@@ -27,7 +27,14 @@ from effiminivlm.models.export import export_model
 from effiminivlm.models.factory import load_model
 from effiminivlm.models.hybrid import HYBRID_NAME, HybridProbe
 from effiminivlm.protocol.flops import count_params
-from effiminivlm.training.embed import embed_table, model_signature, save_features
+from effiminivlm.training.embed import (
+    embed_table,
+    feature_matrix,
+    load_features,
+    model_signature,
+    save_features,
+)
+from effiminivlm.training.hybrid import hybrid_side_scores
 from effiminivlm.training.probe import build_probe_model, evaluate_on_features, train_probe
 
 HYBRID = ["train.probe=ridge", "model.head.hidden_dims=[]", "train.freeze_image=true",
@@ -199,3 +206,40 @@ def test_a_damaged_hybrid_config_fails_by_its_key() -> None:
         HybridCfg(lexical_terms=-1)
     with pytest.raises(ConfigError, match="listing_features"):
         HybridCfg(listing_features="7")
+
+
+def test_the_probe_pooling_flows_from_the_feature_cache_to_the_scorer(prepared: Path, tmp_path: Path) -> None:
+    """The probe recipe pools its text tower as all-MiniLM-L6-v2 does (mean, unit length): the cache `embed`
+    makes, the hybrid trained on it, the saved folder and the Scorer scoring raw text must all pool the same
+    way, or the tower block's weights meet other features at scoring time than at fit time."""
+    from effiminivlm.models.factory import create_tokenizer
+    from effiminivlm.serving.scorer import Scorer
+
+    pooling = load_recipe("probe").model.text_encoder.pooling
+    assert pooling != "cls"
+    recipe = load_recipe("tiny", [*HYBRID, f"model.text_encoder.pooling={pooling}",
+                                  "train.probe_features=[lexical,tower]"])
+    probe = build_probe_model(recipe)
+    assert probe.text_encoder.pooling == pooling
+    feats = embed_table(probe, create_tokenizer(recipe.model), read_prepared(data := prepared),
+                        ImageStore.for_prepared(data))
+    cache = save_features(feats, tmp_path / "probe.safetensors", model_signature(probe))
+    cls_recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,tower]"])
+    with pytest.raises(EffiMiniVLMError, match="made by another model"):  # a CLS cache cannot fit it
+        train_probe(cls_recipe, data, tmp_path / "cls", features=cache, log=lambda _: None)
+    train_probe(recipe, data, tmp_path / "run", features=cache, log=lambda _: None)
+    folder = tmp_path / "run" / "model"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["model"]["text_encoder"]["pooling"] == pooling
+    scorer = Scorer.from_pretrained(folder, precision="fp32")
+    assert scorer.model.text_encoder.pooling == pooling
+    test = read_prepared(data, "test")
+    raw = scorer.score_table(test, ImageStore.for_prepared(data), progress=False).pred
+    model, _ = load_model(folder)
+    ids = [str(v) for v in test.column("parent_asin").to_pylist()]
+    x = torch.as_tensor(feature_matrix(load_features(cache), ids), dtype=torch.float32)
+    with torch.no_grad():
+        tower = model.head(x).squeeze(-1).double().numpy()  # the tower block's part, from the mean cache
+    assert tower.std() > 1e-3  # the tower block weighs in, so a pooling mismatch would show
+    from_cache = np.clip(tower + hybrid_side_scores(model, test), 1, 5)
+    np.testing.assert_allclose(raw, from_cache, atol=1e-4)

@@ -32,7 +32,8 @@ TEXT_ENCODERS: Registry = Registry("text encoder")
 
 
 class BertTextEncoder(nn.Module):
-    """A transformers BertModel (pooler kept) whose last hidden state is pooled by CLS or masked mean."""
+    """A transformers BertModel (pooler kept) whose last hidden state is pooled by CLS, masked mean, or
+    masked mean scaled to unit length (`mean_l2`)."""
 
     def __init__(self, bert: BertModel, pooling: str = "cls") -> None:
         super().__init__()
@@ -50,7 +51,10 @@ class BertTextEncoder(nn.Module):
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        # mean_l2: sentence-transformers' Normalize after the mean, the feature the sentence encoder was
+        # trained to compare by cosine; a frozen probe on it beats the raw mean (docs/realdata.md)
+        return F.normalize(pooled, dim=-1) if self.pooling == "mean_l2" else pooled
 
     def cls_only(self) -> ClsOnlyLastLayer | None:
         """This tower computing its last layer for the CLS position only (the fast path's lever), or None

@@ -98,7 +98,9 @@ def collate_block(table: pa.Table, *, model_dir: str, images: str, store: ImageS
     payloads, sizes = [], []
     for start in range(0, len(ds), batch_size):
         batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
-        plain = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        # dense tensors travel as numpy; a sparse one (the hybrid probe's TF-IDF rows) pickles as itself
+        plain = {k: (v.numpy() if isinstance(v, torch.Tensor) and v.layout == torch.strided else v)
+                 for k, v in batch.items()}
         payloads.append(pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL))
         sizes.append(len(batch["item_id"]))
     return {"payload": payloads, "n": sizes}

@@ -1,0 +1,101 @@
+"""Every block subset of the hybrid probe on the folds of a `train --kfold` run, in one pass per fold.
+
+Why a script: a `train --kfold` run per ablation row refits the lexical block (an n x n eigendecomposition)
+in every run and again for the words-only baseline of every evaluation; on 4,106 train items that is minutes
+per fold. Here each fold fits each block once (the same code as `training.hybrid`: the lexical dual ridge,
+the dense blocks' ridge, alpha by LOO MSE, the listing encoder out-of-fold) and stacks every subset on the
+blocks' leave-one-out predictions, so the rows of a table differ only in the blocks. Several feature caches
+(e.g. two poolings or lengths of the tower, `effiminivlm embed`) are compared side by side as tower blocks.
+Features are read as stored: a cache of another pooling is another tower block, nothing is renormalised.
+
+    PYTHONPATH=src python benchmarks/hybrid_blocks.py runs/fashion-hybrid/folds \\
+        --features mean64=both-text64.safetensors --features mean_l2_128=both-text128-l2.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from effiminivlm.data.lexical import LexicalFeatures
+from effiminivlm.data.listing import ListingEncoder
+from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights, table_texts
+from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
+from effiminivlm.training.embed import feature_matrix, load_features
+from effiminivlm.training.hybrid import _dense_block, _stack, listing_inputs
+from effiminivlm.training.probe import ALPHAS
+
+
+def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(np.clip(pred, *SCORE_RANGE), y)[0, 1])
+
+
+def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                                         np.ndarray, np.ndarray, np.ndarray]:
+    """Per block {"loo": train LOO predictions, "test": test predictions}, and (y_train, w, y_test)."""
+    t = pq.read_table(fold / "data.parquet")
+    split = np.array(t.column("split").to_pylist())
+    tr, te = np.where(split == "train")[0], np.where(split == "test")[0]
+    rating = t.column("average_rating").to_numpy().astype(np.float64)
+    y, w = rating[tr], rating_count_weights(t.take(tr))
+    texts = table_texts(t)
+    ids = [str(v) for v in t.column("parent_asin").to_pylist()]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    lex = LexicalFeatures().fit([texts[i] for i in tr])
+    x = lex.transform(texts)
+    fit = fit_dual_ridge(x[tr], y, w)
+    out["lexical"] = {"loo": fit.loo, "test": fit.predict(x[te])}
+    dense = {name: feature_matrix(feats, ids, name) for name, feats in caches.items()}
+    enc = ListingEncoder()
+    lst, n_img, desc = listing_inputs(t.take(tr))
+    enc.fit(lst, y)
+    block_tr, _ = enc.transform(lst, n_img, desc, y=y, item_ids=[ids[i] for i in tr])  # out-of-fold stores
+    enc.set_fill(block_tr)
+    block, _ = enc.transform(*listing_inputs(t))
+    block[tr] = block_tr
+    dense["listing"] = block
+    for name, xd in dense.items():
+        f = _dense_block(xd[tr], y, w, ALPHAS)
+        out[name] = {"loo": f["loo"], "test": xd[te] @ f["coef"] + f["intercept"]}
+    return out, y, w, rating[te]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folds", help="a k-fold run's folds/ directory (fold-0, fold-1, ...)")
+    ap.add_argument("--features", action="append", required=True, help="NAME=CACHE: a tower block")
+    ap.add_argument("--json", help="write the per-fold PLCCs here")
+    args = ap.parse_args()
+    caches = {k: load_features(v) for k, v in (s.split("=", 1) for s in args.features)}
+    folds = sorted(Path(args.folds).glob("fold-*"))
+    rows: dict[str, list[float]] = {}
+    for fold in folds:
+        blocks, y, w, y_test = fold_blocks(fold, caches)
+        names = list(blocks)
+        for r in range(1, len(names) + 1):
+            for combo in itertools.combinations(names, r):
+                if sum(n in caches for n in combo) > 1:
+                    continue  # one tower block per row
+                if len(combo) == 1:
+                    pred = blocks[combo[0]]["test"]
+                else:
+                    g, c = _stack(np.column_stack([blocks[n]["loo"] for n in combo]), y, w)
+                    pred = c + sum(gi * blocks[n]["test"] for gi, n in zip(g, combo, strict=True))
+                rows.setdefault("[" + ", ".join(combo) + "]", []).append(_plcc(pred, y_test))
+        print(f"{fold.name}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in rows.items()), flush=True)
+    print(f"\n| blocks ({len(folds)} folds) | PLCC | per fold |\n| --- | ---: | --- |")
+    for name, v in rows.items():
+        sd = f" +- {np.std(v, ddof=1):.4f}" if len(v) > 1 else ""
+        print(f"| `{name}` | {np.mean(v):.4f}{sd} | {' / '.join(f'{x:.3f}' for x in v)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
