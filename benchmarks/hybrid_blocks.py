@@ -28,7 +28,7 @@ from effiminivlm.data.listing import ListingEncoder
 from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights, table_texts
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.training.embed import feature_matrix, load_features
-from effiminivlm.training.hybrid import _dense_block, _stack, listing_inputs
+from effiminivlm.training.hybrid import dense_block, listing_inputs, stack_blocks
 from effiminivlm.training.probe import ALPHAS
 
 
@@ -61,7 +61,7 @@ def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]]) -> tuple[dict[str
     block[tr] = block_tr
     dense["listing"] = block
     for name, xd in dense.items():
-        f = _dense_block(xd[tr], y, w, ALPHAS)
+        f = dense_block(xd[tr], y, w, ALPHAS)
         out[name] = {"loo": f["loo"], "test": xd[te] @ f["coef"] + f["intercept"]}
     return out, y, w, rating[te]
 
@@ -85,7 +85,7 @@ def main() -> None:
                 if len(combo) == 1:
                     pred = blocks[combo[0]]["test"]
                 else:
-                    g, c = _stack(np.column_stack([blocks[n]["loo"] for n in combo]), y, w)
+                    g, c = stack_blocks(np.column_stack([blocks[n]["loo"] for n in combo]), y, w)
                     pred = c + sum(gi * blocks[n]["test"] for gi, n in zip(g, combo, strict=True))
                 rows.setdefault("[" + ", ".join(combo) + "]", []).append(_plcc(pred, y_test))
         print(f"{fold.name}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in rows.items()), flush=True)

@@ -51,7 +51,7 @@ def listing_inputs(rows: pa.Table) -> tuple[list[dict[str, Any] | None], list[in
     return listings, n_images, [v or "" for v in rows.column("description").to_pylist()]
 
 
-def _dense_block(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[float, ...]) -> dict[str, Any]:
+def dense_block(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[float, ...]) -> dict[str, Any]:
     """A dense block's ridge, alpha by LOO MSE: coef, intercept, alpha, LOO predictions at that alpha."""
     pick, _ = select_alpha(x, y, w, alphas, "loo_mse")
     coef, b = fit_ridge(x, y, w, alphas[pick])  # coef in the raw scale
@@ -59,7 +59,7 @@ def _dense_block(x: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: tuple[floa
     return {"coef": coef, "intercept": b, "alpha": float(alphas[pick]), "loo": loo}
 
 
-def _stack(loo: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+def stack_blocks(loo: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
     """(g [B], c): weighted least squares of y on the blocks' LOO predictions, with an intercept."""
     a = np.hstack([loo, np.ones((len(y), 1))])
     sw = np.sqrt(w)[:, None]
@@ -133,7 +133,7 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
             f = fit_dual_ridge(blocks_tr[name], y_tr, w)
             fits[name] = {"coef": f.coef, "intercept": f.intercept, "alpha": f.alpha, "loo": f.loo}
         else:
-            fits[name] = _dense_block(blocks_tr[name], y_tr, w, alphas)
+            fits[name] = dense_block(blocks_tr[name], y_tr, w, alphas)
     val_pred = {n: np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
     if tc.probe_combine == "joint" and len(names) > 1:
         joint = _joint(blocks_tr, y_tr, w)
@@ -141,7 +141,7 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
         coefs = {n: joint[n]["coef"] for n in names}
         bias = joint[names[0]]["intercept_all"]
     else:
-        g, c = _stack(np.column_stack([fits[n]["loo"] for n in names]), y_tr, w)
+        g, c = stack_blocks(np.column_stack([fits[n]["loo"] for n in names]), y_tr, w)
         gains = {n: float(v) for n, v in zip(names, g, strict=True)}
         coefs = {n: fits[n]["coef"] * gains[n] for n in names}
         bias = c + sum(gains[n] * fits[n]["intercept"] for n in names)
