@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from effiminivlm.data.lexical import LexicalFeatures
 from effiminivlm.data.listing import ListingEncoder
-from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights, table_texts
+from effiminivlm.data.text import table_texts
+from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.training.embed import feature_matrix, load_features
 from effiminivlm.training.hybrid import dense_block, listing_inputs, stack_blocks

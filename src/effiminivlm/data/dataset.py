@@ -18,9 +18,7 @@ import torch
 from PIL import Image
 
 from effiminivlm.data.images import ImageStore
-from effiminivlm.data.text import product_text
-
-TEXT_COLUMNS = ("category", "title", "features", "description")
+from effiminivlm.data.text import TEXT_COLUMNS, product_text
 
 
 def rating_weight_mu(rating_numbers: Sequence[int] | Any) -> float:

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import html
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+#: The prepared-schema columns the template reads, in its order.
+TEXT_COLUMNS = ("category", "title", "features", "description")
 
 # A tag starts with a letter, "/" or "!" right after "<", so "size < 5 and > 2" survives as text.
 _TAG = re.compile(r"</?[A-Za-z!][^<>]*>")
@@ -34,3 +41,9 @@ def clean_text(value: str) -> str:
 def product_text(category: str, title: str, features: str, description: str) -> str:
     """The paper's template: "Main category: …\\nTitle: …\\nFeatures: …\\nDescription: …"."""
     return f"Main category: {category}\nTitle: {title}\nFeatures: {features}\nDescription: {description}"
+
+
+def table_texts(table: pa.Table) -> list[str]:
+    """The model's text of every row of a prepared-schema table (missing fields read as "")."""
+    cols = [table.column(c).to_pylist() for c in TEXT_COLUMNS]
+    return [product_text(*(v or "" for v in row)) for row in zip(*cols, strict=True)]

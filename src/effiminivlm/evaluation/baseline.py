@@ -19,20 +19,13 @@ import pyarrow as pa
 
 from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
 from effiminivlm.data.prepare import read_prepared
-from effiminivlm.data.text import product_text
+from effiminivlm.data.text import table_texts
 from effiminivlm.errors import DataError
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import metric_group, rating_number_key
 
-__all__ = ["add_words_only", "baseline_line", "table_texts", "words_only", "words_only_groups",
-           "words_only_split"]
+__all__ = ["add_words_only", "baseline_line", "words_only", "words_only_groups", "words_only_split"]
 SCORE_RANGE = (1.0, 5.0)
-
-
-def table_texts(table: pa.Table) -> list[str]:
-    """The model's text of every row (the paper's template, as `data.dataset.ProductDataset.text`)."""
-    cols = [table.column(c).to_pylist() for c in ("category", "title", "features", "description")]
-    return [product_text(*(v or "" for v in row)) for row in zip(*cols, strict=True)]
 
 
 def rating_count_weights(table: pa.Table) -> np.ndarray:

@@ -32,7 +32,7 @@ from PIL import Image
 from effiminivlm.data.batches import length_sorted_batches, restore_order
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.schema import RATING_RANGE
-from effiminivlm.data.text import product_text
+from effiminivlm.data.text import table_texts
 from effiminivlm.runtime import (
     cuda_absent,
     default_num_workers,
@@ -41,8 +41,6 @@ from effiminivlm.runtime import (
     usable_cores,
 )
 from effiminivlm.serving.plan import plan_key, read_plan
-
-TEXT_COLUMNS = ("category", "title", "features", "description")
 
 
 @dataclass
@@ -176,8 +174,8 @@ class LeanScorer:
 
         table = table.combine_chunks()
         store = store if store is not None else ImageStore(None)
-        cols = {c: table.column(c).to_pylist() for c in (*TEXT_COLUMNS, "parent_asin", "images")}
-        texts = [product_text(*(cols[c][i] or "" for c in TEXT_COLUMNS)) for i in range(table.num_rows)]
+        cols = {c: table.column(c).to_pylist() for c in ("parent_asin", "images")}
+        texts = table_texts(table)
         mode = self.images
         draft = max(self.size) if mode != "none" else None
 

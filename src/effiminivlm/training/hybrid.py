@@ -30,7 +30,7 @@ import torch
 from effiminivlm.config import EffiMiniVLMCfg, Recipe
 from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
 from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, parse_listing
-from effiminivlm.evaluation.baseline import table_texts
+from effiminivlm.data.text import table_texts
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.models.hybrid import HybridCfg, HybridProbe

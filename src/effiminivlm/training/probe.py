@@ -33,8 +33,9 @@ from effiminivlm.config import Recipe
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.lexical import LexicalSettings
 from effiminivlm.data.prepare import read_prepared
+from effiminivlm.data.text import table_texts
 from effiminivlm.errors import ConfigError, DataError
-from effiminivlm.evaluation.baseline import add_words_only, baseline_line, table_texts, words_only
+from effiminivlm.evaluation.baseline import add_words_only, baseline_line, words_only
 from effiminivlm.evaluation.conformal import (
     coverage_report,
     load_conformal,
