@@ -40,17 +40,6 @@ def non_finite_error(bad: int, total: int, source: str) -> DataError:
                      "written (retrain or check the weights)")
 
 
-def model_cost(scorer: Scorer | LeanScorer) -> tuple[float, float]:
-    """(params in M, canonical FLOPs in G) of the scorer's model, by the protocol's rules (stored in its
-    folder after the first count: `protocol.cost`; the torch-free scorer reads them there or in its plan)."""
-    if isinstance(scorer, LeanScorer):
-        return scorer.cost
-    from effiminivlm.protocol.cost import stored_profile
-
-    prof = stored_profile(scorer.model, scorer.model_dir)
-    return prof.params_m, prof.flops_g
-
-
 def _scorer(model_dir: str | Path, **kwargs: Any) -> Scorer | LeanScorer:
     """The torch-free scorer when the folder's fast path was recorded on this machine (`serving.lean`),
     else the PyTorch one (which records it for the next run)."""
@@ -113,7 +102,7 @@ def predict(model_dir: str | Path, inputs: list[str], out: str | Path, *, split:
                      num_workers=num_workers)
     res = scorer.score_table(src.table, src.store, progress=progress)
     check_finite(res.pred, scorer.source)
-    params_m, flops_g = model_cost(scorer)
+    params_m, flops_g = scorer.cost
     bounds = scorer.intervals(res.pred) if with_intervals else {}
     path = write_submission(out, res.item_id, res.pred, params_m, flops_g, bounds)
     return {"submission": str(path), "items": len(res.item_id), "input_kind": src.kind,

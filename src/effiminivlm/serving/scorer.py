@@ -90,6 +90,15 @@ class Scorer:
         scorer.source = str(model_dir)
         return scorer
 
+    @property
+    def cost(self) -> tuple[float, float]:
+        """(params in M, canonical FLOPs in G) by the protocol's rules, stored in the folder after the first
+        count (`protocol.cost`); `serving.lean.LeanScorer.cost` is the same pair, read without torch."""
+        from effiminivlm.protocol.cost import stored_profile
+
+        prof = stored_profile(self.model, self.model_dir)
+        return prof.params_m, prof.flops_g
+
     def intervals(self, scores: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{"80": (low, high), "90": ...} around `scores` (the model's split-conformal intervals, fitted on
         its validation split); {} for a model saved without them."""
