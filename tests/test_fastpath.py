@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from effiminivlm import ovgraph
 from effiminivlm.config import load_recipe
 from effiminivlm.data.images import load_image_with_reason
 from effiminivlm.data.images import store as store_module
@@ -143,7 +144,6 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
                                                                           tmp_path) -> None:
     import openvino as ov
 
-    from effiminivlm.models import openvino_backend
 
     # a cache of its own: other tests of this worker convert towers of the same tiny model into the shared one
     monkeypatch.setenv("EFFIMINIVLM_CACHE", str(tmp_path / "cache"))
@@ -153,15 +153,15 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
     both = ModelLevers()  # the default: both towers in OpenVINO, the image one in f32
     fast = optimize_for_inference(model, CPU, "bf16", both)
     streams = min(2, torch.get_num_threads())  # ov_streams, capped at the threads a tower gets
-    text_prec = openvino_backend.native_precision("bf16")  # fp32 on a CPU without native bf16
+    text_prec = ovgraph.native_precision("bf16")  # fp32 on a CPU without native bf16
     assert fast.fast_levers == ["cls_only", "openvino image tower (fp32)",
                                 f"openvino text tower ({text_prec})",
                                 *([f"{streams} openvino streams"] if streams > 1 else []), "openvino head"]
     assert fast.fast_fallbacks == []
     assert fast.image_encoder.num_features == model.image_encoder.num_features  # read through the wrappers
-    graphs = [p for p in openvino_backend.cache_dir().iterdir() if p.name != "compiled"]
+    graphs = [p for p in ovgraph.cache_dir().iterdir() if p.name != "compiled"]
     assert len(graphs) == 3  # one converted graph per tower, and the head's
-    assert len(list((openvino_backend.cache_dir() / "compiled").glob("*.blob"))) == 3  # and compiled once
+    assert len(list((ovgraph.cache_dir() / "compiled").glob("*.blob"))) == 3  # and compiled once
     for raw in (False, True):  # batches of other sizes and lengths than the conversion's example
         got = run_inference(fast, make_loader(model, tok, table, batch_size=7, sort_by_length=True,
                                               raw_pixels=raw), CPU, "bf16", progress=False)
@@ -172,18 +172,17 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
 
 
 def test_a_precision_the_cpu_lacks_compiles_as_fp32(tiny, monkeypatch) -> None:
-    from effiminivlm import ovgraph
     from effiminivlm.models import openvino_backend
 
     model, _ = tiny
     monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
-    assert [openvino_backend.native_precision(p) for p in ("bf16", "fp16", "fp32")] == ["fp32"] * 3
+    assert [ovgraph.native_precision(p) for p in ("bf16", "fp16", "fp32")] == ["fp32"] * 3
     tower = openvino_backend.text_tower(model.text_encoder, "bf16", threads=1)
     assert tower.precision == "fp32"
     assert str(tower.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
     monkeypatch.setattr(ovgraph, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))
-    assert openvino_backend.native_precision("bf16") == "bf16"
-    assert openvino_backend.native_precision("fp16") == "fp32"
+    assert ovgraph.native_precision("bf16") == "bf16"
+    assert ovgraph.native_precision("fp16") == "fp32"
 
 
 def test_openvino_streams_split_a_batch_and_give_the_same_rows(tiny) -> None:
@@ -227,7 +226,7 @@ def test_a_tower_openvino_cannot_build_falls_back_to_pytorch_with_a_warning(tiny
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("op X")))
     with pytest.warns(UserWarning, match=r"text tower: OpenVINO conversion failed \(RuntimeError: op X\)"):
         fast = optimize_for_inference(model, CPU, "bf16", ModelLevers(image_fp32=False, ov_streams=1))
-    image_prec = openvino_backend.native_precision("bf16")
+    image_prec = ovgraph.native_precision("bf16")
     assert fast.fast_levers == ["cls_only", f"openvino image tower ({image_prec})", "openvino head",
                                 "bf16_weights"]
     table = read_prepared(prepared, "test")
@@ -387,7 +386,7 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     lo, hi = par["plcc_change_ci95"]  # paired bootstrap over the 12 items
     assert -2 <= lo <= hi <= 2
     assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
-    from effiminivlm.models.openvino_backend import native_precision
+    from effiminivlm.ovgraph import native_precision
 
     parts = [(t["part"], t["precision"]) for t in report["model_only"]]  # the fast model's, then fp32's
     text_prec = native_precision("bf16")  # what the OpenVINO text tower really ran in on this CPU

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from effiminivlm import ovgraph
 from effiminivlm.cli import main
 from effiminivlm.config import load_recipe
 from effiminivlm.errors import WeightsError
@@ -54,7 +55,7 @@ def test_the_choice_is_measured_and_stored_in_a_copy(plain_model: Path, quantize
     out, result = quantized
     assert not (plain_model / q.VARIANTS_NAME).exists()  # the input folder is never changed
     stored = json.loads((out / q.VARIANTS_NAME).read_text())
-    assert stored["isa"] == q.isa_facts()
+    assert stored["isa"] == ovgraph.isa_facts()
     report = stored["report"]
     assert set(report["towers"]) == {"image", "text"} and report["choice"] == result["choice"]
     for tower, figures in report["towers"].items():

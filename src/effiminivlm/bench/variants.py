@@ -14,8 +14,8 @@ import copy
 
 from torch import nn
 
-from effiminivlm.models.openvino_backend import native_precision
 from effiminivlm.models.quantize import TOWERS, TowerVariant
+from effiminivlm.ovgraph import native_precision
 
 FP32 = TowerVariant("fp32")
 

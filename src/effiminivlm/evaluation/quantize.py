@@ -47,6 +47,7 @@ from effiminivlm.models.quantize import (
     save_graph,
     write_variants,
 )
+from effiminivlm.ovgraph import native_precision
 
 CPU = torch.device("cpu")
 FP32 = TowerVariant("fp32")
@@ -151,7 +152,7 @@ def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
     for name, tower in towers.items():
         figures: dict[str, Any] = {}
         for prec in precisions:
-            if prec == "bf16" and openvino_backend.native_precision("bf16") != "bf16":
+            if prec == "bf16" and native_precision("bf16") != "bf16":
                 figures[prec] = {"accepted": False, "why": "no native bf16 on this CPU (OpenVINO would "
                                  "emulate it, tens of times slower): not measured"}
                 log(f"{name} tower bf16: refused, {figures[prec]['why']}")

@@ -28,10 +28,9 @@ import torch
 from torch import nn
 
 from effiminivlm.models.blocks import TowerWrapper
-from effiminivlm.ovgraph import PRECISION_HINTS, CompiledGraph, cache_dir, cpu_capabilities, native_precision
+from effiminivlm.ovgraph import CompiledGraph, cache_dir
 
-__all__ = ["PRECISION_HINTS", "OpenVINOTower", "cache_dir", "cpu_capabilities", "image_tower",
-           "native_precision", "openvino_available", "text_tower", "tower_graph"]
+__all__ = ["OpenVINOTower", "image_tower", "openvino_available", "text_tower", "tower_graph"]
 
 #: Per input of a tower, the dimensions that may vary between calls.
 Dynamic = tuple[tuple[int, ...], ...]

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from effiminivlm.errors import WeightsError
-from effiminivlm.ovgraph import CPU_FLAGS, isa_facts
+from effiminivlm.ovgraph import isa_facts
 
 VARIANTS_NAME = "fast.json"
 GRAPH_DIR = "fast"
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "bf16", "int8")
-__all__ = ["CPU_FLAGS", "GRAPH_DIR", "PRECISIONS", "TOWERS", "VARIANTS_NAME", "TowerVariant", "int8_graph",
-           "isa_facts", "read_variants", "save_graph", "write_variants"]
+__all__ = ["GRAPH_DIR", "PRECISIONS", "TOWERS", "VARIANTS_NAME", "TowerVariant", "int8_graph",
+           "read_variants", "save_graph", "write_variants"]
 
 
 @dataclass(frozen=True)
