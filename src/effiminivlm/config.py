@@ -198,6 +198,14 @@ class TrainCfg:
     lr_head: float | None = None  # the head and any new module, e.g. LoRA adapters (default: lr)
     weight_decay_backbone: float | None = None  # default: weight_decay
     weight_decay_head: float | None = None
+    # Gradual unfreezing (models.freezing.gradual_unfreeze): epoch 1 trains the head only, each later epoch
+    # opens this many more groups of the text tower from the top down (its top layer with the pooler, the
+    # layer below, ..., the embeddings; then the image tower whole); 0: every trainable part from the start
+    unfreeze_per_epoch: int = 0
+    # Fine-tune on top of the words-only ridge (training.offset): the lexical block (TF-IDF of train.lexical)
+    # is fit in closed form first, then model output = its prediction + the towers' head output; train rows
+    # carry the ridge's leave-one-out prediction (an in-sample one would leave no residual to learn)
+    lexical_offset: bool = False
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 64
     missing_rating_number: str = "median"  # median | one | drop: weight of train rows without rating_number
@@ -243,6 +251,10 @@ class TrainCfg:
         check_int("grad_accum_steps", self.grad_accum_steps, 1, self.batch_size)
         check_int("freeze_text_layers", self.freeze_text_layers, 0, 1000)
         check_int("freeze_image_blocks", self.freeze_image_blocks, 0, 1000)
+        check_int("unfreeze_per_epoch", self.unfreeze_per_epoch, 0, 1000)
+        if self.probe != "none" and (self.lexical_offset or self.unfreeze_per_epoch):
+            fail("probe", "none with lexical_offset / unfreeze_per_epoch (they are fine-tuning settings; "
+                 "a probe's lexical block is train.probe_features)", self.probe)
         for key in ("lr_backbone", "lr_head"):
             if getattr(self, key) is not None:
                 check_number(key, getattr(self, key), gt=0)

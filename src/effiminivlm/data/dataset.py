@@ -20,6 +20,10 @@ from PIL import Image
 from effiminivlm.data.images import ImageStore
 from effiminivlm.data.text import TEXT_COLUMNS, product_text
 
+#: a training-only column: an additive term of the model's output per row (`training.offset` writes the
+#: lexical block's leave-one-out prediction there); prepared datasets never hold it
+OFFSET_COLUMN = "offset"
+
 
 def rating_weight_mu(rating_numbers: Sequence[int] | Any) -> float:
     """mu = mean(log(1 + r)) over the TRAIN split: the normaliser of the paper's loss weights."""
@@ -46,6 +50,7 @@ class Sample:
     fields: dict[str, str] = field(default_factory=dict)  # the text columns (raw), listing
     n_refs: int = 0  # image references the row lists (a cold-start side feature)
     categories: list[str] = field(default_factory=list)  # the optional `categories` column (multi-label)
+    offset: float | None = None  # the optional `offset` column (training only: training.offset)
 
 
 class ProductDataset(torch.utils.data.Dataset[Sample]):
@@ -91,6 +96,7 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
         self._weight = self.table.column("sample_weight") if "sample_weight" in names else None
         self._categories = self.table.column("categories") if "categories" in names else None
         self._listing = self.table.column("listing") if "listing" in names else None  # data.listing
+        self._offset = self.table.column(OFFSET_COLUMN) if OFFSET_COLUMN in names else None
 
     def __len__(self) -> int:
         return self.n
@@ -129,7 +135,8 @@ class ProductDataset(torch.utils.data.Dataset[Sample]):
                       rating_number=0.0 if count is None else float(count),
                       weight=1.0 if weight is None else float(weight), fields=fields,
                       n_refs=len(in_memory or refs),
-                      categories=(self._categories[i].as_py() or []) if self._categories is not None else [])
+                      categories=(self._categories[i].as_py() or []) if self._categories is not None else [],
+                      offset=self._offset[i].as_py() if self._offset is not None else None)
 
 
 class Collator:

@@ -8,6 +8,9 @@ and Ray-scored like every other, through the same `Scorer` / `inference` path. I
 rows into the extra inputs: `lexical` (a sparse [B, n_terms] TF-IDF matrix, rebuilt from the saved
 vocabulary and idf) and `listing` ([B, k] from the `listing` column, `data.listing`). `training.hybrid`
 fits all three blocks in closed form and writes the weights here; the intercept lives in the head's bias.
+`training.offset` (`train.lexical_offset`) fine-tunes the towers and an MLP head of the same model on top
+of a fitted lexical block: its train rows carry the block's leave-one-out prediction as `offset`, which the
+batch then holds as `lexical_offset` in place of the TF-IDF rows (training only; scoring computes TF-IDF).
 
 Saved: config.json (`model:` holds the blocks' sizes) + model.safetensors (towers, head, the lexical and
 listing weights) + `hybrid.json` (vocabulary, idf, the store table and fallbacks as plain data; no pickle).
@@ -15,6 +18,7 @@ listing weights) + `hybrid.json` (vocabulary, idf, the store table and fallbacks
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ from effiminivlm.models.processor import Processor
 from effiminivlm.models.regressor import EffiMiniVLM
 from effiminivlm.typed import check_int
 
-__all__ = ["HYBRID_NAME", "HybridProbe", "HybridProcessor"]
+__all__ = ["HYBRID_NAME", "HybridProbe", "HybridProcessor", "hybrid_from"]
 HYBRID_NAME = "hybrid.json"
 
 
@@ -69,7 +73,15 @@ class HybridProcessor(Processor):
 
     def extra(self, samples: list[Sample]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if self.lexical is not None:
+        offsets = [s.offset for s in samples]
+        if self.lexical is not None and all(o is not None for o in offsets):
+            # training rows of `train.lexical_offset`: the block's leave-one-out prediction, not its
+            # in-sample one (which would have fit their own ratings), so no TF-IDF is computed
+            out["lexical_offset"] = torch.tensor(offsets, dtype=torch.float32)
+        elif any(o is not None for o in offsets):
+            raise ValueError("a batch mixes rows with and without an `offset`; the lexical block cannot "
+                             "score some rows by their offset and the others by TF-IDF")
+        elif self.lexical is not None:
             out["lexical"] = _sparse(self.lexical.transform([s.text for s in samples]))
         if self.listing is not None:
             block, missing = self.listing.transform(
@@ -131,7 +143,9 @@ class HybridProbe(EffiMiniVLM):
     def forward_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         out = super().forward_batch(batch)
         with torch.autocast(out.device.type, enabled=False):
-            if self.cfg.lexical_terms:
+            if self.cfg.lexical_terms and batch.get("lexical_offset") is not None:
+                out = out + batch["lexical_offset"].to(out.device, torch.float32)  # training.offset's rows
+            elif self.cfg.lexical_terms:
                 if batch.get("lexical") is None:
                     raise ValueError("the hybrid probe reads `lexical` (its processor's TF-IDF); build "
                                      "batches with model.processor(tokenizer)")
@@ -180,3 +194,20 @@ class HybridProbe(EffiMiniVLM):
         assert isinstance(model, HybridProbe)
         model.attach(lexical, listing)
         return model
+
+
+def hybrid_from(model: torch.nn.Module, lexical: LexicalFeatures | None, listing: ListingEncoder | None,
+                tower: bool = True) -> HybridProbe:
+    """A HybridProbe with `model`'s (an EffiMiniVLM's) towers and head, weights copied, and blocks sized for
+    `lexical` / `listing` (their weights zero until the caller writes the fitted ones). One builder for the
+    closed-form hybrid (`training.hybrid`) and fine-tuning on a lexical offset (`training.offset`)."""
+    base = {f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(EffiMiniVLMCfg) if f.init}
+    cfg = HybridCfg(**{**base, "arch": "hybrid-probe"}, lexical_terms=lexical.n_terms if lexical else 0,
+                    listing_features=len(LISTING_FEATURES) if listing else 0, tower=tower)
+    hybrid = HybridProbe(cfg, pretrained=False)
+    missing, unexpected = hybrid.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(HybridProbe.side_modules) for k in missing):
+        raise WeightsError(f"{type(model).__name__} does not fit the hybrid probe's towers and head "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    hybrid.attach(lexical, listing)
+    return hybrid

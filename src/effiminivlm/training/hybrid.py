@@ -18,7 +18,6 @@ baseline (`evaluation.baseline`), so a hybrid run reports it for free.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -27,13 +26,13 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
-from effiminivlm.config import EffiMiniVLMCfg, Recipe
+from effiminivlm.config import Recipe
 from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
-from effiminivlm.data.listing import LISTING_FEATURES, ListingEncoder, parse_listing
+from effiminivlm.data.listing import ListingEncoder, parse_listing
 from effiminivlm.data.text import table_texts
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import compute_metrics
-from effiminivlm.models.hybrid import HybridCfg, HybridProbe
+from effiminivlm.models.hybrid import HybridProbe, hybrid_from
 from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha
 
 __all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs"]
@@ -162,13 +161,8 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
 def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None,
            listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float) -> HybridProbe:
     """A HybridProbe with `model`'s towers and the fitted weights."""
-    tower = {f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(EffiMiniVLMCfg) if f.init}
-    cfg = HybridCfg(**{**tower, "arch": "hybrid-probe"}, lexical_terms=lex.n_terms if lex else 0,
-                    listing_features=len(LISTING_FEATURES) if listing else 0, tower="tower" in names)
-    hybrid = HybridProbe(cfg, pretrained=False)
-    hybrid.load_state_dict(model.state_dict(), strict=False)  # towers + head; the blocks' weights follow
+    hybrid = hybrid_from(model, lex, listing, tower="tower" in names)
     hybrid.freeze(image=True, text=True)
-    hybrid.attach(lex, listing)
     linear = hybrid.head[-1]
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(coefs.get("tower", np.zeros(linear.in_features)),

@@ -37,7 +37,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.files import atomic_write_text, to_jsonable, write_json
 from effiminivlm.inference import forward_batch, run_inference
 from effiminivlm.models.factory import create_model, create_tokenizer
-from effiminivlm.models.freezing import apply_recipe_freezing
+from effiminivlm.models.freezing import GradualUnfreezing, apply_recipe_freezing
 from effiminivlm.runtime import (
     autocast,
     default_num_workers,
@@ -50,6 +50,7 @@ from effiminivlm.training.accumulate import backward_in_parts
 from effiminivlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from effiminivlm.training.embed_distill import setup_embedding_distillation
 from effiminivlm.training.losses import build_loss, check_recipe_names
+from effiminivlm.training.offset import output_start, with_lexical_offset
 from effiminivlm.training.optim import param_groups
 from effiminivlm.training.rundir import checkpoint_path, open_run_dir, sync_metrics
 from effiminivlm.training.skeleton import publish_model, read_train_val, weighted_train_rows
@@ -171,9 +172,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     tc = recipe.train
     precision = resolve_compute_precision(tc.precision, dev)
     rank_batch = distributed.per_rank_batch(tc.batch_size, dist)
-    if dist.enabled and tc.grad_accum_steps > 1:
-        raise EffiMiniVLMError("train.grad_accum_steps > 1 is not supported under torchrun yet: more ranks "
-                               "already split each batch; set it to 1")
+    if dist.enabled and (tc.grad_accum_steps > 1 or tc.unfreeze_per_epoch):
+        raise EffiMiniVLMError("train.grad_accum_steps > 1 and train.unfreeze_per_epoch are not supported "
+                               "under torchrun yet; set them to 1 and 0")
     seed_everything(tc.seed + dist.rank)  # dropout / augmentation differ per rank; rank 0 = single process
 
     train_rows, val_rows = read_train_val(data_dir)
@@ -182,7 +183,10 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
     store = ImageStore.for_prepared(data_dir, images_dir)  # local refs confined to the recorded roots
     train_rows, mixed = mix_train_rows(train_rows, tc, mu, store=store, strict=strict, log=log)
 
-    model = create_model(recipe.model, pretrained=checkpoint is None).to(dev)
+    model = create_model(recipe.model, pretrained=checkpoint is None)
+    if tc.lexical_offset:  # the towers + head fine-tuned on top of the fitted words-only ridge
+        model, train_rows, mixed["lexical_offset"] = with_lexical_offset(model, recipe, train_rows, log)
+    model = model.to(dev)
     if "categories" in model.data_columns:  # a multi-label head's targets, joined from the meta files
         train_rows, val_rows = attach_categories(train_rows, data_dir), attach_categories(val_rows, data_dir)
     model.fit_task(train_rows)  # e.g. the label vocabulary of the TRAIN split (models.base)
@@ -205,6 +209,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     total_steps = steps_per_epoch * tc.epochs
     optimizer = make_adamw(param_groups(model, tc), tc.lr, dev, tc.fused_adamw)  # fused: same update
+    unfreezing = GradualUnfreezing(model, tc.unfreeze_per_epoch) if tc.unfreeze_per_epoch else None
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
@@ -239,7 +244,7 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
-        init_output_bias(model, float(np.mean(train_rows.column("average_rating").to_numpy())))
+        init_output_bias(model, output_start(train_rows))  # the mean rating (less the lexical offset's)
     log(f"train {len(train_ds)} / val {len(val_ds)} items, mu={mu:.4f}, {steps_per_epoch} steps/epoch, "
         f"device {dev}, precision {precision}, params {model.num_params() / 1e6:.2f}M "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable)"
@@ -259,6 +264,9 @@ def train(recipe: Recipe | None, data_dir: str | Path, out_dir: str | Path, *, r
             stop_reason = "early_stopping"
         while state.epoch < tc.epochs and stop_reason != "early_stopping":
             epoch = state.epoch + 1
+            if unfreezing is not None:
+                opened = unfreezing.apply(epoch)  # train.unfreeze_per_epoch
+                log(f"epoch {epoch} trains the head + {', '.join(opened) or 'no tower part'}")
             loader = _loader(train_ds, collate, rank_batch, workers, shuffle_seed=tc.seed, dist=dist,
                              epoch=epoch, lengths=lengths, pin_memory=dev.type == "cuda", fetch_threads=fetch)
             model.train()
