@@ -262,8 +262,9 @@ def test_pick_depth_keeps_the_depth_whose_ridge_predicts_best_out_of_sample() ->
     assert pick_depth(same, y, w, ALPHAS)[0] == 2  # a tie keeps the uncut tower
 
 
+@pytest.mark.parametrize("blocks", ["[lexical,tower]", "[tower]"])
 def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
-        prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocks: str) -> None:
     """`probe_text_depth: auto`: one embedding pass caches every depth; a tower cut to depth D computes what
     the cache holds as `text@D`; the hybrid fit on it saves the cut tower, which reloads, scores raw text as
     its cached features say, and finds its features in the full model's cache."""
@@ -271,7 +272,7 @@ def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
     from effiminivlm.models.factory import create_tokenizer
 
     recipe = load_recipe("tiny", [*HYBRID, "model.text_encoder.config.num_hidden_layers=3",
-                                  "model.text_encoder.pooling=mean", "train.probe_features=[lexical,tower]",
+                                  "model.text_encoder.pooling=mean", f"train.probe_features={blocks}",
                                   "train.probe_text_depth=auto"])
     probe = build_probe_model(recipe)
     tok = create_tokenizer(recipe.model)
@@ -289,6 +290,7 @@ def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
         return 1, mse, hybrid_mod.dense_block(depth_x[1][0], y, w, alphas)  # force a cut
 
     monkeypatch.setattr(hybrid_mod, "pick_depth", pick_one)
+    monkeypatch.setattr("effiminivlm.training.probe.pick_depth", pick_one)
     summary = train_probe(recipe, prepared, tmp_path / "run", features=cache, log=lambda _: None)
     assert summary["text_depth"] == 1 and set(chosen["mse"]) == {1, 2, 3}
     folder = tmp_path / "run" / "model"
