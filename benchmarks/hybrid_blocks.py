@@ -7,9 +7,13 @@ the dense blocks' ridge, alpha by LOO MSE, the listing encoder out-of-fold) and 
 blocks' leave-one-out predictions, so the rows of a table differ only in the blocks. Several feature caches
 (e.g. two poolings or lengths of the tower, `effiminivlm embed`) are compared side by side as tower blocks.
 Features are read as stored: a cache of another pooling is another tower block, nothing is renormalised.
+With `--depths` a cache embedded with every text-tower depth (`train.probe_text_depth: auto`) gives a block
+per depth (`NAME@D`) and `NAME@auto`, the depth the probe picks (lowest LOO MSE on each fold's train rows).
 
     PYTHONPATH=src python benchmarks/hybrid_blocks.py runs/fashion-hybrid/folds \\
         --features mean64=both-text64.safetensors --features mean_l2_128=both-text128-l2.safetensors
+    PYTHONPATH=src python benchmarks/hybrid_blocks.py runs/fashion-hybrid/folds --depths \
+        --features mean64=both-text64-depths.safetensors
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from effiminivlm.data.text import table_texts
 from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.training.embed import feature_matrix, load_features
-from effiminivlm.training.hybrid import dense_block, listing_inputs, stack_blocks
+from effiminivlm.training.hybrid import dense_block, listing_inputs, pick_depth, stack_blocks
 from effiminivlm.training.probe import ALPHAS
 
 
@@ -37,8 +41,21 @@ def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(np.clip(pred, *SCORE_RANGE), y)[0, 1])
 
 
-def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, np.ndarray]],
-                                                                         np.ndarray, np.ndarray, np.ndarray]:
+def _depth_caches(caches: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """NAME@D for every `text@D` of each cache, and NAME@<full> for the cache's own `text`."""
+    out = {}
+    for name, feats in caches.items():
+        cut = sorted(int(k.removeprefix("text@")) for k in feats if k.startswith("text@"))
+        if not cut:
+            raise SystemExit(f"--depths: cache {name} has no per-depth features (embed with "
+                             "--set train.probe_text_depth=auto)")
+        out.update({f"{name}@{d}": {**feats, "text": feats[f"text@{d}"]} for d in cut})
+        out[f"{name}@{cut[-1] + 1}"] = feats
+    return out
+
+
+def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]], depths: bool = False
+                ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
     """Per block {"loo": train LOO predictions, "test": test predictions}, and (y_train, w, y_test)."""
     t = pq.read_table(fold / "data.parquet")
     split = np.array(t.column("split").to_pylist())
@@ -52,7 +69,13 @@ def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]]) -> tuple[dict[str
     x = lex.transform(texts)
     fit = fit_dual_ridge(x[tr], y, w)
     out["lexical"] = {"loo": fit.loo, "test": fit.predict(x[te])}
-    dense = {name: feature_matrix(feats, ids, name) for name, feats in caches.items()}
+    dense = {name: feature_matrix(feats, ids, name)
+             for name, feats in (_depth_caches(caches) if depths else caches).items()}
+    for name in caches if depths else ():  # the depth the probe picks, from the train rows only
+        per = {int(k.rsplit("@", 1)[1]): (dense[k][tr], dense[k][te])
+               for k in dense if k.startswith(f"{name}@")}
+        best, _, f = pick_depth(per, y, w, ALPHAS)
+        out[f"{name}@auto"] = {"loo": f["loo"], "test": per[best][1] @ f["coef"] + f["intercept"]}
     enc = ListingEncoder()
     lst, n_img, desc = listing_inputs(t.take(tr))
     enc.fit(lst, y)
@@ -71,17 +94,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folds", help="a k-fold run's folds/ directory (fold-0, fold-1, ...)")
     ap.add_argument("--features", action="append", required=True, help="NAME=CACHE: a tower block")
+    ap.add_argument("--depths", action="store_true", help="a block per text-tower depth of each cache, and "
+                    "the depth the probe picks (caches embedded with train.probe_text_depth=auto)")
     ap.add_argument("--json", help="write the per-fold PLCCs here")
     args = ap.parse_args()
     caches = {k: load_features(v) for k, v in (s.split("=", 1) for s in args.features)}
     folds = sorted(Path(args.folds).glob("fold-*"))
     rows: dict[str, list[float]] = {}
     for fold in folds:
-        blocks, y, w, y_test = fold_blocks(fold, caches)
+        blocks, y, w, y_test = fold_blocks(fold, caches, args.depths)
         names = list(blocks)
+        towers = {n for n in names if n not in ("lexical", "listing")}
         for r in range(1, len(names) + 1):
             for combo in itertools.combinations(names, r):
-                if sum(n in caches for n in combo) > 1:
+                if sum(n in towers for n in combo) > 1:
                     continue  # one tower block per row
                 if len(combo) == 1:
                     pred = blocks[combo[0]]["test"]

@@ -215,6 +215,9 @@ class TrainCfg:
     # listing's cold-start fields; more than [tower] makes the hybrid probe (training.hybrid)
     probe_features: list[str] = field(default_factory=lambda: ["tower"])
     probe_combine: str = "stack"  # stack: a second level over the blocks' LOO predictions | joint: one ridge
+    # The hybrid's tower block at `full` depth, or `auto`: fit on the BERT text tower cut to each depth (one
+    # embedding pass), the depth of lowest leave-one-out MSE kept and the saved tower cut to it (fewer FLOPs)
+    probe_text_depth: str = "full"
     lexical: LexicalCfg = field(default_factory=LexicalCfg)
     listing: ListingCfg = field(default_factory=ListingCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
@@ -231,6 +234,7 @@ class TrainCfg:
         if len(set(self.probe_features)) != len(self.probe_features):
             fail("probe_features", "a list without repeats", self.probe_features)
         check_choice("probe_combine", self.probe_combine, PROBE_COMBINES)
+        check_choice("probe_text_depth", self.probe_text_depth, ("full", "auto"))
         check_number("huber_delta", self.huber_delta, gt=0)
         check_number("weight_cap", self.weight_cap, gt=0)
         check_int("epochs", self.epochs, 1, 100_000)

@@ -243,3 +243,72 @@ def test_the_probe_pooling_flows_from_the_feature_cache_to_the_scorer(prepared: 
     assert tower.std() > 1e-3  # the tower block weighs in, so a pooling mismatch would show
     from_cache = np.clip(tower + hybrid_side_scores(model, test), 1, 5)
     np.testing.assert_allclose(raw, from_cache, atol=1e-4)
+
+
+def test_pick_depth_keeps_the_depth_whose_ridge_predicts_best_out_of_sample() -> None:
+    from effiminivlm.training.hybrid import pick_depth
+    from effiminivlm.training.probe import ALPHAS
+
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(300, 4))
+    y = 3 + signal @ np.array([0.5, -0.3, 0.2, 0.1]) + 0.1 * rng.normal(size=300)
+    w = rng.uniform(0.5, 2, 300)
+    noise = rng.normal(size=(300, 4))
+    depth_x = {1: (noise, noise[:10]), 2: (signal, signal[:10]), 3: (0.5 * signal + noise, noise[:10])}
+    depth, mse, fit = pick_depth(depth_x, y, w, ALPHAS)
+    assert depth == 2 and mse[2] < mse[3] < mse[1]
+    assert np.corrcoef(fit["loo"], y)[0, 1] > 0.9
+    same = {1: (signal, signal[:10]), 2: (signal, signal[:10])}
+    assert pick_depth(same, y, w, ALPHAS)[0] == 2  # a tie keeps the uncut tower
+
+
+@pytest.mark.parametrize("blocks", ["[lexical,tower]", "[tower]"])
+def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
+        prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocks: str) -> None:
+    """`probe_text_depth: auto`: one embedding pass caches every depth; a tower cut to depth D computes what
+    the cache holds as `text@D`; the hybrid fit on it saves the cut tower, which reloads, scores raw text as
+    its cached features say, and finds its features in the full model's cache."""
+    import effiminivlm.training.hybrid as hybrid_mod
+    from effiminivlm.models.factory import create_tokenizer
+
+    recipe = load_recipe("tiny", [*HYBRID, "model.text_encoder.config.num_hidden_layers=3",
+                                  "model.text_encoder.pooling=mean", f"train.probe_features={blocks}",
+                                  "train.probe_text_depth=auto"])
+    probe = build_probe_model(recipe)
+    tok = create_tokenizer(recipe.model)
+    rows = read_prepared(prepared)
+    feats = embed_table(probe, tok, rows, ImageStore.for_prepared(prepared), depths=True)
+    assert sorted(k for k in feats if k.startswith("text@")) == ["text@1", "text@2"]
+    torch.testing.assert_close(feats["text"], embed_table(probe, tok, rows, None)["text"])  # full depth
+    cache = save_features(feats, tmp_path / "f.safetensors", model_signature(probe))
+    chosen = {}
+    real_pick = hybrid_mod.pick_depth
+
+    def pick_one(depth_x: dict, y: np.ndarray, w: np.ndarray, alphas: tuple) -> tuple:
+        _, mse, _ = real_pick(depth_x, y, w, alphas)
+        chosen["mse"] = mse
+        return 1, mse, hybrid_mod.dense_block(depth_x[1][0], y, w, alphas)  # force a cut
+
+    monkeypatch.setattr(hybrid_mod, "pick_depth", pick_one)
+    monkeypatch.setattr("effiminivlm.training.probe.pick_depth", pick_one)
+    summary = train_probe(recipe, prepared, tmp_path / "run", features=cache, log=lambda _: None)
+    assert summary["text_depth"] == 1 and set(chosen["mse"]) == {1, 2, 3}
+    folder = tmp_path / "run" / "model"
+    assert json.loads((folder / "config.json").read_text())["model"]["text_encoder"]["config"][
+        "num_hidden_layers"] == 1
+    model, _ = load_model(folder)
+    assert model.text_encoder.depth == 1
+    cut = embed_table(model, tok, rows, None)["text"]
+    torch.testing.assert_close(cut, feats["text@1"], atol=1e-5, rtol=1e-5)  # the cut tower = text@1
+    test = read_prepared(prepared, "test")
+    direct = run_inference(model, make_loader(model, tok, test, None), torch.device("cpu"), "fp32",
+                           progress=False).pred
+    report = evaluate_on_features(folder, prepared, cache, tmp_path / "eval")  # the full model's cache
+    target = test.column("average_rating").to_numpy()
+    assert report["metrics"]["overall"]["plcc"] == pytest.approx(
+        compute_metrics(np.clip(direct, 1, 5), target)["overall"]["plcc"], abs=1e-4)
+    assert count_params(model).total < count_params(probe).total  # the dropped layers are not counted
+    with pytest.raises(EffiMiniVLMError, match="every text-tower depth"):  # a cache without depths
+        plain = save_features(embed_table(probe, tok, rows, None), tmp_path / "p.safetensors",
+                              model_signature(probe))
+        train_probe(recipe, prepared, tmp_path / "run2", features=plain, log=lambda _: None)

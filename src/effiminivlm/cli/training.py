@@ -286,7 +286,7 @@ def embed_cmd(
     from effiminivlm.data.images import ImageStore
     from effiminivlm.data.prepare import read_prepared
     from effiminivlm.runtime import resolve_compute_precision, resolve_device
-    from effiminivlm.training.embed import embed_table, model_signature, save_features
+    from effiminivlm.training.embed import embed_table, model_signature, save_features, wants_depths
 
     (data,) = dataset(data_arg, data, many=False)
     writable(out, "--out", "file")
@@ -297,6 +297,7 @@ def embed_cmd(
         from effiminivlm.models.factory import load_model
 
         net, tok = load_model(model)
+        depths = False
     else:
         from effiminivlm.config import load_recipe
         from effiminivlm.models.factory import create_tokenizer
@@ -305,10 +306,11 @@ def embed_cmd(
         rec = load_recipe(recipe, list(set_))
         net = build_probe_model(rec)  # the towers a probe run of this recipe builds
         tok = create_tokenizer(rec.model) if net.text_encoder is not None else None
+        depths = wants_depths(rec)  # a recipe choosing its text-tower depth: features of every depth
     dev = resolve_device(device)
     feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                         images=images, batch_size=batch_size, device=dev,
-                        precision=resolve_compute_precision(precision, dev), progress=True)
+                        precision=resolve_compute_precision(precision, dev), progress=True, depths=depths)
     save_features(feats, out, model_signature(net), {"data": str(data)})
     typer.echo(f"{len(feats['ids'])} items: image {tuple(feats['image'].shape)}, text "
                f"{tuple(feats['text'].shape)} -> {out}")

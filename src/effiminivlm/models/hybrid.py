@@ -205,6 +205,9 @@ def hybrid_from(model: torch.nn.Module, lexical: LexicalFeatures | None, listing
     cfg = HybridCfg(**{**base, "arch": "hybrid-probe"}, lexical_terms=lexical.n_terms if lexical else 0,
                     listing_features=len(LISTING_FEATURES) if listing else 0, tower=tower)
     hybrid = HybridProbe(cfg, pretrained=False)
+    depth = getattr(model.text_encoder, "depth", None)
+    if depth is not None and depth < hybrid.text_encoder.depth:  # a probe's tower cut to its best depth
+        hybrid.text_encoder.truncate(depth)
     missing, unexpected = hybrid.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not k.startswith(HybridProbe.side_modules) for k in missing):
         raise WeightsError(f"{type(model).__name__} does not fit the hybrid probe's towers and head "

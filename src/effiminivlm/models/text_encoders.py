@@ -48,6 +48,9 @@ class BertTextEncoder(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -56,6 +59,30 @@ class BertTextEncoder(nn.Module):
         # trained to compare by cosine (docs/realdata.md: a frozen probe on it alone +0.004 PLCC on Fashion,
         # level with the raw mean inside the hybrid)
         return F.normalize(pooled, dim=-1) if self.pooling == "mean_l2" else pooled
+
+    @property
+    def depth(self) -> int:
+        return len(self.bert.encoder.layer)
+
+    def depth_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """[B, depth, H]: entry d-1 is what this tower cut to its first d layers returns (`truncate(d)`),
+        all depths from one pass. Why: a frozen sentence encoder's last layer is tuned for similarity, and
+        on small rating data an intermediate layer can carry more of the signal (docs/realdata.md)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=True).hidden_states  # embeddings, then one per layer
+        return torch.stack([self._pool(h, attention_mask) for h in hidden[1:]], dim=1)
+
+    def truncate(self, depth: int) -> BertTextEncoder:
+        """Keep the first `depth` transformer layers (in place; the config records the new depth, so a
+        saved model rebuilds at it). The layers dropped are never computed, counted or stored."""
+        if not 1 <= depth <= self.depth:
+            raise EffiMiniVLMError(f"text tower depth {depth}: this tower has layers 1..{self.depth}")
+        self.bert.encoder.layer = self.bert.encoder.layer[:depth]
+        self.bert.config.num_hidden_layers = depth
+        return self
 
     def cls_only(self) -> ClsOnlyLastLayer | None:
         """This tower computing its last layer for the CLS position only (the fast path's lever), or None

@@ -8,7 +8,9 @@ and sweeps feasible on a CPU.
 The cache (`save_features` / `load_features`) holds float32 `image` [N, image_dim] (zeros where the item has
 no usable image, as the model's zero-vector fallback) and `text` [N, text_dim], uint8 `has_image` [N], and
 in its metadata the item ids (row order), the model's config and the image mode, so a cache made by another
-model is refused instead of silently fitting a head to the wrong features.
+model is refused instead of silently fitting a head to the wrong features. With `depths` (the hybrid probe's
+`train.probe_depths`) it also holds `text@D`, the text tower cut to its first D layers, with the signature of
+that cut model: a probe whose tower was cut to D finds its features in its full model's cache.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from effiminivlm.errors import DataError
 from effiminivlm.inference import make_loader
 from effiminivlm.runtime import autocast
 
-__all__ = ["embed_table", "feature_matrix", "load_features", "model_signature", "save_features"]
+__all__ = ["depth_signatures", "embed_table", "feature_matrix", "load_features", "model_signature",
+           "save_features", "wants_depths"]
 
 
 def model_signature(model: torch.nn.Module) -> str:
@@ -49,6 +52,19 @@ def model_signature(model: torch.nn.Module) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return json.dumps({**cfg, "weights_blake2b": digest.hexdigest()}, sort_keys=True)
+
+
+def depth_signatures(model: torch.nn.Module) -> dict[str, str]:
+    """{"model@D": signature of `model` with its text tower cut to D layers} for every depth D (metadata of
+    a cache embedded with depths)."""
+    import copy
+
+    out = {}
+    for depth in range(1, model.text_encoder.depth):
+        cut = copy.deepcopy(model)
+        cut.text_encoder.truncate(depth)  # config_dict reads the cut architecture
+        out[f"model@{depth}"] = model_signature(cut)
+    return out
 
 
 def _signature_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -74,21 +90,31 @@ def _signature_config(saved: dict[str, Any]) -> dict[str, Any]:
 def embed_table(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: Any = None, *,
                 images: str = "first", batch_size: int = 64, num_workers: int = 0,
                 device: torch.device | None = None, precision: str = "fp32",
-                progress: bool = False) -> dict[str, Any]:
-    """Pooled features of every row of `table`, in row order: {ids, image, text, has_image, images}."""
+                progress: bool = False, depths: bool = False) -> dict[str, Any]:
+    """Pooled features of every row of `table`, in row order: {ids, image, text, has_image, images}; with
+    `depths`, also `text@D` for every depth D of the text tower below its full depth (one pass)."""
     dev = device or torch.device("cpu")
     model = model.to(dev).eval()
     loader = make_loader(model, tokenizer, table, store, images=images, batch_size=batch_size,
                          num_workers=num_workers)
     ids: list[str] = []
-    texts, imgs, has = [], [], []
+    texts, imgs, has, by_depth = [], [], [], []
+    depths = depths and model.text_encoder is not None  # an image-only model has no text depth to choose
+    if depths and not hasattr(model.text_encoder, "depth_features"):
+        raise DataError("features per text-tower depth (train.probe_depths) need a BERT text tower")
     for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
         n = len(batch["item_id"])
         ids.extend(batch["item_id"])
         with autocast(dev, precision):
             text = None
             if model.text_encoder is not None:
-                text = model.text_encoder(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float()
+                tokens = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+                if depths:
+                    every = model.text_encoder.depth_features(*tokens).float()
+                    by_depth.append(every.cpu())
+                    text = every[:, -1]
+                else:
+                    text = model.text_encoder(*tokens).float()
                 texts.append(text.cpu())
             if model.image_encoder is not None:
                 if "all_pixel_values" in batch:
@@ -102,10 +128,22 @@ def embed_table(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
                 imgs.append(img.float().cpu())
         has.append(batch["has_image"].to(torch.uint8).cpu())
     empty = torch.zeros(len(ids), 0)
-    return {"ids": ids, "text": torch.cat(texts) if texts else empty,
-            "image": torch.cat(imgs) if imgs else empty,
-            "has_image": torch.cat(has) if has else torch.zeros(0, dtype=torch.uint8),
-            "images": "none" if model.image_encoder is None else images}
+    out = {"ids": ids, "text": torch.cat(texts) if texts else empty,
+           "image": torch.cat(imgs) if imgs else empty,
+           "has_image": torch.cat(has) if has else torch.zeros(0, dtype=torch.uint8),
+           "images": "none" if model.image_encoder is None else images}
+    if by_depth:
+        every = torch.cat(by_depth)
+        out.update({f"text@{d + 1}": every[:, d] for d in range(every.shape[1] - 1)})
+        out["depth_signatures"] = depth_signatures(model)
+    return out
+
+
+def wants_depths(recipe: Any) -> bool:
+    """Whether a probe run of `recipe` reads features per text-tower depth (`train.probe_text_depth: auto`
+    with a tower block)."""
+    tc = recipe.train
+    return tc.probe == "ridge" and "tower" in tc.probe_features and tc.probe_text_depth == "auto"
 
 
 def save_features(feats: dict[str, Any], path: str | os.PathLike[str], signature: str,
@@ -115,14 +153,17 @@ def save_features(feats: dict[str, Any], path: str | os.PathLike[str], signature
 
     from effiminivlm.files import output_path
 
-    meta = {"ids": json.dumps(feats["ids"]), "model": signature, "images": feats["images"], **(extra or {})}
+    meta = {"ids": json.dumps(feats["ids"]), "model": signature, "images": feats["images"],
+            **feats.get("depth_signatures", {}), **(extra or {})}
+    keys = ("image", "text", "has_image", *(k for k in feats if k.startswith("text@")))
     with output_path(path) as tmp:
-        save_file({k: feats[k].contiguous() for k in ("image", "text", "has_image")}, str(tmp), metadata=meta)
+        save_file({k: feats[k].contiguous() for k in keys}, str(tmp), metadata=meta)
     return Path(path)
 
 
 def load_features(path: str | os.PathLike[str], signature: str | None = None) -> dict[str, Any]:
-    """Read a cache written by `save_features`; with `signature`, refuse a cache of another model."""
+    """Read a cache written by `save_features`; with `signature`, refuse a cache of another model. A
+    signature of the cached model cut to depth D (`depth_signatures`) reads `text@D` as its `text`."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
@@ -131,12 +172,15 @@ def load_features(path: str | os.PathLike[str], signature: str | None = None) ->
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in ("image", "text", "has_image")}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, KeyError) as e:
         raise DataError(f"feature cache {p}: cannot read it ({e})") from None
     if "ids" not in meta:
         raise DataError(f"feature cache {p} has no item ids: not written by `effiminivlm embed`")
-    if signature is not None and meta.get("model") != signature:
+    cut = [k.removeprefix("model@") for k, v in meta.items() if k.startswith("model@") and v == signature]
+    if signature is not None and cut and f"text@{cut[0]}" in tensors:
+        tensors["text"] = tensors[f"text@{cut[0]}"]
+    elif signature is not None and meta.get("model") != signature:
         raise DataError(f"feature cache {p} was made by another model (towers or max_length differ); "
                         "embed again with this model")
     return {**tensors, "ids": json.loads(meta["ids"]), "images": meta.get("images", "first"), "meta": meta}

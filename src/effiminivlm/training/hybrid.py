@@ -12,6 +12,12 @@ to fit exactly. Two combinations (`train.probe_combine`):
 * ``joint``: one ridge over the concatenated blocks, each standardised and scaled to unit total variance
   (so no block wins by its column count), alpha by leave-one-out MSE (`evaluation.dual_ridge`).
 
+With `train.probe_text_depth: auto` the tower block is fit on the text tower cut to each depth (features of
+every depth come from one embedding pass) and the depth of lowest weighted LOO MSE is kept: the saved
+model's tower is cut to it. Why: all-MiniLM-L6-v2's last layer is tuned for sentence similarity; on 5,773
+real Fashion items its intermediate layers carry more of the rating signal (docs/realdata.md), and a cut
+tower costs fewer FLOPs. The choice sees only train rows, so it is no peek at the test split.
+
 Both use the recipe's train rows and sample weights. The lexical block's own fit is exactly the words-only
 baseline (`evaluation.baseline`), so a hybrid run reports it for free.
 """
@@ -35,7 +41,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.models.hybrid import HybridProbe, hybrid_from
 from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha
 
-__all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs"]
+__all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs", "pick_depth"]
 
 
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
@@ -98,12 +104,32 @@ def _joint(blocks: dict[str, Any], y: np.ndarray, w: np.ndarray) -> dict[str, di
     return out
 
 
+def pick_depth(depth_x: dict[int, tuple[np.ndarray, np.ndarray]], y: np.ndarray, w: np.ndarray,
+               alphas: tuple[float, ...]) -> tuple[int, dict[int, float], dict[str, Any]]:
+    """(depth, {depth: weighted LOO MSE}, that depth's dense-block fit): the text-tower depth whose features'
+    ridge has the lowest leave-one-out MSE on the train rows (`depth_x`: depth -> (train, val) features)."""
+    fits = {d: dense_block(x[0], y, w, alphas) for d, x in depth_x.items()}
+    mse = {d: float(np.average((fits[d]["loo"] - y) ** 2, weights=w)) for d in sorted(fits)}
+    best = min(mse, key=lambda d: (mse[d], -d))  # ties: the deeper (the uncut) tower
+    return best, mse, fits[best]
+
+
 def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val_rows: pa.Table,
                x_tr: np.ndarray, x_va: np.ndarray, y_tr: np.ndarray, w: np.ndarray, y_va: np.ndarray,
-               alphas: tuple[float, ...], log: Callable[[str], None]) -> tuple[HybridProbe, dict[str, Any]]:
+               alphas: tuple[float, ...], log: Callable[[str], None],
+               depth_x: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> tuple[HybridProbe, dict[str, Any]]:
     """Fit the blocks of `train.probe_features` on the train rows; returns (the hybrid model, the run
-    summary's fields). `model` is the probe's frozen EffiMiniVLM; its towers are copied into the hybrid."""
+    summary's fields). `model` is the probe's frozen EffiMiniVLM; its towers are copied into the hybrid.
+    `depth_x` (with `probe_text_depth: auto`): the tower features of every text-tower depth, the full
+    depth's being (x_tr, x_va)."""
     tc = recipe.train
+    depth, depth_mse, tower_fit = None, None, None
+    if depth_x and "tower" in tc.probe_features:
+        depth, depth_mse, tower_fit = pick_depth(depth_x, y_tr, w, alphas)
+        x_tr, x_va = depth_x[depth]
+        log("hybrid tower depth: " + ", ".join(f"{d} LOO MSE {m:.4f}" for d, m in depth_mse.items())
+            + f" -> {depth}")
     names = [b for b in ("lexical", "tower", "listing") if b in tc.probe_features]
     lex = listing = None
     blocks_tr: dict[str, Any] = {}
@@ -131,6 +157,8 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
         if name == "lexical":
             f = fit_dual_ridge(blocks_tr[name], y_tr, w)
             fits[name] = {"coef": f.coef, "intercept": f.intercept, "alpha": f.alpha, "loo": f.loo}
+        elif name == "tower" and tower_fit is not None:
+            fits[name] = tower_fit
         else:
             fits[name] = dense_block(blocks_tr[name], y_tr, w, alphas)
     val_pred = {n: np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
@@ -144,13 +172,16 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
         gains = {n: float(v) for n, v in zip(names, g, strict=True)}
         coefs = {n: fits[n]["coef"] * gains[n] for n in names}
         bias = c + sum(gains[n] * fits[n]["intercept"] for n in names)
-    hybrid = _build(model, names, lex, listing, coefs, bias)
+    full = getattr(model.text_encoder, "depth", None)
+    hybrid = _build(model, names, lex, listing, coefs, bias, depth if depth != full else None)
     pred_va = bias + sum(np.asarray(blocks_va[n] @ coefs[n]).ravel() for n in names)
     result = {"probe_features": names, "combine": tc.probe_combine if len(names) > 1 else "single",
               "block_alpha": {n: fits[n]["alpha"] for n in names}, "stack_weights": gains,
               "block_val_plcc": {n: _plcc(val_pred[n], y_va) for n in names},
               "best_val_plcc": _plcc(pred_va, y_va), "alpha": fits[names[0]]["alpha"], "alpha_by": "loo_mse",
               "lexical_terms": lex.n_terms if lex else 0}
+    if depth_mse is not None:
+        result.update(text_depth=depth, text_depth_loo_mse={str(d): m for d, m in depth_mse.items()})
     if "lexical" in names:
         result["words_only_val_plcc"] = result["block_val_plcc"]["lexical"]
     log("hybrid blocks: " + ", ".join(f"{n} val PLCC {result['block_val_plcc'][n]:.4f} (alpha "
@@ -159,8 +190,11 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
 
 
 def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None,
-           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float) -> HybridProbe:
-    """A HybridProbe with `model`'s towers and the fitted weights."""
+           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float,
+           depth: int | None = None) -> HybridProbe:
+    """A HybridProbe with `model`'s towers (the text tower cut to `depth` layers) and the fitted weights."""
+    if depth is not None:
+        model.text_encoder.truncate(depth)  # the probe's own model: the hybrid replaces it
     hybrid = hybrid_from(model, lex, listing, tower="tower" in names)
     hybrid.freeze(image=True, text=True)
     linear = hybrid.head[-1]

@@ -46,8 +46,14 @@ from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.hybrid import HybridProbe
 from effiminivlm.runtime import resolve_compute_precision, resolve_device
-from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
-from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores
+from effiminivlm.training.embed import (
+    embed_table,
+    feature_matrix,
+    load_features,
+    model_signature,
+    wants_depths,
+)
+from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores, pick_depth
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.ridge import fit_ridge, select_alpha
 from effiminivlm.training.rundir import open_run_dir
@@ -153,7 +159,8 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         both = read_prepared(data_dir)
         feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
                             batch_size=tc.eval_batch_size, device=dev,
-                            precision=resolve_compute_precision(tc.precision, dev), progress=progress)
+                            precision=resolve_compute_precision(tc.precision, dev), progress=progress,
+                            depths=hybrid and wants_depths(recipe))
     x_tr, x_va = (_tower_matrix(feats, rows, model) for rows in (train_rows, val_rows))
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
     train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
@@ -163,11 +170,23 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     if not w.any():  # no usable weight: plain least squares
         w = np.ones_like(y_tr)
     if hybrid:
+        depth_x = None
+        if wants_depths(recipe) and model.text_encoder is not None:
+            depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
         model, result = fit_hybrid(recipe, model, train_rows, val_rows, x_tr, x_va, y_tr, w, y_va, ALPHAS,
-                                   log)
+                                   log, depth_x)
         val_pred = result.pop("val_pred")
     elif tc.probe == "ridge":
-        result = _ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha)
+        depth = {}
+        if wants_depths(recipe) and model.text_encoder is not None:  # the tower-only probe picks it too
+            depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
+            d, mse, _ = pick_depth(depth_x, y_tr, w, ALPHAS)
+            x_tr, x_va = depth_x[d]
+            if d != model.text_encoder.depth:
+                model.text_encoder.truncate(d)
+            depth = {"text_depth": d, "text_depth_loo_mse": {str(k): v for k, v in mse.items()}}
+            log(f"probe tower depth {d} (LOO MSE " + ", ".join(f"{k}: {v:.4f}" for k, v in mse.items()) + ")")
+        result = {**_ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha), **depth}
     else:
         result = _train_head(model, recipe, x_tr, y_tr, w, x_va, y_va, log)
     if not hybrid:
@@ -193,6 +212,23 @@ def _tower_matrix(feats: dict[str, Any] | None, rows: Any, model: torch.nn.Modul
     if feats is None:
         return np.zeros((rows.num_rows, model.head[-1].in_features))
     return feature_matrix(feats, rows.column("parent_asin").to_pylist())
+
+
+def _depth_matrices(feats: dict[str, Any], train_rows: Any, val_rows: Any, model: torch.nn.Module,
+                    x_tr: np.ndarray, x_va: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{depth: (train, val) tower features with the text tower cut to that depth}, the full depth's being
+    (x_tr, x_va), for `train.probe_text_depth: auto`."""
+    full = getattr(model.text_encoder, "depth", None)
+    cut = sorted(int(k.removeprefix("text@")) for k in feats if k.startswith("text@"))
+    if full is None or len(cut) != full - 1:
+        raise DataError(f"train.probe_text_depth=auto needs tower features of every text-tower depth; this "
+                        f"cache has {len(cut)} of {(full or 1) - 1} (embed again with a recipe that sets it: "
+                        "`effiminivlm embed --recipe ... --set train.probe_text_depth=auto`)")
+    out = {full: (x_tr, x_va)}
+    for d in cut:
+        view = {**feats, "text": feats[f"text@{d}"]}
+        out[d] = (_tower_matrix(view, train_rows, model), _tower_matrix(view, val_rows, model))
+    return out
 
 
 def _ridge_head(model: torch.nn.Module, x_tr: np.ndarray, y_tr: np.ndarray, w: np.ndarray,
