@@ -8,9 +8,9 @@ and sweeps feasible on a CPU.
 The cache (`save_features` / `load_features`) holds float32 `image` [N, image_dim] (zeros where the item has
 no usable image, as the model's zero-vector fallback) and `text` [N, text_dim], uint8 `has_image` [N], and
 in its metadata the item ids (row order), the model's config and the image mode, so a cache made by another
-model is refused instead of silently fitting a head to the wrong features. With `depths` (the hybrid probe's
-`train.probe_depths`) it also holds `text@D`, the text tower cut to its first D layers, with the signature of
-that cut model: a probe whose tower was cut to D finds its features in its full model's cache.
+model is refused instead of silently fitting a head to the wrong features. With `depths` (a probe's
+`train.probe_text_depth: auto`) it also holds `text@D`, the text tower cut to its first D layers, with the
+signature of that cut model: a probe whose tower was cut to D finds its features in its full model's cache.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def embed_table(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
     texts, imgs, has, by_depth = [], [], [], []
     depths = depths and model.text_encoder is not None  # an image-only model has no text depth to choose
     if depths and not hasattr(model.text_encoder, "depth_features"):
-        raise DataError("features per text-tower depth (train.probe_depths) need a BERT text tower")
+        raise DataError("features per text-tower depth (train.probe_text_depth=auto) need a BERT text tower")
     for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
         n = len(batch["item_id"])
         ids.extend(batch["item_id"])
