@@ -308,6 +308,9 @@ def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
     assert report["metrics"]["overall"]["plcc"] == pytest.approx(
         compute_metrics(np.clip(direct, 1, 5), target)["overall"]["plcc"], abs=1e-4)
     assert count_params(model).total < count_params(probe).total  # the dropped layers are not counted
+    monkeypatch.undo()
+    uncached = train_probe(recipe, prepared, tmp_path / "run3", log=lambda _: None)  # embeds every depth
+    assert uncached["text_depth"] in (1, 2, 3) and set(uncached["text_depth_loo_mse"]) == {"1", "2", "3"}
     with pytest.raises(EffiMiniVLMError, match="every text-tower depth"):  # a cache without depths
         plain = save_features(embed_table(probe, tok, rows, None), tmp_path / "p.safetensors",
                               model_signature(probe))

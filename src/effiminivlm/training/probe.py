@@ -160,7 +160,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
                             batch_size=tc.eval_batch_size, device=dev,
                             precision=resolve_compute_precision(tc.precision, dev), progress=progress,
-                            depths=hybrid and wants_depths(recipe))
+                            depths=wants_depths(recipe))
     x_tr, x_va = (_tower_matrix(feats, rows, model) for rows in (train_rows, val_rows))
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
     train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
