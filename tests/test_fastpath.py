@@ -144,7 +144,6 @@ def test_openvino_towers_score_like_pytorch_and_the_graph_cache_is_reused(tiny, 
                                                                           tmp_path) -> None:
     import openvino as ov
 
-
     # a cache of its own: other tests of this worker convert towers of the same tiny model into the shared one
     monkeypatch.setenv("EFFIMINIVLM_CACHE", str(tmp_path / "cache"))
     model, tok = tiny
@@ -386,10 +385,8 @@ def test_benchmark_baseline_reference_reports_every_path_on_the_same_items(hi_re
     lo, hi = par["plcc_change_ci95"]  # paired bootstrap over the 12 items
     assert -2 <= lo <= hi <= 2
     assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
-    from effiminivlm.ovgraph import native_precision
-
     parts = [(t["part"], t["precision"]) for t in report["model_only"]]  # the fast model's, then fp32's
-    text_prec = native_precision("bf16")  # what the OpenVINO text tower really ran in on this CPU
+    text_prec = ovgraph.native_precision("bf16")  # what the OpenVINO text tower really ran in on this CPU
     assert parts[:2] == [("text_encoder", text_prec), ("image_encoder", "fp32")]
     assert parts[2] == ("model", "fp32" if text_prec == "fp32" else "mixed (image fp32, text bf16)")
     assert all(t["gflop"] > 0 and t["gflop_per_s"] > 0 for t in report["model_only"])

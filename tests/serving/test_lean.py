@@ -122,6 +122,10 @@ def test_pytorch_runs_whenever_the_plan_does_not_apply(folder, items, warm, cach
         graph.with_suffix(".bin").rename(graph.with_suffix(".bak"))
         assert LeanScorer.load(folder) is None
         graph.with_suffix(".bak").rename(graph.with_suffix(".bin"))
+        recorded = json.loads((plan / "plan.json").read_text())
+        del recorded["cost"]  # a plan older than its params / FLOPs: it cannot stand in for cost.json
+        (plan / "plan.json").write_text(json.dumps(recorded))
+        assert LeanScorer.load(folder) is None
         (plan / "plan.json").write_text("{")  # a damaged plan: PyTorch runs and records it again
         assert LeanScorer.load(folder) is None
         predict(folder, [str(items)], tmp_path / "again.csv", batch_size=8, progress=False)

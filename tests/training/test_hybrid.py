@@ -290,7 +290,6 @@ def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
         return 1, mse, hybrid_mod.dense_block(depth_x[1][0], y, w, alphas)  # force a cut
 
     monkeypatch.setattr(hybrid_mod, "pick_depth", pick_one)
-    monkeypatch.setattr("effiminivlm.training.probe.pick_depth", pick_one)
     summary = train_probe(recipe, prepared, tmp_path / "run", features=cache, log=lambda _: None)
     assert summary["text_depth"] == 1 and set(chosen["mse"]) == {1, 2, 3}
     folder = tmp_path / "run" / "model"

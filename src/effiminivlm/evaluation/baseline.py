@@ -21,10 +21,11 @@ from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
 from effiminivlm.data.prepare import read_prepared
 from effiminivlm.data.text import table_texts
 from effiminivlm.errors import DataError
-from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
+from effiminivlm.evaluation.dual_ridge import DualRidge, fit_dual_ridge
 from effiminivlm.evaluation.metrics import metric_group, rating_number_key
 
-__all__ = ["add_words_only", "baseline_line", "words_only", "words_only_groups", "words_only_split"]
+__all__ = ["add_words_only", "baseline_line", "fit_words_only", "words_only", "words_only_groups",
+           "words_only_split"]
 SCORE_RANGE = (1.0, 5.0)
 
 
@@ -40,12 +41,20 @@ def rating_count_weights(table: pa.Table) -> np.ndarray:
     return np.minimum(w, 5.0) if w.any() else np.ones(len(counts))
 
 
+def fit_words_only(train_texts: Sequence[str], y: np.ndarray, w: np.ndarray,
+                   settings: LexicalSettings | None = None) -> tuple[LexicalFeatures, DualRidge]:
+    """(the vectorizers, the ridge) of TF-IDF + ridge on the train rows: vocabulary and idf from the train
+    texts only, the sample weights `w` (plain least squares where none is usable), alpha by exact
+    leave-one-out MSE. The one fit behind the baseline and the fine-tuning offset (`training.offset`)."""
+    lex = LexicalFeatures(settings).fit(train_texts)
+    return lex, fit_dual_ridge(lex.transform(train_texts), y, w if w.any() else np.ones_like(y))
+
+
 def words_only(train_texts: Sequence[str], y: np.ndarray, w: np.ndarray, eval_texts: Sequence[str],
                settings: LexicalSettings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(predictions of `eval_texts` clipped to 1-5, {"alpha", "n_terms"}) of TF-IDF + ridge on the train
     rows, alpha by leave-one-out MSE."""
-    lex = LexicalFeatures(settings).fit(train_texts)
-    fit = fit_dual_ridge(lex.transform(train_texts), y, w if w.any() else np.ones_like(y))
+    lex, fit = fit_words_only(train_texts, y, w, settings)
     pred = np.clip(fit.predict(lex.transform(eval_texts)), *SCORE_RANGE)
     return pred, {"alpha": fit.alpha, "n_terms": lex.n_terms}
 

@@ -76,6 +76,8 @@ def read_plan(key: str) -> dict[str, Any] | None:
             xml = Path(tower["graph"])
             if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
                 return None
+        if "cost" not in plan:  # recorded before plans carried the params / FLOPs: record again
+            return None
         if "head" not in plan["towers"] or ("text" in plan["towers"] and
                                             not (folder / "tokenizer.json").is_file()):
             return None

@@ -41,7 +41,7 @@ from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.models.hybrid import HybridProbe, hybrid_from
 from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha
 
-__all__ = ["fit_hybrid", "hybrid_side_scores", "listing_inputs", "pick_depth"]
+__all__ = ["choose_depth", "fit_hybrid", "hybrid_side_scores", "listing_inputs", "pick_depth"]
 
 
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
@@ -114,6 +114,19 @@ def pick_depth(depth_x: dict[int, tuple[np.ndarray, np.ndarray]], y: np.ndarray,
     return best, mse, fits[best]
 
 
+def choose_depth(model: torch.nn.Module, depth_x: dict[int, tuple[np.ndarray, np.ndarray]], y: np.ndarray,
+                 w: np.ndarray, alphas: tuple[float, ...], log: Callable[[str], None]
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
+    """`pick_depth`, then cut `model`'s text tower to that depth in place (the probe's own model, which the
+    fitted one replaces); returns (train, val) features at that depth, its tower-block fit and the run
+    summary's `text_depth` fields. One step for the hybrid and the tower-only ridge probe."""
+    depth, mse, fit = pick_depth(depth_x, y, w, alphas)
+    model.text_encoder.truncate(depth)  # the full depth keeps every layer
+    log("tower depth: " + ", ".join(f"{d} LOO MSE {m:.4f}" for d, m in mse.items()) + f" -> {depth}")
+    fields = {"text_depth": depth, "text_depth_loo_mse": {str(d): m for d, m in mse.items()}}
+    return *depth_x[depth], fit, fields
+
+
 def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val_rows: pa.Table,
                x_tr: np.ndarray, x_va: np.ndarray, y_tr: np.ndarray, w: np.ndarray, y_va: np.ndarray,
                alphas: tuple[float, ...], log: Callable[[str], None],
@@ -124,12 +137,9 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
     `depth_x` (with `probe_text_depth: auto`): the tower features of every text-tower depth, the full
     depth's being (x_tr, x_va)."""
     tc = recipe.train
-    depth, depth_mse, tower_fit = None, None, None
+    tower_fit, depth_fields = None, {}
     if depth_x and "tower" in tc.probe_features:
-        depth, depth_mse, tower_fit = pick_depth(depth_x, y_tr, w, alphas)
-        x_tr, x_va = depth_x[depth]
-        log("hybrid tower depth: " + ", ".join(f"{d} LOO MSE {m:.4f}" for d, m in depth_mse.items())
-            + f" -> {depth}")
+        x_tr, x_va, tower_fit, depth_fields = choose_depth(model, depth_x, y_tr, w, alphas, log)
     names = [b for b in ("lexical", "tower", "listing") if b in tc.probe_features]
     lex = listing = None
     blocks_tr: dict[str, Any] = {}
@@ -172,16 +182,13 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
         gains = {n: float(v) for n, v in zip(names, g, strict=True)}
         coefs = {n: fits[n]["coef"] * gains[n] for n in names}
         bias = c + sum(gains[n] * fits[n]["intercept"] for n in names)
-    full = getattr(model.text_encoder, "depth", None)
-    hybrid = _build(model, names, lex, listing, coefs, bias, depth if depth != full else None)
+    hybrid = _build(model, names, lex, listing, coefs, bias)
     pred_va = bias + sum(np.asarray(blocks_va[n] @ coefs[n]).ravel() for n in names)
     result = {"probe_features": names, "combine": tc.probe_combine if len(names) > 1 else "single",
               "block_alpha": {n: fits[n]["alpha"] for n in names}, "stack_weights": gains,
               "block_val_plcc": {n: _plcc(val_pred[n], y_va) for n in names},
               "best_val_plcc": _plcc(pred_va, y_va), "alpha": fits[names[0]]["alpha"], "alpha_by": "loo_mse",
-              "lexical_terms": lex.n_terms if lex else 0}
-    if depth_mse is not None:
-        result.update(text_depth=depth, text_depth_loo_mse={str(d): m for d, m in depth_mse.items()})
+              "lexical_terms": lex.n_terms if lex else 0, **depth_fields}
     if "lexical" in names:
         result["words_only_val_plcc"] = result["block_val_plcc"]["lexical"]
     log("hybrid blocks: " + ", ".join(f"{n} val PLCC {result['block_val_plcc'][n]:.4f} (alpha "
@@ -190,11 +197,8 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
 
 
 def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None,
-           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float,
-           depth: int | None = None) -> HybridProbe:
-    """A HybridProbe with `model`'s towers (the text tower cut to `depth` layers) and the fitted weights."""
-    if depth is not None:
-        model.text_encoder.truncate(depth)  # the probe's own model: the hybrid replaces it
+           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float) -> HybridProbe:
+    """A HybridProbe with `model`'s towers (at their depth: `hybrid_from`) and the fitted weights."""
     hybrid = hybrid_from(model, lex, listing, tower="tower" in names)
     hybrid.freeze(image=True, text=True)
     linear = hybrid.head[-1]

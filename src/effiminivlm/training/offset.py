@@ -28,10 +28,10 @@ import torch
 
 from effiminivlm.config import Recipe
 from effiminivlm.data.dataset import OFFSET_COLUMN
-from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
+from effiminivlm.data.lexical import LexicalSettings
 from effiminivlm.data.text import table_texts
 from effiminivlm.errors import ConfigError
-from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
+from effiminivlm.evaluation.baseline import fit_words_only
 from effiminivlm.evaluation.metrics import compute_metrics
 from effiminivlm.models.hybrid import HybridProbe, hybrid_from
 from effiminivlm.training.weights import WEIGHT_COLUMN
@@ -48,13 +48,9 @@ def with_lexical_offset(model: torch.nn.Module, recipe: Recipe, train_rows: pa.T
     if arch != "effiminivlm":
         raise ConfigError(f"train.lexical_offset fine-tunes an EffiMiniVLM (model.arch effiminivlm), "
                           f"not {arch}")
-    texts = table_texts(train_rows)
     y = train_rows.column("average_rating").to_numpy().astype(np.float64)
     w = train_rows.column(WEIGHT_COLUMN).to_numpy().astype(np.float64)
-    if not w.any():  # no usable weight: plain least squares, as the probe
-        w = np.ones_like(y)
-    lex = LexicalFeatures(LexicalSettings.from_cfg(recipe.train.lexical)).fit(texts)
-    fit = fit_dual_ridge(lex.transform(texts), y, w)
+    lex, fit = fit_words_only(table_texts(train_rows), y, w, LexicalSettings.from_cfg(recipe.train.lexical))
     hybrid = hybrid_from(model, lex, None)
     with torch.no_grad():
         hybrid.lexical_block.weight.copy_(torch.as_tensor(fit.coef, dtype=torch.float32))

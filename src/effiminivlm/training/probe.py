@@ -53,7 +53,7 @@ from effiminivlm.training.embed import (
     model_signature,
     wants_depths,
 )
-from effiminivlm.training.hybrid import fit_hybrid, hybrid_side_scores, pick_depth
+from effiminivlm.training.hybrid import choose_depth, fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.ridge import fit_ridge, select_alpha
 from effiminivlm.training.rundir import open_run_dir
@@ -180,12 +180,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         depth = {}
         if wants_depths(recipe) and model.text_encoder is not None:  # the tower-only probe picks it too
             depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
-            d, mse, _ = pick_depth(depth_x, y_tr, w, ALPHAS)
-            x_tr, x_va = depth_x[d]
-            if d != model.text_encoder.depth:
-                model.text_encoder.truncate(d)
-            depth = {"text_depth": d, "text_depth_loo_mse": {str(k): v for k, v in mse.items()}}
-            log(f"probe tower depth {d} (LOO MSE " + ", ".join(f"{k}: {v:.4f}" for k, v in mse.items()) + ")")
+            x_tr, x_va, _, depth = choose_depth(model, depth_x, y_tr, w, ALPHAS, log)
         result = {**_ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha), **depth}
     else:
         result = _train_head(model, recipe, x_tr, y_tr, w, x_va, y_va, log)
