@@ -368,3 +368,24 @@ def test_neighbours_loo_scores_each_train_item_without_itself() -> None:
     few = fit_neighbours(x, y, w, NeighboursCfg(ks=[3], temperatures=[0.0], max_items=50), seed=0,
                          log=lambda _: None)
     assert few["items"] == 50 and len(few["loo"]) == 120  # a capped table still scores every train row
+
+
+def test_the_neighbours_block_alone_saves_and_scores_like_its_cached_features(prepared: Path,
+                                                                                tmp_path: Path) -> None:
+    """`[neighbours]` on its own: no ridge block (no alpha), the towers' features still read, and the saved
+    model's direct scores equal its scores from the feature cache (the top-k search runs in both)."""
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[neighbours]"])
+    summary = train_probe(recipe, prepared, tmp_path / "run", log=lambda _: None)
+    assert summary["alpha"] is None and summary["stack_weights"]["neighbours"] != 0
+    folder = tmp_path / "run" / "model"
+    model, tok = load_model(folder)
+    test = read_prepared(prepared, "test")
+    direct = run_inference(model, make_loader(model, tok, test, None), torch.device("cpu"), "fp32",
+                           progress=False).pred
+    probe = build_probe_model(recipe)
+    cache = save_features(embed_table(probe, tok, read_prepared(prepared), None), tmp_path / "f.safetensors",
+                          model_signature(probe))
+    report = evaluate_on_features(folder, prepared, cache, tmp_path / "eval")
+    target = test.column("average_rating").to_numpy()
+    assert report["metrics"]["overall"]["plcc"] == pytest.approx(
+        compute_metrics(np.clip(direct, 1, 5), target)["overall"]["plcc"], abs=1e-4)

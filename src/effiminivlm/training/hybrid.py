@@ -251,7 +251,8 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
     result = {"probe_features": names, "combine": tc.probe_combine if len(names) > 1 else "single",
               "block_alpha": {n: fits[n]["alpha"] for n in linear}, "stack_weights": gains,
               "block_val_plcc": {n: _plcc(val_pred[n], y_va) for n in names},
-              "best_val_plcc": _plcc(pred_va, y_va), "alpha": fits[names[0]]["alpha"], "alpha_by": "loo_mse",
+              "best_val_plcc": _plcc(pred_va, y_va), "alpha_by": "loo_mse",
+              "alpha": fits[linear[0]]["alpha"] if linear else None,  # none: the neighbours block alone
               "lexical_terms": lex.n_terms if lex else 0, **depth_fields, **nb_fields}
     if "lexical" in names:
         result["words_only_val_plcc"] = result["block_val_plcc"]["lexical"]

@@ -198,7 +198,8 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
                **mixed, "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
     write_json(summary, out / "train_summary.json")
     log(f"probe {tc.probe}: val PLCC {summary['best_val_plcc']:.4f} "
-        + (f"(alpha {result['alpha']:g})" if tc.probe == "ridge" else f"(epoch {result['best_epoch']})"))
+        + (f"(epoch {result['best_epoch']})" if tc.probe != "ridge" else
+           f"(alpha {result['alpha']:g})" if result["alpha"] is not None else "(no ridge block)"))
     log(f"val {baseline_line(summary['best_val_plcc'], summary['words_only_val_plcc'])}")
     return summary
 
