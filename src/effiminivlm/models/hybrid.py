@@ -131,6 +131,10 @@ class _Weights(torch.nn.Module):
         self.weight = _frozen(n)
 
 
+def _f32(a: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
 def nearest(query: torch.Tensor, keys: torch.Tensor, k: int, self_offset: int | None = None,
             chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """(cosines [B, k] in descending order, indices [B, k]) of the k rows of `keys` nearest to each row of
@@ -174,12 +178,11 @@ class NeighbourTable(torch.nn.Module):
     def fill(self, features: np.ndarray, ratings: np.ndarray, weights: np.ndarray, shift: np.ndarray,
              scale: np.ndarray, gain: float = 1.0) -> NeighbourTable:
         """Store train items (raw features [N, dim], ratings, sample weights) and the standardisation."""
-        as32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-        self.shift.copy_(as32(shift))
-        self.scale.copy_(as32(scale))
-        self.keys.copy_(self.embed(as32(features)))
-        self.values.copy_(as32(ratings))
-        self.weights.copy_(as32(weights))
+        self.shift.copy_(_f32(shift))
+        self.scale.copy_(_f32(scale))
+        self.keys.copy_(self.embed(_f32(features)))
+        self.values.copy_(_f32(ratings))
+        self.weights.copy_(_f32(weights))
         self.weight.fill_(gain)
         return self
 
