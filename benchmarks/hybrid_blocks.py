@@ -9,6 +9,9 @@ blocks' leave-one-out predictions, so the rows of a table differ only in the blo
 Features are read as stored: a cache of another pooling is another tower block, nothing is renormalised.
 With `--depths` a cache embedded with every text-tower depth (`train.probe_text_depth: auto`) gives a block
 per depth (`NAME@D`) and `NAME@auto`, the depth the probe picks (lowest LOO MSE on each fold's train rows).
+The neighbours block (`neighbours(NAME)`, `training.hybrid.fit_neighbours`, k and temperature by LOO) runs on
+each cache's features (at the picked depth with `--depths`); a row pairs it with a tower block of the same
+cache only.
 
     PYTHONPATH=src python benchmarks/hybrid_blocks.py runs/fashion-hybrid/folds \\
         --features mean64=both-text64.safetensors --features mean_l2_128=both-text128-l2.safetensors
@@ -26,14 +29,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
+from effiminivlm.config import NeighboursCfg
 from effiminivlm.data.lexical import LexicalFeatures
 from effiminivlm.data.listing import ListingEncoder
 from effiminivlm.data.text import table_texts
 from effiminivlm.evaluation.baseline import SCORE_RANGE, rating_count_weights
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.training.embed import feature_matrix, load_features
-from effiminivlm.training.hybrid import dense_block, listing_inputs, pick_depth, stack_blocks
+from effiminivlm.training.hybrid import dense_block, fit_neighbours, listing_inputs, pick_depth, stack_blocks
 from effiminivlm.training.probe import ALPHAS
 
 
@@ -71,11 +76,18 @@ def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]], depths: bool = Fa
     out["lexical"] = {"loo": fit.loo, "test": fit.predict(x[te])}
     dense = {name: feature_matrix(feats, ids, name)
              for name, feats in (_depth_caches(caches) if depths else caches).items()}
-    for name in caches if depths else ():  # the depth the probe picks, from the train rows only
-        per = {int(k.rsplit("@", 1)[1]): (dense[k][tr], dense[k][te])
-               for k in dense if k.startswith(f"{name}@")}
-        best, _, f = pick_depth(per, y, w, ALPHAS)
-        out[f"{name}@auto"] = {"loo": f["loo"], "test": per[best][1] @ f["coef"] + f["intercept"]}
+    for name in caches:
+        nb_x = dense[name] if not depths else None
+        if depths:  # the depth the probe picks, from the train rows only
+            per = {int(k.rsplit("@", 1)[1]): (dense[k][tr], dense[k][te])
+                   for k in dense if k.startswith(f"{name}@")}
+            best, _, f = pick_depth(per, y, w, ALPHAS)
+            out[f"{name}@auto"] = {"loo": f["loo"], "test": per[best][1] @ f["coef"] + f["intercept"]}
+            nb_x = dense[f"{name}@{best}"]
+        nb = fit_neighbours(nb_x[tr], y, w, NeighboursCfg(), seed=0, log=lambda _: None)
+        with torch.no_grad():
+            test = nb["table"](torch.as_tensor(nb_x[te], dtype=torch.float32)).double().numpy()
+        out[f"neighbours({name})"] = {"loo": nb["loo"], "test": test}
     enc = ListingEncoder()
     lst, n_img, desc = listing_inputs(t.take(tr))
     enc.fit(lst, y)
@@ -104,11 +116,13 @@ def main() -> None:
     for fold in folds:
         blocks, y, w, y_test = fold_blocks(fold, caches, args.depths)
         names = list(blocks)
-        towers = {n for n in names if n not in ("lexical", "listing")}
+        towers = {n for n in names if n not in ("lexical", "listing") and not n.startswith("neighbours(")}
         for r in range(1, len(names) + 1):
             for combo in itertools.combinations(names, r):
-                if sum(n in towers for n in combo) > 1:
-                    continue  # one tower block per row
+                tower = [n.split("@")[0] for n in combo if n in towers]
+                near = [n[len("neighbours("):-1] for n in combo if n.startswith("neighbours(")]
+                if len(tower) > 1 or len(near) > 1 or (tower and near and tower != near):
+                    continue  # one tower block and one neighbours block per row, of the same cache
                 if len(combo) == 1:
                     pred = blocks[combo[0]]["test"]
                 else:

@@ -77,6 +77,9 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("data.augment=rotate", "data.augment must be one of none, flip"),
     ("data.images=all", "data.images must be one of first, mean"),
     ("model.text_encoder.pooling=max", "model.text_encoder.pooling must be one of cls, mean"),
+    ("train.neighbours.ks=[0]", r"train.neighbours.ks must be an integer in \[1, 100000\], got 0"),
+    ("train.neighbours.temperatures=[-1]", "train.neighbours.temperatures must be a finite number and >= 0"),
+    ("train.neighbours.max_items=1", "train.neighbours.max_items must be an integer >= 2"),
     # an eval section is not part of a recipe (evaluate has its own options)
     ("eval.split=val", "unknown recipe key.s. eval"),
 ])
@@ -84,6 +87,13 @@ def test_bad_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_recipe("tiny", [override])
     assert "\n" not in str(info.value)
+
+
+def test_the_neighbours_block_needs_the_stack() -> None:
+    """One ridge over linear blocks (`joint`) cannot hold a nearest-neighbour mean: refused as it loads."""
+    with pytest.raises(ConfigError, match="probe_combine must be stack with the neighbours block"):
+        load_recipe("probe", ["train.probe_combine=joint"])
+    assert load_recipe("probe", ["train.probe_combine=joint", "train.probe_features=[lexical,tower]"])
 
 
 @pytest.mark.parametrize("override, message", [

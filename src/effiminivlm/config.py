@@ -54,7 +54,7 @@ __all__ = ["MODALITIES", "MODEL_CONFIGS", "POOLINGS", "DataCfg", "DistillCfg", "
 MISSING_RATING_NUMBER = ("median", "one", "drop")  # training.weights: loss weight of rows without a count
 PROBES = ("none", "ridge", "head")  # training.probe: fit only the head on cached features
 PROBE_ALPHAS = ("loo_mse", "loo_plcc", "val_plcc")  # training.ridge.ALPHA_CRITERIA: how ridge picks alpha
-PROBE_FEATURES = ("lexical", "tower", "listing")  # training.hybrid: the ridge probe's feature blocks
+PROBE_FEATURES = ("lexical", "tower", "listing", "neighbours")  # training.hybrid: the ridge probe's blocks
 PROBE_COMBINES = ("stack", "joint")  # training.hybrid: how the blocks are combined
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.PRECISIONS (kept here: config must not import torch)
 IMAGE_MODES = ("first", "mean")  # data.dataset / serving: which of an item's images feed the model
@@ -165,6 +165,31 @@ class ListingCfg:
 
 
 @dataclass
+class NeighboursCfg:
+    """The neighbours block of the hybrid probe (`models.hybrid`): the similarity-weighted mean rating of the
+    k train items nearest to a listing in the towers' feature space (cosine of the standardised features),
+    k and the temperature picked from these grids by leave-one-out MSE on the train rows."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100, 200, 400])
+    # softmax temperatures over the cosine similarities; 0: the k neighbours weigh alike
+    temperatures: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.0])
+    # the model stores the features and ratings of its train items (P counts them): above this many, a
+    # random sample of them (seeded, logged) is kept
+    max_items: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ks, list) or not self.ks:
+            fail("ks", "a non-empty list of integers >= 1", self.ks)
+        for k in self.ks:
+            check_int("ks", k, 1, 100_000)
+        if not isinstance(self.temperatures, list) or not self.temperatures:
+            fail("temperatures", "a non-empty list of numbers >= 0", self.temperatures)
+        for t in self.temperatures:
+            check_number("temperatures", t, ge=0)
+        check_int("max_items", self.max_items, 2)
+
+
+@dataclass
 class TrainCfg:
     """Optimisation. Defaults are the paper's: AdamW 2e-5, cosine with 10% warmup, clip 1.0, batch 32."""
 
@@ -220,8 +245,15 @@ class TrainCfg:
     probe_text_depth: str = "full"
     lexical: LexicalCfg = field(default_factory=LexicalCfg)
     listing: ListingCfg = field(default_factory=ListingCfg)
+    neighbours: NeighboursCfg = field(default_factory=NeighboursCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
+
+    @property
+    def probe_reads_towers(self) -> bool:
+        """Whether a probe fit reads the towers' features: every probe but a ridge whose blocks are only
+        lexical / listing (those read the rows' text and fields)."""
+        return self.probe != "ridge" or bool({"tower", "neighbours"} & set(self.probe_features))
 
     def __post_init__(self) -> None:
         check_choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
@@ -234,6 +266,9 @@ class TrainCfg:
         if len(set(self.probe_features)) != len(self.probe_features):
             fail("probe_features", "a list without repeats", self.probe_features)
         check_choice("probe_combine", self.probe_combine, PROBE_COMBINES)
+        if self.probe_combine == "joint" and "neighbours" in self.probe_features:
+            fail("probe_combine", "stack with the neighbours block (joint is one ridge over linear blocks; "
+                 "neighbours is no linear function of the features)", self.probe_combine)
         check_choice("probe_text_depth", self.probe_text_depth, ("full", "auto"))
         check_number("huber_delta", self.huber_delta, gt=0)
         check_number("weight_cap", self.weight_cap, gt=0)

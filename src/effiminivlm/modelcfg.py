@@ -18,7 +18,8 @@ from effiminivlm.errors import ConfigError, UnknownNameError
 from effiminivlm.typed import check_choice, check_int, check_number, fail, suggest
 
 MODALITIES = ("image_text", "image", "text")
-POOLINGS = ("cls", "mean", "mean_l2")  # models.text_encoders.BertTextEncoder; mean_l2: unit length
+# models.text_encoders.BertTextEncoder; mean_l2: the mean at unit length; mean_max: [mean; max] (2x hidden)
+POOLINGS = ("cls", "mean", "mean_l2", "mean_max")
 # Integer sizes a transformers text config may set, with the range that can build on one machine.
 TEXT_CONFIG_INTS = {"hidden_size": (1, 16384), "num_hidden_layers": (1, 128),
                     "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536),

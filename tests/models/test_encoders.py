@@ -118,6 +118,12 @@ def test_mean_pooling_ignores_padding() -> None:
         mean = hidden[:, :3].mean(1)
         torch.testing.assert_close(unit(ids, mask), mean / mean.norm(dim=-1, keepdim=True))
     assert unit.cls_only() is None
+    both = TEXT_ENCODERS.build("bert", config=TINY_BERT, pooling="mean_max").eval()
+    both.load_state_dict(encoder.state_dict())
+    assert both.num_features == 2 * encoder.num_features
+    with torch.no_grad():  # [mean; max] over the real tokens: padding (however extreme) never wins the max
+        hidden[:, 3:] = 1e4
+        torch.testing.assert_close(both(ids, mask), torch.cat([mean, hidden[:, :3].amax(1)], dim=-1))
 
 
 def test_cls_only_last_layer_is_the_same_function_with_padding() -> None:

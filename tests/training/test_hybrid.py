@@ -94,9 +94,10 @@ def _with_listing(src: Path, dest: Path, listing: str | None) -> Path:
 
 def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path, tmp_path: Path) -> None:
     data = _with_listing(prepared, tmp_path / "data", listing_json({"store": "S", "price": 5, "videos": []}))
-    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,tower,listing]"])
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[lexical,tower,listing,neighbours]"])
     summary = train_probe(recipe, data, tmp_path / "run", log=lambda _: None)
-    assert summary["probe_features"] == ["lexical", "tower", "listing"] and "words_only_val_plcc" in summary
+    assert summary["probe_features"] == ["lexical", "tower", "listing", "neighbours"]
+    assert "words_only_val_plcc" in summary and summary["neighbours"]["k"] in recipe.train.neighbours.ks
     folder = tmp_path / "run" / "model"
     saved = json.loads((folder / HYBRID_NAME).read_text())  # vocabulary and idf as plain data
     assert len(saved["lexical"]["word"]["terms"]) == len(saved["lexical"]["word"]["idf"]) > 0
@@ -122,6 +123,9 @@ def test_hybrid_saves_reloads_and_scores_like_its_cached_features(prepared: Path
     parts = count_params(model).by_module  # profile's P lists the blocks, so P without them is at hand
     assert parts["lexical_block"] == model.cfg.lexical_terms
     assert parts["listing_block"] == len(LISTING_FEATURES)
+    items, dim = summary["neighbours"]["items"], model.image_dim + model.text_dim
+    assert parts["neighbour_block"] == items * dim + 2 * items + 2 * dim + 1  # its train table is in P
+    assert model.neighbour_block.weight.item() != 0  # the stack uses it
     with pytest.raises(EffiMiniVLMError, match="cannot be exported"):
         export_model(folder, tmp_path / "exported")
 
@@ -314,3 +318,74 @@ def test_auto_text_depth_cuts_the_saved_tower_and_its_cache_still_fits(
         plain = save_features(embed_table(probe, tok, rows, None), tmp_path / "p.safetensors",
                               model_signature(probe))
         train_probe(recipe, prepared, tmp_path / "run2", features=plain, log=lambda _: None)
+
+
+def test_neighbours_loo_scores_each_train_item_without_itself() -> None:
+    """The neighbours block's leave-one-out predictions equal a brute-force search over the other train
+    items (standardised cosine, top k, weights x exp((cos - cos_max) / T)); a train item's own rating never
+    enters its LOO prediction; the grid point of lowest weighted LOO MSE is kept; the table scores new rows
+    as the brute force does."""
+    from effiminivlm.config import NeighboursCfg
+    from effiminivlm.training.hybrid import fit_neighbours
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 8))
+    group = rng.integers(0, 6, 120)
+    x = centres[group] * 3 + rng.normal(size=(120, 8))
+    y = 1 + group * 0.7 + 0.1 * rng.normal(size=120)  # the rating follows the cluster
+    w = rng.uniform(0.5, 2.0, 120)
+    cfg = NeighboursCfg(ks=[3, 10, 200], temperatures=[0.05, 0.0])
+    fit = fit_neighbours(x, y, w, cfg, seed=0, log=lambda _: None)
+    table = fit["table"]
+    assert set(fit["loo_mse"]) == {"3/0.05", "3/0", "10/0.05", "10/0", "119/0.05", "119/0"}  # k <= n - 1
+    assert fit["loo_mse"][f"{table.k}/{table.temperature:g}"] == min(fit["loo_mse"].values())
+    assert table.k < 119  # the whole catalogue is not the nearest cluster
+
+    z = (x - x.mean(0)) / x.std(0)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+
+    def brute(q: np.ndarray, exclude: int | None) -> float:
+        sims = z @ q
+        if exclude is not None:
+            sims[exclude] = -np.inf
+        top = np.argsort(-sims, kind="stable")[:table.k]
+        a = w[top] * (np.exp((sims[top] - sims[top].max()) / table.temperature) if table.temperature else 1)
+        return float((a * y[top]).sum() / a.sum())
+
+    for i in (0, 17, 119):
+        assert fit["loo"][i] == pytest.approx(brute(z[i], i), abs=1e-4)
+    moved = y.copy()
+    moved[17] = 5.0
+    again = fit_neighbours(x, moved, w, NeighboursCfg(ks=[table.k], temperatures=[table.temperature]), seed=0,
+                           log=lambda _: None)
+    assert again["loo"][17] == pytest.approx(fit["loo"][17], abs=1e-6)  # its own rating is left out
+    new = rng.normal(size=(5, 8)) + centres[2] * 3
+    with torch.no_grad():
+        scored = table(torch.as_tensor(new, dtype=torch.float32)).numpy()
+    qs = (new - x.mean(0)) / x.std(0)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    np.testing.assert_allclose(scored, [brute(q, None) for q in qs], atol=1e-4)
+    few = fit_neighbours(x, y, w, NeighboursCfg(ks=[3], temperatures=[0.0], max_items=50), seed=0,
+                         log=lambda _: None)
+    assert few["items"] == 50 and len(few["loo"]) == 120  # a capped table still scores every train row
+
+
+def test_the_neighbours_block_alone_saves_and_scores_like_its_cached_features(prepared: Path,
+                                                                                tmp_path: Path) -> None:
+    """`[neighbours]` on its own: no ridge block (no alpha), the towers' features still read, and the saved
+    model's direct scores equal its scores from the feature cache (the top-k search runs in both)."""
+    recipe = load_recipe("tiny", [*HYBRID, "train.probe_features=[neighbours]"])
+    summary = train_probe(recipe, prepared, tmp_path / "run", log=lambda _: None)
+    assert summary["alpha"] is None and summary["stack_weights"]["neighbours"] != 0
+    folder = tmp_path / "run" / "model"
+    model, tok = load_model(folder)
+    test = read_prepared(prepared, "test")
+    direct = run_inference(model, make_loader(model, tok, test, None), torch.device("cpu"), "fp32",
+                           progress=False).pred
+    probe = build_probe_model(recipe)
+    cache = save_features(embed_table(probe, tok, read_prepared(prepared), None), tmp_path / "f.safetensors",
+                          model_signature(probe))
+    report = evaluate_on_features(folder, prepared, cache, tmp_path / "eval")
+    target = test.column("average_rating").to_numpy()
+    assert report["metrics"]["overall"]["plcc"] == pytest.approx(
+        compute_metrics(np.clip(direct, 1, 5), target)["overall"]["plcc"], abs=1e-4)

@@ -171,8 +171,12 @@ class EffiMiniVLM(RatingModel):
             feats.insert(0, image_features)  # [B, image_dim]
         head_dtype = next(self.head.parameters()).dtype  # float32 unless the caller cast the whole model
         with torch.autocast(feats[0].device.type, enabled=False):  # fusion + head in full precision
-            fused = torch.cat([f.to(head_dtype) for f in feats], dim=-1)
-            return self.head(fused).squeeze(-1).float()
+            return self.score_features(torch.cat([f.to(head_dtype) for f in feats], dim=-1))
+
+    def score_features(self, fused: torch.Tensor) -> torch.Tensor:
+        """Rating [B] float32 of the fused tower features [B, image_dim + text_dim]: the head. One function
+        for `forward` and for a probe scored from cached features (`training.probe`), so both agree."""
+        return self.head(fused).squeeze(-1).float()
 
     def _mean_image_features(self, pixel_values: torch.Tensor | None, image_index: torch.Tensor,
                              has_image: torch.Tensor | None, input_ids: torch.Tensor | None) -> torch.Tensor:

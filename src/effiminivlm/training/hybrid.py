@@ -18,6 +18,11 @@ model's tower is cut to it. Why: all-MiniLM-L6-v2's last layer is tuned for sent
 real Fashion items its intermediate layers carry more of the rating signal (docs/realdata.md), and a cut
 tower costs fewer FLOPs. The choice sees only train rows, so it is no peek at the test split.
 
+The neighbours block (`train.probe_features: [..., neighbours]`) is no ridge: the similarity-weighted mean
+rating of a listing's k nearest train items in the tower features the tower block reads (`models.hybrid`),
+k and the temperature picked by leave-one-out MSE over `train.neighbours`' grids (each train row scored
+without itself); it enters the stack by its LOO predictions like every block.
+
 Both use the recipe's train rows and sample weights. The lexical block's own fit is exactly the words-only
 baseline (`evaluation.baseline`), so a hybrid run reports it for free.
 """
@@ -32,16 +37,17 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
-from effiminivlm.config import Recipe
+from effiminivlm.config import NeighboursCfg, Recipe
 from effiminivlm.data.lexical import LexicalFeatures, LexicalSettings
 from effiminivlm.data.listing import ListingEncoder, parse_listing
 from effiminivlm.data.text import table_texts
 from effiminivlm.evaluation.dual_ridge import fit_dual_ridge
 from effiminivlm.evaluation.metrics import compute_metrics
-from effiminivlm.models.hybrid import HybridProbe, hybrid_from
+from effiminivlm.models.hybrid import HybridProbe, NeighbourTable, hybrid_from, nearest, neighbour_mean
 from effiminivlm.training.ridge import fit_ridge, loo_predictions, select_alpha
 
-__all__ = ["choose_depth", "fit_hybrid", "hybrid_side_scores", "listing_inputs", "pick_depth"]
+__all__ = ["choose_depth", "fit_hybrid", "fit_neighbours", "hybrid_side_scores", "listing_inputs",
+           "pick_depth"]
 
 
 def _plcc(pred: np.ndarray, y: np.ndarray) -> float:
@@ -70,6 +76,52 @@ def stack_blocks(loo: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndar
     sw = np.sqrt(w)[:, None]
     sol, *_ = np.linalg.lstsq(a * sw, y * sw[:, 0], rcond=None)
     return sol[:-1], float(sol[-1])
+
+
+def fit_neighbours(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: NeighboursCfg, seed: int,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """The neighbours block on train features `x`: its table (the train items it keeps: those of positive
+    weight, a seeded sample of `cfg.max_items` when more) at the k and temperature of lowest weighted LOO
+    MSE over the grids, and the LOO predictions of every train row at that choice (kept items scored
+    without themselves). Returns {"table": NeighbourTable (gain 1), "loo", "items", "loo_mse": {...}}."""
+    keep = np.flatnonzero(w > 0)
+    if len(keep) < 2:
+        raise ValueError("the neighbours block needs at least 2 train rows of positive weight")
+    if len(keep) > cfg.max_items:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, cfg.max_items, replace=False))
+        log(f"neighbours: {cfg.max_items} of {int((w > 0).sum())} train items kept "
+            "(train.neighbours.max_items)")
+    sd = x[keep].std(0)
+    scale = 1.0 / np.where(sd > 1e-12, sd, 1.0)  # a constant feature stays constant (zero after the shift)
+    k_max = min(max(cfg.ks), len(keep) - 1)
+    table = NeighbourTable(len(keep), x.shape[1], k_max, 0.0).fill(x[keep], y[keep], w[keep], x[keep].mean(0),
+                                                                    scale)
+    # every train row's neighbours once at the largest k (sorted); each grid point is a prefix of them
+    inside = torch.zeros(len(y), dtype=torch.bool)
+    inside[torch.as_tensor(keep)] = True
+    sims, idx = torch.empty(len(y), k_max), torch.empty(len(y), k_max, dtype=torch.long)
+    with torch.no_grad():
+        sims[inside], idx[inside] = nearest(table.keys, table.keys, k_max, self_offset=0)
+        if not inside.all():  # rows of zero weight, or beyond max_items: scored by all kept items
+            sims[~inside], idx[~inside] = nearest(table.embed(torch.as_tensor(x[~inside.numpy()])),
+                                                  table.keys, k_max)
+    scores = {}
+    for k in sorted({min(k, k_max) for k in cfg.ks}):
+        for temperature in cfg.temperatures:
+            loo = neighbour_mean(sims[:, :k], idx[:, :k], table.values, table.weights, temperature)
+            loo = loo.double().numpy()
+            scores[(k, float(temperature))] = (float(np.average((loo - y) ** 2, weights=w)), loo)
+    table.k, table.temperature = min(scores, key=lambda c: scores[c][0])
+    choice = (table.k, table.temperature)
+    log(f"neighbours: k {table.k}, temperature {table.temperature:g} (LOO MSE {scores[choice][0]:.4f}) of "
+        f"{len(scores)} choices, {len(keep)} train items")
+    return {"table": table, "loo": scores[choice][1], "items": len(keep),
+            "loo_mse": {f"{k}/{t:g}": v[0] for (k, t), v in scores.items()}}
+
+
+def _predict(table: NeighbourTable, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return table(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
 
 
 def _joint(blocks: dict[str, Any], y: np.ndarray, w: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -140,7 +192,7 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
     tower_fit, depth_fields = None, {}
     if depth_x and "tower" in tc.probe_features:
         x_tr, x_va, tower_fit, depth_fields = choose_depth(model, depth_x, y_tr, w, alphas, log)
-    names = [b for b in ("lexical", "tower", "listing") if b in tc.probe_features]
+    names = [b for b in ("lexical", "tower", "listing", "neighbours") if b in tc.probe_features]
     lex = listing = None
     blocks_tr: dict[str, Any] = {}
     blocks_va: dict[str, Any] = {}
@@ -163,43 +215,60 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
             log(f"hybrid: {missing} of {val_rows.num_rows} val rows have no listing fields "
                 "(train means used)")
     fits: dict[str, dict[str, Any]] = {}
+    table, nb_fields = None, {}
     for name in names:
         if name == "lexical":
             f = fit_dual_ridge(blocks_tr[name], y_tr, w)
             fits[name] = {"coef": f.coef, "intercept": f.intercept, "alpha": f.alpha, "loo": f.loo}
         elif name == "tower" and tower_fit is not None:
             fits[name] = tower_fit
+        elif name == "neighbours":  # on the features the tower block reads (at its depth)
+            nb = fit_neighbours(x_tr, y_tr, w, tc.neighbours, tc.seed, log)
+            table = nb["table"]
+            fits[name] = {"loo": nb["loo"], "alpha": None}
+            nb_fields = {"neighbours": {"k": table.k, "temperature": table.temperature, "items": nb["items"],
+                                        "loo_mse": nb["loo_mse"]}}
         else:
             fits[name] = dense_block(blocks_tr[name], y_tr, w, alphas)
-    val_pred = {n: np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
-    if tc.probe_combine == "joint" and len(names) > 1:
+    val_pred = {n: _predict(table, x_va) if n == "neighbours" and table is not None else
+                np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
+    linear = [n for n in names if n != "neighbours"]
+    if tc.probe_combine == "joint" and len(names) > 1:  # (config refuses joint with neighbours)
         joint = _joint(blocks_tr, y_tr, w)
         gains = dict.fromkeys(names, 1.0)
         coefs = {n: joint[n]["coef"] for n in names}
         bias = joint[names[0]]["intercept_all"]
+        pred_va = bias + sum(np.asarray(blocks_va[n] @ coefs[n]).ravel() for n in names)
     else:
         g, c = stack_blocks(np.column_stack([fits[n]["loo"] for n in names]), y_tr, w)
         gains = {n: float(v) for n, v in zip(names, g, strict=True)}
-        coefs = {n: fits[n]["coef"] * gains[n] for n in names}
-        bias = c + sum(gains[n] * fits[n]["intercept"] for n in names)
-    hybrid = _build(model, names, lex, listing, coefs, bias)
-    pred_va = bias + sum(np.asarray(blocks_va[n] @ coefs[n]).ravel() for n in names)
+        coefs = {n: fits[n]["coef"] * gains[n] for n in linear}
+        bias = c + sum(gains[n] * fits[n]["intercept"] for n in linear)
+        pred_va = c + sum(gains[n] * val_pred[n] for n in names)
+    if table is not None:
+        table.weight.fill_(gains["neighbours"])
+    hybrid = _build(model, names, lex, listing, coefs, bias, table)
     result = {"probe_features": names, "combine": tc.probe_combine if len(names) > 1 else "single",
-              "block_alpha": {n: fits[n]["alpha"] for n in names}, "stack_weights": gains,
+              "block_alpha": {n: fits[n]["alpha"] for n in linear}, "stack_weights": gains,
               "block_val_plcc": {n: _plcc(val_pred[n], y_va) for n in names},
-              "best_val_plcc": _plcc(pred_va, y_va), "alpha": fits[names[0]]["alpha"], "alpha_by": "loo_mse",
-              "lexical_terms": lex.n_terms if lex else 0, **depth_fields}
+              "best_val_plcc": _plcc(pred_va, y_va), "alpha_by": "loo_mse",
+              "alpha": fits[linear[0]]["alpha"] if linear else None,  # none: the neighbours block alone
+              "lexical_terms": lex.n_terms if lex else 0, **depth_fields, **nb_fields}
     if "lexical" in names:
         result["words_only_val_plcc"] = result["block_val_plcc"]["lexical"]
-    log("hybrid blocks: " + ", ".join(f"{n} val PLCC {result['block_val_plcc'][n]:.4f} (alpha "
-                                       f"{fits[n]['alpha']:g}, weight {gains[n]:.3f})" for n in names))
+    log("hybrid blocks: " + ", ".join(
+        f"{n} val PLCC {result['block_val_plcc'][n]:.4f} ("
+        + (f"k {table.k}, temperature {table.temperature:g}" if n == "neighbours" and table is not None
+           else f"alpha {fits[n]['alpha']:g}") + f", weight {gains[n]:.3f})" for n in names))
     return hybrid, {**result, "val_pred": pred_va}
 
 
 def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None,
-           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float) -> HybridProbe:
+           listing: ListingEncoder | None, coefs: dict[str, np.ndarray], bias: float,
+           table: NeighbourTable | None) -> HybridProbe:
     """A HybridProbe with `model`'s towers (at their depth: `hybrid_from`) and the fitted weights."""
-    hybrid = hybrid_from(model, lex, listing, tower="tower" in names)
+    sizes = (table.keys.shape[0], table.k, table.temperature) if table is not None else (0, 0, 0.0)
+    hybrid = hybrid_from(model, lex, listing, tower="tower" in names, neighbours=sizes)
     hybrid.freeze(image=True, text=True)
     linear = hybrid.head[-1]
     with torch.no_grad():
@@ -210,6 +279,8 @@ def _build(model: torch.nn.Module, names: list[str], lex: LexicalFeatures | None
             hybrid.lexical_block.weight.copy_(torch.as_tensor(coefs["lexical"], dtype=torch.float32))
         if listing is not None:
             hybrid.listing_block.weight.copy_(torch.as_tensor(coefs["listing"], dtype=torch.float32))
+        if table is not None:
+            hybrid.neighbour_block.load_state_dict(table.state_dict())
     return hybrid.eval()
 
 

@@ -125,8 +125,8 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
                     device: str | None, progress: bool, log: Callable[[str], None]) -> Path | None:
     """For a probe recipe, every item's features once in RUN/features.safetensors (all folds share them)."""
     tc = recipe.train
-    if tc.probe == "none" or (tc.probe == "ridge" and "tower" not in tc.probe_features):
-        return None  # no tower block: the hybrid probe never reads tower features
+    if tc.probe == "none" or not tc.probe_reads_towers:
+        return None  # neither a tower nor a neighbours block: the hybrid probe never reads tower features
     path = out / "features.safetensors"
     if not path.is_file():
         from effiminivlm.data.images import ImageStore

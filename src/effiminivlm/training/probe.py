@@ -96,10 +96,11 @@ def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: 
     if rows.num_rows == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty")
     hybrid = isinstance(model, HybridProbe)
-    feats = None if hybrid and not model.cfg.tower else load_features(features, model_signature(model))
+    reads = not hybrid or model.cfg.tower or model.cfg.neighbour_items
+    feats = load_features(features, model_signature(model)) if reads else None
     x = _tower_matrix(feats, rows, model)
-    with torch.no_grad():
-        pred = model.head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+    with torch.no_grad():  # the head (and a hybrid's neighbours block) on the cached features
+        pred = model.score_features(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
     if hybrid:  # + the lexical and listing blocks, as the model's processor computes them
         pred = pred + hybrid_side_scores(model, rows)
     pred = np.clip(pred, *SCORE_RANGE)
@@ -150,7 +151,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     train_rows, val_rows = read_train_val(data_dir)
     train_rows, weighting = weighted_train_rows(train_rows, tc, log)
     hybrid = tc.probe == "ridge" and tc.probe_features != ["tower"]
-    if hybrid and "tower" not in tc.probe_features:  # no tower block: its features are never read
+    if not tc.probe_reads_towers:  # lexical / listing blocks only: no tower features are read
         feats = None
     elif features is not None:
         feats = load_features(features, model_signature(model))
@@ -197,7 +198,8 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
                **mixed, "train_items": len(y_tr), "val_items": len(y_va), "model_dir": str(out / "model")}
     write_json(summary, out / "train_summary.json")
     log(f"probe {tc.probe}: val PLCC {summary['best_val_plcc']:.4f} "
-        + (f"(alpha {result['alpha']:g})" if tc.probe == "ridge" else f"(epoch {result['best_epoch']})"))
+        + (f"(epoch {result['best_epoch']})" if tc.probe != "ridge" else
+           f"(alpha {result['alpha']:g})" if result["alpha"] is not None else "(no ridge block)"))
     log(f"val {baseline_line(summary['best_val_plcc'], summary['words_only_val_plcc'])}")
     return summary
 
