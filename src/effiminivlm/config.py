@@ -237,7 +237,8 @@ class TrainCfg:
     probe: str = "none"  # none (fine-tune) | ridge | head: frozen towers, only the head on cached features
     probe_alpha: str = "loo_mse"  # ridge's alpha by leave-one-out on train (loo_mse | loo_plcc) or val_plcc
     # The ridge probe's feature blocks (any subset): lexical TF-IDF, the frozen towers' features, the
-    # listing's cold-start fields; more than [tower] makes the hybrid probe (training.hybrid)
+    # listing's cold-start fields, the nearest train items' ratings (neighbours, in the towers' features);
+    # more than [tower] makes the hybrid probe (training.hybrid)
     probe_features: list[str] = field(default_factory=lambda: ["tower"])
     probe_combine: str = "stack"  # stack: a second level over the blocks' LOO predictions | joint: one ridge
     # The hybrid's tower block at `full` depth, or `auto`: fit on the BERT text tower cut to each depth (one

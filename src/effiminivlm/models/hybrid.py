@@ -10,7 +10,7 @@ Why one model and not a side script: a small shop's best model must be saved, re
 and Ray-scored like every other, through the same `Scorer` / `inference` path. Its processor turns a batch's
 rows into the extra inputs: `lexical` (a sparse [B, n_terms] TF-IDF matrix, rebuilt from the saved
 vocabulary and idf) and `listing` ([B, k] from the `listing` column, `data.listing`). `training.hybrid`
-fits all three blocks in closed form and writes the weights here; the intercept lives in the head's bias.
+fits every block in closed form and writes the weights here; the intercept lives in the head's bias.
 `training.offset` (`train.lexical_offset`) fine-tunes the towers and an MLP head of the same model on top
 of a fitted lexical block: its train rows carry the block's leave-one-out prediction as `offset`, which the
 batch then holds as `lexical_offset` in place of the TF-IDF rows (training only; scoring computes TF-IDF).

@@ -1,5 +1,6 @@
 """The hybrid probe's fit (`train.probe: ridge` with `train.probe_features` beyond [tower]): lexical TF-IDF,
-frozen tower features and listing fields, each block a weighted ridge in closed form, combined linearly.
+frozen tower features and listing fields, each block a weighted ridge in closed form, and the nearest train
+items' ratings (neighbours), combined linearly.
 
 Why: on small real catalogs the blocks are complementary (a bag of n-grams catches brand and product-type
 words, the sentence embedding their meaning, the listing block the store's track record), and each is cheap
@@ -8,7 +9,7 @@ to fit exactly. Two combinations (`train.probe_combine`):
 * ``stack`` (default): each block's ridge picks its own alpha by exact leave-one-out MSE; a second level (a
   weighted least-squares fit with intercept) is fit on the blocks' LOO predictions of the train rows, which
   are out-of-sample for every row, so the weights are not those of an overfit block. Final rating =
-  c + sum_b g_b x block_b, still one linear function of the inputs (`models.hybrid.HybridProbe`).
+  c + sum_b g_b x block_b (`models.hybrid.HybridProbe`), linear in every block's output.
 * ``joint``: one ridge over the concatenated blocks, each standardised and scaled to unit total variance
   (so no block wins by its column count), alpha by leave-one-out MSE (`evaluation.dual_ridge`).
 
