@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from effiminivlm.config import NeighboursCfg
 from effiminivlm.data.lexical import LexicalFeatures
@@ -85,9 +84,7 @@ def fold_blocks(fold: Path, caches: dict[str, dict[str, Any]], depths: bool = Fa
             out[f"{name}@auto"] = {"loo": f["loo"], "test": per[best][1] @ f["coef"] + f["intercept"]}
             nb_x = dense[f"{name}@{best}"]
         nb = fit_neighbours(nb_x[tr], y, w, NeighboursCfg(), seed=0, log=lambda _: None)
-        with torch.no_grad():
-            test = nb["table"](torch.as_tensor(nb_x[te], dtype=torch.float32)).double().numpy()
-        out[f"neighbours({name})"] = {"loo": nb["loo"], "test": test}
+        out[f"neighbours({name})"] = {"loo": nb["loo"], "test": nb["table"].predict(nb_x[te])}
     enc = ListingEncoder()
     lst, n_img, desc = listing_inputs(t.take(tr))
     enc.fit(lst, y)

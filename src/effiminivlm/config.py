@@ -256,6 +256,12 @@ class TrainCfg:
         lexical / listing (those read the rows' text and fields)."""
         return self.probe != "ridge" or bool({"tower", "neighbours"} & set(self.probe_features))
 
+    @property
+    def probe_picks_depth(self) -> bool:
+        """Whether a probe fit reads features per text-tower depth and picks one: a ridge with a tower block
+        and `probe_text_depth: auto` (its feature cache must hold every depth: `embed`)."""
+        return self.probe == "ridge" and "tower" in self.probe_features and self.probe_text_depth == "auto"
+
     def __post_init__(self) -> None:
         check_choice("missing_rating_number", self.missing_rating_number, MISSING_RATING_NUMBER)
         check_choice("probe", self.probe, PROBES)

@@ -286,7 +286,7 @@ def embed_cmd(
     from effiminivlm.data.images import ImageStore
     from effiminivlm.data.prepare import read_prepared
     from effiminivlm.runtime import resolve_compute_precision, resolve_device
-    from effiminivlm.training.embed import embed_table, model_signature, save_features, wants_depths
+    from effiminivlm.training.embed import embed_table, model_signature, save_features
 
     (data,) = dataset(data_arg, data, many=False)
     writable(out, "--out", "file")
@@ -306,7 +306,7 @@ def embed_cmd(
         rec = load_recipe(recipe, list(set_))
         net = build_probe_model(rec)  # the towers a probe run of this recipe builds
         tok = create_tokenizer(rec.model) if net.text_encoder is not None else None
-        depths = wants_depths(rec)  # a recipe choosing its text-tower depth: features of every depth
+        depths = rec.train.probe_picks_depth  # a recipe picking its text-tower depth: every depth's features
     dev = resolve_device(device)
     feats = embed_table(net, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                         images=images, batch_size=batch_size, device=dev,

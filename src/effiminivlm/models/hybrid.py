@@ -69,6 +69,11 @@ class HybridCfg(EffiMiniVLMCfg):
     neighbour_k: int = 0
     neighbour_temperature: float = 0.0  # 0: the k neighbours weigh alike (by their sample weights)
 
+    @property
+    def reads_towers(self) -> bool:
+        """Whether the model's output depends on the towers' features (the tower or neighbours block)."""
+        return self.tower or self.neighbour_items > 0
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("lexical_terms", self.lexical_terms, 0)  # a damaged config.json: one line naming it
@@ -193,6 +198,11 @@ class NeighbourTable(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         sims, idx = nearest(self.embed(features), self.keys, self.k)
         return self.weight * neighbour_mean(sims, idx, self.values, self.weights, self.temperature)
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """`forward` on a numpy feature matrix (a fit's val / test rows, cached features)."""
+        return self(_f32(features)).double().numpy()
 
 
 @register_arch("hybrid-probe")

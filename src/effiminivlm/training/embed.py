@@ -33,7 +33,7 @@ from effiminivlm.inference import make_loader
 from effiminivlm.runtime import autocast
 
 __all__ = ["depth_signatures", "embed_table", "feature_matrix", "load_features", "model_signature",
-           "save_features", "wants_depths"]
+           "save_features"]
 
 
 def model_signature(model: torch.nn.Module) -> str:
@@ -137,13 +137,6 @@ def embed_table(model: torch.nn.Module, tokenizer: Any, table: pa.Table, store: 
         out.update({f"text@{d + 1}": every[:, d] for d in range(every.shape[1] - 1)})
         out["depth_signatures"] = depth_signatures(model)
     return out
-
-
-def wants_depths(recipe: Any) -> bool:
-    """Whether a probe run of `recipe` reads features per text-tower depth (`train.probe_text_depth: auto`
-    with a tower block)."""
-    tc = recipe.train
-    return tc.probe == "ridge" and "tower" in tc.probe_features and tc.probe_text_depth == "auto"
 
 
 def save_features(feats: dict[str, Any], path: str | os.PathLike[str], signature: str,

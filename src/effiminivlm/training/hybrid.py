@@ -120,11 +120,6 @@ def fit_neighbours(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: NeighboursC
             "loo_mse": {f"{k}/{t:g}": v[0] for (k, t), v in scores.items()}}
 
 
-def _predict(table: NeighbourTable, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return table(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
-
-
 def _joint(blocks: dict[str, Any], y: np.ndarray, w: np.ndarray) -> dict[str, dict[str, Any]]:
     """One ridge over the standardised blocks, each scaled to unit total variance; per block coef in the raw
     scale (the shared intercept is returned on the first block)."""
@@ -191,7 +186,7 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
     depth's being (x_tr, x_va)."""
     tc = recipe.train
     tower_fit, depth_fields = None, {}
-    if depth_x and "tower" in tc.probe_features:
+    if depth_x is not None:  # (only with a tower block: TrainCfg.probe_picks_depth)
         x_tr, x_va, tower_fit, depth_fields = choose_depth(model, depth_x, y_tr, w, alphas, log)
     names = [b for b in ("lexical", "tower", "listing", "neighbours") if b in tc.probe_features]
     lex = listing = None
@@ -231,7 +226,7 @@ def fit_hybrid(recipe: Recipe, model: torch.nn.Module, train_rows: pa.Table, val
                                         "loo_mse": nb["loo_mse"]}}
         else:
             fits[name] = dense_block(blocks_tr[name], y_tr, w, alphas)
-    val_pred = {n: _predict(table, x_va) if n == "neighbours" and table is not None else
+    val_pred = {n: table.predict(x_va) if n == "neighbours" and table is not None else
                 np.asarray(blocks_va[n] @ fits[n]["coef"]).ravel() + fits[n]["intercept"] for n in names}
     linear = [n for n in names if n != "neighbours"]
     if tc.probe_combine == "joint" and len(names) > 1:  # (config refuses joint with neighbours)

@@ -132,7 +132,7 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
         from effiminivlm.data.images import ImageStore
         from effiminivlm.models.factory import create_tokenizer
         from effiminivlm.runtime import resolve_compute_precision, resolve_device
-        from effiminivlm.training.embed import embed_table, model_signature, save_features, wants_depths
+        from effiminivlm.training.embed import embed_table, model_signature, save_features
 
         model = build_probe_model(recipe)
         tok = create_tokenizer(recipe.model) if model.text_encoder is not None else None
@@ -140,7 +140,7 @@ def probe_features(recipe: Recipe, data: Path, out: Path, images_dir: str | Path
         feats = embed_table(model, tok, read_prepared(data), ImageStore.for_prepared(data, images_dir),
                             images=recipe.data.images, batch_size=recipe.train.eval_batch_size, device=dev,
                             precision=resolve_compute_precision(recipe.train.precision, dev),
-                            progress=progress, depths=wants_depths(recipe))
+                            progress=progress, depths=tc.probe_picks_depth)
         save_features(feats, path, model_signature(model), {"data": str(data)})
         log(f"features of {len(feats['ids'])} items cached in {path}")
     return path

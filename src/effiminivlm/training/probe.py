@@ -46,13 +46,7 @@ from effiminivlm.files import atomic_write_text, write_json
 from effiminivlm.models.factory import create_model, create_tokenizer
 from effiminivlm.models.hybrid import HybridProbe
 from effiminivlm.runtime import resolve_compute_precision, resolve_device
-from effiminivlm.training.embed import (
-    embed_table,
-    feature_matrix,
-    load_features,
-    model_signature,
-    wants_depths,
-)
+from effiminivlm.training.embed import embed_table, feature_matrix, load_features, model_signature
 from effiminivlm.training.hybrid import choose_depth, fit_hybrid, hybrid_side_scores
 from effiminivlm.training.losses import build_loss
 from effiminivlm.training.ridge import fit_ridge, select_alpha
@@ -96,7 +90,7 @@ def evaluate_on_features(model_dir: str | Path, data_dir: str | Path, features: 
     if rows.num_rows == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty")
     hybrid = isinstance(model, HybridProbe)
-    reads = not hybrid or model.cfg.tower or model.cfg.neighbour_items
+    reads = not hybrid or model.cfg.reads_towers
     feats = load_features(features, model_signature(model)) if reads else None
     x = _tower_matrix(feats, rows, model)
     with torch.no_grad():  # the head (and a hybrid's neighbours block) on the cached features
@@ -161,7 +155,7 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
         feats = embed_table(model, tokenizer, both, store, images=recipe.data.images,
                             batch_size=tc.eval_batch_size, device=dev,
                             precision=resolve_compute_precision(tc.precision, dev), progress=progress,
-                            depths=wants_depths(recipe))
+                            depths=tc.probe_picks_depth)
     x_tr, x_va = (_tower_matrix(feats, rows, model) for rows in (train_rows, val_rows))
     y_va = val_rows.column("average_rating").to_numpy().astype(np.float64)
     train_rows, mixed = mix_train_rows(train_rows, tc, weighting["mu"], strict=strict, log=log)
@@ -170,17 +164,16 @@ def train_probe(recipe: Recipe, data_dir: str | Path, out_dir: str | Path, *,
     w = train_rows.column(WEIGHT_COLUMN).to_numpy().astype(np.float64)
     if not w.any():  # no usable weight: plain least squares
         w = np.ones_like(y_tr)
+    depth_x = None  # the tower's features at every text-tower depth, when the probe picks one
+    if tc.probe_picks_depth and model.text_encoder is not None:
+        depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
     if hybrid:
-        depth_x = None
-        if wants_depths(recipe) and model.text_encoder is not None:
-            depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
         model, result = fit_hybrid(recipe, model, train_rows, val_rows, x_tr, x_va, y_tr, w, y_va, ALPHAS,
                                    log, depth_x)
         val_pred = result.pop("val_pred")
     elif tc.probe == "ridge":
         depth = {}
-        if wants_depths(recipe) and model.text_encoder is not None:  # the tower-only probe picks it too
-            depth_x = _depth_matrices(feats, train_rows, val_rows, model, x_tr, x_va)
+        if depth_x is not None:  # the tower-only probe picks it too
             x_tr, x_va, _, depth = choose_depth(model, depth_x, y_tr, w, ALPHAS, log)
         result = {**_ridge_head(model, x_tr, y_tr, w, x_va, y_va, tc.probe_alpha), **depth}
     else:
