@@ -243,24 +243,37 @@ def test_accuracy_control_keeps_the_most_sensitive_ops_in_fp32(plain_model: Path
     assert not any(name.startswith("?") for name in q.op_types(mixed, kept))  # ops of the graph, typed
 
 
-def test_a_refused_int8_tower_is_tried_again_with_its_sensitive_ops_in_fp32(plain_model: Path, prepared: Path,
-                                                                           tmp_path: Path) -> None:
+def test_a_refused_int8_tower_is_tried_again_with_its_sensitive_ops_in_fp32(
+        plain_model: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import openvino as ov
 
+    import effiminivlm.evaluation.quantize as eq
+
+    calls = []
+
+    def spy(graph, calibration, validation, metric, max_drop, *, transformer, max_steps=None):
+        fp32 = metric(ov.Core().compile_model(graph), validation)
+        calls.append({"text": transformer, "max_drop": max_drop, "max_steps": max_steps,
+                      "items": len(validation), "fp32_metric": fp32})
+        if transformer:
+            raise RuntimeError("no luck")  # a failing search: the plain figures stay, with the reason
+        return q.int8_graph_within(graph, calibration, validation, metric, max_drop, transformer=transformer,
+                                   max_steps=max_steps)
+
+    monkeypatch.setattr(eq, "int8_graph_within", spy)
     result = quantize_model(plain_model, prepared, tmp_path / "fast", items=24, batch_size=8,
                             precisions=("fp32", "int8"), max_plcc_change=10.0, min_corr=0.9999999,
                             log=lambda _m: None)
-    stored = json.loads((tmp_path / "fast" / q.VARIANTS_NAME).read_text())
-    for tower, figures in stored["report"]["towers"].items():
-        int8 = figures["int8"]
-        if "whole_tower" not in int8:  # the plain int8 passed (or the search failed, with its reason)
-            assert int8["accepted"] or "within_bound" in int8
-            continue
-        assert not int8["whole_tower"]["accepted"]  # the plain int8 was refused first
-        assert int8["int8_ops"] > 0 and len(int8["kept_fp32"]) >= 1
-        assert int8["corr"] >= int8["whole_tower"]["corr"] or not int8["accepted"]
-        if result["choice"][tower] == "int8":  # the stored graph is the mixed one
-            assert int8["accepted"]
-            graph = ov.Core().read_model(str(tmp_path / "fast" / stored["towers"][tower]["graph"]))
-            assert len(q.int8_ops(graph)) == int8["int8_ops"] - len(int8["kept_fp32"])
-    assert any("whole_tower" in f["int8"] for f in stored["report"]["towers"].values())
+    towers = json.loads((tmp_path / "fast" / q.VARIANTS_NAME).read_text())["report"]["towers"]
+    assert [c["text"] for c in calls] == [False, True]  # both plain int8 towers missed so strict a bound
+    for call in calls:
+        assert call["max_drop"] == pytest.approx(0.5e-7) and call["max_steps"] >= 1
+        assert call["fp32_metric"][0] == pytest.approx(1.0)  # the fp32 graph scores as fp32 does
+        assert len(call["fp32_metric"][1]) == call["items"] > 0  # one value per item, for the ranking
+    image, text = towers["image"]["int8"], towers["text"]["int8"]
+    assert not image["whole_tower"]["accepted"] and image["int8_ops"] > 0
+    assert calls[0]["max_steps"] == image["int8_ops"] // 4
+    assert len(image["kept_fp32"]) <= image["int8_ops"] and image["ms_per_item"] > 0
+    assert image["corr"] != image["whole_tower"]["corr"] or not image["kept_fp32"]  # the mixed graph's own
+    assert "no luck" in text["within_bound"] and not text["accepted"] and "kept_fp32" not in text
+    assert result["choice"] == {"image": "fp32", "text": "fp32"}

@@ -170,13 +170,23 @@ def int8_graph_within(graph: Any, calibration: Sequence[tuple[Any, ...]],
             metric, **kwargs)
 
 
+COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention"})
+_LAYOUT_OPS = frozenset({"Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"})
+
+
+def _quantized_input(source: Any) -> bool:
+    node = source.get_node()
+    while node.get_type_name() in _LAYOUT_OPS:  # e.g. the stem convolution's Pad after its quantizer
+        node = node.input(0).get_source_output().get_node()
+    return node.get_type_name() == "FakeQuantize"
+
+
 def int8_ops(graph: Any) -> set[str]:
-    """The names of the ops of `graph` that compute in int8: those fed by a FakeQuantize (an activation
-    quantizer). The difference between a plain int8 graph and an accuracy-controlled one is what stays in
-    fp32."""
-    return {op.get_friendly_name() for op in graph.get_ordered_ops()
-            if op.get_type_name() not in ("FakeQuantize", "Result")
-            and any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())}
+    """The names of the convolutions, matrix products and attention ops of `graph` that compute in int8:
+    those with an input from a FakeQuantize (through layout-only ops). The difference between a plain int8
+    graph and an accuracy-controlled one is what went back to fp32."""
+    return {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() in COMPUTE_OPS
+            and any(_quantized_input(i.get_source_output()) for i in op.inputs())}
 
 
 def op_types(graph: Any, names: Iterable[str]) -> list[str]:
