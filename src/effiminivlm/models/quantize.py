@@ -170,7 +170,7 @@ def int8_graph_within(graph: Any, calibration: Sequence[tuple[Any, ...]],
             metric, **kwargs)
 
 
-COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention"})
+_COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention"})
 _LAYOUT_OPS = frozenset({"Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"})
 
 
@@ -185,7 +185,7 @@ def int8_ops(graph: Any) -> set[str]:
     """The names of the convolutions, matrix products and attention ops of `graph` that compute in int8:
     those with an input from a FakeQuantize (through layout-only ops). The difference between a plain int8
     graph and an accuracy-controlled one is what went back to fp32."""
-    return {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() in COMPUTE_OPS
+    return {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() in _COMPUTE_OPS
             and any(_quantized_input(i.get_source_output()) for i in op.inputs())}
 
 
