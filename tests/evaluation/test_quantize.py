@@ -187,3 +187,93 @@ def test_parity_benchmark_scores_held_out_items_per_tower(quantized, plain_model
     assert line.startswith(f"| {out} | {test_rows} |") and line.count("|") == 9
     with pytest.raises(EffiMiniVLMError, match="quantize"):
         bench.measure(str(plain_model), str(prepared), "test")
+
+
+def _projection_metric(compiled_ref, items: list, weights: np.ndarray):
+    """A metric of the kind `quantize` gives the accuracy control: the correlation of a fixed linear read-out
+    of the features with the fp32 graph's, and minus the absolute difference per item."""
+    ref = np.array([float(np.asarray(compiled_ref(list(x))[0])[0] @ weights) for x, _ in items])
+
+    def metric(compiled, chosen):
+        chosen = list(chosen)
+        idx = np.array([i for _, i in chosen])
+        got = np.array([float(np.asarray(compiled(list(x))[0])[0] @ weights) for x, _ in chosen])
+        per = -np.abs(got - ref[idx])
+        return float(np.corrcoef(got, ref[idx])[0, 1]), per.tolist()
+
+    return metric
+
+
+def test_accuracy_control_keeps_the_most_sensitive_ops_in_fp32(plain_model: Path) -> None:
+    import openvino as ov
+
+    from effiminivlm.models import openvino_backend
+    from effiminivlm.models.optimize import lean_copy
+
+    model, _tok = load_model(plain_model)
+    tower = lean_copy(model).image_encoder
+    size = model.cfg.input.image_size
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(24, 3, size, size, generator=gen).numpy() * 2 - 1
+    calibration = [(pixels[i:i + 8],) for i in range(0, 24, 8)]
+    items = [((pixels[i:i + 1],), i) for i in range(24)]
+
+    def fresh():
+        return openvino_backend.tower_graph(tower, "image", size)
+
+    compiled_ref = ov.Core().compile_model(fresh(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    weights = np.random.default_rng(0).standard_normal(model.image_dim)
+    metric = _projection_metric(compiled_ref, items, weights)
+    plain = q.int8_graph(fresh(), calibration, transformer=False)
+    quantized = q.int8_ops(plain)
+    assert quantized  # the plain graph computes convolutions in int8
+
+    def score(graph) -> float:
+        return metric(ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), items)[0]
+
+    plain_corr = score(plain)
+    assert plain_corr < 1.0  # int8 moved the read-out
+    loose = q.int8_graph_within(fresh(), calibration, items, metric, max_drop=1.0, transformer=False)
+    assert q.int8_ops(loose) == quantized  # within the bound already: nothing goes back to fp32
+    drop = (1.0 - plain_corr) / 3  # a bound the plain graph misses
+    mixed = q.int8_graph_within(fresh(), calibration, items, metric, max_drop=drop, transformer=False)
+    kept = quantized - q.int8_ops(mixed)
+    assert kept and q.int8_ops(mixed) < quantized  # some ops went back to fp32, not all of them need to
+    assert score(mixed) >= 1.0 - drop - 1e-9 and score(mixed) > plain_corr
+    assert not any(name.startswith("?") for name in q.op_types(mixed, kept))  # ops of the graph, typed
+
+
+def test_a_refused_int8_tower_is_tried_again_with_its_sensitive_ops_in_fp32(
+        plain_model: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino as ov
+
+    import effiminivlm.evaluation.quantize as eq
+
+    calls = []
+
+    def spy(graph, calibration, validation, metric, max_drop, *, transformer, max_steps=None):
+        fp32 = metric(ov.Core().compile_model(graph), validation)
+        calls.append({"text": transformer, "max_drop": max_drop, "max_steps": max_steps,
+                      "items": len(validation), "fp32_metric": fp32})
+        if transformer:
+            raise RuntimeError("no luck")  # a failing search: the plain figures stay, with the reason
+        return q.int8_graph_within(graph, calibration, validation, metric, max_drop, transformer=transformer,
+                                   max_steps=max_steps)
+
+    monkeypatch.setattr(eq, "int8_graph_within", spy)
+    result = quantize_model(plain_model, prepared, tmp_path / "fast", items=24, batch_size=8,
+                            precisions=("fp32", "int8"), max_plcc_change=10.0, min_corr=0.9999999,
+                            log=lambda _m: None)
+    towers = json.loads((tmp_path / "fast" / q.VARIANTS_NAME).read_text())["report"]["towers"]
+    assert [c["text"] for c in calls] == [False, True]  # both plain int8 towers missed so strict a bound
+    for call in calls:
+        assert call["max_drop"] == pytest.approx(0.5e-7) and call["max_steps"] >= 1
+        assert call["fp32_metric"][0] == pytest.approx(1.0)  # the fp32 graph scores as fp32 does
+        assert len(call["fp32_metric"][1]) == call["items"] > 0  # one value per item, for the ranking
+    image, text = towers["image"]["int8"], towers["text"]["int8"]
+    assert not image["whole_tower"]["accepted"] and image["int8_ops"] > 0
+    assert calls[0]["max_steps"] == image["int8_ops"] // 4
+    assert len(image["kept_fp32"]) <= image["int8_ops"] and image["ms_per_item"] > 0
+    assert image["corr"] != image["whole_tower"]["corr"] or not image["kept_fp32"]  # the mixed graph's own
+    assert "no luck" in text["within_bound"] and not text["accepted"] and "kept_fp32" not in text
+    assert result["choice"] == {"image": "fp32", "text": "fp32"}

@@ -11,16 +11,19 @@ aside with one warning (the default fast path runs) until `quantize` measures ag
 
 int8 is NNCF post-training quantization of the tower's fp32 OpenVINO graph (the very graph the fast path
 compiles), calibrated on the user's own items; the text tower is quantized as a transformer
-(`ModelType.TRANSFORMER`: softmax, layer norms and the residual adds stay in higher precision).
+(`ModelType.TRANSFORMER`: softmax, layer norms and the residual adds stay in higher precision). Where the
+whole-tower int8 is not accurate enough, `int8_graph_within` keeps the few ops that measure most sensitive in
+fp32 (NNCF's accuracy control), so a mixed graph is still stored as the tower's int8 variant.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ GRAPH_DIR = "fast"
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "bf16", "int8")
 __all__ = ["GRAPH_DIR", "PRECISIONS", "TOWERS", "VARIANTS_NAME", "TowerVariant", "int8_graph",
-           "read_variants", "save_graph", "write_variants"]
+           "int8_graph_within", "int8_ops", "op_types", "read_variants", "save_graph", "write_variants"]
 
 
 @dataclass(frozen=True)
@@ -101,22 +104,95 @@ def write_variants(folder: str | Path, choice: dict[str, str], graphs: dict[str,
     return write_json({"towers": towers, "isa": isa_facts(), "report": report}, folder / VARIANTS_NAME)
 
 
-def int8_graph(graph: Any, calibration: Sequence[tuple[Any, ...]], *, transformer: bool,
-               ignored: Sequence[str] = ()) -> Any:
-    """`graph` (fp32 OpenVINO model) quantized to int8 by NNCF on `calibration` (per batch, the tower's
-    input arrays); `ignored` names ops kept in fp32 (measured choices: e.g. the first convolution)."""
+def _nncf() -> Any:
     try:
         import nncf
     except ImportError:
         raise WeightsError("int8 variants need NNCF: pip install 'effiminivlm[export]' (nncf)") from None
+    return nncf
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF's progress bars to stderr and its INFO lines (its logger writes to the stdout it found at import)
+    off: a command's stdout stays its result; `quantize` logs what it decided itself."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def int8_graph(graph: Any, calibration: Sequence[tuple[Any, ...]], *, transformer: bool,
+               ignored: Sequence[str] = ()) -> Any:
+    """`graph` (fp32 OpenVINO model) quantized to int8 by NNCF on `calibration` (per batch, the tower's
+    input arrays); `ignored` names ops kept in fp32."""
+    nncf = _nncf()
     kwargs: dict[str, Any] = {"subset_size": len(calibration)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if ignored:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # its progress bars: not output
-        warnings.simplefilter("ignore")
+    with _quiet():
         return nncf.quantize(graph, nncf.Dataset(list(calibration)), **kwargs)
+
+
+def int8_graph_within(graph: Any, calibration: Sequence[tuple[Any, ...]],
+                      validation: Sequence[tuple[tuple[Any, ...], int]],
+                      metric: Callable[[Any, Iterable[Any]], tuple[float, list[float]]], max_drop: float,
+                      *, transformer: bool, max_steps: int | None = None) -> Any:
+    """`graph` quantized to int8 with NNCF's accuracy control: after the plain quantization, the quantized
+    ops whose int8 moves `metric` most (ranked by measurement on `validation`) go back to fp32 one at a time
+    until `metric` is within `max_drop` of the fp32 graph's.
+
+    Why: one int8 layer can cost most of a tower's error (in an EfficientNet the first convolution and the
+    first depthwise ones), so keeping the few that measure worst in fp32 keeps most of int8's speed where
+    a whole-tower choice would have to refuse it. `validation` items are (the tower's inputs for one item,
+    the item's index); `metric(compiled_model, items)` returns (the metric, higher is better; one value
+    per item, for the ranking). `max_steps` caps how many ops (or groups of ops NNCF reverts together) go
+    back, so a hopeless search ends early; the graph may then miss `max_drop`: check it."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    kwargs: dict[str, Any] = {"subset_size": len(calibration), "max_drop": max_drop}
+    if max_steps is not None:
+        kwargs["advanced_accuracy_restorer_parameters"] = AdvancedAccuracyRestorerParameters(
+            max_num_iterations=max(1, int(max_steps)))
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    with _quiet():
+        return nncf.quantize_with_accuracy_control(
+            graph, nncf.Dataset(list(calibration)), nncf.Dataset(list(validation), lambda item: item[0]),
+            metric, **kwargs)
+
+
+_COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention"})
+_LAYOUT_OPS = frozenset({"Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"})
+
+
+def _quantized_input(source: Any) -> bool:
+    node = source.get_node()
+    while node.get_type_name() in _LAYOUT_OPS:  # e.g. the stem convolution's Pad after its quantizer
+        node = node.input(0).get_source_output().get_node()
+    return node.get_type_name() == "FakeQuantize"
+
+
+def int8_ops(graph: Any) -> set[str]:
+    """The names of the convolutions, matrix products and attention ops of `graph` that compute in int8:
+    those with an input from a FakeQuantize (through layout-only ops). The difference between a plain int8
+    graph and an accuracy-controlled one is what went back to fp32."""
+    return {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() in _COMPUTE_OPS
+            and any(_quantized_input(i.get_source_output()) for i in op.inputs())}
+
+
+def op_types(graph: Any, names: Iterable[str]) -> list[str]:
+    """`names` as "Type name" (e.g. "GroupConvolution Multiply_23147"), for a report a reader can follow."""
+    by_name = {op.get_friendly_name(): op.get_type_name() for op in graph.get_ordered_ops()}
+    return [f"{by_name.get(n, '?')} {n}" for n in sorted(names)]
 
 
 def save_graph(graph: Any, path: Path) -> Path:
