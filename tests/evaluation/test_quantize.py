@@ -257,8 +257,10 @@ def test_a_refused_int8_tower_is_tried_again_with_its_sensitive_ops_in_fp32(
                       "items": len(validation), "fp32_metric": fp32})
         if transformer:
             raise RuntimeError("no luck")  # a failing search: the plain figures stay, with the reason
-        return q.int8_graph_within(graph, calibration, validation, metric, max_drop, transformer=transformer,
-                                   max_steps=max_steps)
+        mixed = q.int8_graph_within(graph, calibration, validation, metric, max_drop, transformer=transformer,
+                                    max_steps=max_steps)
+        calls[-1]["int8_ops"] = len(q.int8_ops(mixed))
+        return mixed
 
     monkeypatch.setattr(eq, "int8_graph_within", spy)
     result = quantize_model(plain_model, prepared, tmp_path / "fast", items=24, batch_size=8,
@@ -273,7 +275,7 @@ def test_a_refused_int8_tower_is_tried_again_with_its_sensitive_ops_in_fp32(
     image, text = towers["image"]["int8"], towers["text"]["int8"]
     assert not image["whole_tower"]["accepted"] and image["int8_ops"] > 0
     assert calls[0]["max_steps"] == image["int8_ops"] // 4
-    assert len(image["kept_fp32"]) <= image["int8_ops"] and image["ms_per_item"] > 0
-    assert image["corr"] != image["whole_tower"]["corr"] or not image["kept_fp32"]  # the mixed graph's own
+    assert len(image["kept_fp32"]) == image["int8_ops"] - calls[0]["int8_ops"]  # what the search put back
+    assert image["ms_per_item"] > 0 and set(image) >= {"corr", "max_abs_diff", "plcc_change", "accepted"}
     assert "no luck" in text["within_bound"] and not text["accepted"] and "kept_fp32" not in text
     assert result["choice"] == {"image": "fp32", "text": "fp32"}

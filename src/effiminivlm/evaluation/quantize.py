@@ -111,65 +111,70 @@ def _tower_ms(tower: torch.nn.Module, inputs: list[tuple[np.ndarray, ...]], repe
 Item = tuple[tuple[np.ndarray, ...], int]  # a validation item: one item's tower inputs and its index
 
 
-def _score_check(model: torch.nn.Module, towers: dict[str, torch.nn.Module],
-                 inputs: dict[str, list[tuple[np.ndarray, ...]]], has_image: list[np.ndarray], name: str
-                 ) -> tuple[list[Item], Callable[..., tuple[float, list[float]]]]:
-    """What the accuracy control measures tower `name`'s int8 graph by, on the calibration items: the whole
+class _ScoreCheck:
+    """What the accuracy control measures a tower's int8 graph by, on the calibration items: the whole
     model's score with this tower's features from the graph under test and the other tower's in fp32,
-    against the all-fp32 score. Returns (one validation item per calibration item with an input for the
-    tower: its arrays and its index; the metric: correlation, and minus the absolute difference per item).
+    against the all-fp32 score. The fp32 features are computed once, for whichever towers are searched.
     The bound itself is checked afterwards on the held-out items, which this never sees."""
-    present = torch.from_numpy(np.concatenate(has_image))
-    with torch.no_grad():
-        feats = {k: torch.cat([t(*(torch.from_numpy(a) for a in batch)).float() for batch in inputs[k]])
-                 for k, t in towers.items()}
-        if "image" in feats:
-            feats["image"][~present] = 0.0  # as the model fuses an item without an image
-        order = [k for k in ("image", "text") if k in feats]  # the model's fusion order
-        fused = torch.cat([feats[k] for k in order], dim=-1)
-        ref = model.score_features(fused).double().numpy()
-    start = sum(feats[k].shape[1] for k in order[:order.index(name)])
-    cols = slice(start, start + feats[name].shape[1])
-    items, i = [], 0
-    for batch in inputs[name]:
-        for r in range(len(batch[0])):
-            if name != "image" or present[i]:
-                items.append((tuple(a[r:r + 1] for a in batch), i))
-            i += 1
 
-    def metric(compiled: Any, chosen: Any) -> tuple[float, list[float]]:
-        chosen = list(chosen)
-        idx = np.array([j for _, j in chosen])
-        rows = fused[idx].clone()
-        got = np.concatenate([np.asarray(compiled(list(x))[0]) for x, _ in chosen])
-        rows[:, cols] = torch.from_numpy(got).float()
+    def __init__(self, model: torch.nn.Module, towers: dict[str, torch.nn.Module],
+                 inputs: dict[str, list[tuple[np.ndarray, ...]]], has_image: list[np.ndarray]) -> None:
+        self.model, self.inputs = model, inputs
+        self.present = np.concatenate(has_image)
         with torch.no_grad():
-            pred = model.score_features(rows).double().numpy()
-        per = -np.abs(pred - ref[idx])
-        if len(idx) < 3 or np.std(ref[idx]) == 0:
-            return float(per.mean()), per.tolist()
-        return float(np.nan_to_num(np.corrcoef(pred, ref[idx])[0, 1], nan=-1.0)), per.tolist()
+            feats = {k: torch.cat([t(*(torch.from_numpy(a) for a in batch)).float() for batch in inputs[k]])
+                     for k, t in towers.items()}
+            if "image" in feats:
+                feats["image"][~torch.from_numpy(self.present)] = 0.0  # as `encode_image` leaves them
+            self.fused = model.fuse(feats.get("image"), feats.get("text"))
+            self.ref = model.score_features(self.fused).double().numpy()
 
-    return items, metric
+    def items(self, name: str) -> list[Item]:
+        """One validation item per calibration item with an input for tower `name`."""
+        out, i = [], 0
+        for batch in self.inputs[name]:
+            for r in range(len(batch[0])):
+                if name != "image" or self.present[i]:
+                    out.append((tuple(a[r:r + 1] for a in batch), i))
+                i += 1
+        return out
+
+    def metric(self, name: str) -> Callable[[Any, Any], tuple[float, list[float]]]:
+        """(compiled graph of tower `name`, items) -> (correlation with the fp32 scores; per item, minus the
+        absolute difference, for the ranking)."""
+        cols = slice(0, self.model.image_dim) if name == "image" else slice(self.model.image_dim, None)
+
+        def metric(compiled: Any, chosen: Any) -> tuple[float, list[float]]:
+            chosen = list(chosen)
+            idx = np.array([j for _, j in chosen])
+            rows = self.fused[idx].clone()
+            got = np.concatenate([np.asarray(compiled(list(x))[0]) for x, _ in chosen])
+            rows[:, cols] = torch.from_numpy(got).to(rows.dtype)
+            with torch.no_grad():
+                pred = self.model.score_features(rows).double().numpy()
+            ref = self.ref[idx]
+            per = -np.abs(pred - ref)
+            if len(idx) < 3 or np.std(ref) == 0:
+                return float(per.mean()), per.tolist()
+            return float(np.nan_to_num(np.corrcoef(pred, ref)[0, 1], nan=-1.0)), per.tolist()
+
+        return metric
 
 
-def _within_bound(name: str, tower: torch.nn.Module, size: int | None, plain: Any, plain_fig: dict[str, Any],
-                  inputs: dict[str, list[tuple[np.ndarray, ...]]], has_image: list[np.ndarray],
-                  model: torch.nn.Module, towers: dict[str, torch.nn.Module], max_drop: float,
-                  measure: Callable[[str, TowerVariant], dict[str, Any]], log: Callable[[str], None]
-                  ) -> tuple[dict[str, Any], Any]:
-    """A refused whole-tower int8 tried again with its most sensitive ops in fp32 (`int8_graph_within`,
-    aiming at half the correlation bound on the calibration items); (its figures, its graph) when built,
-    else the plain figures and graph with the reason. Either way the held-out check decides. At most a
-    quarter of the int8 ops go back: past that little of int8's speed is left (an EfficientNet-Lite0 tower
-    with about a third of its int8 ops back in fp32 measured 3.62 ms/item against fp32's 4.14 and whole
-    int8's 1.63; with 8 of its 49 int8 convolutions back, 2.58 against 4.22 and 1.59)."""
-    items, metric = _score_check(model, towers, inputs, has_image, name)
+def _within_bound(name: str, graph: Any, plain: Any, plain_fig: dict[str, Any], check: _ScoreCheck,
+                  max_drop: float, measure: Callable[[str, TowerVariant], dict[str, Any]],
+                  log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """A refused whole-tower int8 (`plain`) tried again from the fp32 `graph` with its most sensitive ops in
+    fp32 (`int8_graph_within`, aiming at half the correlation bound on the calibration items); (its
+    figures, its graph) when built, else the plain figures and graph with the reason. Either way the
+    held-out check decides. At most a quarter of the int8 ops go back: past that little of int8's speed is
+    left (an EfficientNet-Lite0 tower with about a third of its int8 ops back in fp32 measured 3.62
+    ms/item against fp32's 4.14 and whole int8's 1.63; with 8 of its 49 int8 convolutions back, 2.58
+    against 4.22 and 1.59)."""
     quantized = int8_ops(plain)
     try:
-        graph = openvino_backend.tower_graph(tower, name, size)
-        mixed = int8_graph_within(graph, inputs[name], items, metric, max_drop, transformer=name == "text",
-                                  max_steps=len(quantized) // 4)
+        mixed = int8_graph_within(graph, check.inputs[name], check.items(name), check.metric(name), max_drop,
+                                  transformer=name == "text", max_steps=len(quantized) // 4)
     except Exception as e:  # NNCF's search failing is a refusal with its reason, never a lost quantize run
         plain_fig["within_bound"] = f"accuracy control failed: {type(e).__name__}: {e}"
         log(f"{name} tower int8 with sensitive ops in fp32: {plain_fig['within_bound']}")
@@ -235,6 +240,7 @@ def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
                               "towers": {}}
     choice: dict[str, str] = {}
     graphs: dict[str, Any] = {}
+    check: _ScoreCheck | None = None  # built when the first int8 tower is refused
 
     def measure(name: str, variant: TowerVariant) -> dict[str, Any]:
         others = {k: FP32 for k in towers if k != name}
@@ -260,8 +266,9 @@ def quantize_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
             fig = measure(name, TowerVariant(prec, graph))  # an int8 graph stays in memory until published
             log(f"{name} tower {prec}: {_figures(fig)}")
             if graph is not None and not fig["accepted"] and min_corr < 1:  # (>= 1: only fp32 can pass)
-                fig, graph = _within_bound(name, tower, size, graph, fig, inputs, has_image, model, towers,
-                                           (1 - min_corr) / 2, measure, log)
+                check = check or _ScoreCheck(model, towers, inputs, has_image)
+                fig, graph = _within_bound(name, openvino_backend.tower_graph(tower, name, size), graph, fig,
+                                           check, (1 - min_corr) / 2, measure, log)
             if graph is not None:
                 graphs[name] = graph
             figures[prec] = fig

@@ -127,16 +127,13 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def int8_graph(graph: Any, calibration: Sequence[tuple[Any, ...]], *, transformer: bool,
-               ignored: Sequence[str] = ()) -> Any:
+def int8_graph(graph: Any, calibration: Sequence[tuple[Any, ...]], *, transformer: bool) -> Any:
     """`graph` (fp32 OpenVINO model) quantized to int8 by NNCF on `calibration` (per batch, the tower's
-    input arrays); `ignored` names ops kept in fp32."""
+    input arrays); which ops stay in fp32 is `int8_graph_within`'s measured choice."""
     nncf = _nncf()
     kwargs: dict[str, Any] = {"subset_size": len(calibration)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if ignored:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
     with _quiet():
         return nncf.quantize(graph, nncf.Dataset(list(calibration)), **kwargs)
 

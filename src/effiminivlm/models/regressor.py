@@ -160,18 +160,26 @@ class EffiMiniVLM(RatingModel):
             if input_ids is None:
                 raise ValueError("this model reads text: input_ids and attention_mask are required")
             text = self.text_encoder(input_ids, attention_mask)  # [B, text_dim]
-        feats = [] if text is None else [text]
+        image = None
         if self.image_encoder is not None:
-            if image_features is None and image_index is not None:
-                image_features = self._mean_image_features(pixel_values, image_index, has_image, input_ids)
-            elif image_features is None:
+            image = image_features
+            if image is None and image_index is not None:
+                image = self._mean_image_features(pixel_values, image_index, has_image, input_ids)
+            elif image is None:
                 batch = next(t.shape[0] for t in (input_ids, pixel_values, has_image) if t is not None)
                 like = text if text is not None else next(self.head.parameters())
-                image_features = self.encode_image(pixel_values, has_image, batch, like)
-            feats.insert(0, image_features)  # [B, image_dim]
-        head_dtype = next(self.head.parameters()).dtype  # float32 unless the caller cast the whole model
-        with torch.autocast(feats[0].device.type, enabled=False):  # fusion + head in full precision
-            return self.score_features(torch.cat([f.to(head_dtype) for f in feats], dim=-1))
+                image = self.encode_image(pixel_values, has_image, batch, like)
+        device = (image if image is not None else text).device
+        with torch.autocast(device.type, enabled=False):  # fusion + head in full precision
+            return self.score_features(self.fuse(image, text))
+
+    def fuse(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        """[B, image_dim + text_dim]: the towers' features side by side, in the head's order and dtype
+        (float32 unless the caller cast the whole model); an item without an image holds zeros
+        (`encode_image`). One fusion for `forward` and for scoring tower features computed apart
+        (`quantize`)."""
+        head_dtype = next(self.head.parameters()).dtype
+        return torch.cat([f.to(head_dtype) for f in (image, text) if f is not None], dim=-1)
 
     def score_features(self, fused: torch.Tensor) -> torch.Tensor:
         """Rating [B] float32 of the fused tower features [B, image_dim + text_dim]: the head. One function
